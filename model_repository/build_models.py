@@ -1,0 +1,428 @@
+"""Rebuild Sluice's bundled example model repository (Triton layout).
+
+    python model_repository/build_models.py [--repo DIR]
+
+Writes, for every model, ``<repo>/<model>/config.pbtxt`` and ``<repo>/<model>/1/model.onnx``
+(overwriting them), plus ``<repo>/digits/test_split.npz``, then loads every model with
+onnxruntime (CPUExecutionProvider) and runs it at batch 1 and at its max_batch_size.
+
+Everything is deterministic: fixed seeds, fixed ONNX opset/IR version and a fixed zip timestamp
+for the .npz, so re-running the script reproduces the committed files.
+
+Models:
+  digits    StandardScaler + LogisticRegression trained on scikit-learn's bundled digits data
+            (stratified 80/20 split), exported with skl2onnx (zipmap=False).
+  cnn       small random-weight CNN (~58 MFLOP/image) built with onnx.helper, for throughput.
+  identity  INPUT0 -> Identity -> OUTPUT0, the server-overhead probe.
+  add_sub   OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1; its config.pbtxt omits the
+            input/output blocks, so the server must derive them from the ONNX model.
+
+Needs the ``models`` extra (onnx, scikit-learn, skl2onnx) plus numpy and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+REPO_DIR = Path(__file__).resolve().parent
+
+OPSET = 17
+IR_VERSION = 8  # loadable by onnxruntime >= 1.14, so comfortably by our floor of 1.18
+ML_OPSET = 3  # ai.onnx.ml upper bound for skl2onnx (digits ends up needing only v1)
+BATCH_DIM = "batch"
+SEED = 20240607
+MAX_ONNX_BYTES = 1_000_000
+
+# ---------------------------------------------------------------------------------------------
+# config.pbtxt files (protobuf text format, Triton ModelConfig field names)
+# ---------------------------------------------------------------------------------------------
+
+DIGITS_CONFIG = """\
+name: "digits"
+platform: "onnxruntime_onnx"
+max_batch_size: 256
+input [
+  {
+    name: "input"
+    data_type: TYPE_FP32
+    dims: [ 64 ]
+  }
+]
+output [
+  {
+    # The ONNX output is 1-D ([batch]): one class id per row. Triton requires non-empty dims,
+    # so, as Triton's own ONNX auto-complete does, declare [1] and reshape it to [] (no
+    # non-batch dims) for the model.
+    name: "label"
+    data_type: TYPE_INT64
+    dims: [ 1 ]
+    reshape: { shape: [ ] }
+  },
+  {
+    name: "probabilities"
+    data_type: TYPE_FP32
+    dims: [ 10 ]
+  }
+]
+dynamic_batching { }
+instance_group [
+  {
+    count: 1
+    kind: KIND_CPU
+  }
+]
+"""
+
+CNN_CONFIG = """\
+name: "cnn"
+platform: "onnxruntime_onnx"
+max_batch_size: 128
+input [
+  {
+    name: "image"
+    data_type: TYPE_FP32
+    dims: [ 3, 32, 32 ]
+  }
+]
+output [
+  {
+    name: "logits"
+    data_type: TYPE_FP32
+    dims: [ 10 ]
+  }
+]
+dynamic_batching { }
+instance_group [
+  {
+    count: 1
+    kind: KIND_CPU
+  }
+]
+"""
+
+IDENTITY_CONFIG = """\
+name: "identity"
+platform: "onnxruntime_onnx"
+max_batch_size: 512
+input [
+  {
+    name: "INPUT0"
+    data_type: TYPE_FP32
+    dims: [ 16 ]
+  }
+]
+output [
+  {
+    name: "OUTPUT0"
+    data_type: TYPE_FP32
+    dims: [ 16 ]
+  }
+]
+dynamic_batching { }
+instance_group [
+  {
+    count: 1
+    kind: KIND_CPU
+  }
+]
+"""
+
+# Deliberately minimal: no input/output blocks. The server derives them from the ONNX model
+# (names, element types, non-batch dims), like Triton's auto-complete for onnxruntime_onnx.
+ADD_SUB_CONFIG = """\
+name: "add_sub"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _finalize(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """Pin IR version / opsets, name the batch dimension, drop duplicate opset imports, check."""
+    model.ir_version = IR_VERSION
+    model.producer_name = "sluice-build_models"
+    model.producer_version = "1"
+    model.graph.name = name
+    seen: dict[str, int] = {}
+    for opset in model.opset_import:
+        seen[opset.domain] = max(seen.get(opset.domain, 0), opset.version)
+    del model.opset_import[:]
+    for domain in sorted(seen):
+        model.opset_import.append(helper.make_opsetid(domain, seen[domain]))
+    for value_info in list(model.graph.input) + list(model.graph.output):
+        dims = value_info.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = BATCH_DIM
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _write_model(repo: Path, name: str, model: onnx.ModelProto, config: str) -> Path:
+    model_dir = repo / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(config)
+    path = model_dir / "1" / "model.onnx"
+    data = model.SerializeToString()
+    if len(data) >= MAX_ONNX_BYTES:
+        raise SystemExit(f"{path}: {len(data)} bytes, over the {MAX_ONNX_BYTES} byte budget")
+    path.write_bytes(data)
+    return path
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Like np.savez_compressed, but with a fixed zip timestamp so the bytes are reproducible."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, array in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+# ---------------------------------------------------------------------------------------------
+# digits: a real scikit-learn classifier
+# ---------------------------------------------------------------------------------------------
+
+
+def build_digits(repo: Path) -> Path:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    y = y.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.2, stratify=y, random_state=SEED % (2**32)
+    )
+    pipeline = Pipeline(
+        [
+            ("scaler", StandardScaler()),
+            ("clf", LogisticRegression(C=0.1, max_iter=5000, random_state=0)),
+        ]
+    )
+    pipeline.fit(x_train, y_train)
+
+    model = convert_sklearn(
+        pipeline,
+        name="digits",
+        initial_types=[("input", FloatTensorType([None, 64]))],
+        options={id(pipeline.named_steps["clf"]): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
+    )
+    model = _finalize(model, "digits")
+    output_names = [o.name for o in model.graph.output]
+    if output_names != ["label", "probabilities"]:
+        raise SystemExit(f"digits: unexpected skl2onnx output names {output_names}")
+    path = _write_model(repo, "digits", model, DIGITS_CONFIG)
+    _write_npz(repo / "digits" / "test_split.npz", X=x_test, y=y_test)
+
+    label, probabilities = _session(path).run(["label", "probabilities"], {"input": x_test})
+    accuracy = float(np.mean(label == y_test))
+    agree = bool(np.array_equal(np.argmax(probabilities, axis=1), label))
+    print(
+        f"digits: train={len(y_train)} test={len(y_test)} "
+        f"held-out accuracy (onnxruntime)={accuracy:.4f} "
+        f"sklearn={pipeline.score(x_test, y_test):.4f} argmax(probabilities)==label: {agree}"
+    )
+    if accuracy < 0.9 or not agree:
+        raise SystemExit("digits: accuracy below 0.9 or label/probabilities disagree")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# cnn: a compute-heavier random-weight CNN for throughput work
+# ---------------------------------------------------------------------------------------------
+
+
+def _he_conv(rng: np.random.Generator, c_out: int, c_in: int, k: int) -> np.ndarray:
+    std = np.sqrt(2.0 / (c_in * k * k))
+    return (rng.standard_normal((c_out, c_in, k, k)) * std).astype(np.float32)
+
+
+def build_cnn(repo: Path) -> Path:
+    rng = np.random.default_rng(SEED)
+    w1, b1 = _he_conv(rng, 32, 3, 3), np.zeros(32, np.float32)
+    w2, b2 = _he_conv(rng, 64, 32, 3), np.zeros(64, np.float32)
+    w3, b3 = _he_conv(rng, 64, 64, 3), np.zeros(64, np.float32)
+    wfc = (rng.standard_normal((64, 10)) * np.sqrt(2.0 / 64)).astype(np.float32)
+    bfc = np.zeros(10, np.float32)
+    initializers = [
+        numpy_helper.from_array(arr, name)
+        for name, arr in [
+            ("conv1.weight", w1),
+            ("conv1.bias", b1),
+            ("conv2.weight", w2),
+            ("conv2.bias", b2),
+            ("conv3.weight", w3),
+            ("conv3.bias", b3),
+            ("fc.weight", wfc),
+            ("fc.bias", bfc),
+        ]
+    ]
+    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
+    nodes = [
+        helper.make_node("Conv", ["image", "conv1.weight", "conv1.bias"], ["c1"], "conv1", **conv),
+        helper.make_node("Relu", ["c1"], ["r1"], "relu1"),
+        helper.make_node("Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"], "conv2", **conv),
+        helper.make_node("Relu", ["c2"], ["r2"], "relu2"),
+        helper.make_node("MaxPool", ["r2"], ["p2"], "pool2", **pool),
+        helper.make_node("Conv", ["p2", "conv3.weight", "conv3.bias"], ["c3"], "conv3", **conv),
+        helper.make_node("Relu", ["c3"], ["r3"], "relu3"),
+        helper.make_node("MaxPool", ["r3"], ["p3"], "pool3", **pool),
+        helper.make_node("GlobalAveragePool", ["p3"], ["gap"], "gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], "flatten", axis=1),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], "fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [BATCH_DIM, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [BATCH_DIM, 10])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = _finalize(model, "cnn")
+    return _write_model(repo, "cnn", model, CNN_CONFIG)
+
+
+def cnn_mflop_per_image() -> float:
+    """Multiply-adds x 2 of the convolutions and the Gemm (ReLU/pooling ignored)."""
+    macs = 32 * 32 * 32 * (3 * 9)  # conv1 at 32x32
+    macs += 32 * 32 * 64 * (32 * 9)  # conv2 at 32x32
+    macs += 16 * 16 * 64 * (64 * 9)  # conv3 at 16x16
+    macs += 64 * 10  # fc
+    return 2 * macs / 1e6
+
+
+# ---------------------------------------------------------------------------------------------
+# identity and add_sub
+# ---------------------------------------------------------------------------------------------
+
+
+def build_identity(repo: Path) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"], "identity")],
+        "identity",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, [BATCH_DIM, 16])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, [BATCH_DIM, 16])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return _write_model(repo, "identity", _finalize(model, "identity"), IDENTITY_CONFIG)
+
+
+def build_add_sub(repo: Path) -> Path:
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"], "add"),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"], "sub"),
+        ],
+        "add_sub",
+        [
+            helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, [BATCH_DIM, 16]),
+            helper.make_tensor_value_info("INPUT1", TensorProto.FLOAT, [BATCH_DIM, 16]),
+        ],
+        [
+            helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, [BATCH_DIM, 16]),
+            helper.make_tensor_value_info("OUTPUT1", TensorProto.FLOAT, [BATCH_DIM, 16]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return _write_model(repo, "add_sub", _finalize(model, "add_sub"), ADD_SUB_CONFIG)
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------------------------
+
+MAX_BATCH = {"digits": 256, "cnn": 128, "identity": 512, "add_sub": 64}
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def _random_feed(sess: ort.InferenceSession, batch: int, rng: np.random.Generator) -> dict:
+    feed = {}
+    for inp in sess.get_inputs():
+        shape = [batch, *inp.shape[1:]]
+        feed[inp.name] = rng.standard_normal(shape).astype(_NP_TYPES[inp.type])
+    return feed
+
+
+def check_models(repo: Path, paths: dict[str, Path]) -> None:
+    rng = np.random.default_rng(SEED + 1)
+    for name, path in paths.items():
+        sess = _session(path)
+        for batch in (1, MAX_BATCH[name]):
+            outputs = sess.run(None, _random_feed(sess, batch, rng))
+            for meta, out in zip(sess.get_outputs(), outputs, strict=True):
+                if out.shape[0] != batch:
+                    raise SystemExit(f"{name}: {meta.name} has batch {out.shape[0]} != {batch}")
+        size = path.stat().st_size
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        ins = ", ".join(f"{i.name} {i.type} {i.shape}" for i in sess.get_inputs())
+        outs = ", ".join(f"{o.name} {o.type} {o.shape}" for o in sess.get_outputs())
+        print(
+            f"{name}: {path.relative_to(repo)} {size} bytes sha256={digest} "
+            f"ok at batch 1 and {MAX_BATCH[name]} | in: {ins} | out: {outs}"
+        )
+
+
+def time_cnn(path: Path, batch: int = 32, iters: int = 20) -> float:
+    sess = _session(path)
+    x = np.random.default_rng(SEED + 2).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    for _ in range(3):
+        sess.run(None, {"image": x})
+    best = float("inf")
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        sess.run(None, {"image": x})
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3 / batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", type=Path, default=REPO_DIR, help="output model repository")
+    args = parser.parse_args()
+    repo: Path = args.repo.resolve()
+
+    paths = {
+        "digits": build_digits(repo),
+        "cnn": build_cnn(repo),
+        "identity": build_identity(repo),
+        "add_sub": build_add_sub(repo),
+    }
+    check_models(repo, paths)
+    ms = time_cnn(paths["cnn"])
+    print(
+        f"cnn: ~{cnn_mflop_per_image():.1f} MFLOP/image; batch 32 on CPU: {ms:.3f} ms/image "
+        f"(best of 20, onnxruntime {ort.__version__}, default threads)"
+    )
+
+
+if __name__ == "__main__":
+    main()
