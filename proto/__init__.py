@@ -1,0 +1,1 @@
+"""Sluice wire protocol: generated KServe v2 / Triton gRPC messages and the tensor codec."""
