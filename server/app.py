@@ -1,0 +1,149 @@
+"""Composition root: builds the repository, backends, gRPC server and metrics endpoint.
+
+The only module that names concrete backends. Lifecycle::
+
+    async with serve(ServerConfig(model_repository=path, grpc_port=0)) as server:
+        ... server.port ...
+
+Shutdown order: health NOT_SERVING, stop accepting RPCs, let in-flight requests finish within
+the grace period, drain and close the batchers and backends, stop /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from proto import grpc_service_pb2, grpc_service_pb2_grpc
+from proto._pool import POOL
+from server.backends.base import Backend
+from server.backends.ort import OrtBackend
+from server.config import ModelConfig, ServerConfig
+from server.core.repository import ModelRepository
+from server.errors import ModelLoadError, SluiceError
+from server.metrics import Metrics
+from server.model_config import read_model_config
+from server.protocol.servicer import InferenceServicer
+
+log = logging.getLogger(__name__)
+
+#: The bundled example repository (the default for ``sluice serve``).
+BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def make_backend(config: ModelConfig, version_dir: Path) -> Backend:
+    """The backend named by ``config.backend``."""
+    if config.backend == "onnxruntime":
+        return OrtBackend(config, version_dir)
+    raise ModelLoadError(f"model '{config.name}': backend '{config.backend}' is not supported")
+
+
+class Server:
+    """One Sluice server process's parts, started and stopped together."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.repository = ModelRepository(
+            config.model_repository,
+            read_config=read_model_config,
+            make_backend=make_backend,
+            default_max_batch_size=config.default_max_batch_size,
+            default_max_queue_size=config.default_max_queue_size,
+            latency_window_s=config.latency_window_s,
+        )
+        self.metrics = Metrics(self.repository.loaded)
+        self.health = health.aio.HealthServicer()
+        self.servicer = InferenceServicer(self.repository)
+        self._grpc: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        """Load the models, bind and start gRPC, then report SERVING."""
+        cfg = self.config
+        if not cfg.model_repository.is_dir():
+            raise ModelLoadError(f"model repository {cfg.model_repository} is not a directory")
+        names = (
+            list(cfg.startup_models) if cfg.model_control == "explicit"
+            else self.repository.available_names()
+        )
+        for name in names:
+            try:
+                await self.repository.load(name)
+            except SluiceError as exc:  # one bad model must not keep the others down
+                log.error("model '%s' not loaded: %s", name, exc.message)
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._grpc = grpc.aio.server(options=options)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            self.servicer, self._grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection((_SERVICE, reflection.SERVICE_NAME), self._grpc, POOL)
+        self.port = self._grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+        if self.port == 0:
+            raise OSError(f"could not bind gRPC on {cfg.host}:{cfg.grpc_port}")
+        await self._grpc.start()
+        if cfg.metrics_port is not None:
+            self.metrics.serve(cfg.host, cfg.metrics_port)
+        self.servicer.set_ready(True)
+        for service in ("", _SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "Sluice serving gRPC on %s:%d, metrics on %s; models: %s",
+            cfg.host, self.port,
+            f"{cfg.host}:{self.metrics.port}" if self.metrics.port else "off",
+            ", ".join(f"{v.name}:{v.version}" for v in self.repository.loaded()) or "none",
+        )
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop gracefully within ``grace_s``: report NOT_SERVING, answer new inference requests
+        UNAVAILABLE (draining) while admitted ones finish, then close the listener, drain the
+        batchers and free the models."""
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
+        await self.health.enter_graceful_shutdown()
+        if not await self.servicer.drain(grace):
+            log.warning("%d requests still in flight after %.1fs", self.servicer.in_flight, grace)
+        if self._grpc is not None:
+            await self._grpc.stop(max(0.5, deadline - time.monotonic()))
+        await self.repository.close(max(0.0, deadline - time.monotonic()))
+        self.metrics.close()
+
+
+@contextlib.asynccontextmanager
+async def serve(config: ServerConfig) -> AsyncIterator[Server]:
+    """Start a server, yield it, stop it gracefully on exit."""
+    server = Server(config)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+
+
+async def run_until_signal(config: ServerConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully (exit status 0)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with serve(config) as server:
+        print(f"sluice: gRPC listening on {config.host}:{server.port}", flush=True)
+        if server.metrics.port is not None:
+            print(f"sluice: metrics on http://{config.host}:{server.metrics.port}/metrics",
+                  flush=True)
+        await stop.wait()
+        log.info("signal received; shutting down (grace %.1fs)", config.shutdown_grace_s)

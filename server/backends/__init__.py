@@ -1,0 +1,1 @@
+"""Model runtimes. Each exposes a synchronous ``run`` called on executor threads."""

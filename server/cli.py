@@ -1,0 +1,183 @@
+"""The ``sluice`` command line: parse arguments -> config -> run. Nothing else lives here.
+
+    sluice serve [--model-repository DIR] [--host H] [--grpc-port P] [--metrics-port P]
+    sluice infer MODEL [--input NAME=FILE.npy|JSON ...] [--batch N]
+    sluice stats [MODEL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.config import ServerConfig
+
+DEFAULT_TARGET = "127.0.0.1:8001"
+
+
+def _parser() -> argparse.ArgumentParser:
+    from server.app import BUNDLED_REPOSITORY
+
+    parser = argparse.ArgumentParser(
+        prog="sluice",
+        description="Sluice: a KServe v2 / Triton-compatible gRPC inference server.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve", help="serve a model repository",
+        description="Serve every model in a Triton-layout model repository over gRPC "
+        "(KServe v2 / Triton protocol) with Prometheus metrics over HTTP.",
+    )
+    serve.add_argument("--model-repository", type=Path, default=BUNDLED_REPOSITORY,
+                       metavar="DIR", help="model repository (default: the bundled examples)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--grpc-port", type=int, default=8001,
+                       help="gRPC port; 0 picks a free one and prints it (default 8001)")
+    serve.add_argument("--metrics-port", type=int, default=8002,
+                       help="Prometheus /metrics port; -1 disables it (default 8002)")
+    serve.add_argument("--model-control", choices=("none", "explicit"), default="none",
+                       help="none: load the whole repository at start; explicit: load only "
+                       "--load-model models and what RepositoryModelLoad asks for")
+    serve.add_argument("--load-model", action="append", default=[], metavar="MODEL",
+                       help="model to load at start with --model-control explicit (repeatable)")
+    serve.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
+                       help="time in-flight requests get to finish on SIGTERM (default 10)")
+    serve.add_argument("--log-level", default="INFO",
+                       choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+
+    infer = sub.add_parser(
+        "infer", help="send one request to a running server and print the outputs",
+        description="Send random inputs (or the given ones) to MODEL and print its outputs.",
+    )
+    infer.add_argument("model")
+    infer.add_argument("--url", default=DEFAULT_TARGET, help=f"server (default {DEFAULT_TARGET})")
+    infer.add_argument("--version", default="", help="model version (default: latest)")
+    infer.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
+                       help="an input as NAME=file.npy or NAME=<JSON array> (repeatable); "
+                       "inputs not given are random")
+    infer.add_argument("--batch", type=int, default=1, help="rows of random input (default 1)")
+    infer.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+
+    stats = sub.add_parser(
+        "stats", help="print p50/p95/p99 latency and counts of a running server",
+        description="Print end-to-end, queue and compute latency quantiles over the server's "
+        "sliding window, and request counts, per model version.",
+    )
+    stats.add_argument("model", nargs="?", default="", help="one model (default: all)")
+    stats.add_argument("--url", default=DEFAULT_TARGET, help=f"server (default {DEFAULT_TARGET})")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "infer":
+        return _infer(args)
+    return _stats(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.app import run_until_signal
+
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = ServerConfig(
+        model_repository=args.model_repository,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        model_control=args.model_control,
+        startup_models=tuple(args.load_model),
+        shutdown_grace_s=args.shutdown_grace,
+        log_level=args.log_level,
+    )
+    asyncio.run(run_until_signal(config))
+    return 0
+
+
+def _random_input(datatype: str, shape: list[int], rng: np.random.Generator) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.array([b"sluice"] * int(np.prod(shape)), dtype=object).reshape(shape)
+    dtype = np.dtype({"BOOL": "bool", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}.get(
+        datatype, datatype.lower()))
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(bool)
+    return rng.integers(0, 10, shape).astype(dtype)
+
+
+def _load_value(text: str) -> np.ndarray:
+    if text.endswith(".npy"):
+        return np.load(text, allow_pickle=False)
+    return np.asarray(json.loads(text))
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from clients import Client, SluiceClientError
+
+    given = {}
+    for item in args.input:
+        name, _, value = item.partition("=")
+        given[name] = _load_value(value)
+    rng = np.random.default_rng()
+    try:
+        with Client(args.url) as client:
+            meta = client.model_metadata(args.model, version=args.version)
+            inputs = {}
+            for tensor in meta["inputs"]:
+                name = tensor["name"]
+                if name in given:
+                    inputs[name] = given[name].astype(
+                        _random_input(tensor["datatype"], [1], rng).dtype, copy=False)
+                    continue
+                shape = [args.batch if i == 0 and d == -1 else (1 if d == -1 else d)
+                         for i, d in enumerate(tensor["shape"])]
+                inputs[name] = _random_input(tensor["datatype"], shape, rng)
+            outputs = client.infer(
+                args.model, inputs, version=args.version or None, timeout=args.timeout
+            )
+    except SluiceClientError as exc:
+        print(f"sluice infer: {exc}", file=sys.stderr)
+        return 1
+    np.set_printoptions(precision=5, suppress=True, threshold=200)
+    for name, value in outputs.items():
+        print(f"{name} {value.dtype} {list(value.shape)}:\n{value}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from clients import Client, SluiceClientError
+
+    try:
+        with Client(args.url) as client:
+            table: dict[str, Any] = client.latency(args.model)
+    except SluiceClientError as exc:
+        print(f"sluice stats: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    header = f"{'model':<16}{'ver':>4}{'stage':>9}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
+    print(header + f"{'requests':>10}")
+    for model, versions in sorted(table.items()):
+        for version, stages in sorted(versions.items()):
+            for stage in ("e2e", "queue", "compute"):
+                q = stages.get(stage)
+                cells = ("-", "-", "-") if not q else tuple(
+                    f"{q[p] * 1000:.3f}" for p in ("p50", "p95", "p99"))
+                count = stages.get("requests", 0) if stage == "e2e" else ""
+                print(f"{model:<16}{version:>4}{stage:>9}{cells[0]:>10}{cells[1]:>10}"
+                      f"{cells[2]:>10}{count!s:>10}")
+    return 0

@@ -1,0 +1,1 @@
+"""The serving core: asyncio and numpy only (no grpc, no protobuf, no model runtimes)."""

@@ -1,0 +1,197 @@
+"""A served model version: validation, deadline, batcher and executor threads in one place.
+
+``ModelVersion.infer`` checks a request against the model's config (each error names the input),
+reshapes as the config says, queues it on the version's batcher, and returns only the outputs the
+caller asked for. Model execution happens on one single-thread executor per instance, so the
+event loop never computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from server.backends.base import Backend
+from server.config import ModelConfig
+from server.core.batcher import Arrays, DynamicBatcher
+from server.core.stats import ModelStats
+from server.errors import InvalidInput
+from server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_of
+
+
+class ModelVersion:
+    """One loaded version of one model, ready to serve once :meth:`start` ran."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        version: int,
+        backend: Backend,
+        *,
+        max_queue_size: int,
+        stats: ModelStats,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.version = version
+        self.backend = backend
+        self.stats = stats
+        self._clock = clock
+        self._executors = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"{config.name}.{version}.{i}")
+            for i in range(backend.instance_count)
+        ]
+        batching = config.dynamic_batching
+        self._batcher = DynamicBatcher(
+            f"{config.name}:{version}",
+            self._run,
+            instances=backend.instance_count,
+            # Without dynamic_batching each request runs alone (still one per free instance).
+            max_batch_size=config.max_batch_size if batching is not None else 0,
+            preferred_batch_sizes=batching.preferred_batch_sizes if batching else (),
+            max_queue_delay_s=batching.max_queue_delay_us / 1e6 if batching else 0.0,
+            max_queue_size=(batching.max_queue_size if batching else None) or max_queue_size,
+            clock=clock,
+            observer=stats.on_batch,
+        )
+        self._inputs = {spec.name: spec for spec in config.inputs}
+        self._required = [spec.name for spec in config.inputs if not spec.optional]
+        self._dtypes = {spec.name: DATATYPE_DTYPES[spec.datatype] for spec in config.inputs}
+        self._output_names = tuple(spec.name for spec in config.outputs)
+        self._reshape_in = {s.name: s.reshape for s in config.inputs if s.reshape is not None}
+        self._reshape_out = {s.name: s.dims for s in config.outputs if s.reshape is not None}
+        self._batched = config.max_batch_size > 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    def queue_stats(self) -> dict[str, float]:
+        return self._batcher.stats()
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Answer one request, or raise a SluiceError that names what was wrong."""
+        start = self._clock()
+        try:
+            inputs, rows = self._check_inputs(request.inputs)
+            inputs = self.backend.prepare(inputs)
+            wanted = self._check_outputs(request.requested_outputs)
+            deadline = self._deadline(request, start)
+            outputs = await self._batcher.submit(inputs, rows, deadline)
+        except BaseException:
+            self.stats.on_request(self._clock() - start, ok=False)
+            raise
+        if self._reshape_out:
+            outputs = dict(outputs)
+            for name, dims in self._reshape_out.items():
+                value = outputs[name]
+                outputs[name] = value.reshape((value.shape[0], *dims) if self._batched else dims)
+        self.stats.on_request(self._clock() - start, ok=True)
+        return InferResponse(
+            model_name=self.config.name,
+            model_version=str(self.version),
+            outputs={name: outputs[name] for name in wanted},
+            id=request.id,
+        )
+
+    async def close(self) -> None:
+        """Drain queued requests, then free the executors and the backend."""
+        await self._batcher.close()
+        for executor in self._executors:
+            executor.shutdown(wait=True)
+        self.backend.close()
+
+    def abort(self, reason: str) -> None:
+        """Fail queued requests at once (after a shutdown grace period ran out)."""
+        self._batcher.abort(reason)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _run(self, instance: int, inputs: Arrays) -> Arrays:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executors[instance], self.backend.run, instance, inputs
+        )
+
+    def _deadline(self, request: InferRequest, now: float) -> float | None:
+        deadline = request.deadline
+        batching = self.config.dynamic_batching
+        timeout_us = request.parameters.get("timeout")
+        default_us = batching.default_timeout_us if batching else None
+        if timeout_us is not None and (batching is None or batching.allow_timeout_override):
+            if not isinstance(timeout_us, int) or timeout_us < 0:
+                raise InvalidInput("parameter 'timeout' must be a non-negative integer (us)")
+            if timeout_us and (default_us is None or timeout_us < default_us):
+                default_us = timeout_us
+        if default_us:
+            limit = now + default_us / 1e6
+            deadline = limit if deadline is None else min(deadline, limit)
+        return deadline
+
+    def _check_inputs(self, inputs: Arrays) -> tuple[Arrays, int]:
+        name = self.config.name
+        rows = 0
+        for key, value in inputs.items():
+            spec = self._inputs.get(key)
+            if spec is None:
+                raise InvalidInput(
+                    f"unexpected input '{key}' for model '{name}' "
+                    f"(it takes {sorted(self._inputs)})"
+                )
+            if value.dtype != self._dtypes[key]:
+                raise InvalidInput(
+                    f"input '{key}': expected {spec.datatype}, got {datatype_of(value)}"
+                )
+            shape = value.shape
+            dims = spec.dims
+            if self._batched:
+                if len(shape) != len(dims) + 1 or not _dims_match(shape[1:], dims):
+                    raise InvalidInput(
+                        f"input '{key}': expected shape {[-1, *dims]}, got {list(shape)}"
+                    )
+                if rows and shape[0] != rows:
+                    raise InvalidInput(
+                        f"input '{key}': batch size {shape[0]} differs from the other inputs' "
+                        f"{rows}"
+                    )
+                rows = shape[0]
+            elif len(shape) != len(dims) or not _dims_match(shape, dims):
+                raise InvalidInput(f"input '{key}': expected shape {list(dims)}, got {list(shape)}")
+        for key in self._required:
+            if key not in inputs:
+                raise InvalidInput(f"missing input '{key}' for model '{name}'")
+        if self._batched:
+            if rows < 1:
+                raise InvalidInput(f"model '{name}': batch size must be at least 1")
+            if rows > self.config.max_batch_size:
+                raise InvalidInput(
+                    f"model '{name}': batch size {rows} exceeds max_batch_size "
+                    f"{self.config.max_batch_size}"
+                )
+        if self._reshape_in:
+            inputs = dict(inputs)
+            for key, dims in self._reshape_in.items():
+                if key in inputs:
+                    value = inputs[key]
+                    inputs[key] = value.reshape((value.shape[0], *dims) if self._batched else dims)
+        return inputs, rows or 1
+
+    def _check_outputs(self, requested: tuple[str, ...] | None) -> tuple[str, ...]:
+        if not requested:
+            return self._output_names
+        for key in requested:
+            if key not in self._output_names:
+                raise InvalidInput(
+                    f"unknown output '{key}' requested from model '{self.config.name}' "
+                    f"(it has {list(self._output_names)})"
+                )
+        return requested
+
+
+def _dims_match(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:
+    return all(d == -1 or d == s for s, d in zip(shape, dims, strict=True))

@@ -1,0 +1,245 @@
+"""The model repository: Triton's directory layout, loaded and swapped at run time.
+
+``<root>/<model>/config.pbtxt`` and ``<root>/<model>/<version>/<model file>``. Loading builds
+every selected version (backend, warm-up, batcher) off the event loop, then swaps the model's
+versions in one step: requests already admitted finish on the version that admitted them, new
+ones go to the new versions. A load that fails leaves the previous versions serving and records
+why. Model names are checked before any path is built, so nothing outside the root is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.backends.base import Backend
+from server.config import ModelConfig, check_model_name, complete_model_config
+from server.core.model import ModelVersion
+from server.core.stats import ModelStats
+from server.errors import ModelLoadError, ModelNotFound, ModelNotReady, SluiceError
+
+log = logging.getLogger(__name__)
+
+#: read_config(model_dir, name) -> (partial config, whether max_batch_size was written).
+ConfigReader = Callable[[Path, str], tuple[ModelConfig, bool]]
+#: make_backend(partial config, version_dir) -> Backend. Blocking; runs on a worker thread.
+BackendFactory = Callable[[ModelConfig, Path], Backend]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """One row of the repository index."""
+
+    name: str
+    version: str
+    #: READY, LOADING, UNAVAILABLE (failed or unloaded).
+    state: str
+    reason: str = ""
+
+
+class _Model:
+    """All versions of one model plus its load lock and last load outcome."""
+
+    def __init__(self) -> None:
+        self.versions: dict[int, ModelVersion] = {}
+        self.lock = asyncio.Lock()
+        self.state = "UNAVAILABLE"
+        self.reason = ""
+
+
+class ModelRepository:
+    """Owns every loaded model version; the only place versions are created or retired."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        read_config: ConfigReader,
+        make_backend: BackendFactory,
+        default_max_batch_size: int = 64,
+        default_max_queue_size: int = 4096,
+        latency_window_s: float = 60.0,
+    ) -> None:
+        self.root = root.resolve()
+        self._read_config = read_config
+        self._make_backend = make_backend
+        self._default_max_batch = default_max_batch_size
+        self._default_max_queue = default_max_queue_size
+        self._window_s = latency_window_s
+        self._models: dict[str, _Model] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # -- lookups (synchronous: resolve and submit happen without an await in between) ---------
+
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        """The version to serve ``name`` with: ``version`` if given, else the newest ready one."""
+        model = self._models.get(name)
+        if model is None or (not model.versions and model.state != "LOADING"):
+            if model is not None and model.reason:
+                raise ModelNotReady(f"model '{name}' is not ready: {model.reason}")
+            raise ModelNotFound(f"model '{name}' is not loaded")
+        if not model.versions:
+            raise ModelNotReady(f"model '{name}' is still loading")
+        if not version:
+            return model.versions[max(model.versions)]
+        try:
+            number = int(version)
+        except ValueError:
+            raise ModelNotFound(f"model '{name}' has no version '{version}'") from None
+        served = model.versions.get(number)
+        if served is None:
+            raise ModelNotFound(
+                f"model '{name}' has no version '{version}' (serving {sorted(model.versions)})"
+            )
+        return served
+
+    def ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except SluiceError:
+            return False
+        return True
+
+    def loaded(self) -> list[ModelVersion]:
+        return [v for m in self._models.values() for v in m.versions.values()]
+
+    def available_names(self) -> list[str]:
+        """Model directories under the root (whether loaded or not)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+        )
+
+    def index(self, ready_only: bool = False) -> list[ModelState]:
+        rows: list[ModelState] = []
+        for name in sorted(set(self.available_names()) | set(self._models)):
+            model = self._models.get(name)
+            if model is None:
+                if not ready_only:
+                    rows.append(ModelState(name, "", "UNAVAILABLE", "not loaded"))
+                continue
+            for number in sorted(model.versions):
+                rows.append(ModelState(name, str(number), "READY"))
+            if not model.versions and not ready_only:
+                rows.append(ModelState(name, "", model.state, model.reason))
+        return rows
+
+    # -- load / unload ------------------------------------------------------------------------
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) every selected version of ``name``, then swap them in at once."""
+        check_model_name(name)
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            raise ModelNotFound(f"model '{name}' is not in the repository")
+        model = self._models.setdefault(name, _Model())
+        async with model.lock:
+            model.state = "LOADING" if not model.versions else model.state
+            try:
+                versions = await self._build(name, model_dir)
+            except SluiceError as exc:
+                model.state = "READY" if model.versions else "UNAVAILABLE"
+                model.reason = exc.message
+                log.error("loading model '%s' failed: %s", name, exc.message)
+                raise
+            except Exception as exc:
+                model.state = "READY" if model.versions else "UNAVAILABLE"
+                model.reason = f"unexpected error: {exc}"
+                log.exception("loading model '%s' failed", name)
+                raise ModelLoadError(f"model '{name}': load failed: {exc}") from exc
+            old = model.versions
+            model.versions = versions
+            model.state, model.reason = "READY", ""
+            for served in old.values():
+                self._retire(served)
+            log.info("model '%s' ready, versions %s", name, sorted(versions))
+
+    async def unload(self, name: str) -> None:
+        """Stop routing to ``name``; in-flight requests finish, then its resources are freed."""
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(f"model '{name}' is not loaded")
+        async with model.lock:
+            old, model.versions = model.versions, {}
+            model.state, model.reason = "UNAVAILABLE", "unloaded"
+        await asyncio.gather(*(served.close() for served in old.values()))
+
+    async def close(self, grace_s: float) -> None:
+        """Drain every version for up to ``grace_s`` seconds, then fail what is left."""
+        everything = self.loaded()
+        for model in self._models.values():
+            model.versions = {}
+        closing = [asyncio.ensure_future(v.close()) for v in everything]
+        pending: set[asyncio.Future[None]] = set()
+        if closing:
+            _, pending = await asyncio.wait(closing, timeout=grace_s)
+        for version in everything:
+            version.abort("server shutting down")
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _build(self, name: str, model_dir: Path) -> dict[int, ModelVersion]:
+        config, batch_set = await asyncio.to_thread(self._read_config, model_dir, name)
+        available = await asyncio.to_thread(_version_dirs, model_dir)
+        chosen = config.version_policy.select(available)
+        if not chosen:
+            raise ModelLoadError(
+                f"model '{name}': no version directory matches its version_policy "
+                f"(found {sorted(available)})"
+            )
+        built: dict[int, ModelVersion] = {}
+        try:
+            for number in chosen:
+                built[number] = await self._build_version(
+                    config, batch_set, model_dir / str(number), number
+                )
+        except BaseException:
+            for served in built.values():
+                await served.close()
+            raise
+        return built
+
+    async def _build_version(
+        self, config: ModelConfig, batch_set: bool, version_dir: Path, number: int
+    ) -> ModelVersion:
+        started = time.perf_counter()
+        backend = await asyncio.to_thread(self._make_backend, config, version_dir)
+        try:
+            full = complete_model_config(
+                config, backend.io, max_batch_size_set=batch_set,
+                default_max_batch_size=self._default_max_batch,
+            )
+            await asyncio.to_thread(backend.warmup, full)
+        except BaseException:
+            backend.close()
+            raise
+        served = ModelVersion(
+            full, number, backend,
+            max_queue_size=self._default_max_queue,
+            stats=ModelStats(window_s=self._window_s),
+        )
+        served.start()
+        log.info(
+            "model '%s' version %d loaded and warmed in %.2fs", config.name, number,
+            time.perf_counter() - started,
+        )
+        return served
+
+    def _retire(self, served: ModelVersion) -> None:
+        task = asyncio.create_task(served.close(), name=f"retire:{served.name}:{served.version}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+
+
+def _version_dirs(model_dir: Path) -> list[int]:
+    return [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]

@@ -1,0 +1,236 @@
+"""Triton's ``config.pbtxt`` <-> :class:`server.config.ModelConfig`.
+
+Parsing is strict: a field Sluice does not implement is a load error naming the field, never
+silently ignored, so a Triton repository either behaves as written or says why not.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from google.protobuf import text_format
+from google.protobuf.message import Message
+
+from proto import model_config_pb2 as mc
+from server.config import (
+    DynamicBatching,
+    InstanceGroup,
+    InstanceKind,
+    ModelConfig,
+    VersionPolicy,
+    check_model_name,
+)
+from server.errors import ModelLoadError
+from server.types import TensorSpec
+
+#: Field paths (repeated and map fields by their name) that Sluice implements.
+SUPPORTED_FIELDS = frozenset({
+    "name", "platform", "backend", "max_batch_size", "default_model_filename",
+    "input", "input.name", "input.data_type", "input.dims", "input.optional",
+    "input.reshape", "input.reshape.shape",
+    "output", "output.name", "output.data_type", "output.dims",
+    "output.reshape", "output.reshape.shape",
+    "version_policy", "version_policy.latest", "version_policy.latest.num_versions",
+    "version_policy.all", "version_policy.specific", "version_policy.specific.versions",
+    "dynamic_batching", "dynamic_batching.preferred_batch_size",
+    "dynamic_batching.max_queue_delay_microseconds", "dynamic_batching.preserve_ordering",
+    "dynamic_batching.default_queue_policy",
+    "dynamic_batching.default_queue_policy.max_queue_size",
+    "dynamic_batching.default_queue_policy.default_timeout_microseconds",
+    "dynamic_batching.default_queue_policy.allow_timeout_override",
+    "instance_group", "instance_group.name", "instance_group.count", "instance_group.kind",
+    "instance_group.gpus",
+    "parameters", "parameters.key", "parameters.value", "parameters.value.string_value",
+    "optimization", "optimization.execution_accelerators",
+    "optimization.execution_accelerators.gpu_execution_accelerator",
+    "optimization.execution_accelerators.gpu_execution_accelerator.name",
+})
+
+_PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime"}
+_MAX_BATCH_SET = re.compile(r"^\s*max_batch_size\s*:", re.MULTILINE)
+
+
+def _set_fields(message: Message, prefix: str = "") -> list[str]:
+    """Every field path that is set in ``message``, recursively."""
+    paths = []
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        paths.append(path)
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:  # map<string, Message>: walk the values
+            paths += [f"{path}.key", f"{path}.value"]
+            items = [v for v in value.values() if isinstance(v, Message)]
+            path += ".value"
+        else:
+            items = [value] if isinstance(value, Message) else list(value)
+        for item in items:
+            paths.extend(_set_fields(item, path + "."))
+    return paths
+
+
+def datatype_name(proto_type: int) -> str:
+    """TYPE_FP32 -> "FP32", TYPE_STRING -> "BYTES"."""
+    name = mc.DataType.Name(proto_type).removeprefix("TYPE_")
+    return "BYTES" if name == "STRING" else name
+
+
+def proto_datatype(datatype: str) -> int:
+    """"FP32" -> TYPE_FP32, "BYTES" -> TYPE_STRING."""
+    return mc.DataType.Value("TYPE_" + ("STRING" if datatype == "BYTES" else datatype))
+
+
+def parse_model_config(text: str, *, source: str) -> mc.ModelConfig:
+    """Parse config.pbtxt text; errors name ``source`` and the line."""
+    message = mc.ModelConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from None
+    unsupported = sorted({p for p in _set_fields(message) if p not in SUPPORTED_FIELDS})
+    if unsupported:
+        raise ModelLoadError(
+            f"{source}: field(s) not supported by Sluice: {', '.join(unsupported)}"
+        )
+    return message
+
+
+def read_model_config(model_dir: Path, name: str) -> tuple[ModelConfig, bool]:
+    """Read ``model_dir/config.pbtxt`` (it may be absent or partial).
+
+    Returns the config (inputs/outputs may still be empty: the backend fills them from the
+    model file) and whether ``max_batch_size`` was written explicitly.
+    """
+    check_model_name(name)
+    path = model_dir / "config.pbtxt"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    message = parse_model_config(text, source=f"model '{name}' config.pbtxt")
+    if message.name and message.name != name:
+        raise ModelLoadError(
+            f"model '{name}' config.pbtxt: name '{message.name}' differs from its directory"
+        )
+    return from_proto(message, name), bool(_MAX_BATCH_SET.search(text))
+
+
+def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
+    """Translate a parsed (already field-checked) proto config into a ModelConfig."""
+    where = f"model '{name}' config.pbtxt"
+    backend = message.backend or _PLATFORM_BACKENDS.get(message.platform, "")
+    if message.platform and message.platform not in _PLATFORM_BACKENDS:
+        raise ModelLoadError(f"{where}: platform '{message.platform}' is not supported")
+    if not backend:
+        backend = "onnxruntime"
+    if backend != "onnxruntime":
+        raise ModelLoadError(f"{where}: backend '{backend}' is not supported")
+
+    def tensors(items, kind: str) -> tuple[TensorSpec, ...]:
+        out = []
+        for t in items:
+            if not t.name:
+                raise ModelLoadError(f"{where}: an {kind} has no name")
+            if t.data_type == mc.TYPE_INVALID:
+                raise ModelLoadError(f"{where}: {kind} '{t.name}' has no data_type")
+            out.append(TensorSpec(
+                name=t.name,
+                datatype=datatype_name(t.data_type),
+                dims=tuple(t.dims),
+                optional=getattr(t, "optional", False),
+                reshape=tuple(t.reshape.shape) if t.HasField("reshape") else None,
+            ))
+        return tuple(out)
+
+    policy = VersionPolicy()
+    which = message.version_policy.WhichOneof("policy_choice")
+    if which == "all":
+        policy = VersionPolicy(kind="all")
+    elif which == "specific":
+        policy = VersionPolicy(
+            kind="specific", versions=tuple(message.version_policy.specific.versions)
+        )
+    elif which == "latest":
+        policy = VersionPolicy(num_versions=message.version_policy.latest.num_versions)
+
+    batching = None
+    if message.HasField("dynamic_batching"):
+        db = message.dynamic_batching
+        qp = db.default_queue_policy
+        batching = DynamicBatching(
+            preferred_batch_sizes=tuple(db.preferred_batch_size),
+            max_queue_delay_us=db.max_queue_delay_microseconds,
+            max_queue_size=qp.max_queue_size or None,
+            default_timeout_us=qp.default_timeout_microseconds or None,
+            allow_timeout_override=qp.allow_timeout_override
+            if db.HasField("default_queue_policy") else True,
+        )
+
+    kinds = {k.value: k for k in InstanceKind}
+    groups = []
+    for g in message.instance_group:
+        kind_name = mc.ModelInstanceGroup.Kind.Name(g.kind)
+        if kind_name not in kinds:
+            raise ModelLoadError(f"{where}: instance_group.kind {kind_name} is not supported")
+        groups.append(InstanceGroup(count=g.count or 1, kind=kinds[kind_name], gpus=tuple(g.gpus)))
+
+    return ModelConfig(
+        name=name,
+        backend=backend,
+        platform=message.platform or "onnxruntime_onnx",
+        max_batch_size=message.max_batch_size,
+        inputs=tensors(message.input, "input"),
+        outputs=tensors(message.output, "output"),
+        version_policy=policy,
+        dynamic_batching=batching,
+        instance_groups=tuple(groups) or (InstanceGroup(),),
+        parameters={k: v.string_value for k, v in message.parameters.items()},
+        default_model_filename=message.default_model_filename or "model.onnx",
+        gpu_accelerators=tuple(
+            a.name for a in message.optimization.execution_accelerators.gpu_execution_accelerator
+        ),
+    )
+
+
+def to_proto(config: ModelConfig) -> mc.ModelConfig:
+    """The complete config as Triton's ModelConfig message (what perf_analyzer reads)."""
+    message = mc.ModelConfig(
+        name=config.name,
+        platform=config.platform,
+        backend=config.backend,
+        max_batch_size=config.max_batch_size,
+        default_model_filename=config.default_model_filename,
+    )
+    for spec in config.inputs:
+        t = message.input.add(name=spec.name, data_type=proto_datatype(spec.datatype))
+        t.dims.extend(spec.dims)
+        t.optional = spec.optional
+        if spec.reshape is not None:
+            t.reshape.shape.extend(spec.reshape)
+    for spec in config.outputs:
+        t = message.output.add(name=spec.name, data_type=proto_datatype(spec.datatype))
+        t.dims.extend(spec.dims)
+        if spec.reshape is not None:
+            t.reshape.shape.extend(spec.reshape)
+    policy = config.version_policy
+    if policy.kind == "all":
+        message.version_policy.all.SetInParent()
+    elif policy.kind == "specific":
+        message.version_policy.specific.versions.extend(policy.versions)
+    else:
+        message.version_policy.latest.num_versions = policy.num_versions
+    if config.dynamic_batching is not None:
+        db = config.dynamic_batching
+        message.dynamic_batching.preferred_batch_size.extend(db.preferred_batch_sizes)
+        message.dynamic_batching.max_queue_delay_microseconds = db.max_queue_delay_us
+        if db.max_queue_size is not None:
+            message.dynamic_batching.default_queue_policy.max_queue_size = db.max_queue_size
+        if db.default_timeout_us is not None:
+            qp = message.dynamic_batching.default_queue_policy
+            qp.default_timeout_microseconds = db.default_timeout_us
+            qp.allow_timeout_override = db.allow_timeout_override
+    for group in config.instance_groups:
+        g = message.instance_group.add(count=group.count)
+        g.kind = mc.ModelInstanceGroup.Kind.Value(group.kind.value)
+        g.gpus.extend(group.gpus)
+    for key, value in config.parameters.items():
+        message.parameters[key].string_value = value
+    return message

@@ -1,0 +1,94 @@
+"""Wire messages <-> :mod:`server.types`. Plain functions; no server state."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from proto import grpc_service_pb2 as pb
+from proto import tensors
+from server.errors import InvalidInput, Unimplemented
+from server.types import InferRequest, InferResponse
+
+#: Request parameters Sluice understands; others are passed through to the core untouched.
+_UNSUPPORTED_PARAMS = {
+    "sequence_id": "sequence batching",
+    "sequence_start": "sequence batching",
+    "sequence_end": "sequence batching",
+}
+
+
+def param_value(param: pb.InferParameter) -> Any:
+    which = param.WhichOneof("parameter_choice")
+    return getattr(param, which) if which else None
+
+
+def set_param(params: Any, key: str, value: Any) -> None:
+    """Set one entry of a ``map<string, InferParameter>`` from a Python value."""
+    target = params[key]
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = str(value)
+
+
+def decode_request(message: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
+    """Decode a ModelInferRequest; TensorError / InvalidInput name the offending field."""
+    parameters = {key: param_value(value) for key, value in message.parameters.items()}
+    for key, feature in _UNSUPPORTED_PARAMS.items():
+        if parameters.get(key):
+            raise Unimplemented(f"parameter '{key}': {feature} is not supported by Sluice")
+    priority = parameters.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise InvalidInput("parameter 'priority' must be a non-negative integer")
+    requested = None
+    if message.outputs:
+        for output in message.outputs:
+            if "classification" in output.parameters:
+                raise Unimplemented(
+                    f"output '{output.name}': the classification extension is not supported"
+                )
+            if "shared_memory_region" in output.parameters:
+                raise Unimplemented(f"output '{output.name}': shared memory is not supported")
+        requested = tuple(output.name for output in message.outputs)
+    return InferRequest(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        inputs=tensors.decode_inputs(message),
+        id=message.id,
+        requested_outputs=requested,
+        parameters=parameters,
+        deadline=deadline,
+        priority=priority,
+    )
+
+
+def encode_response(response: InferResponse) -> pb.ModelInferResponse:
+    """Encode outputs as raw_output_contents (what every client reads fastest)."""
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    raws = message.raw_output_contents
+    for name, array in response.outputs.items():
+        if not isinstance(array, np.ndarray):
+            array = np.asarray(array)
+        message.outputs.add(
+            name=name, datatype=tensors.dtype_to_datatype(array.dtype), shape=array.shape
+        )
+        raws.append(tensors.encode_raw(array, label=f"output '{name}'"))
+    for key, value in response.parameters.items():
+        set_param(message.parameters, key, value)
+    return message
+
+
+def deadline_from(time_remaining: float | None) -> float | None:
+    """A monotonic deadline from gRPC's ``context.time_remaining()`` (None: no deadline)."""
+    if time_remaining is None:
+        return None
+    return time.monotonic() + time_remaining

@@ -1,0 +1,295 @@
+"""``inference.GRPCInferenceService``: thin RPC methods over the model repository.
+
+Each method decodes into our types, calls the core, encodes the reply. Errors go through
+:func:`server.protocol.status.fail`, so every failure is one precise status whose message names
+the offending thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from proto import grpc_service_pb2 as pb
+from proto import grpc_service_pb2_grpc as pb_grpc
+from server import __version__
+from server.core.model import ModelVersion
+from server.core.repository import ModelRepository
+from server.errors import InvalidInput, ModelNotFound, Overloaded, SluiceError, Unimplemented
+from server.model_config import to_proto
+from server.protocol import codec
+from server.protocol.statistics import latency_table, model_statistics
+from server.protocol.status import fail, to_status
+from server.types import InferResponse
+
+log = logging.getLogger(__name__)
+
+#: Extensions (Triton's names) this server really implements.
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
+#: In-flight requests per ModelStreamInfer stream before we stop reading from it.
+STREAM_WINDOW = 256
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """KServe v2 + Triton extensions over one :class:`ModelRepository`."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self._repo = repository
+        self._ready = False
+        self._draining = False
+        #: Inference requests admitted and not yet answered.
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new inference requests (UNAVAILABLE, reason draining) and wait up to
+        ``timeout_s`` for the admitted ones to be answered. True when none is left."""
+        self._ready = False
+        self._draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- health and metadata ------------------------------------------------------------------
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self._ready)
+
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=self._repo.ready(request.name, request.version))
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(
+            name="sluice", version=__version__, extensions=list(EXTENSIONS)
+        )
+
+    async def ModelMetadata(self, request, context):
+        try:
+            served = self._repo.get(request.name, request.version)
+        except SluiceError as exc:
+            fail(context, exc)
+            return pb.ModelMetadataResponse()
+        config = served.config
+        batch = (-1,) if config.max_batch_size > 0 else ()
+        ready = [
+            row.version for row in self._repo.index(ready_only=True) if row.name == config.name
+        ]
+        return pb.ModelMetadataResponse(
+            name=config.name,
+            versions=ready,
+            platform=config.platform,
+            inputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=t.name, datatype=t.datatype, shape=[*batch, *t.dims]
+                )
+                for t in config.inputs
+            ],
+            outputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=t.name, datatype=t.datatype, shape=[*batch, *t.dims]
+                )
+                for t in config.outputs
+            ],
+        )
+
+    async def ModelConfig(self, request, context):
+        try:
+            served = self._repo.get(request.name, request.version)
+        except SluiceError as exc:
+            fail(context, exc)
+            return pb.ModelConfigResponse()
+        message = to_proto(served.config)
+        providers = getattr(served.backend, "providers", ())
+        if providers:
+            message.parameters["sluice.execution_providers"].string_value = ",".join(providers)
+        if served.backend.notes:
+            message.parameters["sluice.notes"].string_value = "; ".join(served.backend.notes)
+        return pb.ModelConfigResponse(config=message)
+
+    async def ModelStatistics(self, request, context):
+        versions = self._select(request.name, request.version)
+        if isinstance(versions, SluiceError):
+            fail(context, versions)
+            return pb.ModelStatisticsResponse()
+        # p50/p95/p99 have no field in Triton's message: they travel as JSON in a header.
+        context.set_trailing_metadata((
+            ("sluice-latency-quantiles", json.dumps(latency_table(versions))),
+        ))
+        return pb.ModelStatisticsResponse(model_stats=[model_statistics(v) for v in versions])
+
+    def _select(self, name: str, version: str) -> list[ModelVersion] | SluiceError:
+        loaded = self._repo.loaded()
+        if not name:
+            return loaded
+        chosen = [
+            v for v in loaded if v.name == name and (not version or str(v.version) == version)
+        ]
+        if not chosen:
+            return ModelNotFound(
+                f"model '{name}'" + (f" version '{version}'" if version else "") + " is not loaded"
+            )
+        return chosen
+
+    # -- inference ----------------------------------------------------------------------------
+
+    async def _infer(self, message: pb.ModelInferRequest, deadline: float | None) -> InferResponse:
+        if self._draining:
+            raise Overloaded("server is shutting down", reason="draining", retry_after_ms=1000)
+        request = codec.decode_request(message, deadline)
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            # No await between resolving the version and queueing on it: a concurrent reload
+            # can never retire the version under a request that already chose it.
+            return await self._repo.get(request.model_name, request.model_version).infer(request)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+    async def ModelInfer(self, request, context):
+        try:
+            response = await self._infer(request, codec.deadline_from(context.time_remaining()))
+            return codec.encode_response(response)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            fail(context, exc)
+            return pb.ModelInferResponse()
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests are answered as they finish (each response carries its request's id); an
+        error answers that one request and the stream stays open.
+        """
+        done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(message: pb.ModelInferRequest) -> None:
+            try:
+                response = await self._infer(message, None)
+                item = pb.ModelStreamInferResponse(infer_response=codec.encode_response(response))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                code, text, _ = to_status(exc)
+                item = pb.ModelStreamInferResponse(
+                    error_message=f"[{code.name}] {text}",
+                    infer_response=pb.ModelInferResponse(
+                        model_name=message.model_name,
+                        model_version=message.model_version,
+                        id=message.id,
+                    ),
+                )
+            finally:
+                window.release()
+            done.put_nowait(item)
+
+        async def read() -> None:
+            try:
+                async for message in request_iterator:
+                    await window.acquire()
+                    task = asyncio.create_task(answer(message))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+            finally:
+                done.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await done.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    # -- repository ---------------------------------------------------------------------------
+
+    async def RepositoryIndex(self, request, context):
+        if request.repository_name:
+            fail(context, Unimplemented("named repositories are not supported"))
+            return pb.RepositoryIndexResponse()
+        return pb.RepositoryIndexResponse(models=[
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=row.name, version=row.version, state=row.state, reason=row.reason
+            )
+            for row in self._repo.index(ready_only=request.ready)
+        ])
+
+    async def RepositoryModelLoad(self, request, context):
+        try:
+            if request.repository_name:
+                raise Unimplemented("named repositories are not supported")
+            if request.parameters:
+                raise InvalidInput(
+                    f"parameters {sorted(request.parameters)} are not supported on load; "
+                    "edit the repository instead"
+                )
+            await self._repo.load(request.model_name)
+        except Exception as exc:
+            fail(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        try:
+            if request.repository_name:
+                raise Unimplemented("named repositories are not supported")
+            await self._repo.unload(request.model_name)
+        except Exception as exc:
+            fail(context, exc)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- extensions we do not implement -------------------------------------------------------
+
+    async def _unimplemented(self, what: str, context, response):
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details(f"{what} is not supported by Sluice")
+        return response
+
+    async def SystemSharedMemoryStatus(self, request, context):
+        return await self._unimplemented(
+            "system shared memory", context, pb.SystemSharedMemoryStatusResponse())
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        return await self._unimplemented(
+            "system shared memory", context, pb.SystemSharedMemoryRegisterResponse())
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        return await self._unimplemented(
+            "system shared memory", context, pb.SystemSharedMemoryUnregisterResponse())
+
+    async def CudaSharedMemoryStatus(self, request, context):
+        return await self._unimplemented(
+            "CUDA shared memory", context, pb.CudaSharedMemoryStatusResponse())
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        return await self._unimplemented(
+            "CUDA shared memory", context, pb.CudaSharedMemoryRegisterResponse())
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        return await self._unimplemented(
+            "CUDA shared memory", context, pb.CudaSharedMemoryUnregisterResponse())
+
+    async def TraceSetting(self, request, context):
+        return await self._unimplemented("trace settings", context, pb.TraceSettingResponse())
+
+    async def LogSettings(self, request, context):
+        return await self._unimplemented("log settings", context, pb.LogSettingsResponse())

@@ -1,0 +1,189 @@
+"""Every RPC of the inference service through tritonclient (sync and aio), the health service
+and reflection, against a real server over the bundled repository."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+import tritonclient.grpc.aio as tca
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+BUNDLED = {"add_sub", "cnn", "digits", "identity"}
+
+
+@pytest.fixture
+def client(bundled_server):
+    with tc.InferenceServerClient(bundled_server.address) as c:
+        yield c
+
+
+def test_health_and_server_metadata(client):
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    meta = client.get_server_metadata(as_json=True)
+    assert meta["name"] == "sluice"
+    assert set(meta["extensions"]) == {
+        "model_repository", "model_configuration", "statistics", "parameters"
+    }
+
+
+def test_model_ready_and_metadata(client):
+    for name in BUNDLED:
+        assert client.is_model_ready(name)
+        assert client.is_model_ready(name, "1")
+    assert not client.is_model_ready("identity", "7")
+    assert not client.is_model_ready("no_such_model")
+    meta = client.get_model_metadata("digits", as_json=True)
+    assert meta["versions"] == ["1"]
+    assert meta["platform"] == "onnxruntime_onnx"
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "64"]}]
+    assert {o["name"]: o["shape"] for o in meta["outputs"]} == {
+        "label": ["-1", "1"], "probabilities": ["-1", "10"]
+    }
+
+
+def test_model_config_is_what_perf_analyzer_reads(client):
+    config = client.get_model_config("add_sub", as_json=True)["config"]
+    # add_sub's config.pbtxt omits inputs and outputs: they come from the ONNX file.
+    assert config["max_batch_size"] == 64
+    assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [
+        ("INPUT0", "TYPE_FP32", ["16"]), ("INPUT1", "TYPE_FP32", ["16"])
+    ]
+    assert [t["name"] for t in config["output"]] == ["OUTPUT0", "OUTPUT1"]
+    assert "CPUExecutionProvider" in config["parameters"]["sluice.execution_providers"][
+        "string_value"]
+
+
+def test_statistics_count_requests_and_batches(client):
+    x = np.ones((3, 16), np.float32)
+    inp = tc.InferInput("INPUT0", x.shape, "FP32")
+    inp.set_data_from_numpy(x)
+    before = client.get_inference_statistics("identity", as_json=True)["model_stats"][0]
+    for _ in range(4):
+        client.infer("identity", [inp])
+    after = client.get_inference_statistics("identity", as_json=True)["model_stats"][0]
+    done = int(after["inference_stats"]["success"]["count"]) - int(
+        before["inference_stats"].get("success", {}).get("count", 0))
+    assert done == 4
+    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 12
+    sizes = {int(b["batch_size"]) for b in after["batch_stats"]}
+    assert 3 in sizes
+    assert int(after["last_inference"]) > 0
+    everything = client.get_inference_statistics(as_json=True)["model_stats"]
+    assert {s["name"] for s in everything} == BUNDLED
+    with pytest.raises(InferenceServerException) as info:
+        client.get_inference_statistics("nope")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_latency_quantiles_travel_with_statistics(bundled_server, client):
+    x = np.ones((1, 16), np.float32)
+    inp = tc.InferInput("INPUT0", x.shape, "FP32")
+    inp.set_data_from_numpy(x)
+    for _ in range(20):
+        client.infer("identity", [inp])
+    from proto import grpc_service_pb2 as pb
+    from proto import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(bundled_server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        _, call = stub.ModelStatistics.with_call(pb.ModelStatisticsRequest(name="identity"))
+        table = json.loads(dict(call.trailing_metadata())["sluice-latency-quantiles"])
+    e2e = table["identity"]["1"]["e2e"]
+    assert 0 < e2e["p50"] <= e2e["p95"] <= e2e["p99"] < 5
+    assert table["identity"]["1"]["requests"] >= 20
+
+
+def test_repository_index_lists_every_model(client):
+    index = client.get_model_repository_index(as_json=True)["models"]
+    assert {m["name"] for m in index} == BUNDLED
+    assert all(m["state"] == "READY" for m in index)
+
+
+def test_unsupported_extensions_answer_unimplemented(client):
+    for call in (
+        client.get_system_shared_memory_status,
+        client.get_cuda_shared_memory_status,
+        client.get_trace_settings,
+        client.get_log_settings,
+    ):
+        with pytest.raises(InferenceServerException) as info:
+            call()
+        assert info.value.status() == "StatusCode.UNIMPLEMENTED"
+    with pytest.raises(InferenceServerException) as info:
+        client.register_system_shared_memory("r", "/k", 16)
+    assert info.value.status() == "StatusCode.UNIMPLEMENTED"
+
+
+def test_sequence_requests_are_refused_clearly(client):
+    x = np.ones((1, 16), np.float32)
+    inp = tc.InferInput("INPUT0", x.shape, "FP32")
+    inp.set_data_from_numpy(x)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("identity", [inp], sequence_id=5, sequence_start=True)
+    assert info.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert "sequence_id" in info.value.message()
+
+
+def test_grpc_health_service_and_reflection(bundled_server):
+    with grpc.insecure_channel(bundled_server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        reply = next(stub.ServerReflectionInfo(iter([request])))
+        names = {s.name for s in reply.list_services_response.service}
+        assert "inference.GRPCInferenceService" in names
+        request = reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="inference.ModelInferRequest")
+        reply = next(stub.ServerReflectionInfo(iter([request])))
+        assert reply.file_descriptor_response.file_descriptor_proto
+
+
+def test_prometheus_metrics_endpoint(bundled_server, client):
+    x = np.ones((2, 16), np.float32)
+    inp = tc.InferInput("INPUT0", x.shape, "FP32")
+    inp.set_data_from_numpy(x)
+    client.infer("identity", [inp])
+    port = bundled_server.server.metrics.port
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for name in (
+        'sluice_request_duration_seconds_bucket{le="+Inf",model="identity",version="1"}',
+        'sluice_queue_duration_seconds_count{model="identity",version="1"}',
+        'sluice_compute_duration_seconds_sum{model="identity",version="1"}',
+        'sluice_requests_total{model="identity",outcome="success",version="1"}',
+        'sluice_latency_quantile_seconds{model="identity",quantile="0.99",stage="e2e",version="1"}',
+        'sluice_queue_depth_requests{model="identity",version="1"}',
+        'sluice_batch_size_rows_bucket{le="2.0",model="identity",version="1"}',
+    ):
+        assert name in body, name
+
+
+async def test_aio_client_every_read_rpc(bundled_server):
+    async with tca.InferenceServerClient(bundled_server.address) as client:
+        assert await client.is_server_live()
+        assert await client.is_server_ready()
+        assert await client.is_model_ready("cnn")
+        meta = await client.get_model_metadata("cnn", as_json=True)
+        assert meta["inputs"][0]["shape"] == ["-1", "3", "32", "32"]
+        config = await client.get_model_config("cnn", as_json=True)
+        assert config["config"]["max_batch_size"] == 128
+        x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+        inp = tca.InferInput("image", x.shape, "FP32")
+        inp.set_data_from_numpy(x)
+        result = await client.infer("cnn", [inp], request_id="abc")
+        assert result.get_response().id == "abc"
+        assert result.as_numpy("logits").shape == (2, 10)
+        stats = await client.get_inference_statistics("cnn", as_json=True)
+        assert int(stats["model_stats"][0]["inference_count"]) >= 2
+        index = await client.get_model_repository_index(as_json=True)
+        assert {m["name"] for m in index["models"]} == BUNDLED
