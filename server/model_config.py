@@ -233,4 +233,7 @@ def to_proto(config: ModelConfig) -> mc.ModelConfig:
         g.gpus.extend(group.gpus)
     for key, value in config.parameters.items():
         message.parameters[key].string_value = value
+    accelerators = message.optimization.execution_accelerators.gpu_execution_accelerator
+    for name in config.gpu_accelerators:
+        accelerators.add(name=name)
     return message

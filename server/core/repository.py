@@ -79,11 +79,10 @@ class ModelRepository:
         """The version to serve ``name`` with: ``version`` if given, else the newest ready one."""
         model = self._models.get(name)
         if model is None or (not model.versions and model.state != "LOADING"):
-            if model is not None and model.reason:
-                raise ModelNotReady(f"model '{name}' is not ready: {model.reason}")
-            raise ModelNotFound(f"model '{name}' is not loaded")
-        if not model.versions:
-            raise ModelNotReady(f"model '{name}' is still loading")
+            why = f" ({model.reason})" if model is not None and model.reason else ""
+            raise ModelNotFound(f"model '{name}' is not loaded{why}")
+        if not model.versions:  # transient: worth a retry
+            raise ModelNotReady(f"model '{name}' is still loading", retry_after_ms=1000)
         if not version:
             return model.versions[max(model.versions)]
         try:
