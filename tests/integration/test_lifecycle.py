@@ -107,3 +107,42 @@ def test_port_zero_prints_the_bound_port():
         code = proc.wait(30)
         proc.stdout.close()
     assert code == 0
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_sluice_infer_with_given_and_random_inputs(bundled_server, tmp_path):
+    b = np.arange(16, dtype=np.float32).reshape(1, 16)
+    np.save(tmp_path / "b.npy", b)
+    out = run_cli("infer", "add_sub", "--url", bundled_server.address,
+                  "--input", "INPUT0=" + str([[1.0] * 16]), "--input", f"INPUT1={tmp_path}/b.npy")
+    assert out.returncode == 0, out.stderr
+    assert "OUTPUT0 float32 [1, 16]" in out.stdout
+    # OUTPUT0 = 1 + b: the printed row starts with 1, 2, 3
+    assert "[[ 1.  2.  3." in out.stdout.replace("\n", " ")
+    out = run_cli("infer", "digits", "--url", bundled_server.address, "--batch", "3")
+    assert out.returncode == 0, out.stderr
+    assert "probabilities float32 [3, 10]" in out.stdout and "label int64 [3, 1]" in out.stdout
+    out = run_cli("infer", "nope", "--url", bundled_server.address)
+    assert out.returncode == 1 and "nope" in out.stderr
+
+
+def test_sluice_stats_prints_the_latency_table(bundled_server):
+    x = np.ones((1, 16), np.float32)
+    with tc.InferenceServerClient(bundled_server.address) as client:
+        tensor = tc.InferInput("INPUT0", [1, 16], "FP32")
+        tensor.set_data_from_numpy(x)
+        for _ in range(10):
+            client.infer("identity", [tensor])
+    out = run_cli("stats", "identity", "--url", bundled_server.address)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["model", "ver", "stage", "p50", "ms", "p95", "ms", "p99", "ms",
+                                "requests"]
+    e2e = next(line.split() for line in lines if " e2e " in line)
+    p50, p95, p99 = map(float, e2e[3:6])
+    assert e2e[0] == "identity" and 0 < p50 <= p95 <= p99
+    assert int(e2e[6]) >= 10
