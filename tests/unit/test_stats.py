@@ -1,0 +1,70 @@
+"""Latency windows and cumulative histograms against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.core.batcher import BatchReport
+from server.core.stats import CumulativeHistogram, LatencyWindow, ModelStats
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_window_quantiles_match_numpy_within_hdr_precision():
+    rng = np.random.default_rng(0)
+    samples = rng.lognormal(mean=-7, sigma=1.0, size=20_000)  # ~1 ms, long tail
+    window = LatencyWindow(60.0, clock=Clock())
+    for s in samples:
+        window.record(float(s))
+    got = window.quantiles((50, 95, 99))
+    assert got is not None
+    for p in (50, 95, 99):
+        expected = np.percentile(samples, p)
+        assert abs(got[p] - expected) / expected < 0.02, (p, got[p], expected)
+
+
+def test_window_forgets_old_samples():
+    clock = Clock()
+    window = LatencyWindow(60.0, slots=6, clock=clock)
+    for _ in range(100):
+        window.record(0.5)
+    clock.now += 30
+    for _ in range(100):
+        window.record(0.001)
+    both = window.quantiles((99,))
+    assert both is not None and both[99] > 0.4
+    clock.now += 45  # the 0.5 s samples are now more than a window old
+    recent = window.quantiles((99,))
+    assert recent is not None and recent[99] < 0.002
+    clock.now += 120
+    assert window.quantiles() is None
+
+
+def test_cumulative_histogram_buckets():
+    hist = CumulativeHistogram((0.001, 0.01, 0.1))
+    for value in (0.0005, 0.001, 0.005, 0.05, 5.0):
+        hist.observe(value)
+    assert hist.buckets() == [("0.001", 2), ("0.01", 3), ("0.1", 4), ("+Inf", 5)]
+    assert abs(hist.total - 5.0565) < 1e-9
+
+
+def test_model_stats_follow_tritons_accounting():
+    stats = ModelStats(clock=Clock())
+    stats.on_batch(BatchReport(rows=5, queue_s=[0.001, 0.002], gather_s=0.0001, run_s=0.003,
+                               scatter_s=0.0002, failed=False))
+    stats.on_batch(BatchReport(rows=1, queue_s=[0.004], gather_s=0.0, run_s=0.0, scatter_s=0.0,
+                               failed=True))
+    stats.on_request(0.004, ok=True)
+    stats.on_request(0.005, ok=True)
+    stats.on_request(0.006, ok=False)
+    assert (stats.success_count, stats.fail_count) == (2, 1)
+    assert stats.inference_count == 5 and stats.execution_count == 1
+    assert stats.queue_count == 3 and stats.queue_ns == 7_000_000
+    assert stats.compute_infer_ns == 2 * 3_000_000  # each member saw the batch's compute
+    assert stats.batch_stats[5].count == 1 and 1 not in stats.batch_stats
