@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,8 +23,9 @@ def _tool(name: str) -> str:
 def test_imports_point_one_way():
     """DESIGN.md: cli -> app -> protocol -> core -> backends; core knows no grpc/proto/runtime;
     clients, kernels and load tests never import the server."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # loadtests/ is not an installed package
     out = subprocess.run([_tool("lint-imports")], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, env=env)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 

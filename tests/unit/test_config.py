@@ -13,7 +13,7 @@ from server.config import (
     complete_model_config,
 )
 from server.errors import ModelLoadError
-from server.model_config import parse_model_config, from_proto, to_proto
+from server.model_config import from_proto, parse_model_config, to_proto
 from server.types import TensorSpec
 
 TRITON_CONFIG = """
@@ -115,7 +115,8 @@ def test_explicit_max_batch_size_zero_means_unbatched():
 
 
 def test_batching_a_model_with_a_fixed_first_dim_is_an_error():
-    io = ModelIO(inputs=(TensorSpec("x", "FP32", (1, 4)),), outputs=(TensorSpec("y", "FP32", (1,)),))
+    io = ModelIO(inputs=(TensorSpec("x", "FP32", (1, 4)),),
+                 outputs=(TensorSpec("y", "FP32", (1,)),))
     with pytest.raises(ModelLoadError, match="variable first dimension.*'x'"):
         complete_model_config(ModelConfig(name="m", max_batch_size=8), io,
                               max_batch_size_set=True, default_max_batch_size=64)
