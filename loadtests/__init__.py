@@ -1,0 +1,12 @@
+"""Load tests and benchmarks for Sluice. Clients of the server only: nothing here imports
+``server``; servers run as subprocesses and are reached over gRPC (through :mod:`clients`).
+
+* ``python -m loadtests.bench``: the benchmark (ORT in-process ceiling, Python gRPC ceiling,
+  Sluice unary and streaming, memory growth, perf_analyzer when installed).
+* ``python -m loadtests.ceiling``: the minimal grpc.aio servicer the benchmark compares against.
+* ``python -m loadtests.loadgen``: one closed-loop load generator process.
+
+Helpers: :mod:`loadtests.models` (bundled model specs and inputs), :mod:`loadtests.ortbench`
+(in-process ONNX Runtime), :mod:`loadtests.procs` (server and generator subprocesses),
+:mod:`loadtests.perfanalyzer`, :mod:`loadtests.report` (medians, ratios, table, JSON, plot).
+"""

@@ -1,0 +1,61 @@
+"""Triton's perf_analyzer, when installed, run on the same points as our generator.
+
+``perf_analyzer -m MODEL -u HOST:PORT -i grpc --concurrency-range N -b B -f FILE.csv`` (plus
+``--streaming`` for stream points); its CSV gives inferences/s (rows/s) and latency percentiles
+in microseconds. Nothing here is needed for the benchmark to run: without the binary every
+point reports ``perf_analyzer not installed``.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+NOT_INSTALLED = "perf_analyzer not installed"
+
+
+def binary() -> str | None:
+    return shutil.which("perf_analyzer")
+
+
+def run(
+    *, target: str, model: str, concurrency: int, batch: int, streaming: bool, duration_s: float
+) -> dict[str, Any]:
+    """One point: ``{"rows_s", "req_s", "p50_ms", "p95_ms", "p99_ms"}`` or ``{"error": ...}``."""
+    exe = binary()
+    if exe is None:
+        return {"error": NOT_INSTALLED}
+    with tempfile.TemporaryDirectory(prefix="sluice-pa-") as tmp:
+        csv_path = Path(tmp) / "pa.csv"
+        args = [
+            exe, "-m", model, "-u", target, "-i", "grpc",
+            "--concurrency-range", str(concurrency), "-b", str(batch), "-f", str(csv_path),
+            "--measurement-interval", str(int(duration_s * 1000)), "--max-trials", "3",
+        ]
+        if streaming:
+            args.append("--streaming")
+        try:
+            done = subprocess.run(
+                args, capture_output=True, text=True, timeout=duration_s * 6 + 60, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": "perf_analyzer timed out"}
+        if done.returncode != 0 or not csv_path.exists():
+            return {"error": f"perf_analyzer exit {done.returncode}: {done.stderr[-500:]}"}
+        with csv_path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    if not rows:
+        return {"error": "perf_analyzer wrote no rows"}
+    row = rows[-1]
+    rows_s = float(row["Inferences/Second"])  # perf_analyzer counts inferences = rows
+    return {
+        "rows_s": rows_s,
+        "req_s": rows_s / batch,
+        "p50_ms": float(row["p50 latency"]) / 1e3,
+        "p95_ms": float(row["p95 latency"]) / 1e3,
+        "p99_ms": float(row["p99 latency"]) / 1e3,
+    }
