@@ -99,8 +99,11 @@ class OrtBackend:
             intra = max(1, (os.cpu_count() or 1) // count)
         options.intra_op_num_threads = intra
         options.inter_op_num_threads = int(params.get("inter_op_thread_count", "0") or 0)
-        if params.get("allow_spinning", "").lower() in ("0", "false", "no"):
+        # ORT's pool threads spin after each run by default; on a server whose event loop shares
+        # the cores, spinning steals the CPU that answers requests. Opt back in per model.
+        if params.get("allow_spinning", "").lower() not in ("1", "true", "yes"):
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self._sessions = [
                 ort.InferenceSession(str(path), sess_options=options, providers=providers)

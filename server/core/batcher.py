@@ -108,6 +108,7 @@ class DynamicBatcher:
         self._busy = 0
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         #: Recent rows/s of completed batches (EWMA), for pushback estimates.
         self._rows_per_s = 0.0
@@ -117,6 +118,7 @@ class DynamicBatcher:
     def start(self) -> None:
         """Start one worker task per instance; the batcher owns them until :meth:`close`."""
         if not self._workers:
+            self._loop = asyncio.get_running_loop()
             self._workers = [
                 asyncio.create_task(self._worker(i), name=f"batcher:{self.name}:{i}")
                 for i in range(self._instances)
@@ -147,7 +149,9 @@ class DynamicBatcher:
         now = self._clock()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded(f"model '{self.name}': deadline passed before queueing")
-        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
+        if self._loop is None:
+            raise RuntimeError(f"batcher {self.name} used before start()")
+        future: asyncio.Future[Arrays] = self._loop.create_future()
         batched = self._max_batch > 0
         signature = tuple((k, v.shape[1:] if batched else v.shape) for k, v in inputs.items())
         self._queue.append(_Item(inputs, rows, signature, future, deadline, now))
@@ -207,6 +211,9 @@ class DynamicBatcher:
                     return None
                 self._wake.clear()
                 await self._wake.wait()
+                # Let the event loop run what is already ready (requests that have arrived and
+                # are being decoded) so they join this batch: one loop pass, not a timed wait.
+                await asyncio.sleep(0)
                 continue
             batch, wait_s = self._cut(self._clock())
             if batch:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from server.backends.base import Backend
 from server.config import ModelConfig
 from server.core.batcher import Arrays, DynamicBatcher
 from server.core.stats import ModelStats
+from server.core.worker import InstanceThread
 from server.errors import InvalidInput
 from server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_of
 
@@ -39,9 +39,9 @@ class ModelVersion:
         self.backend = backend
         self.stats = stats
         self._clock = clock
-        self._executors = [
-            ThreadPoolExecutor(1, thread_name_prefix=f"{config.name}.{version}.{i}")
-            for i in range(backend.instance_count)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads = [
+            InstanceThread(f"{config.name}.{version}.{i}") for i in range(backend.instance_count)
         ]
         batching = config.dynamic_batching
         self._batcher = DynamicBatcher(
@@ -69,6 +69,7 @@ class ModelVersion:
         return self.config.name
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._batcher.start()
 
     def queue_stats(self) -> dict[str, float]:
@@ -102,8 +103,8 @@ class ModelVersion:
     async def close(self) -> None:
         """Drain queued requests, then free the executors and the backend."""
         await self._batcher.close()
-        for executor in self._executors:
-            executor.shutdown(wait=True)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.close)
         self.backend.close()
 
     def abort(self, reason: str) -> None:
@@ -113,10 +114,8 @@ class ModelVersion:
     # -- internals ----------------------------------------------------------------------------
 
     async def _run(self, instance: int, inputs: Arrays) -> Arrays:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executors[instance], self.backend.run, instance, inputs
-        )
+        assert self._loop is not None, "ModelVersion used before start()"
+        return await self._threads[instance].run(self._loop, self.backend.run, instance, inputs)
 
     def _deadline(self, request: InferRequest, now: float) -> float | None:
         deadline = request.deadline
