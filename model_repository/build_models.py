@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -417,6 +418,9 @@ def main() -> None:
         "add_sub": build_add_sub(repo),
     }
     check_models(repo, paths)
+    import build_pipeline  # the tree model and the digits pipeline
+
+    build_pipeline.build_all(repo, sys.modules[__name__])
     ms = time_cnn(paths["cnn"])
     print(
         f"cnn: ~{cnn_mflop_per_image():.1f} MFLOP/image; batch 32 on CPU: {ms:.3f} ms/image "

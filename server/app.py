@@ -26,6 +26,8 @@ from grpc_reflection.v1alpha import reflection
 from proto import grpc_service_pb2, grpc_service_pb2_grpc
 from proto._pool import POOL
 from server.backends.base import Backend
+from server.backends.ensemble import EnsembleBackend
+from server.backends.numba_backend import load_numba_backend
 from server.backends.ort import OrtBackend
 from server.config import ModelConfig, ServerConfig
 from server.core.repository import ModelRepository
@@ -41,13 +43,6 @@ BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 _SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
-def make_backend(config: ModelConfig, version_dir: Path) -> Backend:
-    """The backend named by ``config.backend``."""
-    if config.backend == "onnxruntime":
-        return OrtBackend(config, version_dir)
-    raise ModelLoadError(f"model '{config.name}': backend '{config.backend}' is not supported")
-
-
 class Server:
     """One Sluice server process's parts, started and stopped together."""
 
@@ -56,7 +51,7 @@ class Server:
         self.repository = ModelRepository(
             config.model_repository,
             read_config=read_model_config,
-            make_backend=make_backend,
+            make_backend=self._make_backend,
             default_max_batch_size=config.default_max_batch_size,
             default_max_queue_size=config.default_max_queue_size,
             latency_window_s=config.latency_window_s,
@@ -67,6 +62,37 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
 
+    def _make_backend(self, config: ModelConfig, version_dir: Path) -> Backend:
+        """The backend named by ``config.backend`` (runs on a loader thread)."""
+        if config.backend == "onnxruntime":
+            return OrtBackend(config, version_dir)
+        if config.backend in ("numba", "fil"):
+            return load_numba_backend(config, version_dir)
+        if config.backend == "ensemble":
+            return EnsembleBackend(config, version_dir, self._pipeline_step)
+        raise ModelLoadError(f"model '{config.name}': backend '{config.backend}' is not supported")
+
+    def _pipeline_step(self, name: str, version: int) -> tuple[Backend, ModelConfig]:
+        served = self.repository.get(name, str(version) if version > 0 else "")
+        return served.backend, served.config
+
+    async def _load_all(self, names: list[str]) -> None:
+        """Load ``names``; a model that fails is retried after the others loaded (a pipeline
+        loads after its steps), until a pass makes no progress."""
+        pending = list(names)
+        while pending:
+            failed: dict[str, str] = {}
+            for name in pending:
+                try:
+                    await self.repository.load(name)
+                except SluiceError as exc:
+                    failed[name] = exc.message
+            if len(failed) == len(pending):
+                for name, message in failed.items():  # one bad model keeps no other down
+                    log.error("model '%s' not loaded: %s", name, message)
+                return
+            pending = list(failed)
+
     async def start(self) -> None:
         """Load the models, bind and start gRPC, then report SERVING."""
         cfg = self.config
@@ -76,11 +102,7 @@ class Server:
             list(cfg.startup_models) if cfg.model_control == "explicit"
             else self.repository.available_names()
         )
-        for name in names:
-            try:
-                await self.repository.load(name)
-            except SluiceError as exc:  # one bad model must not keep the others down
-                log.error("model '%s' not loaded: %s", name, exc.message)
+        await self._load_all(names)
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),

@@ -83,6 +83,19 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class EnsembleStep:
+    """One step of a pipeline (Triton's ensemble_scheduling.step)."""
+
+    model_name: str
+    #: -1 means the newest ready version.
+    model_version: int
+    #: step model input name -> pipeline tensor name.
+    input_map: Mapping[str, str]
+    #: step model output name -> pipeline tensor name.
+    output_map: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """One model's configuration, complete after :func:`complete_model_config`."""
 
@@ -102,6 +115,8 @@ class ModelConfig:
     default_model_filename: str = "model.onnx"
     #: GPU accelerators asked for in optimization.execution_accelerators (e.g. "tensorrt").
     gpu_accelerators: tuple[str, ...] = ()
+    #: Pipeline steps, for platform "ensemble".
+    ensemble_steps: tuple[EnsembleStep, ...] = ()
 
     @property
     def instance_count(self) -> int:

@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from proto import model_config_pb2 as mc
 from server.config import (
     DynamicBatching,
+    EnsembleStep,
     InstanceGroup,
     InstanceKind,
     ModelConfig,
@@ -45,9 +46,16 @@ SUPPORTED_FIELDS = frozenset({
     "optimization", "optimization.execution_accelerators",
     "optimization.execution_accelerators.gpu_execution_accelerator",
     "optimization.execution_accelerators.gpu_execution_accelerator.name",
+    "ensemble_scheduling", "ensemble_scheduling.step", "ensemble_scheduling.step.model_name",
+    "ensemble_scheduling.step.model_version", "ensemble_scheduling.step.input_map",
+    "ensemble_scheduling.step.input_map.key", "ensemble_scheduling.step.input_map.value",
+    "ensemble_scheduling.step.output_map", "ensemble_scheduling.step.output_map.key",
+    "ensemble_scheduling.step.output_map.value",
 })
 
-_PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime"}
+_PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "ensemble": "ensemble"}
+#: Backends Sluice implements: "fil" is Triton's FIL backend name, served by our Numba kernels.
+BACKENDS = ("onnxruntime", "numba", "fil", "ensemble")
 _MAX_BATCH_SET = re.compile(r"^\s*max_batch_size\s*:", re.MULTILINE)
 
 
@@ -121,8 +129,14 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
         raise ModelLoadError(f"{where}: platform '{message.platform}' is not supported")
     if not backend:
         backend = "onnxruntime"
-    if backend != "onnxruntime":
-        raise ModelLoadError(f"{where}: backend '{backend}' is not supported")
+    if backend not in BACKENDS:
+        raise ModelLoadError(
+            f"{where}: backend '{backend}' is not supported (one of {', '.join(BACKENDS)})"
+        )
+    if (backend == "ensemble") != message.HasField("ensemble_scheduling"):
+        raise ModelLoadError(
+            f"{where}: platform 'ensemble' and ensemble_scheduling go together"
+        )
 
     def tensors(items, kind: str) -> tuple[TensorSpec, ...]:
         out = []
@@ -152,6 +166,8 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
         policy = VersionPolicy(num_versions=message.version_policy.latest.num_versions)
 
     batching = None
+    if backend == "ensemble" and message.max_batch_size > 0:
+        batching = DynamicBatching()  # a pipeline is batched once, at its entry
     if message.HasField("dynamic_batching"):
         db = message.dynamic_batching
         qp = db.default_queue_policy
@@ -175,7 +191,7 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
     return ModelConfig(
         name=name,
         backend=backend,
-        platform=message.platform or "onnxruntime_onnx",
+        platform=message.platform or ("onnxruntime_onnx" if backend == "onnxruntime" else ""),
         max_batch_size=message.max_batch_size,
         inputs=tensors(message.input, "input"),
         outputs=tensors(message.output, "output"),
@@ -186,6 +202,15 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
         default_model_filename=message.default_model_filename or "model.onnx",
         gpu_accelerators=tuple(
             a.name for a in message.optimization.execution_accelerators.gpu_execution_accelerator
+        ),
+        ensemble_steps=tuple(
+            EnsembleStep(
+                model_name=step.model_name,
+                model_version=step.model_version,
+                input_map=dict(step.input_map),
+                output_map=dict(step.output_map),
+            )
+            for step in message.ensemble_scheduling.step
         ),
     )
 
@@ -236,4 +261,10 @@ def to_proto(config: ModelConfig) -> mc.ModelConfig:
     accelerators = message.optimization.execution_accelerators.gpu_execution_accelerator
     for name in config.gpu_accelerators:
         accelerators.add(name=name)
+    for step in config.ensemble_steps:
+        entry = message.ensemble_scheduling.step.add(
+            model_name=step.model_name, model_version=step.model_version
+        )
+        entry.input_map.update(step.input_map)
+        entry.output_map.update(step.output_map)
     return message

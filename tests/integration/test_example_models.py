@@ -17,7 +17,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
-EXPECTED_MODELS = {"digits", "cnn", "identity", "add_sub"}
+EXPECTED_MODELS = {
+    "digits", "cnn", "identity", "add_sub",  # ONNX
+    "breast_cancer", "digits_standardize", "digits_top3",  # Numba (trees, kernels)
+    "digits_linear", "digits_pipeline",  # the pipeline's ONNX step and the pipeline
+}
 MAX_ONNX_BYTES = 1_000_000
 
 # ONNX TensorProto element type -> Triton DataType
@@ -41,6 +45,10 @@ ONNX_TO_TRITON = {
 
 def _model_dirs() -> list[Path]:
     return sorted(p for p in REPO.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def _onnx_model_dirs() -> list[Path]:
+    return [p for p in _model_dirs() if (p / "1" / "model.onnx").is_file()]
 
 
 def _load_config(model_dir: Path) -> mc.ModelConfig:
@@ -68,12 +76,14 @@ def _config_model_dims(tensor) -> list[int]:
     return list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
 
 
-MODEL_DIRS = _model_dirs()
+MODEL_DIRS = _onnx_model_dirs()
 MODEL_IDS = [p.name for p in MODEL_DIRS]
 
 
 def test_repository_holds_the_expected_models():
-    assert {p.name for p in MODEL_DIRS} == EXPECTED_MODELS
+    assert {p.name for p in _model_dirs()} == EXPECTED_MODELS
+    assert {p.name for p in MODEL_DIRS} == {"digits", "cnn", "identity", "add_sub",
+                                            "digits_linear"}
     assert (REPO / "build_models.py").is_file()
 
 

@@ -15,7 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-BUNDLED = {"add_sub", "cnn", "digits", "identity"}
+from server.app import BUNDLED_REPOSITORY
+
+BUNDLED = {p.name for p in BUNDLED_REPOSITORY.iterdir() if (p / "config.pbtxt").is_file()}
 
 
 @pytest.fixture
@@ -29,6 +31,7 @@ def test_health_and_server_metadata(client):
     assert client.is_server_ready()
     meta = client.get_server_metadata(as_json=True)
     assert meta["name"] == "sluice"
+    assert {"add_sub", "cnn", "digits", "identity", "digits_pipeline"} <= BUNDLED
     assert set(meta["extensions"]) == {
         "model_repository", "model_configuration", "statistics", "parameters"
     }

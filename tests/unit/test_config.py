@@ -58,7 +58,7 @@ def test_a_full_triton_config_translates_field_by_field():
     ("text", "needle"),
     [
         ("sequence_batching {}", "sequence_batching"),
-        ("ensemble_scheduling {}", "ensemble_scheduling"),
+        ("batch_input [{ kind: BATCH_ELEMENT_COUNT }]", "batch_input"),
         ("input [{ name: 'x' data_type: TYPE_FP32 dims: [1] allow_ragged_batch: true }]",
          "input.allow_ragged_batch"),
         ("output [{ name: 'y' data_type: TYPE_FP32 dims: [1] label_filename: 'l.txt' }]",
