@@ -17,6 +17,7 @@ import numpy as np
 from clients.errors import InvalidInput, ServerError, SluiceClientError
 from proto import grpc_service_pb2 as pb
 from proto import tensors
+from proto.params import ParameterValue, set_param
 
 __all__ = [
     "LATENCY_KEY",
@@ -36,7 +37,6 @@ LATENCY_KEY = "sluice-latency-quantiles"
 #: Largest message either way (256 MiB): big batches of images exceed gRPC's 4 MiB default.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
-ParameterValue = bool | int | float | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,27 +62,10 @@ def channel_options(extra: Sequence[tuple[str, Any]] | None) -> list[tuple[str, 
 
 
 def _set_parameter(params: Any, key: str, value: ParameterValue) -> None:
-    target = params[key]
-    if isinstance(value, bool):  # before int: bool is an int subclass
-        target.bool_param = value
-    elif isinstance(value, int):
-        if not -(2**63) <= value < 2**64:
-            raise InvalidInput(
-                grpc.StatusCode.INVALID_ARGUMENT, f"parameter '{key}': {value} is out of range"
-            )
-        if value < 2**63:
-            target.int64_param = value
-        else:  # only uint64 holds it
-            target.uint64_param = value
-    elif isinstance(value, float):
-        target.double_param = value
-    elif isinstance(value, str):
-        target.string_param = value
-    else:
-        raise InvalidInput(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"parameter '{key}': {type(value).__name__} is not bool, int, float or str",
-        )
+    try:
+        set_param(params, key, value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 
 def build_request(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 
 from proto import grpc_service_pb2 as pb
 from proto import tensors
+from proto.params import param_value, set_param
 from server.errors import InvalidInput, Unimplemented
 from server.types import InferRequest, InferResponse
 
@@ -18,24 +18,6 @@ _UNSUPPORTED_PARAMS = {
     "sequence_start": "sequence batching",
     "sequence_end": "sequence batching",
 }
-
-
-def param_value(param: pb.InferParameter) -> Any:
-    which = param.WhichOneof("parameter_choice")
-    return getattr(param, which) if which else None
-
-
-def set_param(params: Any, key: str, value: Any) -> None:
-    """Set one entry of a ``map<string, InferParameter>`` from a Python value."""
-    target = params[key]
-    if isinstance(value, bool):
-        target.bool_param = value
-    elif isinstance(value, int):
-        target.int64_param = value
-    elif isinstance(value, float):
-        target.double_param = value
-    else:
-        target.string_param = str(value)
 
 
 def decode_request(message: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
