@@ -45,6 +45,22 @@ class Backend(Protocol):
         ...
 
 
+class InstancesBackend:
+    """Defaults shared by backends: ``count`` instances, inputs taken as they come."""
+
+    notes: tuple[str, ...] = ()
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+
+    @property
+    def instance_count(self) -> int:
+        return self._count
+
+    def prepare(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return inputs
+
+
 def warmup_inputs(config: ModelConfig, rows: int) -> dict[str, np.ndarray]:
     """Zero (or empty-string) inputs for ``config`` with ``rows`` rows; -1 dims become 1."""
     out = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.backends.base import Backend, warmup_inputs
+from server.backends.base import Backend, InstancesBackend, warmup_inputs
 from server.config import ModelConfig, ModelIO
 from server.errors import ModelLoadError
 from server.types import TensorSpec
@@ -22,7 +22,7 @@ from server.types import TensorSpec
 StepLookup = Callable[[str, int], tuple[Backend, ModelConfig]]
 
 
-class EnsembleBackend:
+class EnsembleBackend(InstancesBackend):
     """Runs ``config.ensemble_steps`` in order on each batch."""
 
     def __init__(self, config: ModelConfig, version_dir: Path, lookup: StepLookup) -> None:
@@ -31,9 +31,9 @@ class EnsembleBackend:
             raise ModelLoadError(f"{where}: ensemble_scheduling has no step")
         if not config.inputs or not config.outputs:
             raise ModelLoadError(f"{where}: an ensemble must declare its inputs and outputs")
+        super().__init__(config.instance_count)
         self._lookup = lookup
         self._steps = config.ensemble_steps
-        self._count = config.instance_count
         self.notes: tuple[str, ...] = (
             "pipeline: " + " -> ".join(step.model_name for step in self._steps),
         )
@@ -87,13 +87,6 @@ class EnsembleBackend:
         for t in config.outputs:
             if t.name not in known:
                 raise ModelLoadError(f"{where}: no step produces output '{t.name}'")
-
-    @property
-    def instance_count(self) -> int:
-        return self._count
-
-    def prepare(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return inputs
 
     def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = dict(inputs)

@@ -38,6 +38,7 @@ import numpy as np
 from kernels import cpu
 from kernels.forest import Forest
 from kernels.formats import FormatError, load_tree_model
+from server.backends.base import InstancesBackend
 from server.config import InstanceKind, ModelConfig, ModelIO
 from server.errors import ModelLoadError
 from server.types import TensorSpec
@@ -81,10 +82,11 @@ def _wants_gpu(config: ModelConfig, where: str) -> bool:
     return False
 
 
-class TreeBackend:
+class TreeBackend(InstancesBackend):
     """A tree ensemble served with FIL's input/output conventions."""
 
     def __init__(self, config: ModelConfig, version_dir: Path) -> None:
+        super().__init__(config.instance_count)
         where = f"model '{config.name}' version {version_dir.name}"
         params = dict(config.parameters)
         unknown = sorted(set(params) - FIL_PARAMETERS)
@@ -114,26 +116,17 @@ class TreeBackend:
         else:
             width = forest.n_groups
         self._gpu = None
-        self.notes: tuple[str, ...] = ()
         if _wants_gpu(config, where):
             from kernels.cuda import ForestGPU
 
             self._gpu = ForestGPU(forest)
             self.notes = ("trees run on the GPU (Numba CUDA)",)
         self._binary = binary
-        self._count = config.instance_count
         self._gpu_lock = threading.Lock()  # ForestGPU reuses its device buffers
         self.io = ModelIO(
             inputs=(TensorSpec("input__0", "FP32", (-1, forest.n_features)),),
             outputs=(TensorSpec("output__0", "FP32", (-1, width)),),
         )
-
-    @property
-    def instance_count(self) -> int:
-        return self._count
-
-    def prepare(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return inputs
 
     def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = inputs["input__0"]
@@ -166,10 +159,11 @@ class TreeBackend:
         self._gpu = None
 
 
-class KernelBackend:
+class KernelBackend(InstancesBackend):
     """One pre/post-processing kernel as a model (a pipeline step)."""
 
     def __init__(self, config: ModelConfig, version_dir: Path) -> None:
+        super().__init__(config.instance_count)
         where = f"model '{config.name}' version {version_dir.name}"
         params = dict(config.parameters)
         unknown = sorted(set(params) - _KERNEL_PARAMETERS)
@@ -178,8 +172,6 @@ class KernelBackend:
         self.kernel = params["kernel"]
         if self.kernel not in KERNELS:
             raise ModelLoadError(f"{where}: unknown kernel '{self.kernel}' (one of {KERNELS})")
-        self.notes: tuple[str, ...] = ()
-        self._count = config.instance_count
         self._arrays: dict[str, np.ndarray] = {}
         width = -1
         if self.kernel in ("standardize", "minmax_scale"):
@@ -223,13 +215,6 @@ class KernelBackend:
                 out += (TensorSpec("labels", "BYTES", (-1, self._k)),)
             return out
         return (TensorSpec("OUTPUT0", "FP32", (-1, width)),)
-
-    @property
-    def instance_count(self) -> int:
-        return self._count
-
-    def prepare(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return inputs
 
     def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(inputs["INPUT0"], dtype=np.float32)
