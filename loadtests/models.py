@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from google.protobuf import text_format
 
-from proto import model_config_pb2
+from proto import model_config_pb2, tensors
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root (the working directory of every subprocess the benchmark starts)."""
@@ -97,4 +98,33 @@ def make_inputs(
             arrays[spec.name] = rng.random(shape, dtype=np.float64).astype(dtype)
         else:
             arrays[spec.name] = rng.integers(0, 10, shape).astype(dtype)
+    return arrays
+
+
+def inputs_from_metadata(
+    metadata: dict[str, Any], batch: int = 1, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Random inputs for a model as its ModelMetadata describes it (the dict form
+    :meth:`clients.Client.model_metadata` returns): the first -1 dim becomes ``batch``, any
+    other -1 becomes 1. Numbers as in :func:`make_inputs`; BYTES inputs get ``b"0"`` elements.
+    """
+    specs = []
+    for tensor in metadata["inputs"]:
+        shape = [int(d) for d in tensor["shape"]]
+        if shape and shape[0] == -1:
+            shape[0] = batch
+        shape = [1 if d < 0 else d for d in shape]
+        specs.append((tensor["name"], tensor["datatype"], tuple(shape)))
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for name, datatype, shape in specs:
+        dtype = tensors.datatype_to_dtype(datatype)
+        if datatype == "BYTES":
+            arrays[name] = np.full(shape, b"0", dtype=object)
+        elif dtype.kind == "f":
+            arrays[name] = rng.random(shape, dtype=np.float64).astype(dtype)
+        elif dtype.kind == "b":
+            arrays[name] = rng.integers(0, 2, shape).astype(dtype)
+        else:
+            arrays[name] = rng.integers(0, 10, shape).astype(dtype)
     return arrays

@@ -1,0 +1,338 @@
+"""Open-loop overload benchmark: does Sluice keep serving at capacity when offered far more?
+
+    python -m loadtests.overload [--quick] [--model M] [--batch B] [--slo-ms 50] [--out DIR]
+        [--capacity REQ_S] [--target HOST:PORT | --server-arg=--workers --server-arg=2] [--check]
+
+Default workload: ``cnn``, 8 rows per request. The generator must be able to offer 5x C on
+time, on the same two cores as the server. At batch 1, C is ~1,000-1,300 req/s (the gRPC and
+Python cost per request dominates), so 5x is 5-6.5k req/s: two Python generator processes fell
+~0.5 s behind their timetable and took CPU the server needed, so the 5x step measured the
+generator. At batch 8, C is ~200 req/s (~1,700 rows/s, compute-bound like a real model), 5x is
+~1,100 req/s, which one generator process sends on time. ``--batch 1`` still works; the table
+flags (``!``) every phase in which the generator fell behind.
+
+1. Capacity C: closed-loop saturation throughput on the model (:func:`loadtests.procs.run_load`,
+   concurrency 64, one generator process, 3 s after a 1 s warm-up; 2 s with ``--quick``), or
+   ``--capacity`` to reuse a C measured before (compare runs before and after a change at the
+   same C).
+2. One open-loop timetable (:mod:`loadtests.openloop`; constant arrival rate, sent whether or
+   not earlier requests were answered): a 1 s warm-up at 0.5x C, steps at 1x, 2x, 3x, 5x C
+   (5 s each, 2 s with ``--quick``), back to 1x for 5 s (3 s) to measure recovery, then 3x C
+   with 20% of the requests at priority 1 and the rest at priority 2 (5 s, 2 s). Every request
+   carries the gRPC deadline ``--deadline-ms`` (default: the SLO), so the server can shed work
+   it cannot finish in time.
+3. Per phase: offered and really sent rate, goodput (OK within the SLO, per s, and as a share
+   of C), accepted p50/p95/p99, shed share (UNAVAILABLE) and its reasons, client-observed reject
+   latency p50/p99, other errors by code, generator lag p99 and generator-side drops; recovery
+   time after the 5x step in 100 ms windows; the issue's targets with PASS/FAIL.
+
+Writes ``overload.json`` and ``overload.png`` to ``--out`` (default ``loadtests/results/``).
+Starts its own server (``python -m server serve`` on port 0, ``--server-arg`` appended) unless
+``--target`` names a running one; load goes only to the loopback interface. Exit status 0 when
+the harness ran (1 with ``--check`` when a target failed); the generator's health is part of
+the report: when ``sent/s`` falls short of ``offered/s`` or lag p99 is large, the generator,
+not the server, was the limit. A run takes about 45 s (20 s with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clients import Client
+from loadtests import overload_report as rep
+from loadtests.bench import machine_info
+from loadtests.models import MODEL_REPOSITORY, ROOT, InputSpec
+from loadtests.procs import ServerProcess, run_load
+from loadtests.report import write_json
+
+# One asyncio generator process keeps its timetable up to about this rate on the 2-core box
+# (measured against the constant-answer ceiling server); above it the load is split in two.
+_RATE_PER_PROCESS = 2500.0
+_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str
+    batch: int
+    slo_ms: float
+    deadline_ms: float
+    multiples: tuple[float, ...]
+    step_s: float
+    recovery_s: float
+    warmup_s: float
+    priority_multiple: float
+    p1_share: float
+    capacity_s: float
+    capacity_concurrency: int
+    capacity: float | None
+    procs: int | None
+    channels: int
+    max_outstanding: int
+    target: str | None
+    server_args: tuple[str, ...]
+    out: Path
+    quick: bool
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def plan(s: Settings, capacity: float) -> list[dict[str, Any]]:
+    """The timetable's phases: name, kind, multiple of C, total rate, duration, p1 share."""
+    def phase(name: str, kind: str, multiple: float, duration: float,
+              share: float | None = None) -> dict[str, Any]:
+        return {"name": name, "kind": kind, "multiple": multiple, "rate": multiple * capacity,
+                "duration_s": duration, "p1_share": share}
+
+    phases = [phase("warm-up", "warmup", 0.5, s.warmup_s)]
+    phases += [phase(f"{m:g}x", "step", m, s.step_s) for m in s.multiples]
+    phases.append(phase("recovery", "recovery", 1.0, s.recovery_s))
+    name = f"{s.priority_multiple:g}x p1={s.p1_share:.0%}"
+    phases.append(phase(name, "priority", s.priority_multiple, s.step_s, s.p1_share))
+    return phases
+
+
+def input_specs(target: str, model: str) -> tuple[InputSpec, ...]:
+    """The model's inputs as the closed-loop generator wants them, from ModelMetadata."""
+    import proto.tensors as tensors
+
+    with Client(target, timeout=15.0) as client:
+        metadata = client.model_metadata(model)
+    return tuple(
+        InputSpec(t["name"], tensors.datatype_to_dtype(t["datatype"]).name,
+                  tuple(max(1, int(d)) for d in t["shape"][1:]))
+        for t in metadata["inputs"]
+    )
+
+
+def open_loop(
+    s: Settings, target: str, phases: list[dict[str, Any]], procs: int
+) -> tuple[rep.Records, list[dict[str, Any]]]:
+    """Run the timetable from ``procs`` generator processes; the merged records."""
+    per_proc = json.dumps([{**p, "rate": p["rate"] / procs} for p in phases])
+    total_s = sum(p["duration_s"] for p in phases)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    with tempfile.TemporaryDirectory(prefix="sluice-overload-") as tmp, ExitStack() as stack:
+        children = []
+        for k in range(procs):
+            out = Path(tmp) / f"gen{k}.npz"
+            args = [
+                sys.executable, "-m", "loadtests.openloop", "--target", target,
+                "--model", s.model, "--batch", str(s.batch), "--phases", per_proc,
+                "--deadline-ms", str(s.deadline_ms), "--out", str(out), "--proc", str(k),
+                "--procs", str(procs), "--channels", str(s.channels),
+                "--max-outstanding", str(s.max_outstanding), "--seed", str(k),
+            ]
+            child = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stack.callback(_reap, child)
+            children.append((child, out))
+        for child, _ in children:
+            assert child.stdout is not None
+            if child.stdout.readline().strip() != "ready":
+                _, err = child.communicate(timeout=30)
+                raise RuntimeError(f"open-loop generator failed to start: {err[-2000:]}")
+        start = time.monotonic() + 0.5
+        for child, _ in children:
+            assert child.stdin is not None
+            child.stdin.write(f"{start!r}\n")
+            child.stdin.flush()
+        summaries, parts = [], []
+        for child, out in children:
+            stdout, stderr = child.communicate(timeout=total_s + s.deadline_ms / 1e3 + 60)
+            summary = next((json.loads(x) for x in reversed(stdout.splitlines())
+                            if x.startswith("{")), None)
+            if summary is None or "fatal" in summary or child.returncode != 0:
+                raise RuntimeError(f"open-loop generator failed: {summary} {stderr[-2000:]}")
+            summaries.append(summary)
+            with np.load(out) as data:
+                parts.append({k: data[k] for k in data.files})
+    return rep.Records.merge(parts), summaries
+
+
+def _reap(child: subprocess.Popen[str]) -> None:
+    if child.poll() is None:
+        child.kill()
+        child.wait()
+
+
+def analyze(s: Settings, capacity: float, phases: list[dict[str, Any]],
+            records: rep.Records) -> dict[str, Any]:
+    slo_s = s.slo_ms / 1e3
+    starts, stats, kinds, t = {}, {}, {}, 0.0
+    for p in phases:
+        starts[p["name"]], kinds[p["name"]] = t, p["kind"]
+        stats[p["name"]] = rep.phase_stats(records, t, p["duration_s"], slo_s, capacity)
+        t += p["duration_s"]
+    line = rep.timeline(records, t, slo_s)
+    first = next(p["name"] for p in phases if p["kind"] == "step")
+    due = stats[first]["due"] - stats[first]["generator_drops"]
+    reference = (stats[first]["goodput_req_s"] * s.step_s / due) if due else 0.0
+    recovery = next(p for p in phases if p["kind"] == "recovery")
+    recovery_s = rep.recovery_time(line, starts["recovery"], recovery["duration_s"], slo_s,
+                                   reference)
+    prio_name = next(p["name"] for p in phases if p["kind"] == "priority")
+    steps = {**stats, "3x p1=20%": stats[prio_name]}
+    return {
+        "phases": stats, "kinds": kinds, "phase_starts": starts, "timeline": line,
+        "recovery_s": recovery_s, "reference_good_share": reference,
+        "targets": rep.check_targets(steps, recovery_s, s.slo_ms),
+    }
+
+
+def run(s: Settings) -> dict[str, Any]:
+    info = machine_info()
+    with ExitStack() as stack:
+        server = None
+        if s.target is None:
+            server = stack.enter_context(ServerProcess("sluice", [
+                "-m", "server", "serve", "--model-repository", str(MODEL_REPOSITORY),
+                "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
+                "--log-level", "WARNING", *s.server_args,
+            ]))
+        target = server.target if server else str(s.target)
+        log(f"server {target}" + (f" (pid {server.pid})" if server else " (given)"))
+        specs = input_specs(target, s.model)
+        capacity_run = None
+        capacity = s.capacity
+        if capacity is None:
+            result = run_load(
+                label="capacity", target=target, model=s.model, inputs=specs, batch=s.batch,
+                concurrency=s.capacity_concurrency, procs=1, duration_s=s.capacity_s,
+                warmup_s=1.0,
+            )
+            capacity_run = dataclasses.asdict(result)
+            if result.errors or not result.count:
+                raise RuntimeError(f"capacity run failed: {result.first_error}")
+            capacity = result.req_s
+            log(f"capacity C = {capacity:,.0f} req/s (closed loop, c={s.capacity_concurrency}, "
+                f"p50 {result.p50_ms:.1f} p99 {result.p99_ms:.1f} ms)")
+        phases = plan(s, capacity)
+        peak = max(p["rate"] for p in phases)
+        procs = s.procs or (1 if peak <= _RATE_PER_PROCESS else 2)
+        log(f"open loop: {len(phases)} phases, peak {peak:,.0f} req/s, {procs} generator "
+            f"process(es), deadline {s.deadline_ms:g} ms")
+        cpu0 = _cpu_s(server)
+        rss0 = server.rss() if server else None
+        records, summaries = open_loop(s, target, phases, procs)
+        cpu1 = _cpu_s(server)
+        rss1 = server.rss() if server else None
+        exit_code = server.stop() if server else None
+    payload = {
+        "settings": {**dataclasses.asdict(s), "out": str(s.out)},
+        "machine": info,
+        "target": target,
+        "capacity_req_s": capacity,
+        "capacity_run": capacity_run,
+        "plan": phases,
+        "generator": {"procs": procs, "summaries": summaries},
+        "server": {
+            "cpu_s_during_open_loop": None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+            "rss_before_bytes": rss0, "rss_after_bytes": rss1, "exit_code": exit_code,
+        },
+        **analyze(s, capacity, phases, records),
+    }
+    payload["machine"]["load_average_at_end"] = os.getloadavg()
+    return payload
+
+
+def _cpu_s(server: ServerProcess | None) -> float | None:
+    if server is None:
+        return None
+    import psutil
+
+    times = psutil.Process(server.pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def print_report(payload: dict[str, Any]) -> None:
+    s = payload["settings"]
+    print(f"\nOpen-loop overload on {s['model']} b{s['batch']}: C = "
+          f"{payload['capacity_req_s']:,.0f} req/s, SLO {s['slo_ms']:g} ms, deadline "
+          f"{s['deadline_ms']:g} ms, {payload['generator']['procs']} generator process(es)")
+    print("latencies in ms (client-observed); goodput = OK within the SLO; shed = UNAVAILABLE")
+    print(rep.table(payload["phases"]))
+    rec = payload["recovery_s"]
+    print(f"recovery after the 5x step: {'not within the phase' if rec is None else f'{rec:.1f} s'}"
+          f" (100 ms windows; reference good share {payload['reference_good_share']:.2f})")
+    srv = payload["server"]
+    if srv["rss_before_bytes"]:
+        mib = 1024 * 1024
+        print(f"server: {srv['cpu_s_during_open_loop']:.1f} CPU s during the open loop, RSS "
+              f"{srv['rss_before_bytes'] / mib:.0f} -> {srv['rss_after_bytes'] / mib:.0f} MiB, "
+              f"exit code {srv['exit_code']}")
+    gen = payload["generator"]["summaries"]
+    print(f"generator: {sum(g['cpu_s'] for g in gen):.1f} CPU s, lag p99 "
+          f"{max(g['lag_p99_ms'] or 0.0 for g in gen):.1f} ms over the run, "
+          f"{sum(g['dropped'] for g in gen)} drops, at most "
+          f"{max(g['max_outstanding'] for g in gen)} calls in flight")
+    print("targets:")
+    print(rep.target_lines(payload["targets"]))
+
+
+def parse(argv: list[str] | None) -> tuple[Settings, bool]:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.overload", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 s steps, 3 s recovery")
+    parser.add_argument("--model", default="cnn")
+    parser.add_argument("--batch", type=int, default=8, help="rows per request (default 8)")
+    parser.add_argument("--slo-ms", type=float, default=50.0)
+    parser.add_argument("--deadline-ms", type=float, help="gRPC deadline (default: the SLO)")
+    parser.add_argument("--multiples", default="1,2,3,5", help="steps, in multiples of C")
+    parser.add_argument("--capacity", type=float, help="req/s: skip measuring C, use this")
+    parser.add_argument("--procs", type=int, help="generator processes (default: by rate)")
+    parser.add_argument("--channels", type=int, default=4, help="connections per generator")
+    parser.add_argument("--max-outstanding", type=int, default=8192,
+                        help="calls in flight per generator before it drops (counted)")
+    parser.add_argument("--target", help="HOST:PORT of a running server on the loopback")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra argument for the server it starts (repeatable)")
+    parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target fails")
+    args = parser.parse_args(argv)
+    if args.target and args.target.rpartition(":")[0] not in _LOOPBACK:
+        parser.error("--target must be on the loopback (127.0.0.1:PORT)")
+    quick = args.quick
+    settings = Settings(
+        model=args.model, batch=args.batch, slo_ms=args.slo_ms,
+        deadline_ms=args.deadline_ms or args.slo_ms,
+        multiples=tuple(float(m) for m in args.multiples.split(",")),
+        step_s=2.0 if quick else 5.0, recovery_s=3.0 if quick else 5.0, warmup_s=1.0,
+        priority_multiple=3.0, p1_share=0.2, capacity_s=2.0 if quick else 3.0,
+        capacity_concurrency=64, capacity=args.capacity, procs=args.procs,
+        channels=args.channels, max_outstanding=args.max_outstanding, target=args.target,
+        server_args=tuple(args.server_arg), out=args.out, quick=quick,
+    )
+    return settings, args.check
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, check = parse(argv)
+    payload = run(settings)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    write_json(settings.out / "overload.json", payload)
+    rep.plot(payload, settings.out / "overload.png")
+    print_report(payload)
+    print(f"wrote {settings.out / 'overload.json'} and {settings.out / 'overload.png'}")
+    failed = any(t["pass"] is False for t in payload["targets"])
+    return 1 if check and failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
