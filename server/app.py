@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from server.backends.ensemble import EnsembleBackend
 from server.backends.numba_backend import load_numba_backend
 from server.backends.ort import OrtBackend
 from server.config import ModelConfig, ServerConfig
+from server.core.admission import InflightBudget
 from server.core.repository import ModelRepository
 from server.errors import ModelLoadError, SluiceError
 from server.metrics import Metrics
@@ -48,6 +51,8 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        #: Input bytes of admitted, unanswered requests, all models together.
+        self.inflight = InflightBudget(config.max_inflight_bytes)
         self.repository = ModelRepository(
             config.model_repository,
             read_config=read_model_config,
@@ -55,10 +60,11 @@ class Server:
             default_max_batch_size=config.default_max_batch_size,
             default_max_queue_size=config.default_max_queue_size,
             latency_window_s=config.latency_window_s,
+            inflight=self.inflight,
         )
-        self.metrics = Metrics(self.repository.loaded)
+        self.metrics = Metrics(self.repository.loaded, inflight=self.inflight)
         self.health = health.aio.HealthServicer()
-        self.servicer = InferenceServicer(self.repository)
+        self.servicer = InferenceServicer(self.repository, limits=config.request_limits)
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
 
@@ -106,7 +112,8 @@ class Server:
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # On only under --workers: without it a second server could bind a busy port.
+            ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
         ]
         self._grpc = grpc.aio.server(options=options)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -119,14 +126,14 @@ class Server:
             raise OSError(f"could not bind gRPC on {cfg.host}:{cfg.grpc_port}")
         await self._grpc.start()
         if cfg.metrics_port is not None:
-            self.metrics.serve(cfg.host, cfg.metrics_port)
+            self.metrics.serve(cfg.metrics_host or cfg.host, cfg.metrics_port)
         self.servicer.set_ready(True)
         for service in ("", _SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "Sluice serving gRPC on %s:%d, metrics on %s; models: %s",
             cfg.host, self.port,
-            f"{cfg.host}:{self.metrics.port}" if self.metrics.port else "off",
+            f"{cfg.metrics_host or cfg.host}:{self.metrics.port}" if self.metrics.port else "off",
             ", ".join(f"{v.name}:{v.version}" for v in self.repository.loaded()) or "none",
         )
 
@@ -162,10 +169,29 @@ async def run_until_signal(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if config.worker_id is not None:
+        _stop_when_stdin_closes(loop, stop)
     async with serve(config) as server:
         print(f"sluice: gRPC listening on {config.host}:{server.port}", flush=True)
         if server.metrics.port is not None:
-            print(f"sluice: metrics on http://{config.host}:{server.metrics.port}/metrics",
+            host = config.metrics_host or config.host
+            print(f"sluice: metrics on http://{host}:{server.metrics.port}/metrics",
                   flush=True)
         await stop.wait()
         log.info("signal received; shutting down (grace %.1fs)", config.shutdown_grace_s)
+
+
+def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """A worker's stdin is a pipe held by its supervisor: end of file means the supervisor is
+    gone (even killed with SIGKILL), so the worker drains and exits instead of living on."""
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        if not os.read(fd, 4096):
+            loop.remove_reader(fd)
+            stop.set()
+
+    try:
+        loop.add_reader(fd, readable)
+    except (OSError, ValueError):  # not a pipe (a file or /dev/null): nothing to watch
+        log.warning("worker stdin is not a pipe; it will not notice its supervisor exit")

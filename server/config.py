@@ -47,6 +47,30 @@ class InstanceGroup:
     gpus: tuple[int, ...] = ()
 
 
+class TimeoutAction(enum.Enum):
+    """What happens to a request whose queue timeout passes (Triton's timeout_action)."""
+
+    #: Fail it with DEADLINE_EXCEEDED (it is never computed).
+    REJECT = "REJECT"
+    #: Move it behind the requests of its priority level that have not timed out; it is still
+    #: computed unless its gRPC deadline passes or its caller leaves.
+    DELAY = "DELAY"
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """Triton's ModelQueuePolicy: the queue rules of one priority level."""
+
+    #: Bound on queued requests at the level; None uses the server default (every queue has one).
+    max_queue_size: int | None = None
+    #: Time a request may wait in the queue; None means no limit.
+    default_timeout_us: int | None = None
+    #: Whether a request's own ``timeout`` parameter may shorten the default timeout.
+    allow_timeout_override: bool = True
+    #: What happens when the queue timeout passes.
+    timeout_action: TimeoutAction = TimeoutAction.REJECT
+
+
 @dataclass(frozen=True, slots=True)
 class DynamicBatching:
     """Triton's dynamic_batching block."""
@@ -55,12 +79,60 @@ class DynamicBatching:
     preferred_batch_sizes: tuple[int, ...] = ()
     #: How long a request may wait for a preferred (or full) batch to form; 0 dispatches at once.
     max_queue_delay_us: int = 0
-    #: Bound on queued requests; None uses the server default (every queue has a bound).
-    max_queue_size: int | None = None
-    #: Default time a request may wait in the queue before it is rejected; None means no limit.
-    default_timeout_us: int | None = None
-    #: Whether a request's own ``timeout`` parameter may shorten the default timeout.
-    allow_timeout_override: bool = True
+    #: Queue rules of every level without its own entry in ``priority_queue_policy``.
+    default_queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
+    #: Number of priority levels (1 = highest); 0 means one level for every request.
+    priority_levels: int = 0
+    #: Level of requests that give no priority (or one out of range); 0 when levels are off.
+    default_priority_level: int = 0
+    #: Per-level queue rules replacing ``default_queue_policy`` for that level.
+    priority_queue_policy: Mapping[int, QueuePolicy] = field(default_factory=dict)
+
+    @property
+    def max_queue_size(self) -> int | None:
+        """The default policy's queue bound (requests)."""
+        return self.default_queue_policy.max_queue_size
+
+    @property
+    def default_timeout_us(self) -> int | None:
+        """The default policy's queue timeout (microseconds)."""
+        return self.default_queue_policy.default_timeout_us
+
+    @property
+    def allow_timeout_override(self) -> bool:
+        """Whether the default policy lets a request's ``timeout`` shorten its timeout."""
+        return self.default_queue_policy.allow_timeout_override
+
+    def policy(self, level: int) -> QueuePolicy:
+        """The queue rules of priority ``level``."""
+        return self.priority_queue_policy.get(level, self.default_queue_policy)
+
+
+@dataclass(frozen=True, slots=True)
+class OverloadPolicy:
+    """Sluice's own overload settings of one model (config.pbtxt ``parameters``)."""
+
+    #: Latency budget for priority decisions when a request brings no deadline.
+    latency_budget_ms: float = 1000.0
+    #: Share of the budget each level may use, level 1 first; empty: level L of N gets (N-L+1)/N.
+    priority_budget_fractions: tuple[float, ...] = ()
+    #: Bound on queued rows (all levels); None: only the request-count bound applies.
+    max_queue_rows: int | None = None
+    #: Bound on queued input bytes (all levels); None: only the server's in-flight bound applies.
+    max_queue_bytes: int | None = None
+    #: CoDel target: shed when the queueing delay stays above it for an interval; None: off.
+    codel_target_ms: float | None = None
+    #: CoDel interval: how long the delay must stay above target before shedding starts.
+    codel_interval_ms: float = 100.0
+    #: Model that answers this model's overload traffic (degraded mode); None: shed instead.
+    fallback_model: str | None = None
+
+
+#: config.pbtxt ``parameters`` that configure :class:`OverloadPolicy` (not passed to backends).
+OVERLOAD_PARAMETERS = frozenset({
+    "latency_budget_ms", "priority_budget_fractions", "max_queue_rows", "max_queue_bytes",
+    "codel_target_ms", "codel_interval_ms", "fallback_model",
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +189,8 @@ class ModelConfig:
     gpu_accelerators: tuple[str, ...] = ()
     #: Pipeline steps, for platform "ensemble".
     ensemble_steps: tuple[EnsembleStep, ...] = ()
+    #: Admission limits, priority budgets, standing-queue rule and fallback model.
+    overload: OverloadPolicy = field(default_factory=OverloadPolicy)
 
     @property
     def instance_count(self) -> int:
@@ -248,8 +322,8 @@ def validate_model_config(config: ModelConfig) -> None:
                 )
         if batching.max_queue_delay_us < 0:
             raise ModelLoadError(f"model '{name}': max_queue_delay_microseconds must be >= 0")
-        if batching.max_queue_size is not None and batching.max_queue_size <= 0:
-            raise ModelLoadError(f"model '{name}': default_queue_policy.max_queue_size must be > 0")
+        _validate_priorities(name, batching)
+    _validate_overload(name, config)
     for group in config.instance_groups:
         if group.count < 1:
             raise ModelLoadError(f"model '{name}': instance_group.count must be >= 1")
@@ -258,6 +332,61 @@ def validate_model_config(config: ModelConfig) -> None:
         raise ModelLoadError(f"model '{name}': version_policy.latest.num_versions must be >= 1")
     if policy.kind == "specific" and not policy.versions:
         raise ModelLoadError(f"model '{name}': version_policy.specific lists no versions")
+
+
+def _validate_priorities(name: str, batching: DynamicBatching) -> None:
+    levels = batching.priority_levels
+    where = f"model '{name}': dynamic_batching"
+    if levels < 0:
+        raise ModelLoadError(f"{where}.priority_levels must be >= 0")
+    if levels and not 1 <= batching.default_priority_level <= levels:
+        raise ModelLoadError(
+            f"{where}.default_priority_level {batching.default_priority_level} must be in "
+            f"1..priority_levels ({levels})"
+        )
+    if not levels and batching.default_priority_level:
+        raise ModelLoadError(f"{where}.default_priority_level needs priority_levels")
+    for level in batching.priority_queue_policy:
+        if not 1 <= level <= levels:
+            raise ModelLoadError(
+                f"{where}.priority_queue_policy key {level} must be in 1..priority_levels "
+                f"({levels})"
+            )
+    policies = [("default_queue_policy", batching.default_queue_policy)] + [
+        (f"priority_queue_policy[{k}]", v) for k, v in batching.priority_queue_policy.items()
+    ]
+    for label, policy in policies:
+        if policy.max_queue_size is not None and policy.max_queue_size <= 0:
+            raise ModelLoadError(f"{where}.{label}.max_queue_size must be > 0")
+
+
+def _validate_overload(name: str, config: ModelConfig) -> None:
+    policy = config.overload
+    where = f"model '{name}': parameter"
+    batching = config.dynamic_batching
+    levels = max(1, batching.priority_levels if batching else 0)
+    if policy.latency_budget_ms <= 0:
+        raise ModelLoadError(f"{where} 'latency_budget_ms' must be > 0")
+    fractions = policy.priority_budget_fractions
+    if fractions and len(fractions) != levels:
+        raise ModelLoadError(
+            f"{where} 'priority_budget_fractions' needs one fraction per priority level "
+            f"({levels}), got {len(fractions)}"
+        )
+    if any(not 0 < f <= 1 for f in fractions):
+        raise ModelLoadError(f"{where} 'priority_budget_fractions': each must be in (0, 1]")
+    for key in ("max_queue_rows", "max_queue_bytes"):
+        value = getattr(policy, key)
+        if value is not None and value <= 0:
+            raise ModelLoadError(f"{where} '{key}' must be > 0")
+    if policy.codel_target_ms is not None and policy.codel_target_ms <= 0:
+        raise ModelLoadError(f"{where} 'codel_target_ms' must be > 0 (or 'off')")
+    if policy.codel_interval_ms <= 0:
+        raise ModelLoadError(f"{where} 'codel_interval_ms' must be > 0")
+    if policy.fallback_model is not None:
+        check_model_name(policy.fallback_model)
+        if policy.fallback_model == name:
+            raise ModelLoadError(f"{where} 'fallback_model' may not name the model itself")
 
 
 def _prod(dims: tuple[int, ...]) -> int:
@@ -291,4 +420,38 @@ class ServerConfig:
     default_max_queue_size: int = 4096
     #: Largest gRPC message accepted or sent, in bytes.
     max_message_bytes: int = 256 * 1024 * 1024
+    #: Bound on the input bytes of admitted requests not yet answered, all models together;
+    #: None: no server-wide bound (each queue still has its own).
+    max_inflight_bytes: int | None = 1024 * 1024 * 1024
+    #: Most input tensors one request may carry (more: RESOURCE_EXHAUSTED).
+    max_request_inputs: int = 64
+    #: Most requested outputs one request may name (more: RESOURCE_EXHAUSTED).
+    max_request_outputs: int = 64
+    #: Most dimensions one input tensor may have (more: RESOURCE_EXHAUSTED).
+    max_tensor_rank: int = 16
     log_level: str = "INFO"
+    #: Bind gRPC with SO_REUSEPORT so sibling worker processes share the port (``--workers``).
+    reuse_port: bool = False
+    #: Address for /metrics; None uses ``host`` (workers use loopback: the supervisor scrapes).
+    metrics_host: str | None = None
+    #: This process's slot under ``sluice serve --workers N`` (0..N-1); None when standalone.
+    worker_id: int | None = None
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        """The per-request size caps checked before a request is decoded."""
+        return RequestLimits(
+            self.max_request_inputs, self.max_request_outputs, self.max_tensor_rank
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Size caps of one request; a request over one is refused with RESOURCE_EXHAUSTED."""
+
+    #: Most input tensors.
+    max_inputs: int = 64
+    #: Most requested outputs.
+    max_outputs: int = 64
+    #: Most dimensions of one input tensor.
+    max_rank: int = 16

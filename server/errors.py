@@ -54,14 +54,21 @@ class ModelNotReady(SluiceError):
 
 
 class Overloaded(SluiceError):
-    """Shed at the door: queue full or draining. Retry after ``retry_after_ms``."""
+    """Shed: the server cannot take the request now. Retry after ``retry_after_ms``."""
 
     code = Code.UNAVAILABLE
 
     def __init__(self, message: str, *, reason: str, retry_after_ms: int | None = None) -> None:
         super().__init__(message, retry_after_ms=retry_after_ms)
-        #: Machine-readable reason: queue_full, deadline, priority, draining.
+        #: Machine-readable reason: queue_full, deadline, priority, standing_queue, draining.
         self.reason = reason
+
+
+class ResourceExhausted(SluiceError):
+    """The request is larger than a limit allows (inputs, outputs, rank, bytes); retrying the
+    same request cannot succeed. The message names the limit."""
+
+    code = Code.RESOURCE_EXHAUSTED
 
 
 class DeadlineExceeded(SluiceError):

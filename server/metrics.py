@@ -18,6 +18,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from server.core.admission import InflightBudget
 from server.core.model import ModelVersion
 from server.core.stats import CumulativeHistogram
 
@@ -25,8 +26,11 @@ _LABELS = ["model", "version"]
 
 
 class _ModelCollector(Collector):
-    def __init__(self, versions: Callable[[], list[ModelVersion]]) -> None:
+    def __init__(
+        self, versions: Callable[[], list[ModelVersion]], inflight: InflightBudget | None
+    ) -> None:
         self._versions = versions
+        self._inflight = inflight
 
     def collect(self) -> Iterable[Metric]:
         versions = self._versions()
@@ -56,6 +60,12 @@ class _ModelCollector(Collector):
             labels=_LABELS)
         depth_rows = GaugeMetricFamily(
             "sluice_queue_depth_rows", "Rows waiting in the batch queue now.", labels=_LABELS)
+        shed = CounterMetricFamily(
+            "sluice_shed", "Requests shed with UNAVAILABLE, by reason and priority level.",
+            labels=[*_LABELS, "reason", "priority"])
+        fallback = CounterMetricFamily(
+            "sluice_fallback_requests",
+            "Requests this model shed that its fallback model answered instead.", labels=_LABELS)
         for served in versions:
             labels = [served.name, str(served.version)]
             s = served.stats
@@ -77,16 +87,29 @@ class _ModelCollector(Collector):
             queue = served.queue_stats()
             depth.add_metric(labels, queue["queued_requests"])
             depth_rows.add_metric(labels, queue["queued_rows"])
+            for (reason, level), count in list(s.shed.items()):
+                shed.add_metric([*labels, reason, str(level)], count)
+            fallback.add_metric(labels, s.fallback_count)
         yield from hists.values()
-        yield from (requests, rows, batches, quantiles, depth, depth_rows)
+        yield from (requests, rows, batches, quantiles, depth, depth_rows, shed, fallback)
+        if self._inflight is not None:
+            inflight = GaugeMetricFamily(
+                "sluice_inflight_bytes",
+                "Input bytes of admitted requests not yet answered, all models.")
+            inflight.add_metric([], self._inflight.bytes)
+            yield inflight
 
 
 class Metrics:
     """Owns one CollectorRegistry and, when started, the /metrics HTTP endpoint."""
 
-    def __init__(self, versions: Callable[[], list[ModelVersion]]) -> None:
+    def __init__(
+        self,
+        versions: Callable[[], list[ModelVersion]],
+        inflight: InflightBudget | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_ModelCollector(versions))
+        self.registry.register(_ModelCollector(versions, inflight))
         self._http = None
         self.port: int | None = None
 

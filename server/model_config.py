@@ -7,6 +7,7 @@ silently ignored, so a Triton repository either behaves as written or says why n
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -14,11 +15,15 @@ from google.protobuf.message import Message
 
 from proto import model_config_pb2 as mc
 from server.config import (
+    OVERLOAD_PARAMETERS,
     DynamicBatching,
     EnsembleStep,
     InstanceGroup,
     InstanceKind,
     ModelConfig,
+    OverloadPolicy,
+    QueuePolicy,
+    TimeoutAction,
     VersionPolicy,
     check_model_name,
 )
@@ -40,6 +45,14 @@ SUPPORTED_FIELDS = frozenset({
     "dynamic_batching.default_queue_policy.max_queue_size",
     "dynamic_batching.default_queue_policy.default_timeout_microseconds",
     "dynamic_batching.default_queue_policy.allow_timeout_override",
+    "dynamic_batching.default_queue_policy.timeout_action",
+    "dynamic_batching.priority_levels", "dynamic_batching.default_priority_level",
+    "dynamic_batching.priority_queue_policy", "dynamic_batching.priority_queue_policy.key",
+    "dynamic_batching.priority_queue_policy.value",
+    "dynamic_batching.priority_queue_policy.value.max_queue_size",
+    "dynamic_batching.priority_queue_policy.value.default_timeout_microseconds",
+    "dynamic_batching.priority_queue_policy.value.allow_timeout_override",
+    "dynamic_batching.priority_queue_policy.value.timeout_action",
     "instance_group", "instance_group.name", "instance_group.count", "instance_group.kind",
     "instance_group.gpus",
     "parameters", "parameters.key", "parameters.value", "parameters.value.string_value",
@@ -170,14 +183,18 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
         batching = DynamicBatching()  # a pipeline is batched once, at its entry
     if message.HasField("dynamic_batching"):
         db = message.dynamic_batching
-        qp = db.default_queue_policy
         batching = DynamicBatching(
             preferred_batch_sizes=tuple(db.preferred_batch_size),
             max_queue_delay_us=db.max_queue_delay_microseconds,
-            max_queue_size=qp.max_queue_size or None,
-            default_timeout_us=qp.default_timeout_microseconds or None,
-            allow_timeout_override=qp.allow_timeout_override
-            if db.HasField("default_queue_policy") else True,
+            default_queue_policy=_queue_policy(
+                db.default_queue_policy, db.HasField("default_queue_policy")
+            ),
+            priority_levels=db.priority_levels,
+            default_priority_level=db.default_priority_level,
+            priority_queue_policy={
+                int(level): _queue_policy(policy, True)
+                for level, policy in sorted(db.priority_queue_policy.items())
+            },
         )
 
     kinds = {k.value: k for k in InstanceKind}
@@ -198,7 +215,10 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
         version_policy=policy,
         dynamic_batching=batching,
         instance_groups=tuple(groups) or (InstanceGroup(),),
-        parameters={k: v.string_value for k, v in message.parameters.items()},
+        parameters={
+            k: v.string_value for k, v in message.parameters.items()
+            if k not in OVERLOAD_PARAMETERS
+        },
         default_model_filename=message.default_model_filename or "model.onnx",
         gpu_accelerators=tuple(
             a.name for a in message.optimization.execution_accelerators.gpu_execution_accelerator
@@ -212,7 +232,89 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
             )
             for step in message.ensemble_scheduling.step
         ),
+        overload=_overload_policy(
+            {k: v.string_value for k, v in message.parameters.items()
+             if k in OVERLOAD_PARAMETERS},
+            where,
+        ),
     )
+
+
+def _queue_policy(qp: mc.ModelQueuePolicy, present: bool) -> QueuePolicy:
+    """Triton's ModelQueuePolicy; an absent default policy lets requests override timeouts."""
+    return QueuePolicy(
+        max_queue_size=qp.max_queue_size or None,
+        default_timeout_us=qp.default_timeout_microseconds or None,
+        allow_timeout_override=qp.allow_timeout_override if present else True,
+        timeout_action=TimeoutAction.DELAY
+        if qp.timeout_action == mc.ModelQueuePolicy.DELAY else TimeoutAction.REJECT,
+    )
+
+
+def _overload_policy(params: dict[str, str], where: str) -> OverloadPolicy:
+    """Sluice's overload parameters; each error names the parameter."""
+
+    def number(key: str, kind: type = float) -> float | int | None:
+        text = params.get(key)
+        if text is None:
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise ModelLoadError(
+                f"{where}: parameter '{key}' must be a{'n integer' if kind is int else ' number'}"
+                f", got {text!r}"
+            ) from None
+
+    policy = OverloadPolicy()
+    values: dict[str, object] = {}
+    for key in ("latency_budget_ms", "codel_interval_ms"):
+        if key in params:
+            values[key] = number(key)
+    for key in ("max_queue_rows", "max_queue_bytes"):
+        if key in params:
+            values[key] = number(key, int)
+    if "codel_target_ms" in params:
+        off = params["codel_target_ms"].strip().lower() in ("off", "none", "")
+        values["codel_target_ms"] = None if off else number("codel_target_ms")
+    if "priority_budget_fractions" in params:
+        try:
+            values["priority_budget_fractions"] = tuple(
+                float(part) for part in params["priority_budget_fractions"].split(",")
+            )
+        except ValueError:
+            raise ModelLoadError(
+                f"{where}: parameter 'priority_budget_fractions' must be comma-separated "
+                f"numbers, got {params['priority_budget_fractions']!r}"
+            ) from None
+    if params.get("fallback_model"):
+        values["fallback_model"] = params["fallback_model"].strip()
+    return replace(policy, **values)  # type: ignore[arg-type]
+
+
+def _overload_parameters(policy: OverloadPolicy) -> dict[str, str]:
+    """The inverse of :func:`_overload_policy`: the parameters that differ from the defaults."""
+    default = OverloadPolicy()
+    out: dict[str, str] = {}
+    for key in sorted(OVERLOAD_PARAMETERS):
+        value = getattr(policy, key)
+        if value == getattr(default, key):
+            continue
+        if key == "codel_target_ms" and value is None:
+            out[key] = "off"
+        elif isinstance(value, tuple):
+            out[key] = ",".join(repr(v) for v in value)
+        else:
+            out[key] = repr(value) if isinstance(value, float) else str(value)
+    return out
+
+
+def _write_queue_policy(target: mc.ModelQueuePolicy, policy: QueuePolicy) -> None:
+    target.SetInParent()
+    target.max_queue_size = policy.max_queue_size or 0
+    target.default_timeout_microseconds = policy.default_timeout_us or 0
+    target.allow_timeout_override = policy.allow_timeout_override
+    target.timeout_action = mc.ModelQueuePolicy.TimeoutAction.Value(policy.timeout_action.value)
 
 
 def to_proto(config: ModelConfig) -> mc.ModelConfig:
@@ -246,17 +348,19 @@ def to_proto(config: ModelConfig) -> mc.ModelConfig:
         db = config.dynamic_batching
         message.dynamic_batching.preferred_batch_size.extend(db.preferred_batch_sizes)
         message.dynamic_batching.max_queue_delay_microseconds = db.max_queue_delay_us
-        if db.max_queue_size is not None:
-            message.dynamic_batching.default_queue_policy.max_queue_size = db.max_queue_size
-        if db.default_timeout_us is not None:
-            qp = message.dynamic_batching.default_queue_policy
-            qp.default_timeout_microseconds = db.default_timeout_us
-            qp.allow_timeout_override = db.allow_timeout_override
+        if db.default_queue_policy != QueuePolicy():
+            _write_queue_policy(
+                message.dynamic_batching.default_queue_policy, db.default_queue_policy
+            )
+        message.dynamic_batching.priority_levels = db.priority_levels
+        message.dynamic_batching.default_priority_level = db.default_priority_level
+        for level, rules in db.priority_queue_policy.items():
+            _write_queue_policy(message.dynamic_batching.priority_queue_policy[level], rules)
     for group in config.instance_groups:
         g = message.instance_group.add(count=group.count)
         g.kind = mc.ModelInstanceGroup.Kind.Value(group.kind.value)
         g.gpus.extend(group.gpus)
-    for key, value in config.parameters.items():
+    for key, value in {**config.parameters, **_overload_parameters(config.overload)}.items():
         message.parameters[key].string_value = value
     accelerators = message.optimization.execution_accelerators.gpu_execution_accelerator
     for name in config.gpu_accelerators:

@@ -6,6 +6,11 @@ it. Nothing waits when an instance is idle: while one batch computes, the queue 
 next one, so batch size follows load by itself. ``max_queue_delay_s`` bounds an optional wait for
 a preferred (or full) batch, as Triton defines it.
 
+The queue has one FIFO lane per priority level (see :mod:`server.core.queues`); batches are cut
+from level 1 first. Admission (:mod:`server.core.admission`) decides before a request is queued;
+the batcher only enforces its request bound, drops the dead when cutting, and, with CoDel on,
+sheds from the lowest level while a standing queue persists.
+
 Promises:
 - Every submitted request gets exactly one answer: its rows of the outputs, or an exception.
 - Requests whose caller went away or whose deadline passed are dropped before compute.
@@ -17,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from server.core.queues import CoDel, PriorityQueue, QueueItem, ServiceRate
 from server.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded, SluiceError
 
 Arrays = dict[str, np.ndarray]
@@ -45,26 +50,6 @@ class BatchReport:
 
 
 Observer = Callable[[BatchReport], None]
-
-
-class _Item:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "rows", "signature")
-
-    def __init__(
-        self,
-        inputs: Arrays,
-        rows: int,
-        signature: tuple[Any, ...],
-        future: asyncio.Future[Arrays],
-        deadline: float | None,
-        enqueued: float,
-    ) -> None:
-        self.inputs = inputs
-        self.rows = rows
-        self.signature = signature
-        self.future = future
-        self.deadline = deadline
-        self.enqueued = enqueued
 
 
 def settle(future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None):
@@ -90,6 +75,8 @@ class DynamicBatcher:
         preferred_batch_sizes: Sequence[int] = (),
         max_queue_delay_s: float = 0.0,
         max_queue_size: int = 4096,
+        levels: int = 1,
+        codel: CoDel | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
     ) -> None:
@@ -103,17 +90,23 @@ class DynamicBatcher:
         self._max_queue = max_queue_size
         self._clock = clock
         self._observer = observer
-        self._queue: deque[_Item] = deque()
-        self._queued_rows = 0
+        #: Priority lanes (level 1 served first); admission reads their counts.
+        self.queue = PriorityQueue(levels)
+        #: Measured speed of completed batches; admission estimates waits from it.
+        self.rate = ServiceRate(instances, max_batch_size or 1)
+        self._codel = codel
         self._busy = 0
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
-        #: Recent rows/s of completed batches (EWMA), for pushback estimates.
-        self._rows_per_s = 0.0
 
     # -- public -------------------------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`close` or :meth:`abort` began: new requests are refused."""
+        return self._closing
 
     def start(self) -> None:
         """Start one worker task per instance; the batcher owns them until :meth:`close`."""
@@ -125,13 +118,22 @@ class DynamicBatcher:
             ]
 
     async def submit(
-        self, inputs: Arrays, rows: int = 1, deadline: float | None = None
+        self,
+        inputs: Arrays,
+        rows: int = 1,
+        deadline: float | None = None,
+        *,
+        level: int = 1,
+        nbytes: int = 0,
+        expire: float | None = None,
     ) -> Arrays:
-        """Queue one request and wait for its outputs (its own rows only).
+        """Queue one request at priority ``level`` and wait for its outputs (its own rows).
 
-        Raises Overloaded when the queue is full or the batcher is draining, DeadlineExceeded
-        when ``deadline`` (a clock instant) passes before compute, BackendError when the batch
-        fails. Cancelling the awaiting task withdraws the request if it has not started.
+        ``deadline`` (a clock instant) fails the request with DeadlineExceeded if it passes
+        before compute; ``expire`` (Triton's DELAY timeout) only moves it behind its level.
+        Raises Overloaded when the queue is full, the batcher is draining, or the request is
+        shed while queued (standing queue, or evicted for a higher priority); BackendError when
+        the batch fails. Cancelling the awaiting task withdraws the request if not started.
         """
         if self._closing:
             raise Overloaded(f"model '{self.name}' is shutting down", reason="draining")
@@ -140,7 +142,7 @@ class DynamicBatcher:
                 f"model '{self.name}': batch of {rows} rows exceeds max_batch_size "
                 f"{self._max_batch}"
             )
-        if len(self._queue) >= self._max_queue:
+        if len(self.queue) >= self._max_queue:
             raise Overloaded(
                 f"model '{self.name}': queue full ({self._max_queue} requests)",
                 reason="queue_full",
@@ -154,25 +156,52 @@ class DynamicBatcher:
         future: asyncio.Future[Arrays] = self._loop.create_future()
         batched = self._max_batch > 0
         signature = tuple((k, v.shape[1:] if batched else v.shape) for k, v in inputs.items())
-        self._queue.append(_Item(inputs, rows, signature, future, deadline, now))
-        self._queued_rows += rows
+        self.queue.push(QueueItem(
+            inputs, rows, signature, future, deadline, now,
+            level=level, nbytes=nbytes, expire=expire,
+        ))
         self._wake.set()
         return await future
 
     def stats(self) -> dict[str, float]:
-        """Queue depth and throughput now."""
+        """Queue depth, its high-water marks and throughput now."""
+        queue = self.queue
         return {
-            "queued_requests": len(self._queue),
-            "queued_rows": self._queued_rows,
+            "queued_requests": len(queue),
+            "queued_rows": queue.rows,
+            "queued_bytes": queue.bytes,
+            "peak_queued_rows": queue.peak_rows,
+            "peak_queued_bytes": queue.peak_bytes,
             "busy_instances": self._busy,
-            "rows_per_s": self._rows_per_s,
+            "rows_per_s": self.rate.rows_per_s,
         }
 
-    def drain_estimate_ms(self) -> int:
-        """Roughly how long the queued rows take to drain at the recent rate (ms, >= 1)."""
-        if self._rows_per_s <= 0:
+    def wait_estimate_s(self, rows_ahead: int, now: float) -> float | None:
+        """Expected seconds before a request behind ``rows_ahead`` queued rows starts, or None
+        while no batch has completed (nothing measured yet)."""
+        rate = self.rate
+        if not rate.known:
+            return None
+        return rate.free_in_s(now) + rate.drain_s(rows_ahead)
+
+    def drain_estimate_ms(self, level: int | None = None) -> int:
+        """Roughly how long the rows queued at ``level`` or above (default: all) take to drain
+        at the measured rate (ms, >= 1; 100 while nothing is measured)."""
+        rows = self.queue.rows if level is None else self.queue.rows_ahead(level)
+        wait = self.wait_estimate_s(rows, self._clock())
+        if wait is None:
             return 100
-        return max(1, int(1000 * self._queued_rows / self._rows_per_s))
+        return max(1, int(1000 * wait))
+
+    def evict(
+        self, below: int, error: Callable[[QueueItem], BaseException]
+    ) -> QueueItem | None:
+        """Fail the last-served request of the lowest level below ``below`` with ``error(it)``,
+        to make room for a higher-priority one. Returns it (None: nothing lower is queued)."""
+        item = self.queue.pop_lowest(below)
+        if item is not None and not item.future.done():
+            settle(item.future, error=error(item))
+        return item
 
     async def close(self) -> None:
         """Stop accepting, finish everything queued, then end the workers."""
@@ -184,10 +213,8 @@ class DynamicBatcher:
     def abort(self, reason: str) -> None:
         """Fail everything still queued with UNAVAILABLE and cancel the workers (no drain)."""
         self._closing = True
-        while self._queue:
-            item = self._queue.popleft()
+        for item in self.queue.drain():
             settle(item.future, error=Overloaded(reason, reason="draining"))
-        self._queued_rows = 0
         for task in self._workers:
             task.cancel()
 
@@ -204,9 +231,9 @@ class DynamicBatcher:
             finally:
                 self._busy -= 1
 
-    async def _next_batch(self) -> list[_Item] | None:
+    async def _next_batch(self) -> list[QueueItem] | None:
         while True:
-            if not self._queue:
+            if not self.queue:
                 if self._closing:
                     return None
                 self._wake.clear()
@@ -226,35 +253,39 @@ class DynamicBatcher:
             except TimeoutError:
                 pass
 
-    def _cut(self, now: float) -> tuple[list[_Item], float | None]:
-        """Take the next batch from the head, or say how long to wait for a better one."""
-        queue = self._queue
+    def _cut(self, now: float) -> tuple[list[QueueItem], float | None]:
+        """Take the next batch from the head (level 1 first), or say how long to wait for a
+        better one. Dead requests met on the way are dropped; DELAY-expired ones move back."""
+        queue = self.queue
         limit = self._max_batch or 1
-        batch: list[_Item] = []
+        batch: list[QueueItem] = []
         rows = 0
         full = False
-        while queue:
-            item = queue[0]
-            if item.future.done():  # caller left
-                queue.popleft()
-                self._queued_rows -= item.rows
-                continue
-            if item.deadline is not None and item.deadline <= now:
-                queue.popleft()
-                self._queued_rows -= item.rows
-                settle(item.future, error=DeadlineExceeded(
-                    f"model '{self.name}': deadline passed after {now - item.enqueued:.3f}s "
-                    "in the queue"
-                ))
-                continue
-            if batch and (rows + item.rows > limit or item.signature != batch[0].signature):
-                full = True
-                break
-            queue.popleft()
-            batch.append(item)
-            rows += item.rows
-            if not self._max_batch or rows >= limit:
-                full = True
+        for lane in queue.lanes:
+            while lane:
+                item = lane[0]
+                if item.future.done():  # caller left (or evicted)
+                    queue.take(lane)
+                    continue
+                if item.deadline is not None and item.deadline <= now:
+                    queue.take(lane)
+                    settle(item.future, error=DeadlineExceeded(
+                        f"model '{self.name}': deadline passed after "
+                        f"{now - item.enqueued:.3f}s in the queue"
+                    ))
+                    continue
+                if item.expire is not None and not item.delayed and item.expire <= now:
+                    queue.delay(lane)
+                    continue
+                if batch and (rows + item.rows > limit or item.signature != batch[0].signature):
+                    full = True
+                    break
+                batch.append(queue.take(lane))
+                rows += item.rows
+                if not self._max_batch or rows >= limit:
+                    full = True
+                    break
+            if full:
                 break
         if not batch:
             return [], None
@@ -265,14 +296,31 @@ class DynamicBatcher:
                 self._put_back(batch[cut:])
                 batch = batch[:cut]
         if not full and self._delay_s > 0 and not self._closing:
-            waited = now - batch[0].enqueued
+            waited = now - min(item.enqueued for item in batch)
             if waited < self._delay_s:
                 self._put_back(batch)
                 return [], self._delay_s - waited
-        self._queued_rows -= sum(item.rows for item in batch)
+        if self._codel is not None:
+            self._standing_queue(now, batch)
         return batch, None
 
-    def _preferred_cut(self, batch: list[_Item]) -> int:
+    def _standing_queue(self, now: float, batch: list[QueueItem]) -> None:
+        """CoDel: shed the head of the lowest queued level while a standing queue persists."""
+        assert self._codel is not None
+        sojourn = now - max(item.enqueued for item in batch)
+        if not self._codel.should_drop(now, sojourn, backlog=bool(self.queue)):
+            return
+        while (victim := self.queue.pop_lowest(0, head=True)) is not None:
+            if not victim.future.done():
+                settle(victim.future, error=Overloaded(
+                    f"model '{self.name}': shed from a standing queue (queueing delay above "
+                    f"{1000 * self._codel.target_s:g} ms for {1000 * self._codel.interval_s:g} ms)",
+                    reason="standing_queue",
+                    retry_after_ms=self.drain_estimate_ms(),
+                ))
+                return
+
+    def _preferred_cut(self, batch: list[QueueItem]) -> int:
         """Length of the longest prefix whose rows equal a preferred batch size (0: none)."""
         best = 0
         rows = 0
@@ -282,13 +330,15 @@ class DynamicBatcher:
                 best = i
         return best
 
-    def _put_back(self, items: list[_Item]) -> None:
-        self._queue.extendleft(reversed(items))
+    def _put_back(self, items: list[QueueItem]) -> None:
+        for item in reversed(items):
+            self.queue.put_back(item)
 
-    async def _execute(self, index: int, batch: list[_Item]) -> None:
+    async def _execute(self, index: int, batch: list[QueueItem]) -> None:
         start = self._clock()
         queue_s = [start - item.enqueued for item in batch]
         rows = sum(item.rows for item in batch)
+        self.rate.started(index, start, rows)
         failed = True
         gathered = run_done = start
         try:
@@ -307,11 +357,7 @@ class DynamicBatcher:
                 settle(item.future, error=error)
         finally:
             end = self._clock()
-            if not failed and end > start:
-                rate = rows / (end - start)
-                self._rows_per_s = rate if not self._rows_per_s else (
-                    0.8 * self._rows_per_s + 0.2 * rate
-                )
+            self.rate.finished(index, end, not failed)
             if self._observer is not None:
                 self._observer(BatchReport(
                     rows=rows,
@@ -322,13 +368,13 @@ class DynamicBatcher:
                     failed=failed,
                 ))
 
-    def _gather(self, batch: list[_Item]) -> Arrays:
+    def _gather(self, batch: list[QueueItem]) -> Arrays:
         if len(batch) == 1:
             return batch[0].inputs
         names = batch[0].inputs.keys()
         return {name: np.concatenate([item.inputs[name] for item in batch]) for name in names}
 
-    def _scatter(self, batch: list[_Item], outputs: Arrays, rows: int) -> None:
+    def _scatter(self, batch: list[QueueItem], outputs: Arrays, rows: int) -> None:
         if len(batch) == 1:
             if self._max_batch:
                 self._check_rows(outputs, rows)

@@ -14,11 +14,15 @@ from collections.abc import Callable
 
 from server.backends.base import Backend
 from server.config import ModelConfig
+from server.core.admission import FALLBACK_REASONS, Admission, AdmissionPolicy, InflightBudget
 from server.core.batcher import Arrays, DynamicBatcher
 from server.core.stats import ModelStats
 from server.core.worker import InstanceThread
-from server.errors import InvalidInput
+from server.errors import InvalidInput, Overloaded
 from server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_of
+
+#: Response parameter naming the "model:version" that answered, on models with a fallback.
+ANSWERED_BY = "sluice_answered_by"
 
 
 class ModelVersion:
@@ -32,8 +36,13 @@ class ModelVersion:
         *,
         max_queue_size: int,
         stats: ModelStats,
+        inflight: InflightBudget | None = None,
+        fallback: Callable[[], ModelVersion | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``max_queue_size`` bounds each priority level whose queue policy sets no bound;
+        ``inflight`` is the server's shared in-flight bytes budget; ``fallback`` returns the
+        version that takes overload traffic (None when it is not loaded now)."""
         self.config = config
         self.version = version
         self.backend = backend
@@ -44,18 +53,25 @@ class ModelVersion:
             InstanceThread(f"{config.name}.{version}.{i}") for i in range(backend.instance_count)
         ]
         batching = config.dynamic_batching
+        label = f"{config.name}:{version}"
+        policy = AdmissionPolicy.from_config(config, max_queue_size)
         self._batcher = DynamicBatcher(
-            f"{config.name}:{version}",
+            label,
             self._run,
             instances=backend.instance_count,
             # Without dynamic_batching each request runs alone (still one per free instance).
             max_batch_size=config.max_batch_size if batching is not None else 0,
             preferred_batch_sizes=batching.preferred_batch_sizes if batching else (),
             max_queue_delay_s=batching.max_queue_delay_us / 1e6 if batching else 0.0,
-            max_queue_size=(batching.max_queue_size if batching else None) or max_queue_size,
+            max_queue_size=policy.queue_bound,
+            levels=policy.shadow_level,
+            codel=policy.codel(),
             clock=clock,
             observer=stats.on_batch,
         )
+        self.admission = Admission(label, policy, self._batcher, budget=inflight)
+        self._fallback = fallback
+        self._label = label
         self._inputs = {spec.name: spec for spec in config.inputs}
         self._required = [spec.name for spec in config.inputs if not spec.optional]
         self._dtypes = {spec.name: DATATYPE_DTYPES[spec.datatype] for spec in config.inputs}
@@ -75,30 +91,78 @@ class ModelVersion:
     def queue_stats(self) -> dict[str, float]:
         return self._batcher.stats()
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Answer one request, or raise a SluiceError that names what was wrong."""
+    async def infer(self, request: InferRequest, *, as_fallback: bool = False) -> InferResponse:
+        """Answer one request, or raise a SluiceError that names what was wrong.
+
+        A request this version sheds for overload goes to the model's fallback, when one is
+        configured and loaded (``as_fallback``: this version is answering for another one).
+        """
         start = self._clock()
+        level = 0
         try:
             inputs, rows = self._check_inputs(request.inputs)
-            inputs = self.backend.prepare(inputs)
             wanted = self._check_outputs(request.requested_outputs)
-            deadline = self._deadline(request, start)
-            outputs = await self._batcher.submit(inputs, rows, deadline)
+            admission = self.admission
+            level = admission.level(request.priority)
+            deadline, expire = admission.deadlines(
+                level, request.deadline, request.parameters.get("timeout"), start
+            )
+            nbytes = _nbytes(inputs)
+            inputs = self.backend.prepare(inputs)
+            admission.admit(rows, nbytes, level, deadline, start)
+            try:
+                outputs = await self._batcher.submit(
+                    inputs, rows, deadline, level=level, nbytes=nbytes, expire=expire
+                )
+            finally:
+                admission.release(nbytes)
+        except Overloaded as exc:
+            self.stats.on_request(self._clock() - start, ok=False)
+            self.stats.on_shed(exc.reason, level)
+            target = self._fallback_for(exc, level, as_fallback)
+            if target is None:
+                raise
+            shed = exc
         except BaseException:
             self.stats.on_request(self._clock() - start, ok=False)
             raise
-        if self._reshape_out:
-            outputs = dict(outputs)
-            for name, dims in self._reshape_out.items():
-                value = outputs[name]
-                outputs[name] = value.reshape((value.shape[0], *dims) if self._batched else dims)
-        self.stats.on_request(self._clock() - start, ok=True)
-        return InferResponse(
-            model_name=self.config.name,
-            model_version=str(self.version),
-            outputs={name: outputs[name] for name in wanted},
-            id=request.id,
-        )
+        else:
+            if self._reshape_out:
+                outputs = dict(outputs)
+                for name, dims in self._reshape_out.items():
+                    value = outputs[name]
+                    outputs[name] = value.reshape(
+                        (value.shape[0], *dims) if self._batched else dims
+                    )
+            self.stats.on_request(self._clock() - start, ok=True)
+            return InferResponse(
+                model_name=self.config.name,
+                model_version=str(self.version),
+                outputs={name: outputs[name] for name in wanted},
+                id=request.id,
+                parameters={ANSWERED_BY: self._label}
+                if as_fallback or self._fallback is not None else {},
+            )
+        # Degraded mode: the fallback answers, under its own admission. If it cannot take the
+        # request either, the caller hears about the primary's overload, not the fallback's.
+        self.stats.fallback_count += 1
+        try:
+            response = await target.infer(request, as_fallback=True)
+        except (Overloaded, InvalidInput):
+            raise shed from None
+        response.model_name = self.config.name
+        response.model_version = str(self.version)
+        return response
+
+    def _fallback_for(
+        self, exc: Overloaded, level: int, as_fallback: bool
+    ) -> ModelVersion | None:
+        if as_fallback or self._fallback is None or exc.reason not in FALLBACK_REASONS:
+            return None
+        if level == self.admission.policy.shadow_level:
+            return None  # shadow copies are never worth a second model's time
+        target = self._fallback()
+        return target if target is not self else None
 
     async def close(self) -> None:
         """Drain queued requests, then free the executors and the backend."""
@@ -116,21 +180,6 @@ class ModelVersion:
     async def _run(self, instance: int, inputs: Arrays) -> Arrays:
         assert self._loop is not None, "ModelVersion used before start()"
         return await self._threads[instance].run(self._loop, self.backend.run, instance, inputs)
-
-    def _deadline(self, request: InferRequest, now: float) -> float | None:
-        deadline = request.deadline
-        batching = self.config.dynamic_batching
-        timeout_us = request.parameters.get("timeout")
-        default_us = batching.default_timeout_us if batching else None
-        if timeout_us is not None and (batching is None or batching.allow_timeout_override):
-            if not isinstance(timeout_us, int) or timeout_us < 0:
-                raise InvalidInput("parameter 'timeout' must be a non-negative integer (us)")
-            if timeout_us and (default_us is None or timeout_us < default_us):
-                default_us = timeout_us
-        if default_us:
-            limit = now + default_us / 1e6
-            deadline = limit if deadline is None else min(deadline, limit)
-        return deadline
 
     def _check_inputs(self, inputs: Arrays) -> tuple[Arrays, int]:
         name = self.config.name
@@ -190,6 +239,17 @@ class ModelVersion:
                     f"(it has {list(self._output_names)})"
                 )
         return requested
+
+
+def _nbytes(inputs: Arrays) -> int:
+    """Input bytes of a request (BYTES tensors: their elements' lengths)."""
+    total = 0
+    for value in inputs.values():
+        if value.dtype.kind == "O":
+            total += sum(len(x) for x in value.ravel())
+        else:
+            total += value.nbytes
+    return total
 
 
 def _dims_match(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:

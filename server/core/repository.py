@@ -18,6 +18,7 @@ from pathlib import Path
 
 from server.backends.base import Backend
 from server.config import ModelConfig, check_model_name, complete_model_config
+from server.core.admission import InflightBudget
 from server.core.model import ModelVersion
 from server.core.stats import ModelStats
 from server.errors import ModelLoadError, ModelNotFound, ModelNotReady, SluiceError
@@ -63,8 +64,11 @@ class ModelRepository:
         default_max_batch_size: int = 64,
         default_max_queue_size: int = 4096,
         latency_window_s: float = 60.0,
+        inflight: InflightBudget | None = None,
     ) -> None:
+        """``inflight`` is the server's in-flight bytes budget, shared by every version."""
         self.root = root.resolve()
+        self._inflight = inflight
         self._read_config = read_config
         self._make_backend = make_backend
         self._default_max_batch = default_max_batch_size
@@ -217,14 +221,18 @@ class ModelRepository:
                 config, backend.io, max_batch_size_set=batch_set,
                 default_max_batch_size=self._default_max_batch,
             )
+            self._check_fallback(full)
             await asyncio.to_thread(backend.warmup, full)
         except BaseException:
             backend.close()
             raise
+        fallback = full.overload.fallback_model
         served = ModelVersion(
             full, number, backend,
             max_queue_size=self._default_max_queue,
             stats=ModelStats(window_s=self._window_s),
+            inflight=self._inflight,
+            fallback=(lambda: self._newest(fallback)) if fallback else None,
         )
         served.start()
         log.info(
@@ -233,11 +241,61 @@ class ModelRepository:
         )
         return served
 
+    def _newest(self, name: str) -> ModelVersion | None:
+        """The newest ready version of ``name``, or None (no exception: a hot-path lookup)."""
+        model = self._models.get(name)
+        if model is None or not model.versions:
+            return None
+        return model.versions[max(model.versions)]
+
+    def _check_fallback(self, config: ModelConfig) -> None:
+        """A fallback must be loaded and take every input and give every output of ``config``
+        with the same datatypes and compatible shapes."""
+        name = config.overload.fallback_model
+        if name is None:
+            return
+        where = f"model '{config.name}': fallback_model '{name}'"
+        target = self._newest(name)
+        if target is None:
+            raise ModelLoadError(f"{where} is not loaded (load it before this model)")
+        other = target.config
+        if (other.max_batch_size > 0) != (config.max_batch_size > 0) or (
+            other.max_batch_size < config.max_batch_size
+        ):
+            raise ModelLoadError(
+                f"{where} has max_batch_size {other.max_batch_size}; it needs at least "
+                f"{config.max_batch_size}" + (" and batching" if config.max_batch_size else
+                                              " and no batching")
+            )
+        for kind, ours, find in (
+            ("input", config.inputs, other.input), ("output", config.outputs, other.output),
+        ):
+            for spec in ours:
+                theirs = find(spec.name)
+                if theirs is None or theirs.datatype != spec.datatype or not _compatible(
+                    spec.dims, theirs.dims
+                ):
+                    have = "none" if theirs is None else f"{theirs.datatype} {list(theirs.dims)}"
+                    raise ModelLoadError(
+                        f"{where}: {kind} '{spec.name}' is {spec.datatype} {list(spec.dims)} "
+                        f"here, {have} there"
+                    )
+        names = {spec.name for spec in config.inputs}
+        missing = [t.name for t in other.inputs if not t.optional and t.name not in names]
+        if missing:
+            raise ModelLoadError(f"{where} needs input(s) {missing} that this model lacks")
+
     def _retire(self, served: ModelVersion) -> None:
         task = asyncio.create_task(served.close(), name=f"retire:{served.name}:{served.version}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
+
+
+def _compatible(ours: tuple[int, ...], theirs: tuple[int, ...]) -> bool:
+    return len(ours) == len(theirs) and all(
+        a == b or -1 in (a, b) for a, b in zip(ours, theirs, strict=True)
+    )
 
 
 def _version_dirs(model_dir: Path) -> list[int]:

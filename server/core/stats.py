@@ -137,6 +137,10 @@ class ModelStats:
     #: Wall-clock ms of the last completed request (Triton's last_inference).
     last_inference_ms: int = 0
     batch_stats: dict[int, BatchStat] = field(default_factory=dict)
+    #: Requests shed (UNAVAILABLE), by (reason, priority level).
+    shed: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Requests this version shed that its fallback model then took.
+    fallback_count: int = 0
     e2e: LatencyWindow = field(init=False)
     queue: LatencyWindow = field(init=False)
     compute: LatencyWindow = field(init=False)
@@ -164,6 +168,11 @@ class ModelStats:
         else:
             self.fail_count += 1
             self.fail_ns += ns
+
+    def on_shed(self, reason: str, level: int) -> None:
+        """One request shed for ``reason`` at priority ``level`` (a counter bump, no more)."""
+        key = (reason, level)
+        self.shed[key] = self.shed.get(key, 0) + 1
 
     def on_batch(self, report: BatchReport) -> None:
         """One batch executed (see :class:`BatchReport`)."""

@@ -9,6 +9,8 @@ import numpy as np
 from proto import grpc_service_pb2 as pb
 from proto import tensors
 from proto.params import param_value, set_param
+from server.config import RequestLimits
+from server.core.admission import check_request_limits
 from server.errors import InvalidInput, Unimplemented
 from server.types import InferRequest, InferResponse
 
@@ -20,8 +22,19 @@ _UNSUPPORTED_PARAMS = {
 }
 
 
-def decode_request(message: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
-    """Decode a ModelInferRequest; TensorError / InvalidInput name the offending field."""
+def decode_request(
+    message: pb.ModelInferRequest, deadline: float | None, limits: RequestLimits | None = None
+) -> InferRequest:
+    """Decode a ModelInferRequest; TensorError / InvalidInput name the offending field.
+
+    With ``limits``, a request with too many inputs, outputs or dimensions is refused with
+    ResourceExhausted before any tensor is decoded.
+    """
+    if limits is not None:
+        check_request_limits(
+            limits, len(message.inputs), len(message.outputs),
+            max((len(t.shape) for t in message.inputs), default=0),
+        )
     parameters = {key: param_value(value) for key, value in message.parameters.items()}
     for key, feature in _UNSUPPORTED_PARAMS.items():
         if parameters.get(key):

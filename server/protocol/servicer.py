@@ -17,6 +17,7 @@ import grpc
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from server import __version__
+from server.config import RequestLimits
 from server.core.model import ModelVersion
 from server.core.repository import ModelRepository
 from server.errors import InvalidInput, ModelNotFound, Overloaded, SluiceError, Unimplemented
@@ -37,8 +38,11 @@ STREAM_WINDOW = 256
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """KServe v2 + Triton extensions over one :class:`ModelRepository`."""
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(
+        self, repository: ModelRepository, *, limits: RequestLimits | None = None
+    ) -> None:
         self._repo = repository
+        self._limits = limits or RequestLimits()
         self._ready = False
         self._draining = False
         #: Inference requests admitted and not yet answered.
@@ -148,7 +152,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, message: pb.ModelInferRequest, deadline: float | None) -> InferResponse:
         if self._draining:
             raise Overloaded("server is shutting down", reason="draining", retry_after_ms=1000)
-        request = codec.decode_request(message, deadline)
+        request = codec.decode_request(message, deadline, self._limits)
         self.in_flight += 1
         self._idle.clear()
         try:

@@ -26,7 +26,8 @@ GRPC_CODES: dict[Code, grpc.StatusCode] = {
 
 #: Trailer telling gRPC retry policies (and our clients) how long to back off.
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
-#: Trailer with the machine-readable shed reason (queue_full, deadline, priority, draining).
+#: Trailer with the machine-readable shed reason (queue_full, deadline, priority,
+#: standing_queue, draining).
 SHED_REASON_KEY = "sluice-shed-reason"
 
 

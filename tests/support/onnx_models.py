@@ -50,3 +50,48 @@ def write_model(repo: Path, name: str, model: onnx.ModelProto, config: str | Non
     if config is not None:
         (repo / name / "config.pbtxt").write_text(config)
     return target
+
+
+def slow_model(width: int = 64, iterations: int = 200, name: str = "x") -> onnx.ModelProto:
+    """IN_<name> FP32 [batch, width] -> OUT_<name>: ``iterations`` rounds of tanh(v @ W) in an
+    ONNX Loop. A real model whose compute time is set by ``iterations`` (overload tests)."""
+    import numpy as np
+
+    weight = helper.make_tensor(
+        "W", TensorProto.FLOAT, [width, width],
+        (np.eye(width, dtype=np.float32) * 0.5).ravel().tolist(),
+    )
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["v_in", "W"], ["mm"]),
+            helper.make_node("Tanh", ["mm"], ["v_out"]),
+        ],
+        "round",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, ["batch", width]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, ["batch", width]),
+        ],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["trips"], value=helper.make_tensor(
+                "trips_value", TensorProto.INT64, [], [iterations])),
+            helper.make_node("Constant", [], ["go"], value=helper.make_tensor(
+                "go_value", TensorProto.BOOL, [], [True])),
+            helper.make_node("Loop", ["trips", "go", f"IN_{name}"], [f"OUT_{name}"], body=body),
+        ],
+        "slow",
+        [helper.make_tensor_value_info(f"IN_{name}", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info(f"OUT_{name}", TensorProto.FLOAT, ["batch", width])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

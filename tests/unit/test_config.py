@@ -8,6 +8,8 @@ from server.config import (
     InstanceKind,
     ModelConfig,
     ModelIO,
+    QueuePolicy,
+    TimeoutAction,
     VersionPolicy,
     check_model_name,
     complete_model_config,
@@ -63,7 +65,7 @@ def test_a_full_triton_config_translates_field_by_field():
          "input.allow_ragged_batch"),
         ("output [{ name: 'y' data_type: TYPE_FP32 dims: [1] label_filename: 'l.txt' }]",
          "output.label_filename"),
-        ("dynamic_batching { priority_levels: 3 }", "dynamic_batching.priority_levels"),
+        ("instance_group [{ profile: 'p' }]", "instance_group.profile"),
         ("instance_group [{ rate_limiter {} }]", "instance_group.rate_limiter"),
         ("parameters { key: 'k' value { string_value: 'v' } } response_cache { enable: true }",
          "response_cache"),
@@ -76,10 +78,64 @@ def test_unsupported_or_malformed_fields_are_named(text, needle):
         parse_model_config(text, source="model 'm' config.pbtxt")
 
 
-def test_timeout_action_delay_is_refused_until_implemented():
-    with pytest.raises(ModelLoadError, match="timeout_action"):
-        parse_model_config("dynamic_batching { default_queue_policy { timeout_action: DELAY } }",
-                           source="m")
+def test_queue_policies_and_priorities_translate_and_round_trip():
+    text = """
+    dynamic_batching {
+      priority_levels: 3
+      default_priority_level: 2
+      default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 2000 }
+      priority_queue_policy { key: 1 value { max_queue_size: 16 allow_timeout_override: true } }
+    }
+    parameters { key: "latency_budget_ms" value { string_value: "250" } }
+    parameters { key: "priority_budget_fractions" value { string_value: "1, 0.5, 0.25" } }
+    parameters { key: "max_queue_rows" value { string_value: "512" } }
+    parameters { key: "codel_target_ms" value { string_value: "5" } }
+    parameters { key: "fallback_model" value { string_value: "small" } }
+    parameters { key: "intra_op_thread_count" value { string_value: "1" } }
+    """
+    config = from_proto(parse_model_config(text, source="t"), "m")
+    batching = config.dynamic_batching
+    assert batching is not None
+    assert batching.priority_levels == 3 and batching.default_priority_level == 2
+    assert batching.policy(2).timeout_action is TimeoutAction.DELAY
+    assert batching.policy(2).default_timeout_us == 2000
+    assert batching.policy(1) == QueuePolicy(max_queue_size=16, allow_timeout_override=True)
+    overload = config.overload
+    assert overload.latency_budget_ms == 250 and overload.max_queue_rows == 512
+    assert overload.priority_budget_fractions == (1.0, 0.5, 0.25)
+    assert overload.codel_target_ms == 5 and overload.codel_interval_ms == 100
+    assert overload.fallback_model == "small" and overload.max_queue_bytes is None
+    # Sluice's own parameters never reach the backend
+    assert config.parameters == {"intra_op_thread_count": "1"}
+    assert from_proto(to_proto(config), "m") == config
+
+
+@pytest.mark.parametrize(
+    ("params", "batching", "needle"),
+    [
+        ({"latency_budget_ms": "soon"}, "", "'latency_budget_ms' must be a number"),
+        ({"max_queue_rows": "1.5"}, "", "'max_queue_rows' must be an integer"),
+        ({"max_queue_bytes": "0"}, "", "'max_queue_bytes' must be > 0"),
+        ({"priority_budget_fractions": "1,0.5"}, "priority_levels: 3 default_priority_level: 1",
+         "one fraction per priority level (3)"),
+        ({"priority_budget_fractions": "1,1.5"}, "priority_levels: 2 default_priority_level: 1",
+         "each must be in (0, 1]"),
+        ({"codel_interval_ms": "-1"}, "", "'codel_interval_ms' must be > 0"),
+        ({"fallback_model": "m"}, "", "may not name the model itself"),
+        ({}, "priority_levels: 2", "default_priority_level 0 must be in 1..priority_levels"),
+        ({}, "priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 3 "
+             "value { } }", "priority_queue_policy key 3"),
+    ],
+)
+def test_bad_overload_settings_are_named(params, batching, needle):
+    text = f"max_batch_size: 8\ndynamic_batching {{ {batching} }}\n" + "".join(
+        f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n'
+        for k, v in params.items()
+    )
+    with pytest.raises(ModelLoadError) as info:
+        config = from_proto(parse_model_config(text, source="t"), "m")
+        complete_model_config(config, IO, max_batch_size_set=True, default_max_batch_size=64)
+    assert needle in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["", "..", "../x", "a/b", "a\\b", ".hidden", "x" * 200])

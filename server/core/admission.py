@@ -1,0 +1,331 @@
+"""Admission: admit a request into its model version's queue, or shed it now.
+
+``ModelVersion.infer`` asks :meth:`Admission.admit` after resolving the version and before
+queueing, with no await in between; the answer is synchronous and O(priority levels). In order:
+
+1. draining -> UNAVAILABLE ``draining``;
+2. a request larger than a cap it could never fit (queue rows or bytes, the server's in-flight
+   bytes) -> RESOURCE_EXHAUSTED naming the limit; a deadline already passed -> DEADLINE_EXCEEDED;
+3. deadline feasibility: the wait is estimated from the rows queued at the request's level or
+   above and the measured batch durations (see :class:`~server.core.queues.ServiceRate`), plus
+   the time until an instance is free and the request's own batch. If it cannot finish by its
+   deadline -> UNAVAILABLE ``deadline``; if it would use more than its level's share of the
+   budget (the time to its deadline, else the model's ``latency_budget_ms``) -> ``priority``.
+   Level 1 of N may use all of the budget, level L ``(N - L + 1) / N`` by default; without a
+   deadline, level 1 is never shed by estimate. Until a batch has completed nothing is known,
+   and requests are admitted;
+4. caps: the level's queue bound (requests) -> ``queue_full``; the model's row and byte bounds,
+   making room by evicting the last-served requests of lower levels (they get ``priority``)
+   when that suffices, else ``queue_full``; the server's in-flight bytes -> ``queue_full``.
+
+Every shed raises :class:`~server.errors.Overloaded` with ``retry_after_ms``: the estimated
+time for the queue ahead to drain, jittered by +-25% so that shed clients do not return in step.
+Nothing here logs: rejecting must stay cheaper than serving.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from server.config import ModelConfig, RequestLimits, TimeoutAction
+from server.core.batcher import DynamicBatcher
+from server.core.queues import CoDel, QueueItem
+from server.errors import DeadlineExceeded, InvalidInput, Overloaded, ResourceExhausted
+
+#: ``InferRequest.priority`` of shadow copies: the level below every configured one (N + 1).
+SHADOW_PRIORITY = -1
+#: Shed reasons for which a model's fallback takes the request instead (never ``draining``).
+FALLBACK_REASONS = frozenset({"queue_full", "deadline", "priority", "standing_queue"})
+_PUSHBACK_MAX_MS = 60_000
+
+
+class InflightBudget:
+    """Server-wide bound on the input bytes of admitted requests not yet answered.
+
+    One per server, owned by the app and shared by every model version's admission; acquired
+    when a request is admitted and released when it is answered (whatever the outcome).
+    """
+
+    def __init__(self, limit_bytes: int | None) -> None:
+        #: None: no bound (the bytes are still counted).
+        self.limit_bytes = limit_bytes
+        self.bytes = 0
+        self.peak_bytes = 0
+
+    def fits(self, nbytes: int) -> bool:
+        return self.limit_bytes is None or self.bytes + nbytes <= self.limit_bytes
+
+    def acquire(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        if self.bytes > self.peak_bytes:
+            self.peak_bytes = self.bytes
+
+    def release(self, nbytes: int) -> None:
+        self.bytes -= nbytes
+
+
+def check_request_limits(limits: RequestLimits, inputs: int, outputs: int, rank: int) -> None:
+    """Refuse a request with more inputs, requested outputs or input dimensions than allowed."""
+    if inputs > limits.max_inputs:
+        raise ResourceExhausted(
+            f"request has {inputs} inputs; the server allows at most {limits.max_inputs} "
+            "(max_request_inputs)"
+        )
+    if outputs > limits.max_outputs:
+        raise ResourceExhausted(
+            f"request asks for {outputs} outputs; the server allows at most "
+            f"{limits.max_outputs} (max_request_outputs)"
+        )
+    if rank > limits.max_rank:
+        raise ResourceExhausted(
+            f"an input has {rank} dimensions; the server allows at most {limits.max_rank} "
+            "(max_tensor_rank)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LevelPolicy:
+    """The resolved queue rules of one priority level."""
+
+    #: Bound on queued requests at this level.
+    max_requests: int
+    #: Queue timeout (seconds); None: none.
+    timeout_s: float | None
+    #: Whether a request's ``timeout`` parameter may shorten ``timeout_s``.
+    allow_override: bool
+    #: Triton's DELAY action: a timed-out request moves behind its level instead of failing.
+    delay: bool
+    #: Share of the latency budget this level may use (0, 1].
+    budget_fraction: float
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionPolicy:
+    """Everything admission needs from a model's config, resolved once at load."""
+
+    #: Configured Triton levels N (1 when priorities are off); the shadow level is N + 1.
+    levels: int
+    default_level: int
+    #: Index = level (0 unused; levels + 1 is shadow traffic).
+    level_policies: tuple[LevelPolicy, ...]
+    latency_budget_s: float
+    max_queue_rows: int | None
+    max_queue_bytes: int | None
+    codel_target_s: float | None
+    codel_interval_s: float
+
+    @property
+    def shadow_level(self) -> int:
+        return self.levels + 1
+
+    @property
+    def queue_bound(self) -> int:
+        """Bound on queued requests over all levels (the batcher's backstop)."""
+        return sum(p.max_requests for p in self.level_policies[1:])
+
+    def codel(self) -> CoDel | None:
+        """A fresh CoDel for one batcher, or None when the standing-queue rule is off."""
+        if self.codel_target_s is None:
+            return None
+        return CoDel(self.codel_target_s, self.codel_interval_s)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, default_max_queue_size: int) -> AdmissionPolicy:
+        batching = config.dynamic_batching
+        levels = max(1, batching.priority_levels if batching else 0)
+        overload = config.overload
+        fractions = overload.priority_budget_fractions or tuple(
+            (levels - level + 1) / levels for level in range(1, levels + 1)
+        )
+        fractions = (*fractions, min(fractions) / 2)  # shadow: below every level
+        policies = [LevelPolicy(0, None, True, False, 1.0)]
+        for level in range(1, levels + 2):
+            rules = batching.policy(level) if batching else None
+            policies.append(LevelPolicy(
+                max_requests=(rules.max_queue_size if rules else None) or default_max_queue_size,
+                timeout_s=rules.default_timeout_us / 1e6
+                if rules and rules.default_timeout_us else None,
+                allow_override=rules.allow_timeout_override if rules else True,
+                delay=rules is not None and rules.timeout_action is TimeoutAction.DELAY,
+                budget_fraction=fractions[level - 1],
+            ))
+        return cls(
+            levels=levels,
+            default_level=(batching.default_priority_level if batching else 0) or 1,
+            level_policies=tuple(policies),
+            latency_budget_s=overload.latency_budget_ms / 1000,
+            max_queue_rows=overload.max_queue_rows,
+            max_queue_bytes=overload.max_queue_bytes,
+            codel_target_s=None if overload.codel_target_ms is None
+            else overload.codel_target_ms / 1000,
+            codel_interval_s=overload.codel_interval_ms / 1000,
+        )
+
+
+class Admission:
+    """Admit-or-shed for one model version's batcher. See the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        policy: AdmissionPolicy,
+        batcher: DynamicBatcher,
+        *,
+        budget: InflightBudget | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self._batcher = batcher
+        self._queue = batcher.queue
+        self._budget = budget
+        self._rng = rng or random.Random()
+        self._levels = policy.level_policies
+
+    def level(self, priority: int) -> int:
+        """Triton's rule: 0 or out of range -> the default level; SHADOW_PRIORITY -> N + 1."""
+        if priority == SHADOW_PRIORITY:
+            return self.policy.shadow_level
+        if 1 <= priority <= self.policy.levels:
+            return priority
+        return self.policy.default_level
+
+    def deadlines(
+        self, level: int, deadline: float | None, timeout_us: Any, now: float
+    ) -> tuple[float | None, float | None]:
+        """(deadline, expire) for a request at ``level`` arriving at ``now``.
+
+        ``deadline`` is the earliest of the caller's deadline and, with REJECT, the queue
+        timeout (the level's default, shortened by the request's ``timeout`` parameter when
+        the policy allows); with DELAY the queue timeout becomes ``expire`` instead.
+        """
+        rules = self._levels[level]
+        timeout_s = rules.timeout_s
+        if timeout_us is not None:
+            if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0:
+                raise InvalidInput("parameter 'timeout' must be a non-negative integer (us)")
+            if rules.allow_override and timeout_us and (
+                timeout_s is None or timeout_us / 1e6 < timeout_s
+            ):
+                timeout_s = timeout_us / 1e6
+        if timeout_s is None:
+            return deadline, None
+        limit = now + timeout_s
+        if rules.delay:
+            return deadline, limit
+        return (limit if deadline is None else min(deadline, limit)), None
+
+    def admit(self, rows: int, nbytes: int, level: int, deadline: float | None, now: float):
+        """Admit the request (its bytes now count as in flight) or raise. See the module doc."""
+        batcher = self._batcher
+        if batcher.closing:
+            raise Overloaded(
+                f"model '{self.name}' is shutting down", reason="draining", retry_after_ms=1000
+            )
+        self._check_size(rows, nbytes)
+        if deadline is not None and deadline <= now:
+            raise DeadlineExceeded(f"model '{self.name}': deadline passed before queueing")
+        queue = self._queue
+        rules = self._levels[level]
+        ahead = queue.rows_ahead(level)
+        wait = batcher.wait_estimate_s(ahead, now)
+        if wait is not None:
+            need = wait + batcher.rate.batch_s(ahead + rows)
+            allowed: float | None = None
+            if deadline is not None:
+                left = deadline - now
+                if need > left:
+                    raise self._shed(
+                        level, "deadline",
+                        f"cannot finish by its deadline ({1000 * left:.0f} ms left, about "
+                        f"{1000 * need:.0f} ms needed)",
+                    )
+                allowed = left * rules.budget_fraction
+            elif rules.budget_fraction < 1:
+                allowed = self.policy.latency_budget_s * rules.budget_fraction
+            if allowed is not None and need > allowed:
+                raise self._shed(
+                    level, "priority",
+                    f"priority {level} may use {1000 * allowed:.0f} ms, about "
+                    f"{1000 * need:.0f} ms needed",
+                )
+        if queue.requests_at(level) >= rules.max_requests:
+            raise self._shed(
+                level, "queue_full", f"queue full ({rules.max_requests} requests at priority "
+                f"{level})",
+            )
+        budget_bytes = self._budget
+        if budget_bytes is not None and not budget_bytes.fits(nbytes):
+            raise self._shed(
+                level, "queue_full",
+                f"server in-flight bytes at its limit ({budget_bytes.limit_bytes} bytes, "
+                "max_inflight_bytes)",
+            )
+        self._make_room(rows, nbytes, level)
+        if budget_bytes is not None:
+            budget_bytes.acquire(nbytes)
+
+    def release(self, nbytes: int) -> None:
+        """The admitted request was answered: its bytes no longer count as in flight."""
+        if self._budget is not None:
+            self._budget.release(nbytes)
+
+    def pushback_ms(self, level: int) -> int:
+        """Jittered estimate (ms) of how long the queue ahead of ``level`` takes to drain."""
+        estimate = self._batcher.drain_estimate_ms(level)
+        return max(1, min(_PUSHBACK_MAX_MS, int(estimate * self._rng.uniform(0.75, 1.25))))
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _shed(self, level: int, reason: str, why: str) -> Overloaded:
+        return Overloaded(
+            f"model '{self.name}': {why}", reason=reason, retry_after_ms=self.pushback_ms(level)
+        )
+
+    def _check_size(self, rows: int, nbytes: int) -> None:
+        policy, name = self.policy, self.name
+        if policy.max_queue_rows is not None and rows > policy.max_queue_rows:
+            raise ResourceExhausted(
+                f"model '{name}': request of {rows} rows exceeds the queue's max_queue_rows "
+                f"({policy.max_queue_rows})"
+            )
+        if policy.max_queue_bytes is not None and nbytes > policy.max_queue_bytes:
+            raise ResourceExhausted(
+                f"model '{name}': request of {nbytes} input bytes exceeds the queue's "
+                f"max_queue_bytes ({policy.max_queue_bytes})"
+            )
+        budget = self._budget
+        if budget is not None and budget.limit_bytes is not None and nbytes > budget.limit_bytes:
+            raise ResourceExhausted(
+                f"model '{name}': request of {nbytes} input bytes exceeds the server's "
+                f"max_inflight_bytes ({budget.limit_bytes})"
+            )
+
+    def _make_room(self, rows: int, nbytes: int, level: int) -> None:
+        """Enforce the row and byte bounds, evicting lower levels' requests when that suffices."""
+        queue, policy = self._queue, self.policy
+        over_rows = (
+            queue.rows + rows - policy.max_queue_rows if policy.max_queue_rows is not None else 0
+        )
+        over_bytes = (
+            queue.bytes + nbytes - policy.max_queue_bytes
+            if policy.max_queue_bytes is not None else 0
+        )
+        if over_rows <= 0 and over_bytes <= 0:
+            return
+        if over_rows > queue.rows_below(level) or (
+            over_bytes > 0 and over_bytes > queue.bytes_below(level)
+        ):
+            limit = "max_queue_rows" if over_rows > 0 else "max_queue_bytes"
+            raise self._shed(level, "queue_full", f"queue full ({limit})")
+        def error(victim: QueueItem) -> Overloaded:
+            return self._shed(victim.level, "priority", f"shed to make room for priority {level}")
+
+        while over_rows > 0 or over_bytes > 0:
+            victim = self._batcher.evict(level, error)
+            if victim is None:  # cannot happen after the check above; never loop forever
+                break
+            over_rows -= victim.rows
+            over_bytes -= victim.nbytes
