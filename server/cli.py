@@ -1,6 +1,7 @@
 """The ``sluice`` command line: parse arguments -> config -> run. Nothing else lives here.
 
     sluice serve [--model-repository DIR] [--host H] [--grpc-port P] [--metrics-port P]
+                 [--workers N]
     sluice infer MODEL [--input NAME=FILE.npy|JSON ...] [--batch N]
     sluice stats [MODEL]
 """
@@ -52,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="time in-flight requests get to finish on SIGTERM (default 10)")
     serve.add_argument("--log-level", default="INFO",
                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    serve.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                       help="server processes sharing the gRPC port (SO_REUSEPORT), each with "
+                       "its own models and batchers, under a supervisor that restarts them and "
+                       "merges their /metrics (default 1: one process, no supervisor)")
+    # Set by the supervisor on the command lines of its workers.
+    serve.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
 
     infer = sub.add_parser(
         "infer", help="send one request to a running server and print the outputs",
@@ -77,8 +84,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    if args.command == "serve" and args.workers > 1 and args.worker_id is None:
+        return _supervise(args, argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "infer":
@@ -89,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from server.app import run_until_signal
 
+    worker = args.worker_id
+    who = "" if worker is None else f"worker {worker} "
     logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"
     )
     config = ServerConfig(
         model_repository=args.model_repository,
@@ -101,9 +120,40 @@ def _serve(args: argparse.Namespace) -> int:
         startup_models=tuple(args.load_model),
         shutdown_grace_s=args.shutdown_grace,
         log_level=args.log_level,
+        # A worker shares the port with its siblings and serves /metrics to its supervisor only.
+        reuse_port=worker is not None,
+        metrics_host=None if worker is None else "127.0.0.1",
+        worker_id=worker,
     )
     asyncio.run(run_until_signal(config))
     return 0
+
+
+def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
+    """``serve --workers N``: run N ``serve`` processes under :mod:`server.supervisor`."""
+    from server.supervisor import Supervisor, SupervisorConfig
+
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s supervisor %(name)s: %(message)s"
+    )
+    metrics_on = args.metrics_port >= 0
+
+    def worker_argv(worker: int, grpc_port: int) -> list[str]:
+        # Our own command line with the overrides last (the last value of a flag wins), so
+        # every serve flag, present or future, reaches the workers unchanged.
+        return [sys.executable, "-m", "server", *argv, "--grpc-port", str(grpc_port),
+                "--metrics-port", "0" if metrics_on else "-1", "--workers", "1",
+                "--worker-id", str(worker)]
+
+    supervisor = Supervisor(SupervisorConfig(
+        workers=args.workers,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port if metrics_on else None,
+        worker_argv=worker_argv,
+        shutdown_grace_s=args.shutdown_grace,
+    ))
+    return asyncio.run(supervisor.run())
 
 
 def _random_input(datatype: str, shape: list[int], rng: np.random.Generator) -> np.ndarray:
