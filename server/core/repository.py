@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.backends.base import Backend
-from server.config import ModelConfig, check_model_name, complete_model_config
+from server.config import ModelConfig, check_model_name
+from server.config_validation import complete_model_config
 from server.core.admission import InflightBudget
 from server.core.model import ModelVersion
 from server.core.stats import ModelStats

@@ -12,8 +12,8 @@ from server.config import (
     TimeoutAction,
     VersionPolicy,
     check_model_name,
-    complete_model_config,
 )
+from server.config_validation import complete_model_config
 from server.errors import ModelLoadError
 from server.model_config import from_proto, parse_model_config, to_proto
 from server.types import TensorSpec
