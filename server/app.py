@@ -82,10 +82,17 @@ class Server:
         served = self.repository.get(name, str(version) if version > 0 else "")
         return served.backend, served.config
 
+    def _is_pipeline(self, name: str) -> bool:
+        try:
+            config, _ = read_model_config(self.config.model_repository / name, name)
+        except (SluiceError, OSError):
+            return False  # its own load reports why
+        return config.backend == "ensemble"
+
     async def _load_all(self, names: list[str]) -> None:
         """Load ``names``; a model that fails is retried after the others loaded (a pipeline
         loads after its steps), until a pass makes no progress."""
-        pending = list(names)
+        pending = sorted(names, key=self._is_pipeline)  # stable: pipelines after their steps
         while pending:
             failed: dict[str, str] = {}
             for name in pending:
