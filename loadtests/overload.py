@@ -40,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,8 @@ class Settings:
     server_args: tuple[str, ...]
     out: Path
     quick: bool
+    #: Priority levels to give the model in a temporary copy of the repository (0: as bundled).
+    priority_levels: int = 2
 
 
 def log(text: str) -> None:
@@ -196,13 +199,35 @@ def analyze(s: Settings, capacity: float, phases: list[dict[str, Any]],
     }
 
 
+def _with_priority_levels(tmp: Path, model: str, levels: int) -> Path:
+    """A copy of the bundled repository where ``model`` has ``levels`` priority levels (requests
+    without a priority get the lowest), so the priority-1 phase measures priority scheduling."""
+    repo = tmp / "models"
+    shutil.copytree(MODEL_REPOSITORY, repo, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    config = repo / model / "config.pbtxt"
+    text = config.read_text()
+    if "dynamic_batching { }" not in text:
+        raise SystemExit(f"--priority-levels: {config} has no plain 'dynamic_batching {{ }}'")
+    config.write_text(text.replace(
+        "dynamic_batching { }",
+        f"dynamic_batching {{ priority_levels: {levels} default_priority_level: {levels} }}",
+    ))
+    return repo
+
+
 def run(s: Settings) -> dict[str, Any]:
     info = machine_info()
     with ExitStack() as stack:
         server = None
         if s.target is None:
+            repository = MODEL_REPOSITORY
+            if s.priority_levels:
+                repository = _with_priority_levels(
+                    Path(stack.enter_context(tempfile.TemporaryDirectory())), s.model,
+                    s.priority_levels,
+                )
             server = stack.enter_context(ServerProcess("sluice", [
-                "-m", "server", "serve", "--model-repository", str(MODEL_REPOSITORY),
+                "-m", "server", "serve", "--model-repository", str(repository),
                 "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
                 "--log-level", "WARNING", *s.server_args,
             ]))
@@ -305,6 +330,8 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
                         help="extra argument for the server it starts (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target fails")
+    parser.add_argument("--priority-levels", type=int, default=2,
+                        help="priority levels given to the model (0: its config as bundled)")
     args = parser.parse_args(argv)
     if args.target and args.target.rpartition(":")[0] not in _LOOPBACK:
         parser.error("--target must be on the loopback (127.0.0.1:PORT)")
@@ -318,6 +345,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
         capacity_concurrency=64, capacity=args.capacity, procs=args.procs,
         channels=args.channels, max_outstanding=args.max_outstanding, target=args.target,
         server_args=tuple(args.server_arg), out=args.out, quick=quick,
+        priority_levels=args.priority_levels,
     )
     return settings, args.check
 
