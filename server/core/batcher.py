@@ -24,11 +24,11 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from server.core.queues import CoDel, PriorityQueue, QueueItem, ServiceRate
+from server.core.worker import settle
 from server.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded, SluiceError
 
 Arrays = dict[str, np.ndarray]
@@ -50,16 +50,6 @@ class BatchReport:
 
 
 Observer = Callable[[BatchReport], None]
-
-
-def settle(future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None):
-    """Resolve ``future`` once; a future already done (caller left) is left alone."""
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class DynamicBatcher:

@@ -15,8 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # the awaiting task was cancelled meanwhile
+def settle(future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None):
+    """Resolve ``future`` once; a future already done (its caller left) is left alone.
+
+    The one way the core answers a request: every accepted request gets exactly one answer.
+    """
+    if future.done():
         return
     if error is not None:
         future.set_exception(error)
@@ -40,7 +44,7 @@ class InstanceThread:
             except BaseException as exc:  # handed to the awaiting task, never lost
                 result, error = None, exc
             try:
-                loop.call_soon_threadsafe(_resolve, future, result, error)
+                loop.call_soon_threadsafe(settle, future, result, error)
             except RuntimeError:  # the loop closed while we computed: nobody is waiting
                 pass
 
