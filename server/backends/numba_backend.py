@@ -66,6 +66,20 @@ def _number(params: dict[str, str], key: str, default: float, where: str) -> flo
         raise ModelLoadError(f"{where}: parameter '{key}' must be a number") from None
 
 
+def _parameters(
+    config: ModelConfig, allowed: frozenset[str], where: str, what: str
+) -> dict[str, str]:
+    """The model's parameters, or a load error naming every one ``what`` does not support."""
+    params = dict(config.parameters)
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ModelLoadError(
+            f"{where}: parameter(s) {unknown} not supported by {what} "
+            f"(supported: {sorted(allowed)})"
+        )
+    return params
+
+
 def _wants_gpu(config: ModelConfig, where: str) -> bool:
     kinds = {g.kind for g in config.instance_groups}
     if InstanceKind.GPU not in kinds and InstanceKind.AUTO not in kinds:
@@ -88,13 +102,7 @@ class TreeBackend(InstancesBackend):
     def __init__(self, config: ModelConfig, version_dir: Path) -> None:
         super().__init__(config.instance_count)
         where = f"model '{config.name}' version {version_dir.name}"
-        params = dict(config.parameters)
-        unknown = sorted(set(params) - FIL_PARAMETERS)
-        if unknown:
-            raise ModelLoadError(
-                f"{where}: parameter(s) {unknown} not supported by the numba/fil backend "
-                f"(supported: {sorted(FIL_PARAMETERS)})"
-            )
+        params = _parameters(config, FIL_PARAMETERS, where, "the numba/fil backend")
         try:
             self.forest: Forest = load_tree_model(version_dir, params.get("model_type"))
         except FormatError as exc:
@@ -165,10 +173,7 @@ class KernelBackend(InstancesBackend):
     def __init__(self, config: ModelConfig, version_dir: Path) -> None:
         super().__init__(config.instance_count)
         where = f"model '{config.name}' version {version_dir.name}"
-        params = dict(config.parameters)
-        unknown = sorted(set(params) - _KERNEL_PARAMETERS)
-        if unknown:
-            raise ModelLoadError(f"{where}: parameter(s) {unknown} not supported for kernels")
+        params = _parameters(config, _KERNEL_PARAMETERS, where, "kernels")
         self.kernel = params["kernel"]
         if self.kernel not in KERNELS:
             raise ModelLoadError(f"{where}: unknown kernel '{self.kernel}' (one of {KERNELS})")
