@@ -72,6 +72,7 @@ class ModelVersion:
         self.admission = Admission(label, policy, self._batcher, budget=inflight)
         self._fallback = fallback
         self._label = label
+        self._version_str = str(version)  # the response field, built once
         self._inputs = {spec.name: spec for spec in config.inputs}
         self._required = [spec.name for spec in config.inputs if not spec.optional]
         self._dtypes = {spec.name: DATATYPE_DTYPES[spec.datatype] for spec in config.inputs}
@@ -137,7 +138,7 @@ class ModelVersion:
             self.stats.on_request(self._clock() - start, ok=True)
             return InferResponse(
                 model_name=self.config.name,
-                model_version=str(self.version),
+                model_version=self._version_str,
                 outputs={name: outputs[name] for name in wanted},
                 id=request.id,
                 parameters={ANSWERED_BY: self._label}
@@ -151,7 +152,7 @@ class ModelVersion:
         except (Overloaded, InvalidInput):
             raise shed from None
         response.model_name = self.config.name
-        response.model_version = str(self.version)
+        response.model_version = self._version_str
         return response
 
     def _fallback_for(
