@@ -206,6 +206,11 @@ class ForestGPU:
     """
 
     def __init__(self, forest: Forest, *, threads_per_block: int = THREADS_PER_BLOCK) -> None:
+        # A server launches small grids whenever a batch is small (warm-up, light traffic):
+        # numba's low-occupancy warning would fire on every such batch, and under a strict
+        # warnings filter it turns a correct launch into an error. Process-wide, set only once
+        # a GPU model is really built (importing this module changes nothing).
+        config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
         compact = forest.compact
         self.n_features = forest.n_features
         self.n_groups = forest.n_groups

@@ -189,9 +189,11 @@ def run_load(
                 children.append((child, path))
             for child, _ in children:
                 assert child.stdout is not None
-                if child.stdout.readline().strip() != "ready":
-                    _, err = child.communicate(timeout=30)
-                    raise RuntimeError(f"{label}: load generator failed to start: {err[-2000:]}")
+                first = child.stdout.readline().strip()
+                if first != "ready":
+                    out, err = child.communicate(timeout=30)
+                    said = (first + "\n" + out + err).strip()
+                    raise RuntimeError(f"{label}: load generator failed to start: {said[-2000:]}")
             start = time.monotonic() + warmup_s
             for child, _ in children:
                 assert child.stdin is not None

@@ -30,7 +30,7 @@ if pytest is not None:
         pytest.mark.gpu,
         pytest.mark.skipif(not _real_gpu(), reason="needs an NVIDIA GPU visible to numba.cuda"),
         # small launches in a test are expected; they are not what this file measures
-        pytest.mark.filterwarnings("ignore:Grid size"),
+        pytest.mark.filterwarnings("ignore:.*Grid size"),
     ]
 
 rng = np.random.default_rng(0)
