@@ -144,7 +144,8 @@ def repository_index_list(message: pb.RepositoryIndexResponse) -> list[dict[str,
 
 def latency_from_trailers(trailers: Iterable[Any] | None) -> dict[str, Any]:
     """The parsed ``sluice-latency-quantiles`` trailer: ``{model: {version: {"e2e" | "queue" |
-    "compute": {"p50", "p95", "p99"} in seconds or None, "requests": int, "window_s": float}}}``.
+    "compute" | "reject": {"p50", "p95", "p99"} in seconds or None, "requests": int,
+    "window_s": float, "reject_buckets": [[upper bound, cumulative count], ...]}}}``.
 
     An empty dict when the server sent no such trailer (e.g. it is not Sluice); ServerError when
     the trailer is not JSON.

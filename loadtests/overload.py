@@ -44,6 +44,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -156,6 +157,8 @@ def open_loop(
             assert child.stdin is not None
             child.stdin.write(f"{start!r}\n")
             child.stdin.flush()
+        poller = RejectPoller(target, s.model, start, [p["duration_s"] for p in phases])
+        poller.start()
         summaries, parts = [], []
         for child, out in children:
             stdout, stderr = child.communicate(timeout=total_s + s.deadline_ms / 1e3 + 60)
@@ -166,7 +169,40 @@ def open_loop(
             summaries.append(summary)
             with np.load(out) as data:
                 parts.append({k: data[k] for k in data.files})
+        poller.join(timeout=30)
+    for phase, (before, after) in zip(phases, poller.intervals(), strict=True):
+        phase["server_reject_ms"] = rep.reject_quantiles(before, after)
     return rep.Records.merge(parts), summaries
+
+
+class RejectPoller(threading.Thread):
+    """Reads the server's cumulative reject histogram of ``model`` at every phase boundary
+    (monotonic instants from ``start``), so each phase gets its own server-side reject
+    latency. One ModelStatistics call per boundary; a failed read leaves that phase blank."""
+
+    def __init__(self, target: str, model: str, start: float, durations: list[float]) -> None:
+        super().__init__(daemon=True, name="reject-poller")
+        self._target, self._model = target, model
+        self._due = [start + sum(durations[:k]) for k in range(len(durations) + 1)]
+        self.snapshots: list[list[list[Any]] | None] = []
+
+    def run(self) -> None:
+        with Client(self._target, timeout=5.0) as client:
+            for due in self._due:
+                time.sleep(max(0.0, due - time.monotonic()))
+                try:
+                    table = client.latency(self._model).get(self._model, {})
+                    merged: dict[str, int] = {}
+                    for stages in table.values():  # every version of the model together
+                        for bound, count in stages.get("reject_buckets", ()):
+                            merged[bound] = merged.get(bound, 0) + count
+                    self.snapshots.append([[b, c] for b, c in merged.items()] or None)
+                except Exception:  # a late or failed read blanks a phase, not the run
+                    self.snapshots.append(None)
+
+    def intervals(self) -> list[tuple[Any, Any]]:
+        snaps = self.snapshots + [None] * (len(self._due) - len(self.snapshots))
+        return list(zip(snaps[:-1], snaps[1:], strict=True))
 
 
 def _reap(child: subprocess.Popen[str]) -> None:
@@ -182,6 +218,9 @@ def analyze(s: Settings, capacity: float, phases: list[dict[str, Any]],
     for p in phases:
         starts[p["name"]], kinds[p["name"]] = t, p["kind"]
         stats[p["name"]] = rep.phase_stats(records, t, p["duration_s"], slo_s, capacity)
+        server_reject = p.get("server_reject_ms") or {}
+        stats[p["name"]]["server_reject_p50_ms"] = server_reject.get(50)
+        stats[p["name"]]["server_reject_p99_ms"] = server_reject.get(99)
         t += p["duration_s"]
     line = rep.timeline(records, t, slo_s)
     first = next(p["name"] for p in phases if p["kind"] == "step")

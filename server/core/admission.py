@@ -6,11 +6,12 @@ queueing, with no await in between; the answer is synchronous and O(priority lev
 1. draining -> UNAVAILABLE ``draining``;
 2. a request larger than a cap it could never fit (queue rows or bytes, the server's in-flight
    bytes) -> RESOURCE_EXHAUSTED naming the limit; a deadline already passed -> DEADLINE_EXCEEDED;
-3. deadline feasibility: the wait is estimated from the rows queued at the request's level or
-   above and the measured batch durations (see :class:`~server.core.queues.ServiceRate`), plus
-   the time until an instance is free and the request's own batch. If it cannot finish by its
-   deadline -> UNAVAILABLE ``deadline``; if it would use more than its level's share of the
-   budget (the time to its deadline, else the model's ``latency_budget_ms``) -> ``priority``.
+3. deadline feasibility: the time to finish is estimated from the rows queued at the request's
+   level or above plus its own, cut into batches and timed by the measured batch durations (see
+   :class:`~server.core.queues.ServiceRate`), plus the time until an instance is free. If it
+   cannot finish by its deadline -> UNAVAILABLE ``deadline``; if it would use more than its
+   level's share of the budget (the time to its deadline, else the model's
+   ``latency_budget_ms``) -> ``priority``.
    Level 1 of N may use all of the budget, level L ``(N - L + 1) / N`` by default; without a
    deadline, level 1 is never shed by estimate. Until a batch has completed nothing is known,
    and requests are admitted;
@@ -229,10 +230,10 @@ class Admission:
             raise DeadlineExceeded(f"model '{self.name}': deadline passed before queueing")
         queue = self._queue
         rules = self._levels[level]
-        ahead = queue.rows_ahead(level)
-        wait = batcher.wait_estimate_s(ahead, now)
-        if wait is not None:
-            need = wait + batcher.rate.batch_s(ahead + rows)
+        # The request is done when every row ahead of it and its own are computed: batches are
+        # cut by rows, so it rides in the last of them (not in a batch after the queue drained).
+        need = batcher.wait_estimate_s(queue.rows_ahead(level) + rows, now)
+        if need is not None:
             allowed: float | None = None
             if deadline is not None:
                 left = deadline - now

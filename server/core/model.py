@@ -118,8 +118,9 @@ class ModelVersion:
             finally:
                 admission.release(nbytes)
         except Overloaded as exc:
-            self.stats.on_request(self._clock() - start, ok=False)
-            self.stats.on_shed(exc.reason, level)
+            took = self._clock() - start
+            self.stats.on_request(took, ok=False)
+            self.stats.on_shed(exc.reason, level, took)
             target = self._fallback_for(exc, level, as_fallback)
             if target is None:
                 raise

@@ -21,6 +21,10 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0,
 )
+#: Bucket bounds (seconds) of the time-to-reject histogram: shedding must take well under 1 ms.
+REJECT_BUCKETS_S: tuple[float, ...] = (
+    0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+)
 #: HDR histogram range in microseconds: 1 us .. 10 min, 2 significant digits (1% error).
 _HDR_MAX_US = 600_000_000
 
@@ -141,6 +145,11 @@ class ModelStats:
     shed: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Requests this version shed that its fallback model then took.
     fallback_count: int = 0
+    #: Time from a request reaching the model to its shed status (server-side reject latency).
+    reject: LatencyWindow = field(init=False)
+    reject_hist: CumulativeHistogram = field(
+        default_factory=lambda: CumulativeHistogram(REJECT_BUCKETS_S)
+    )
     e2e: LatencyWindow = field(init=False)
     queue: LatencyWindow = field(init=False)
     compute: LatencyWindow = field(init=False)
@@ -155,6 +164,7 @@ class ModelStats:
         self.e2e = LatencyWindow(self.window_s, clock=self.clock)
         self.queue = LatencyWindow(self.window_s, clock=self.clock)
         self.compute = LatencyWindow(self.window_s, clock=self.clock)
+        self.reject = LatencyWindow(self.window_s, clock=self.clock)
 
     def on_request(self, seconds: float, ok: bool) -> None:
         """One request answered (ok) or failed, ``seconds`` after it arrived."""
@@ -169,10 +179,13 @@ class ModelStats:
             self.fail_count += 1
             self.fail_ns += ns
 
-    def on_shed(self, reason: str, level: int) -> None:
-        """One request shed for ``reason`` at priority ``level`` (a counter bump, no more)."""
+    def on_shed(self, reason: str, level: int, seconds: float) -> None:
+        """One request shed for ``reason`` at priority ``level``, ``seconds`` after it reached
+        the model (shed at the door or evicted from the queue later)."""
         key = (reason, level)
         self.shed[key] = self.shed.get(key, 0) + 1
+        self.reject.record(seconds)
+        self.reject_hist.observe(seconds)
 
     def on_batch(self, report: BatchReport) -> None:
         """One batch executed (see :class:`BatchReport`)."""

@@ -44,17 +44,21 @@ def model_statistics(served: ModelVersion) -> pb.ModelStatistics:
 
 
 def latency_table(versions: list[ModelVersion]) -> dict[str, Any]:
-    """{model: {version: {stage: {"p50": s, "p95": s, "p99": s} | None}}} over the window."""
+    """{model: {version: {stage: {"p50": s, "p95": s, "p99": s} | None}}} over the window, for
+    stages e2e, queue, compute and reject (time to shed), plus "requests" (successes),
+    "window_s" and "reject_buckets" (cumulative [upper bound, count] pairs since load)."""
     table: dict[str, Any] = {}
     for served in versions:
         stages = {}
         for stage, window in (
             ("e2e", served.stats.e2e), ("queue", served.stats.queue),
-            ("compute", served.stats.compute),
+            ("compute", served.stats.compute), ("reject", served.stats.reject),
         ):
             q = window.quantiles(PERCENTILES)
             stages[stage] = None if q is None else {f"p{p}": q[p] for p in PERCENTILES}
         stages["requests"] = served.stats.success_count
+        # Cumulative, so a reader can difference two snapshots to get one interval's rejects.
+        stages["reject_buckets"] = served.stats.reject_hist.buckets()
         stages["window_s"] = served.stats.window_s
         table.setdefault(served.name, {})[str(served.version)] = stages
     return table
