@@ -8,8 +8,10 @@ queueing, with no await in between; the answer is synchronous and O(priority lev
    bytes) -> RESOURCE_EXHAUSTED naming the limit; a deadline already passed -> DEADLINE_EXCEEDED;
 3. deadline feasibility: the time to finish is estimated from the rows queued at the request's
    level or above plus its own, cut into batches and timed by the measured batch durations (see
-   :class:`~server.core.queues.ServiceRate`), plus the time until an instance is free. If it
-   cannot finish by its deadline -> UNAVAILABLE ``deadline``; if it would use more than its
+   :class:`~server.core.queues.ServiceRate`), plus the time until an instance is free, then
+   scaled by the level's measured estimate error (:meth:`Admission.observe`, a running p90).
+   If it cannot finish within ``DEADLINE_SAFETY`` of the time to its deadline -> UNAVAILABLE
+   ``deadline``; if it would use more than its
    level's share of the budget (the time to its deadline, else the model's
    ``latency_budget_ms``) -> ``priority``.
    Level 1 of N may use all of the budget, level L ``(N - L + 1) / N`` by default; without a
@@ -40,6 +42,14 @@ SHADOW_PRIORITY = -1
 #: Shed reasons for which a model's fallback takes the request instead (never ``draining``).
 FALLBACK_REASONS = frozenset({"queue_full", "deadline", "priority", "standing_queue"})
 _PUSHBACK_MAX_MS = 60_000
+#: Share of the time to its deadline a request's (calibrated) estimated finish may use; the rest
+#: is for its answer's way back. Admitting right up to the deadline fills the queue until
+#: answers arrive just too late.
+DEADLINE_SAFETY = 0.9
+#: Quantile of (measured time / estimated time) that calibrates the estimates, and its step.
+_ERROR_QUANTILE = 0.9
+_ERROR_STEP = 0.02
+_ERROR_MAX = 4.0
 
 
 class InflightBudget:
@@ -184,6 +194,10 @@ class Admission:
         self._budget = budget
         self._rng = rng or random.Random()
         self._levels = policy.level_policies
+        #: Per level: the running p90 of (measured time / estimated time), >= 1. The estimate
+        #: knows the queue ahead and the batch speed; it does not know what overtakes a request,
+        #: the event loop's own delays, or a machine that got busier: this learns all of it.
+        self.error = [1.0] * len(policy.level_policies)
 
     def level(self, priority: int) -> int:
         """Triton's rule: 0 or out of range -> the default level; SHADOW_PRIORITY -> N + 1."""
@@ -218,8 +232,12 @@ class Admission:
             return deadline, limit
         return (limit if deadline is None else min(deadline, limit)), None
 
-    def admit(self, rows: int, nbytes: int, level: int, deadline: float | None, now: float):
-        """Admit the request (its bytes now count as in flight) or raise. See the module doc."""
+    def admit(
+        self, rows: int, nbytes: int, level: int, deadline: float | None, now: float
+    ) -> float | None:
+        """Admit the request (its bytes now count as in flight) or raise. See the module doc.
+        Returns the raw estimate of its time to finish (None: nothing measured yet), for
+        :meth:`observe` once it is answered."""
         batcher = self._batcher
         if batcher.closing:
             raise Overloaded(
@@ -232,12 +250,13 @@ class Admission:
         rules = self._levels[level]
         # The request is done when every row ahead of it and its own are computed: batches are
         # cut by rows, so it rides in the last of them (not in a batch after the queue drained).
-        need = batcher.wait_estimate_s(queue.rows_ahead(level) + rows, now)
-        if need is not None:
+        estimate = batcher.wait_estimate_s(queue.rows_ahead(level) + rows, now)
+        if estimate is not None:
+            need = estimate * self.error[level]
             allowed: float | None = None
             if deadline is not None:
                 left = deadline - now
-                if need > left:
+                if need > left * DEADLINE_SAFETY:
                     raise self._shed(
                         level, "deadline",
                         f"cannot finish by its deadline ({1000 * left:.0f} ms left, about "
@@ -267,6 +286,17 @@ class Admission:
         self._make_room(rows, nbytes, level)
         if budget_bytes is not None:
             budget_bytes.acquire(nbytes)
+        return estimate
+
+    def observe(self, level: int, estimate: float | None, seconds: float) -> None:
+        """An admitted request was answered ``seconds`` after arrival; ``estimate`` is what
+        :meth:`admit` returned. One step of a streaming quantile estimate (O(1))."""
+        if not estimate or estimate < 1e-4:
+            return  # nothing to learn from a request that waited for nothing
+        q = self.error[level]
+        above = seconds > estimate * q
+        q += _ERROR_STEP * q * (_ERROR_QUANTILE if above else _ERROR_QUANTILE - 1.0)
+        self.error[level] = min(_ERROR_MAX, max(1.0, q))
 
     def release(self, nbytes: int) -> None:
         """The admitted request was answered: its bytes no longer count as in flight."""

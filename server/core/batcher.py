@@ -251,6 +251,13 @@ class DynamicBatcher:
         batch: list[QueueItem] = []
         rows = 0
         full = False
+        # The earliest deadline among the batch's higher-priority members: lower-priority rows
+        # that would make the batch run past it stay queued, so a priority-1 request is not
+        # made late by the level-2 rows that would fill its batch. (Only across levels: within
+        # one level, shrinking batches as they run late would cut throughput exactly when the
+        # queue is behind, and make it later still.)
+        earliest: float | None = None
+        rate = self.rate if self.rate.known else None
         for lane in queue.lanes:
             while lane:
                 item = lane[0]
@@ -267,11 +274,21 @@ class DynamicBatcher:
                 if item.expire is not None and not item.delayed and item.expire <= now:
                     queue.delay(lane)
                     continue
-                if batch and (rows + item.rows > limit or item.signature != batch[0].signature):
+                if batch and (
+                    rows + item.rows > limit
+                    or item.signature != batch[0].signature
+                    or (earliest is not None and rate is not None
+                        and item.level > batch[0].level
+                        and now + rate.batch_s(rows + item.rows) > earliest)
+                ):
                     full = True
                     break
                 batch.append(queue.take(lane))
                 rows += item.rows
+                if item.deadline is not None and item.level == batch[0].level and (
+                    earliest is None or item.deadline < earliest
+                ):
+                    earliest = item.deadline
                 if not self._max_batch or rows >= limit:
                     full = True
                     break

@@ -110,13 +110,14 @@ class ModelVersion:
             )
             nbytes = _nbytes(inputs)
             inputs = self.backend.prepare(inputs)
-            admission.admit(rows, nbytes, level, deadline, start)
+            estimate = admission.admit(rows, nbytes, level, deadline, start)
             try:
                 outputs = await self._batcher.submit(
                     inputs, rows, deadline, level=level, nbytes=nbytes, expire=expire
                 )
             finally:
                 admission.release(nbytes)
+            admission.observe(level, estimate, self._clock() - start)
         except Overloaded as exc:
             took = self._clock() - start
             self.stats.on_request(took, ok=False)

@@ -278,6 +278,45 @@ async def test_lower_levels_are_shed_at_their_share_of_the_budget(clock, backend
     await model.batcher.close()
 
 
+async def test_lower_levels_do_not_make_a_higher_levels_batch_late(clock, backend):
+    model = Model(clock, backend, max_batch=8, levels=2, default_level=2)
+    await measure(model, backend)  # 10 ms per row
+    backend.gate = asyncio.Event()
+    blocker = model.send(0, level=1)
+    await settle_loop()
+    low = [model.send(20 + i, rows=2, level=2) for i in range(3)]
+    # Starts when the blocker is done (t+10 ms); 1 row + 2 rows of level 2 end at t+40 ms,
+    # inside its deadline; 2 more rows would end at t+60 ms, past it.
+    high = model.send(10, level=1, deadline=clock.now + 0.045)
+    await settle_loop()
+    backend.gate.set()
+    await asyncio.gather(blocker, high, *low)
+    assert backend.batches == [[0], [10, 20, 20], [21, 21, 22, 22]]
+    await model.batcher.close()
+
+
+async def test_estimates_are_calibrated_by_what_was_measured(clock, backend):
+    model = Model(clock, backend, levels=2, default_level=1)
+    await measure(model, backend)  # 10 ms per batch of one row
+    admission = model.admission
+    for _ in range(300):  # answers take twice the estimate (e.g. an event loop kept busy)
+        admission.observe(1, 0.010, 0.020)
+    assert 1.8 < admission.error[1] <= 2.1 and admission.error[2] == 1.0
+    backend.gate = asyncio.Event()
+    queued = [model.send(i, level=1) for i in range(2)]
+    await settle_loop()
+    # raw estimate ~30 ms fits 40 ms x 0.9, the calibrated ~60 ms does not
+    with pytest.raises(Overloaded) as info:
+        model.send(9, level=1, deadline=clock.now + 0.040)
+    assert info.value.reason == "deadline"
+    backend.gate.set()
+    await asyncio.gather(*queued)
+    for _ in range(600):  # and faster answers bring it back down, never below 1
+        admission.observe(1, 0.010, 0.005)
+    assert admission.error[1] == 1.0
+    await model.batcher.close()
+
+
 async def test_budget_fractions_are_configurable(clock, backend):
     overload = OverloadPolicy(latency_budget_ms=100, priority_budget_fractions=(1.0, 0.9))
     model = Model(clock, backend, levels=2, default_level=1, overload=overload)
