@@ -1,0 +1,284 @@
+"""Router: rendezvous hashing properties, deployment state JSON, resolution, changes and
+rollback, deployment.yaml precedence — over a fake repository (no models, no server)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from server.core.arm_stats import ArmStats
+from server.core.deploy_store import DeploymentStore
+from server.core.router import DeploymentState, Route, Router, ShadowTarget, rendezvous_pick
+from server.deployment_config import parse_deployment
+from server.errors import InvalidInput, ModelLoadError, ModelNotFound
+
+KEYS = [f"user-{i}" for i in range(20_000)]
+
+
+def assign(weights: dict[int, float]) -> list[int]:
+    versions, values = tuple(weights), tuple(weights.values())
+    return [versions[rendezvous_pick(k, versions, values)] for k in KEYS]
+
+
+# -- weighted rendezvous hashing --------------------------------------------------------------
+
+
+def test_rendezvous_follows_the_documented_formula():
+    """Pinned by an independent implementation: the choice must not change across releases."""
+    def pick(key: str, weights: dict[int, float]) -> int:
+        def score(version: int) -> float:
+            h = hashlib.blake2b(f"{version}\0".encode() + key.encode(), digest_size=8).digest()
+            return weights[version] / -math.log((int.from_bytes(h, "big") + 0.5) / 2**64)
+        return max(weights, key=score)
+
+    weights = {1: 70.0, 2: 20.0, 5: 10.0}
+    assert assign(weights)[:2000] == [pick(k, weights) for k in KEYS[:2000]]
+
+
+def test_rendezvous_shares_follow_the_weights_and_keys_stick():
+    first = assign({1: 90, 2: 10})
+    assert abs(first.count(2) / len(KEYS) - 0.10) < 0.01
+    assert assign({1: 90, 2: 10}) == first  # same key, same arm, every time
+
+
+def test_moving_weights_moves_only_the_keys_that_must_move():
+    before, after = assign({1: 90, 2: 10}), assign({1: 80, 2: 20})
+    moved = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert {m for m in moved} == {(1, 2)}  # only stable -> candidate, never back
+    assert abs(len(moved) / len(KEYS) - 0.10) < 0.01
+    assert assign({1: 9, 2: 1}) == before  # scaling every weight moves nothing
+
+
+def test_three_arms_keys_move_only_to_or_from_the_arm_that_changed():
+    before = assign({1: 50, 2: 30, 3: 20})
+    grown = assign({1: 50, 2: 30, 3: 40})
+    assert {(a, b) for a, b in zip(before, grown, strict=True) if a != b} <= {(1, 3), (2, 3)}
+    removed = assign({1: 50, 2: 30})
+    assert all(a == b for a, b in zip(before, removed, strict=True) if a != 3)
+    added = assign({1: 50, 2: 30, 3: 20, 4: 25})
+    assert all(b == 4 for a, b in zip(before, added, strict=True) if a != b)
+
+
+# -- deployment state -------------------------------------------------------------------------
+
+
+def full_state() -> DeploymentState:
+    return DeploymentState(
+        aliases=(("candidate", 2), ("stable", 1)),
+        routes=(Route("stable", 1, 90.0), Route("candidate", 2, 10.0)),
+        shadows=(ShadowTarget(3, 0.25),),
+        canary={"candidate": 2, "steps": [5, 25], "nested": {"ok": True}},
+    )
+
+
+def test_deployment_state_json_round_trip():
+    for state in (DeploymentState(), full_state()):
+        assert DeploymentState.from_json(state.to_json()) == state
+    assert full_state().alias("stable") == 1 and full_state().alias("nope") is None
+
+
+@pytest.mark.parametrize(("data", "needle"), [
+    ({"routes": [{"arm": "a", "version": 1, "weight": 0}]}, "routes[0].weight"),
+    ({"routes": [{"arm": "a", "version": 0, "weight": 1}]}, "routes[0].version"),
+    ({"routes": [{"arm": "a", "weight": 1}]}, "routes[0].version: missing"),
+    ({"shadows": [{"version": 2, "sample": 1.5}]}, "shadows[0].sample"),
+    ({"aliases": {"7up": 1}}, "aliases.7up"),
+    ({"aliases": {"v2": 1}}, "'v2' is reserved"),
+    ({"bogus": 1}, "bogus"),
+    ({"canary": [1]}, "canary"),
+])
+def test_deployment_state_from_json_names_the_bad_field(data, needle):
+    with pytest.raises(ValueError) as info:
+        DeploymentState.from_json(data)
+    assert needle in str(info.value)
+
+
+def test_deployment_yaml_parses_aliases_routes_shadows_and_passes_canary_through():
+    state = parse_deployment(
+        "aliases: {stable: 1, candidate: 2}\nroutes: {stable: 90, candidate: 10, v3: 5}\n"
+        "shadows: {candidate: 0.5}\ncanary: {steps: [5, 50], interval_s: 30}\n"
+    )
+    assert state.aliases == (("candidate", 2), ("stable", 1))
+    assert state.routes == (Route("stable", 1, 90), Route("candidate", 2, 10), Route("v3", 3, 5))
+    assert state.shadows == (ShadowTarget(2, 0.5),)
+    assert state.canary == {"steps": [5, 50], "interval_s": 30}
+    assert parse_deployment("") == DeploymentState()
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("routs: {}", "unknown key 'routs'"),
+    ("routes: {nope: 10}", "routes.nope: 'nope' is neither"),
+    ("routes: {1: -1}", "routes.1: weight"),
+    ("shadows: {2: 0}", "shadows.2: sample"),
+    ("aliases: [1]", "aliases: must be a mapping"),
+    ("routes: {1: [", "not valid YAML at line"),
+    ("canary: {when: 2024-01-01}", "canary: not JSON-serializable"),
+])
+def test_deployment_yaml_errors_name_the_key_and_file(text, needle):
+    with pytest.raises(ModelLoadError) as info:
+        parse_deployment(text, "/repo/m/deployment.yaml")
+    assert needle in info.value.message and "/repo/m/deployment.yaml" in info.value.message
+
+
+# -- the router over a fake repository --------------------------------------------------------
+
+
+@dataclass
+class FakeVersion:
+    name: str
+    version: int
+
+
+class FakeRepository:
+    def __init__(self, versions: dict[str, list[int]]) -> None:
+        self.models = {n: {v: FakeVersion(n, v) for v in vs} for n, vs in versions.items()}
+
+    def get(self, name: str, version: str = "") -> FakeVersion:
+        versions = self.models.get(name)
+        if not versions:
+            raise ModelNotFound(f"model '{name}' is not loaded")
+        if not version:
+            return versions[max(versions)]
+        if not version.isdigit() or int(version) not in versions:
+            raise ModelNotFound(f"model '{name}' has no version '{version}'")
+        return versions[int(version)]
+
+    def ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except ModelNotFound:
+            return False
+        return True
+
+
+def make_router(tmp_path=None, declared=None) -> Router:
+    store = DeploymentStore(tmp_path) if tmp_path is not None else None
+    return Router(FakeRepository({"m": [1, 2, 3]}), store, rng=random.Random(7),
+                  declared=declared)
+
+
+async def test_resolve_versions_aliases_and_weights():
+    router = make_router()
+    assert router.resolve("m", "", None)[0].version == 3  # no deployment: the newest
+    assert router.route("m", "", None)[1] is None  # plain path: nothing to label
+    assert router.resolve("m", "2", None)[1] == "v2"
+    with pytest.raises(ModelNotFound, match="model 'm' has no alias 'stable'"):
+        router.resolve("m", "stable", None)
+    await router.change("m", "set", full_state(), caller="t")
+    served, arm = router.resolve("m", "stable", None)
+    assert (served.version, arm) == (1, "stable")
+    assert router.resolve("m", "3", None) == (router._repo.get("m", "3"), "v3")
+    arms = [router.resolve("m", "", None)[1] for _ in range(4000)]
+    assert abs(arms.count("candidate") / 4000 - 0.10) < 0.03
+    sticky = {router.resolve("m", "", "user-42")[1] for _ in range(50)}
+    assert len(sticky) == 1
+    with pytest.raises(ModelNotFound, match="no alias 'canary'"):
+        router.resolve("m", "canary", None)
+    with pytest.raises(ModelNotFound, match="model 'x' is not loaded"):
+        router.resolve("x", "stable", None)
+    assert router.version_of("m", "candidate") == "2" and router.version_of("m", "") == ""
+
+
+@pytest.mark.parametrize(("state", "needle"), [
+    (DeploymentState(routes=(Route("v7", 7, 1),)), "names version 7, which is not loaded"),
+    (DeploymentState(routes=(Route("stable", 1, 1),)), "route arm 'stable' must be 'v1'"),
+    (DeploymentState(routes=(Route("v1", 1, 1), Route("v1", 1, 2))), "appears in two routes"),
+    (DeploymentState(routes=(Route("v1", 1, 0),)), "weight must be > 0"),
+    (DeploymentState(shadows=(ShadowTarget(2, 0),)), "sample must be in (0, 1]"),
+    (DeploymentState(aliases=(("9", 1),)), "is not a valid alias"),
+])
+async def test_change_refuses_invalid_states_and_changes_nothing(state, needle):
+    router = make_router()
+    with pytest.raises((InvalidInput, ModelNotFound)) as info:
+        await router.change("m", "set", state, caller="t")
+    assert needle in info.value.message
+    assert router.state("m") == DeploymentState() and router.history("m") == ()
+
+
+async def test_switch_set_alias_and_rollback(tmp_path):
+    router = make_router(tmp_path)
+    await router.set_alias("m", "stable", 1, caller="alice")
+    await router.set_alias("m", "candidate", 2, caller="alice")
+    await router.set_routes("m", {"v3": 1, 2: 1}, caller="alice")
+    assert router.state("m").routes == (Route("v3", 3, 1.0), Route("v2", 2, 1.0))
+    await router.set_routes("m", {"stable": 90, "candidate": 10}, caller="alice")
+    canary = router.state("m")
+    await router.set_alias("m", "candidate", 3, caller="alice")  # its route follows
+    assert Route("candidate", 3, 10.0) in router.state("m").routes
+    await router.rollback("m", caller="bob")
+    assert router.state("m") == canary
+    await router.switch("m", "candidate", caller="bob", reason="blue-green")
+    assert router.state("m").routes == (Route("stable", 2, 1.0),)
+    assert router.state("m").alias("stable") == 2
+    assert {router.resolve("m", "", None)[0].version for _ in range(100)} == {2}
+    await router.rollback("m", caller="bob")
+    assert router.state("m") == canary
+    actions = [r["action"] for r in DeploymentStore(tmp_path).read_audit()]
+    assert actions == ["set_alias", "set_alias", "set_routes", "set_routes", "set_alias",
+                       "rollback", "switch", "rollback"]
+    # A new router over the same directory serves and can roll back the same way.
+    again = make_router(tmp_path)
+    await again.open()
+    await again.model_loaded("m")
+    assert again.state("m") == canary and again.resolve("m", "stable", None)[0].version == 1
+    await again.rollback("m", caller="carol")  # rollbacks walk back down the history
+    assert again.state("m").routes == (Route("v3", 3, 1.0), Route("v2", 2, 1.0))
+
+
+async def test_rollback_without_history_is_refused():
+    with pytest.raises(InvalidInput, match="no earlier deployment state"):
+        await make_router().rollback("m", caller="t")
+
+
+async def test_persisted_state_wins_until_the_yaml_changes(tmp_path):
+    declared = {"text": "aliases: {stable: 1}\nroutes: {stable: 1}\n"}
+
+    def read(name: str):
+        text = declared["text"]
+        return parse_deployment(text), hashlib.sha256(text.encode()).hexdigest()
+
+    router = make_router(tmp_path / "state", read)
+    await router.open()
+    await router.model_loaded("m")
+    assert router.resolve("m", "", None) == (router._repo.get("m", "1"), "stable")
+    await router.switch("m", 2, caller="admin")  # an admin change after the yaml applied
+
+    restarted = make_router(tmp_path / "state", read)
+    await restarted.open()
+    await restarted.model_loaded("m")  # yaml unchanged: the persisted (admin) state wins
+    assert restarted.state("m").alias("stable") == 2
+
+    declared["text"] = "aliases: {stable: 1}\nroutez: {}\n"
+    with pytest.raises(ModelLoadError, match="routez"):
+        await restarted.model_loaded("m")  # a broken yaml: the persisted state keeps serving
+    assert restarted.resolve("m", "", None)[0].version == 2
+    declared["text"] = "aliases: {stable: 7}\n"
+    with pytest.raises(ModelNotFound, match="version 7"):
+        await restarted.model_loaded("m")
+    assert restarted.resolve("m", "", None)[0].version == 2
+
+    declared["text"] = "aliases: {stable: 3}\nroutes: {stable: 1}\n"
+    await restarted.model_loaded("m")  # yaml edited: it is applied again, as a change
+    assert restarted.state("m").alias("stable") == 3
+    last = DeploymentStore(tmp_path / "state").read_audit()[-1]
+    assert last["action"] == "apply_deployment_yaml" and last["caller"] == "deployment.yaml"
+    assert last["before"]["aliases"] == {"stable": 2}
+
+
+def test_arm_stats_epochs_restart():
+    now = [0.0]
+    stats = ArmStats(2, clock=lambda: now[0])
+    for i in range(100):
+        stats.record(0.001 * (i + 1), ok=i % 10 != 0)
+    epoch = stats.epoch()
+    assert (epoch.requests, epoch.errors, epoch.error_rate) == (100, 10, 0.1)
+    assert epoch.p50_s is not None and 0.049 < epoch.p50_s < 0.052
+    assert epoch.p99_s is not None and 0.098 < epoch.p99_s <= 0.1
+    now[0] = 5.0
+    stats.start_epoch()
+    assert stats.epoch().requests == 0 and stats.epoch().p50_s is None
+    assert stats.requests == 100 and stats.errors == 10
