@@ -277,6 +277,13 @@ class Admission:
                 f"{level})",
             )
         budget_bytes = self._budget
+        if (
+            level == self.policy.shadow_level and budget_bytes is not None
+            and budget_bytes.limit_bytes is not None
+            and budget_bytes.bytes + nbytes > budget_bytes.limit_bytes // 2
+        ):  # shadow copies never take the in-flight bytes a live request needs
+            raise self._shed(level, "queue_full", "shadow copies may use half of the server's "
+                             "in-flight bytes (max_inflight_bytes)")
         if budget_bytes is not None and not budget_bytes.fits(nbytes):
             raise self._shed(
                 level, "queue_full",

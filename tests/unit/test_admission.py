@@ -317,6 +317,21 @@ async def test_estimates_are_calibrated_by_what_was_measured(clock, backend):
     await model.batcher.close()
 
 
+async def test_shadow_copies_use_at_most_half_the_inflight_bytes(clock, backend):
+    budget = InflightBudget(64)
+    model = Model(clock, backend, max_batch=4, levels=2, default_level=2, budget=budget)
+    backend.gate = asyncio.Event()
+    shadow = model.admission.policy.shadow_level
+    queued = [model.send(1, level=shadow, nbytes=16), model.send(2, level=shadow, nbytes=16)]
+    with pytest.raises(Overloaded) as info:
+        model.send(3, level=shadow, nbytes=16)  # 48 > 64 / 2
+    assert info.value.reason == "queue_full" and "shadow" in info.value.message
+    queued.append(model.send(4, level=1, nbytes=32))  # live traffic still fits: 64
+    backend.gate.set()
+    await asyncio.gather(*queued)
+    await model.batcher.close()
+
+
 async def test_budget_fractions_are_configurable(clock, backend):
     overload = OverloadPolicy(latency_budget_ms=100, priority_budget_fractions=(1.0, 0.9))
     model = Model(clock, backend, levels=2, default_level=1, overload=overload)

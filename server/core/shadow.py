@@ -1,0 +1,396 @@
+"""Shadow execution: mirror a sample of live requests to candidate versions and compare.
+
+The caller never waits on a shadow and never sees one. :meth:`ShadowMirror.begin` (on the request
+path, before the live inference) samples each target and puts a copy into a bounded queue with
+``put_nowait``: a full queue sheds the copy and counts it. Copies run from worker tasks owned by
+the mirror through the candidate's own ``ModelVersion.infer`` at ``SHADOW_PRIORITY``, so the
+candidate's admission sheds them before any live traffic, and every copy carries its own deadline
+(``shadow_timeout_s``) so shadow work never piles up. :meth:`ShadowMirror.finish` (after the live
+inference) only stores the live outcome. When both halves of a pair are in, the pair goes to a
+bounded backlog that one comparator task drains in chunks onto one dedicated thread (numpy over
+large outputs must not stall the event loop); only the small per-chunk totals are merged back, on
+the loop, so the accumulators need no lock.
+
+Everything here but the comparison thread runs on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from server.core.admission import SHADOW_PRIORITY
+from server.core.comparison import Arrays, Delta, compare_all, mismatch
+from server.core.deployment import ShadowTarget
+from server.core.model import ModelVersion
+from server.core.stats import LatencyWindow
+from server.core.worker import InstanceThread
+from server.errors import DeadlineExceeded, Overloaded
+from server.types import InferRequest, InferResponse
+
+log = logging.getLogger(__name__)
+
+#: Distinct "live->shadow" flip keys kept per pair of versions; the rest count under "other".
+MAX_FLIP_KEYS = 1024
+#: Pairs compared per hop to the comparison thread (amortises the hand-off).
+_CHUNK = 64
+
+
+@dataclass
+class ShadowReport:
+    """Comparison of one (model, live version, shadow version) since the last reset.
+
+    ``mirrored`` = copies sampled; each ends as ``shed`` (mirror queue full, expired, or shed by
+    the candidate's admission), a candidate error, a success, or unrun (its live call failed).
+    Only pairs whose live request succeeded are judged: ``compared`` pairs had both answers and
+    comparable outputs; ``candidate_errors`` / ``candidate_error_rate`` count failures (outputs
+    of another shape or kind included) among candidate answers judged. ``agreement`` is over
+    ``label_rows`` rows (see :func:`compare`; None: no label output); the diffs cover every
+    element of every float output (None: none compared); ``within_tolerance`` is the fraction
+    of rows whose largest difference is <= ``tolerance``; ``flips`` maps
+    "live_label->shadow_label" to rows (disagreements only). Latency quantiles (seconds) cover
+    the last ``window_s`` of mirrored requests: live is the caller's latency, shadow the
+    candidate's ``infer`` (its own queue and compute, not the wait in the mirror's queue).
+    ``live_errors``: mirrored requests whose live call failed; ``dropped``: pairs not compared
+    (the comparison backlog was full).
+    """
+
+    model: str
+    live_version: int
+    shadow_version: int
+    mirrored: int
+    compared: int
+    shed: int
+    candidate_errors: int
+    candidate_error_rate: float | None
+    agreement: float | None
+    label_rows: int
+    max_abs_diff: float | None
+    mean_abs_diff: float | None
+    within_tolerance: float | None
+    tolerance: float
+    flips: dict[str, int]
+    live_p50_s: float | None
+    live_p99_s: float | None
+    shadow_p50_s: float | None
+    shadow_p99_s: float | None
+    live_errors: int = 0
+    dropped: int = 0
+    last_candidate_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types (max_abs_diff may be inf when only one side produced NaN/inf)."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["flips"] = dict(self.flips)
+        return out
+
+
+class _Pairing(Delta):
+    """Everything accumulated for one (model, live version, shadow version)."""
+
+    __slots__ = ("mirrored", "compared", "shed", "candidate_errors", "answered", "live_errors",
+                 "dropped", "last_error", "live", "shadow")
+
+    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.mirrored = self.compared = self.shed = self.candidate_errors = 0
+        self.answered = self.live_errors = self.dropped = 0
+        self.last_error: str | None = None
+        self.live = LatencyWindow(window_s, clock=clock)
+        self.shadow = LatencyWindow(window_s, clock=clock)
+
+    def merge(self, delta: Delta) -> None:
+        for name in ("label_rows", "agree", "elements", "abs_sum", "rows", "within"):
+            setattr(self, name, getattr(self, name) + getattr(delta, name))
+        for key, count in delta.flips.items():
+            if key not in self.flips and len(self.flips) >= MAX_FLIP_KEYS:
+                key = "other"
+            self.flips[key] += count
+        if delta.abs_max is not None:
+            self.abs_max = max(self.abs_max or 0.0, delta.abs_max)
+        self.compared += 1
+
+
+class _Pair:
+    """One mirrored copy: its live and shadow halves meet here (on the loop thread)."""
+
+    __slots__ = ("pairing", "live", "shadow", "live_done", "shadow_done", "outcome")
+
+    def __init__(self, pairing: _Pairing) -> None:
+        self.pairing = pairing
+        self.live: Arrays | None = None
+        self.shadow: Arrays | None = None
+        self.live_done = self.shadow_done = False
+        #: The candidate's side: None (answered), "" (shed or skipped: nothing to judge), or
+        #: the candidate's error message.
+        self.outcome: str | None = None
+
+
+class ShadowMirror:
+    """Mirrors live requests to shadow versions and compares the answers. One per server.
+
+    Owns its worker tasks, its comparator task and its comparison thread: they start on the
+    first mirrored request (or :meth:`start`) and end in :meth:`close`.
+    """
+
+    def __init__(
+        self, lookup: Callable[[str, int], ModelVersion | None], *, max_queue: int = 256,
+        max_inflight: int = 16, shadow_timeout_s: float = 1.0, tolerance: float = 1e-4,
+        window_s: float = 60.0, rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``lookup(name, version)`` returns a loaded version or None (cheap, never awaits).
+        ``max_queue`` bounds copies waiting to run and pairs waiting to be compared;
+        ``max_inflight`` bounds copies inside candidates at once; ``shadow_timeout_s`` is each
+        copy's deadline from :meth:`begin` on ``clock`` (the model versions' clock);
+        ``tolerance`` is the absolute difference a row may show and still count as within."""
+        self._lookup = lookup
+        self.max_queue = max_queue
+        self.max_inflight = max_inflight
+        self.shadow_timeout_s = shadow_timeout_s
+        self.tolerance = tolerance
+        self._window_s = window_s
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._pairings: dict[tuple[str, int, int], _Pairing] = {}
+        self._queue: asyncio.Queue[tuple[ModelVersion, InferRequest, _Pair]]
+        self._queue = asyncio.Queue(max_queue)
+        self._backlog: deque[tuple[_Pairing, Arrays, Arrays]] = deque()
+        self._wake = asyncio.Event()
+        self._compared_all = asyncio.Event()  # set while the backlog is empty and merged
+        self._compared_all.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._thread: InstanceThread | None = None
+        self._closed = False
+
+    # -- request path (synchronous, O(targets), never awaits) --------------------------------
+
+    def begin(
+        self, name: str, live: ModelVersion, request: InferRequest,
+        targets: tuple[ShadowTarget, ...],
+    ) -> tuple[_Pair, ...] | None:
+        """Sample ``targets`` and queue a copy of ``request`` for each one sampled; returns the
+        token for :meth:`finish`, or None when nothing was mirrored. Never waits: a full queue
+        sheds the copy (counted). Targets naming the live version or an unloaded one are
+        skipped."""
+        if not targets or self._closed:
+            return None
+        pairs: list[_Pair] = []
+        for target in targets:
+            if target.version == live.version or (
+                target.sample < 1.0 and self._rng.random() >= target.sample
+            ):
+                continue
+            try:
+                candidate = self._lookup(name, target.version)
+            except Exception:  # a racing unload: the version is simply not there
+                candidate = None
+            if candidate is None or candidate is live:
+                continue
+            pairing = self._pairing(name, live.version, target.version)
+            pairing.mirrored += 1
+            if self._queue.full():
+                pairing.shed += 1
+                continue
+            pair = _Pair(pairing)
+            self._queue.put_nowait((candidate, self._copy(request, target.version), pair))
+            pairs.append(pair)
+        if not pairs:
+            return None
+        if not self._tasks:
+            self.start()
+        return tuple(pairs)
+
+    def finish(
+        self, token: tuple[_Pair, ...] | None, response: InferResponse | None,
+        error: BaseException | None, latency_s: float,
+    ) -> None:
+        """Record the live outcome of ``token`` (from :meth:`begin`). Never raises, never
+        waits; the comparison happens later, off the request path."""
+        if not token:
+            return
+        try:
+            ok = error is None and response is not None
+            for pair in token:
+                if pair.live_done:
+                    continue
+                pair.live_done = True
+                if ok:
+                    assert response is not None
+                    pair.live = response.outputs
+                    pair.pairing.live.record(latency_s)
+                else:
+                    pair.pairing.live_errors += 1
+                if pair.shadow_done:
+                    self._settle(pair)
+        except Exception:  # our bug; the caller's answer must not depend on it
+            log.exception("shadow finish failed")
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def report(self, name: str) -> list[ShadowReport]:
+        """One report per (live version, shadow version) of ``name``, sorted."""
+        return [r for r in self.reports() if r.model == name]
+
+    def reports(self) -> list[ShadowReport]:
+        """Every pairing's report, sorted by (model, live version, shadow version): the plain
+        data behind the Prometheus families."""
+        return [self._report(key, p) for key, p in sorted(self._pairings.items())]
+
+    def reset(self, name: str, shadow_version: int | None = None) -> None:
+        """Forget the comparisons of ``name`` (only those against ``shadow_version`` if given).
+        Copies already in flight then count nowhere."""
+        for key in [k for k in self._pairings if k[0] == name]:
+            if shadow_version is None or key[2] == shadow_version:
+                del self._pairings[key]
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers, the comparator and the comparison thread on the running loop."""
+        if self._tasks or self._closed:
+            return
+        self._tasks = [  # tasks first: without a running loop this raises before a thread starts
+            asyncio.create_task(self._work(), name=f"shadow:worker:{i}")
+            for i in range(self.max_inflight)
+        ]
+        self._tasks.append(asyncio.create_task(self._compare_loop(), name="shadow:compare"))
+        self._thread = InstanceThread("sluice-shadow-compare")
+
+    async def idle(self) -> None:
+        """Return once every queued copy has run and every settled pair has been compared
+        (pairs still waiting for their live half are not waited for)."""
+        await self._queue.join()
+        await self._compared_all.wait()
+
+    async def close(self) -> None:
+        """Stop mirroring; cancel queued and running copies and pending comparisons; end the
+        tasks and the thread. Counts stay readable."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._backlog.clear()
+        while not self._queue.empty():  # free the copies' inputs now
+            self._queue.get_nowait()
+            self._queue.task_done()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.close)  # waits out a comparison in progress
+            self._thread = None
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _pairing(self, name: str, live: int, shadow: int) -> _Pairing:
+        key = (name, live, shadow)
+        pairing = self._pairings.get(key)
+        if pairing is None:
+            pairing = self._pairings[key] = _Pairing(self._window_s, self._clock)
+        return pairing
+
+    def _copy(self, request: InferRequest, version: int) -> InferRequest:
+        # The caller's timeout would bind the copy to the caller's budget; the copy has its own.
+        parameters = {k: v for k, v in request.parameters.items() if k != "timeout"}
+        return InferRequest(
+            model_name=request.model_name, model_version=str(version),
+            inputs=dict(request.inputs), id=request.id,
+            requested_outputs=request.requested_outputs, parameters=parameters,
+            deadline=self._clock() + self.shadow_timeout_s, priority=SHADOW_PRIORITY,
+        )
+
+    async def _work(self) -> None:
+        queue = self._queue
+        while True:
+            candidate, copy, pair = await queue.get()
+            try:
+                await self._run_copy(candidate, copy, pair)
+            except Exception:  # our bug: lose this pair, keep the worker
+                log.exception("shadow copy to %s failed", candidate.name)
+            finally:
+                queue.task_done()
+
+    async def _run_copy(self, candidate: ModelVersion, copy: InferRequest, pair: _Pair) -> None:
+        pairing = pair.pairing
+        start = self._clock()
+        if pair.live_done and pair.live is None:
+            pair.outcome = ""  # the live call already failed: nothing would be judged
+        elif copy.deadline is not None and copy.deadline <= start:
+            pairing.shed += 1  # waited out its deadline in the mirror's queue
+            pair.outcome = ""
+        else:
+            try:
+                response = await candidate.infer(copy)
+            except (Overloaded, DeadlineExceeded):
+                pairing.shed += 1
+                pair.outcome = ""
+            except Exception as exc:
+                pair.outcome = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            else:
+                pairing.shadow.record(self._clock() - start)
+                pair.shadow = response.outputs
+        pair.shadow_done = True
+        if pair.live_done:
+            self._settle(pair)
+
+    def _settle(self, pair: _Pair) -> None:
+        """Both halves are in: judge the candidate when the live call succeeded."""
+        pairing, live, shadow, outcome = pair.pairing, pair.live, pair.shadow, pair.outcome
+        pair.live = pair.shadow = None
+        if live is None or outcome == "":
+            return
+        if outcome is None and shadow is not None:
+            outcome = mismatch(live, shadow)
+            if outcome is None:
+                pairing.answered += 1
+                if len(self._backlog) >= self.max_queue:
+                    pairing.dropped += 1
+                    return
+                self._backlog.append((pairing, live, shadow))
+                self._compared_all.clear()
+                self._wake.set()
+                return
+        pairing.candidate_errors += 1
+        pairing.last_error = outcome
+
+    async def _compare_loop(self) -> None:
+        assert self._thread is not None
+        loop = asyncio.get_running_loop()
+        tolerance = self.tolerance
+        while True:
+            if not self._backlog:
+                self._compared_all.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            chunk = [self._backlog.popleft() for _ in range(min(_CHUNK, len(self._backlog)))]
+            work = [(live, shadow) for _, live, shadow in chunk]
+            deltas = await self._thread.run(loop, compare_all, work, tolerance)
+            for (pairing, _, _), delta in zip(chunk, deltas, strict=True):
+                if delta is None:
+                    pairing.dropped += 1
+                else:
+                    pairing.merge(delta)
+
+    def _report(self, key: tuple[str, int, int], p: _Pairing) -> ShadowReport:
+        judged = p.candidate_errors + p.answered
+        live = p.live.quantiles((50, 99)) or {}
+        shadow = p.shadow.quantiles((50, 99)) or {}
+        return ShadowReport(
+            model=key[0], live_version=key[1], shadow_version=key[2],
+            mirrored=p.mirrored, compared=p.compared, shed=p.shed,
+            candidate_errors=p.candidate_errors,
+            candidate_error_rate=p.candidate_errors / judged if judged else None,
+            agreement=p.agree / p.label_rows if p.label_rows else None, label_rows=p.label_rows,
+            max_abs_diff=p.abs_max, mean_abs_diff=p.abs_sum / p.elements if p.elements else None,
+            within_tolerance=p.within / p.rows if p.rows else None, tolerance=self.tolerance,
+            flips=dict(p.flips.most_common()),
+            live_p50_s=live.get(50), live_p99_s=live.get(99),
+            shadow_p50_s=shadow.get(50), shadow_p99_s=shadow.get(99),
+            live_errors=p.live_errors, dropped=p.dropped, last_candidate_error=p.last_error,
+        )
