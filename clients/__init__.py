@@ -1,10 +1,13 @@
-"""Sluice clients: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio).
+"""Sluice clients: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio), and
+:class:`AdminClient` for the ``sluice.admin.v1.Admin`` service (deployments, shadow, canary).
 
-Both speak the KServe v2 / Triton gRPC protocol, send and receive raw tensors, honour deadlines,
-retry only UNAVAILABLE (honouring the server's pushback, within a 10% retry budget) and raise
-typed :class:`SluiceClientError` subclasses. They import :mod:`proto` only, never the server.
+Client and AsyncClient speak the KServe v2 / Triton gRPC protocol, send and receive raw
+tensors, honour deadlines, retry only UNAVAILABLE (honouring the server's pushback, within a 10%
+retry budget) and raise typed :class:`SluiceClientError` subclasses. All import :mod:`proto`
+only, never the server.
 """
 
+from clients.admin import AdminClient
 from clients.async_client import AsyncClient
 from clients.client import Client
 from clients.errors import (
@@ -22,6 +25,7 @@ from clients.messages import StreamResult
 from clients.retry import RetryBudget, RetryPolicy
 
 __all__ = [
+    "AdminClient",
     "AsyncClient",
     "Client",
     "DeadlineExceeded",

@@ -1,9 +1,14 @@
 """The ``sluice`` command line: parse arguments -> config -> run. Nothing else lives here.
 
     sluice serve [--model-repository DIR] [--host H] [--grpc-port P] [--metrics-port P]
-                 [--workers N]
+                 [--workers N] [--state-dir DIR]
     sluice infer MODEL [--input NAME=FILE.npy|JSON ...] [--batch N]
     sluice stats [MODEL]
+    sluice deploy MODEL status | routes ARM=WEIGHT ... | alias NAME=VERSION | switch TARGET
+                        | rollback | shadow start VERSION [--sample F] | shadow stop [VERSION]
+                        | canary start VERSION [--steps 5,25,50,100] [--interval S] [gates]
+                        | canary abort
+    sluice shadow report MODEL [--json]
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="server processes sharing the gRPC port (SO_REUSEPORT), each with "
                        "its own models and batchers, under a supervisor that restarts them and "
                        "merges their /metrics (default 1: one process, no supervisor)")
+    serve.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                       help="deployment state and audit log (default: "
+                       "<model repository>/.sluice-state)")
     # Set by the supervisor on the command lines of its workers.
     serve.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -81,7 +89,81 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("model", nargs="?", default="", help="one model (default: all)")
     stats.add_argument("--url", default=DEFAULT_TARGET, help=f"server (default {DEFAULT_TARGET})")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_admin_commands(sub)
     return parser
+
+
+def _add_admin_commands(sub: Any) -> None:
+    """``sluice deploy MODEL ...`` and ``sluice shadow report MODEL`` (the Admin service)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=DEFAULT_TARGET, help=f"server (default {DEFAULT_TARGET})")
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common.add_argument("--caller", default=None,
+                        help="identity for the audit log (default: your user name)")
+    common.add_argument("--reason", default="", help="why, recorded in the audit log")
+
+    deploy = sub.add_parser(
+        "deploy", help="show or change how a model's versions take traffic",
+        description="Aliases, weighted routes, blue-green switch, rollback, shadow and canary "
+        "for MODEL on a running server. Every change prints the new deployment.",
+    )
+    deploy.add_argument("model")
+    action = deploy.add_subparsers(dest="action", required=True, metavar="ACTION")
+    action.add_parser("status", parents=[common], help="aliases, routes, shadows, canary, arms")
+    routes = action.add_parser("routes", parents=[common],
+                               help="weighted routes, e.g. 1=90 2=10 or stable=90 candidate=10")
+    routes.add_argument("weights", nargs="+", metavar="ARM=WEIGHT")
+    alias = action.add_parser("alias", parents=[common],
+                              help="point an alias at a version (NAME= removes it)")
+    alias.add_argument("assignment", metavar="NAME=VERSION")
+    switch = action.add_parser("switch", parents=[common],
+                               help="blue-green: all traffic to a version or alias")
+    switch.add_argument("target", metavar="VERSION_OR_ALIAS")
+    action.add_parser("rollback", parents=[common], help="undo the last change")
+
+    shadow = action.add_parser("shadow", help="mirror live traffic to a version")
+    shadow_action = shadow.add_subparsers(dest="shadow_action", required=True, metavar="ACTION")
+    start = shadow_action.add_parser("start", parents=[common], help="start mirroring")
+    start.add_argument("version", type=int)
+    start.add_argument("--sample", type=float, default=None,
+                       help="fraction of live requests mirrored, in (0, 1] (default 1)")
+    stop = shadow_action.add_parser("stop", parents=[common], help="stop mirroring")
+    stop.add_argument("version", type=int, nargs="?", default=None,
+                      help="the shadow version (default: all)")
+
+    canary = action.add_parser("canary", help="progressive delivery with automatic gates")
+    canary_action = canary.add_subparsers(dest="canary_action", required=True, metavar="ACTION")
+    begin = canary_action.add_parser("start", parents=[common], help="start a canary")
+    begin.add_argument("version", type=int, help="the candidate version")
+    begin.add_argument("--steps", type=_percent_list, default=(),
+                       help="candidate traffic per step in percent (default 5,25,50,100)")
+    begin.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                       help="seconds per step (default 60)")
+    begin.add_argument("--max-error-rate", type=float, default=None,
+                       help="highest candidate error rate per step (default 0.01)")
+    begin.add_argument("--max-p99-ratio", type=float, default=None,
+                       help="highest candidate p99 / stable p99 (default 1.5)")
+    begin.add_argument("--min-agreement", type=float, default=None,
+                       help="lowest shadow agreement rate (default: not checked)")
+    begin.add_argument("--min-requests", type=int, default=None,
+                       help="candidate requests a step needs before it is judged (default 20)")
+    canary_action.add_parser("abort", parents=[common], help="stop it; all traffic to stable")
+
+    report = sub.add_parser(
+        "shadow", help="shadow comparison reports",
+        description="Live vs shadow comparison of a model, per (live, shadow) version pair.",
+    )
+    report_action = report.add_subparsers(dest="shadow_command", required=True, metavar="ACTION")
+    table = report_action.add_parser("report", parents=[common], help="print the comparison")
+    table.add_argument("model")
+
+
+def _percent_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected percentages like 5,25,50,100: {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -100,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "infer":
         return _infer(args)
+    if args.command in ("deploy", "shadow"):
+        return _admin(args)
     return _stats(args)
 
 
@@ -124,6 +208,7 @@ def _serve(args: argparse.Namespace) -> int:
         reuse_port=worker is not None,
         metrics_host=None if worker is None else "127.0.0.1",
         worker_id=worker,
+        state_dir=args.state_dir,
     )
     asyncio.run(run_until_signal(config))
     return 0
@@ -231,3 +316,65 @@ def _stats(args: argparse.Namespace) -> int:
                 print(f"{model:<16}{version:>4}{stage:>9}{cells[0]:>10}{cells[1]:>10}"
                       f"{cells[2]:>10}{count!s:>10}")
     return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    import getpass
+
+    from clients import AdminClient, SluiceClientError
+    from clients.admin import deployment_text, report_text
+
+    try:
+        caller = args.caller or getpass.getuser()
+    except (KeyError, OSError):  # no user name in this environment: the server uses the peer
+        caller = None
+    try:
+        with AdminClient(args.url, caller=caller) as admin:
+            if args.command == "shadow":
+                reports = admin.shadow_report(args.model)
+                print(json.dumps(reports, indent=2) if args.json else report_text(reports))
+                return 0
+            deployment = _deploy_call(admin, args)
+    except SluiceClientError as exc:
+        print(f"sluice {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"sluice {args.command}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(deployment, indent=2) if args.json else deployment_text(deployment))
+    return 0
+
+
+def _deploy_call(admin: Any, args: argparse.Namespace) -> dict[str, Any]:
+    model, why = args.model, args.reason
+    if args.action == "status":
+        return admin.deployment(model)  # type: ignore[no-any-return]
+    if args.action == "routes":
+        weights = {}
+        for item in args.weights:
+            arm, sep, weight = item.partition("=")
+            if not sep or not arm:
+                raise ValueError(f"expected ARM=WEIGHT, got {item!r}")
+            weights[arm] = float(weight)
+        return admin.set_routes(model, weights, reason=why)  # type: ignore[no-any-return]
+    if args.action == "alias":
+        name, sep, version = args.assignment.partition("=")
+        if not sep or not name:
+            raise ValueError(f"expected NAME=VERSION (NAME= removes it), got {args.assignment!r}")
+        return admin.set_alias(  # type: ignore[no-any-return]
+            model, name, int(version) if version else None, reason=why)
+    if args.action == "switch":
+        return admin.switch(model, args.target, reason=why)  # type: ignore[no-any-return]
+    if args.action == "rollback":
+        return admin.rollback(model, reason=why)  # type: ignore[no-any-return]
+    if args.action == "shadow":
+        if args.shadow_action == "start":
+            return admin.start_shadow(  # type: ignore[no-any-return]
+                model, args.version, sample=args.sample, reason=why)
+        return admin.stop_shadow(model, args.version, reason=why)  # type: ignore[no-any-return]
+    if args.canary_action == "start":
+        return admin.start_canary(  # type: ignore[no-any-return]
+            model, args.version, steps=args.steps, interval_s=args.interval,
+            max_error_rate=args.max_error_rate, max_p99_ratio=args.max_p99_ratio,
+            min_agreement=args.min_agreement, min_requests=args.min_requests, reason=why)
+    return admin.abort_canary(model, reason=why)  # type: ignore[no-any-return]

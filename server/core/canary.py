@@ -1,0 +1,439 @@
+"""Progressive delivery: a candidate version takes a growing share of traffic, gated by evidence.
+
+A canary moves a model's traffic through steps (e.g. 5, 25, 50, 100 % to the candidate), each
+lasting ``interval_s``. At each step boundary the gates are checked on that step's numbers only
+(the per-arm epoch stats the router keeps): candidate error rate, candidate p99 / stable p99,
+and shadow agreement when a shadow of the candidate reported. A step with fewer than
+``min_requests`` candidate requests is extended (up to ``max_extensions`` times) rather than
+judged on no data. The error-rate gate is also checked every ``check_every_s`` within a step, so
+a broken candidate is rolled back within seconds. A breach sends all traffic back to the stable
+version (action ``canary_rollback``, reason naming the gate and its numbers); passing the last
+step promotes the candidate: alias ``stable`` -> candidate, all traffic to it
+(``canary_promote``).
+
+The deployment state is the truth: progress lives in ``DeploymentState.canary`` (a JSON record,
+see :func:`new_record`), persisted and audited by the router with every step. A driver task
+follows that record; when a change it did not make replaces the record (a rollback, an abort),
+the driver stops or restarts at the restored step. After a restart :meth:`resume_all` resumes
+running canaries at their current step, with a fresh interval (the step's stats were in memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from server.core.deployment import DeploymentState, Route
+from server.core.router import EpochStats
+from server.errors import Code, InvalidInput, SluiceError
+
+if TYPE_CHECKING:
+    from server.core.router import Router
+    from server.core.shadow import ShadowMirror
+
+log = logging.getLogger(__name__)
+
+RUNNING, PROMOTED, ROLLED_BACK, ABORTED = "running", "promoted", "rolled_back", "aborted"
+#: The identity the controller's own changes carry in the audit log.
+CANARY_CALLER = "sluice-canary"
+DEFAULT_STEPS: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
+
+
+class CanaryConflict(SluiceError):
+    """The change conflicts with a running canary (abort it first)."""
+
+    code = Code.FAILED_PRECONDITION
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryGates:
+    """What a step must show before the candidate gets more traffic."""
+
+    #: Highest candidate error rate over a step (0.01 = 1 %).
+    max_error_rate: float = 0.01
+    #: Highest candidate p99 / stable p99 over a step; None: not checked.
+    max_p99_ratio: float | None = 1.5
+    #: Lowest shadow agreement rate; None: not checked (also skipped without a shadow report).
+    min_agreement: float | None = None
+    #: Candidate requests a step needs before it is judged.
+    min_requests: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise InvalidInput(f"gate max_error_rate must be in [0, 1], got {self.max_error_rate}")
+        if self.max_p99_ratio is not None and not self.max_p99_ratio > 0:
+            raise InvalidInput(f"gate max_p99_ratio must be > 0, got {self.max_p99_ratio}")
+        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
+            raise InvalidInput(f"gate min_agreement must be in [0, 1], got {self.min_agreement}")
+        if self.min_requests < 1:
+            raise InvalidInput(f"gate min_requests must be >= 1, got {self.min_requests}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> CanaryGates:
+        """Gates from a JSON object; missing keys take the defaults, unknown keys are refused."""
+        data = dict(data or {})
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise InvalidInput(f"unknown canary gate(s) {unknown}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise InvalidInput(f"bad canary gates: {exc}") from None
+
+
+def check_plan(steps: Iterable[float], interval_s: float) -> tuple[float, ...]:
+    """Validated steps (percent, increasing, in (0, 100]); raises InvalidInput naming the field."""
+    plan = tuple(float(p) for p in steps) or DEFAULT_STEPS
+    if any(not 0.0 < p <= 100.0 for p in plan):
+        raise InvalidInput(f"canary steps must be percentages in (0, 100], got {list(plan)}")
+    if any(b <= a for a, b in zip(plan, plan[1:], strict=False)):
+        raise InvalidInput(f"canary steps must increase, got {list(plan)}")
+    if not (math.isfinite(interval_s) and interval_s > 0):
+        raise InvalidInput(f"canary interval_s must be > 0 seconds, got {interval_s}")
+    return plan
+
+
+def new_record(
+    stable: int, candidate: int, steps: tuple[float, ...], interval_s: float,
+    gates: CanaryGates, *, caller: str,
+) -> dict[str, Any]:
+    """The JSON record kept in ``DeploymentState.canary`` while (and after) a canary runs."""
+    return {
+        "id": uuid.uuid4().hex[:12],
+        "state": RUNNING,
+        "stable": stable,
+        "candidate": candidate,
+        "steps": list(steps),
+        "step": 0,
+        "interval_s": interval_s,
+        "gates": gates.to_json(),
+        "started_by": caller,
+        "reason": "",
+    }
+
+
+def routes_for(stable: int, candidate: int, percent: float) -> tuple[Route, ...]:
+    """Arms ``stable`` and ``candidate`` splitting traffic ``100 - percent`` / ``percent``."""
+    if percent >= 100.0:
+        return (Route("candidate", candidate, 100.0),)
+    return (Route("stable", stable, 100.0 - percent), Route("candidate", candidate, percent))
+
+
+def is_running(state: DeploymentState) -> bool:
+    return bool(state.canary) and state.canary.get("state") == RUNNING  # type: ignore[union-attr]
+
+
+class CanaryController:
+    """Runs at most one canary per model; owns one driver task per running canary.
+
+    Every change it makes happens under :meth:`guard` (one lock per model), after checking the
+    record it judged is still the current one; admin changes that could race a canary take the
+    same lock. ``clock`` (monotonic seconds) and ``sleep`` are injectable for tests.
+    """
+
+    def __init__(
+        self, router: Router, shadow: ShadowMirror | None = None, *,  # None: router.shadow
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        check_every_s: float = 1.0, max_extensions: int = 5,
+    ) -> None:
+        self._router = router
+        self._shadow = shadow
+        self._clock = clock
+        self._sleep = sleep
+        self._check_every_s = check_every_s
+        self._max_extensions = max_extensions
+        #: model -> (canary id, its driver task); every task ever spawned is in _tasks until done.
+        self._drivers: dict[str, tuple[str, asyncio.Task[None]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: model -> live progress of the current step (not persisted).
+        self._progress: dict[str, dict[str, Any]] = {}
+        self._closed = False
+
+    def guard(self, name: str) -> asyncio.Lock:
+        """The lock serializing deployment changes of ``name`` with the canary's own."""
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    # -- public API ---------------------------------------------------------------------------
+
+    async def start(
+        self, name: str, candidate: int, *, steps: Iterable[float] = DEFAULT_STEPS,
+        interval_s: float = 60.0, gates: CanaryGates | None = None, caller: str = "",
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Start a canary of ``candidate`` against the stable version; returns its status.
+
+        The stable version is alias ``stable``, else the single routed version, else the newest.
+        Raises CanaryConflict if one runs already, InvalidInput for a bad plan or a candidate
+        equal to stable, ModelNotFound (from the router) for an unknown model or version.
+        """
+        plan = check_plan(steps, interval_s)
+        gates = gates or CanaryGates()
+        async with self.guard(name):
+            state = self._router.state(name)
+            if is_running(state):
+                raise CanaryConflict(f"model '{name}' already runs a canary of version "
+                                     f"{state.canary['candidate']}; abort it first")  # type: ignore[index]
+            stable = self._stable_version(name, state)
+            if candidate == stable:
+                raise InvalidInput(f"model '{name}': candidate version {candidate} is the "
+                                   "stable one")
+            record = new_record(stable, candidate, plan, interval_s, gates, caller=caller)
+            new = dataclasses.replace(
+                state.with_alias("stable", stable).with_alias("candidate", candidate),
+                routes=routes_for(stable, candidate, plan[0]), canary=record,
+            )
+            note = reason or (f"canary of version {candidate} over stable {stable}: steps "
+                              f"{list(plan)} % every {interval_s:g}s")
+            await self._router.change(name, "canary_start", new, caller=caller, reason=note)
+            self._spawn(name, record["id"])
+        return self.status(name) or record
+
+    async def abort(self, name: str, *, caller: str = "", reason: str = "") -> dict[str, Any]:
+        """Stop the running canary; all traffic back to stable. Raises CanaryConflict if none.
+        The driver notices the finished record on its next tick and ends."""
+        async with self.guard(name):
+            state = self._router.state(name)
+            if not is_running(state):
+                raise CanaryConflict(f"model '{name}' has no running canary")
+            record = dict(state.canary)  # type: ignore[arg-type]
+            await self._finish(name, record, ABORTED, reason or "aborted", caller=caller)
+        return self.status(name) or record
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        """The canary record of ``name`` (running or finished) plus live step progress."""
+        record = self._router.state(name).canary
+        if not record or "state" not in record:
+            return None
+        out = {**record, "percent": record["steps"][record["step"]]}
+        if out["state"] == RUNNING:
+            out.update(self._progress.get(name, {}))
+        return out
+
+    def sync(self, name: str) -> None:
+        """Make a driver follow the model's state: start one when the state holds a running
+        canary nobody drives (after a restart, or a rollback to a running step)."""
+        state = self._router.state(name)
+        if self._closed or not is_running(state):
+            return
+        cid = state.canary["id"]  # type: ignore[index]
+        current = self._drivers.get(name)
+        if current is None or current[0] != cid or current[1].done():
+            self._spawn(name, cid)
+
+    async def resume_all(self, names: Iterable[str]) -> None:
+        """At start-up, once the models and their deployments are loaded: resume every running
+        canary of ``names``. A record without ``state`` is a plan (a deployment.yaml ``canary``
+        block: candidate, steps, interval_s, gates) and is started now."""
+        for name in names:
+            record = self._router.state(name).canary
+            if record and "state" not in record:
+                try:
+                    await self._start_planned(name, record)
+                except SluiceError as exc:
+                    log.error("model '%s': canary from deployment.yaml not started: %s",
+                              name, exc.message)
+            elif record:
+                self.sync(name)
+
+    async def close(self) -> None:
+        """Cancel every driver (never in the middle of a change) and wait for them. Running
+        canaries stay running in the persisted state; resume_all continues them."""
+        self._closed = True
+        for name, (_, task) in list(self._drivers.items()):
+            async with self.guard(name):
+                task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- driver -------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, cid: str) -> None:
+        old = self._drivers.get(name)
+        if old is not None:
+            old[1].cancel()  # between ticks (spawned under the guard): never mid-change
+        task = asyncio.get_running_loop().create_task(
+            self._drive(name, cid), name=f"canary:{name}:{cid}")
+        self._drivers[name] = (cid, task)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._forget(name, t))
+
+    def _forget(self, name: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        current = self._drivers.get(name)
+        if current is not None and current[1] is task:
+            del self._drivers[name]
+            self._progress.pop(name, None)
+
+    def _record(self, name: str, cid: str) -> dict[str, Any] | None:
+        """The running record with id ``cid``, or None when a change replaced it."""
+        state = self._router.state(name)
+        if is_running(state) and state.canary.get("id") == cid:  # type: ignore[union-attr]
+            return dict(state.canary)  # type: ignore[arg-type]
+        return None
+
+    async def _drive(self, name: str, cid: str) -> None:
+        record = None
+        try:
+            while (record := self._record(name, cid)) is not None:
+                verdict = await self._run_step(name, cid, record)
+                if verdict is None:
+                    continue  # the record changed under us: follow the new one (or stop)
+                async with self.guard(name):
+                    if self._record(name, cid) != record:
+                        continue  # changed while judging: follow the new state
+                    await self._act(name, record, *verdict)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never leave a half-rolled-out candidate unattended
+            log.exception("model '%s': canary driver failed; rolling back", name)
+            async with self.guard(name):
+                if (record := self._record(name, cid)) is not None:
+                    why = f"canary controller error: {type(exc).__name__}"
+                    await self._finish(name, record, ROLLED_BACK, why, caller=CANARY_CALLER)
+
+    async def _act(self, name: str, record: dict[str, Any], passed: bool, why: str) -> None:
+        """Apply a verdict: roll back, promote after the last step, or take the next step."""
+        if not passed:
+            log.warning("model '%s': canary rolled back: %s", name, why)
+            await self._finish(name, record, ROLLED_BACK, why, caller=CANARY_CALLER)
+            return
+        step = record["step"] + 1
+        if step >= len(record["steps"]):
+            await self._finish(name, record, PROMOTED, why, caller=CANARY_CALLER)
+            return
+        percent = record["steps"][step]
+        new = dataclasses.replace(
+            self._router.state(name),
+            routes=routes_for(record["stable"], record["candidate"], percent),
+            canary={**record, "step": step, "reason": why},
+        )
+        await self._router.change(name, "canary_step", new, caller=CANARY_CALLER,
+                                  reason=f"{why}; candidate now {percent:g}%")
+
+    async def _run_step(
+        self, name: str, cid: str, record: dict[str, Any]
+    ) -> tuple[bool, str] | None:
+        """Wait out one step and judge it: (passed, why), or None if the record changed."""
+        gates = CanaryGates.from_json(record["gates"])
+        interval = float(record["interval_s"])
+        for stats in self._router.arm_stats(name).values():
+            stats.start_epoch()
+        deadline = self._clock() + interval
+        extensions = 0
+        self._progress[name] = {"extensions": 0}
+        while True:
+            await self._sleep(max(min(self._check_every_s, deadline - self._clock()), 0.0))
+            current = self._record(name, cid)
+            if current is None or current["step"] != record["step"]:
+                return None
+            candidate, stable = self._epochs(name)
+            # Early error gate: no need to wait out the step to see a broken candidate.
+            if candidate.requests >= gates.min_requests and (breach := _error_gate(candidate,
+                                                                                   gates)):
+                return False, breach
+            if self._clock() < deadline:
+                continue
+            if candidate.requests >= gates.min_requests:
+                return self._judge(name, record, gates, candidate, stable)
+            if extensions >= self._max_extensions:
+                return False, (f"gate min_requests: candidate {candidate.requests} < "
+                               f"{gates.min_requests} requests after {extensions + 1} intervals")
+            extensions += 1
+            self._progress[name] = {"extensions": extensions}
+            deadline += interval
+
+    def _judge(
+        self, name: str, record: dict[str, Any], gates: CanaryGates, candidate: EpochStats,
+        stable: EpochStats,
+    ) -> tuple[bool, str]:
+        if breach := _error_gate(candidate, gates):
+            return False, breach
+        # At 100 % the stable arm takes no traffic: nothing to compare the p99 with.
+        if (gates.max_p99_ratio is not None and candidate.p99_s is not None
+                and stable.requests > 0 and stable.p99_s):
+            ratio = candidate.p99_s / stable.p99_s
+            if ratio > gates.max_p99_ratio:
+                return False, (
+                    f"gate p99_ratio: candidate p99 {candidate.p99_s * 1e3:.3f} ms / stable p99 "
+                    f"{stable.p99_s * 1e3:.3f} ms = {ratio:.2f} > {gates.max_p99_ratio:g}")
+        shadow = self._shadow or getattr(self._router, "shadow", None)
+        if gates.min_agreement is not None and shadow is not None:
+            for report in shadow.report(name):
+                if (report.shadow_version == record["candidate"] and report.compared
+                        and report.agreement is not None
+                        and report.agreement < gates.min_agreement):
+                    return False, (
+                        f"gate agreement: shadow agreement {report.agreement:.4f} < "
+                        f"{gates.min_agreement:g} over {report.compared} comparisons")
+        percent = record["steps"][record["step"]]
+        return True, (f"step {percent:g}% passed: candidate error rate "
+                      f"{candidate.error_rate:.4f} over {candidate.requests} requests")
+
+    async def _finish(
+        self, name: str, record: dict[str, Any], outcome: str, why: str, *, caller: str
+    ) -> None:
+        """End the canary: promote the candidate, or send all traffic back to stable."""
+        state = self._router.state(name)
+        if outcome == PROMOTED:
+            winner, action = int(record["candidate"]), "canary_promote"
+            state = state.with_alias("candidate", None)
+        else:
+            winner = int(record["stable"])
+            action = "canary_abort" if outcome == ABORTED else "canary_rollback"
+        new = dataclasses.replace(
+            state.with_alias("stable", winner), routes=(Route("stable", winner, 100.0),),
+            canary={**record, "state": outcome, "reason": why},
+        )
+        await self._router.change(name, action, new, caller=caller, reason=why)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def _start_planned(self, name: str, plan: Mapping[str, Any]) -> None:
+        unknown = sorted(set(plan) - {"candidate", "steps", "interval_s", "gates"})
+        if unknown:
+            raise InvalidInput(f"canary block: unknown field(s) {unknown}")
+        if not isinstance(plan.get("candidate"), int):
+            raise InvalidInput("canary block: 'candidate' (a version number) is required")
+        await self.start(
+            name, plan["candidate"], steps=plan.get("steps") or DEFAULT_STEPS,
+            interval_s=float(plan.get("interval_s", 60.0)),
+            gates=CanaryGates.from_json(plan.get("gates")), caller="deployment.yaml",
+        )
+
+    def _stable_version(self, name: str, state: DeploymentState) -> int:
+        stable = state.alias("stable")
+        if stable is not None:
+            return stable
+        versions = {route.version for route in state.routes}
+        if len(versions) > 1:
+            raise InvalidInput(
+                f"model '{name}' routes to versions {sorted(versions)}: set alias 'stable' "
+                "(or switch to one version) before starting a canary")
+        return versions.pop() if versions else self._router.resolve(name, "", None)[0].version
+
+    def _epochs(self, name: str) -> tuple[EpochStats, EpochStats]:
+        """(candidate, stable) numbers of the current step."""
+        arms = self._router.arm_stats(name)
+        empty = EpochStats(0, 0, 0.0, None, None, 0.0)
+        return (arms["candidate"].epoch() if "candidate" in arms else empty,
+                arms["stable"].epoch() if "stable" in arms else empty)
+
+
+def _error_gate(candidate: EpochStats, gates: CanaryGates) -> str:
+    if candidate.requests and candidate.error_rate > gates.max_error_rate:
+        return (f"gate error_rate: candidate {candidate.error_rate:.2f} > "
+                f"{gates.max_error_rate:g} over {candidate.requests} requests")
+    return ""

@@ -1,0 +1,291 @@
+"""CanaryController against the real Router and DeploymentStore, with a fake clock.
+
+Traffic is simulated in the fake ``sleep``: each simulated second, ``rate`` requests are routed
+by the router (weights as the canary set them) and recorded as successes or failures of the
+version that served them, so steps, gates and rollbacks run as they would in a server, only
+instantly and deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from server.core.canary import (
+    ABORTED,
+    PROMOTED,
+    ROLLED_BACK,
+    RUNNING,
+    CanaryConflict,
+    CanaryController,
+    CanaryGates,
+)
+from server.core.deploy_store import DeploymentStore
+from server.core.router import Route, Router
+from server.errors import InvalidInput, ModelNotFound
+
+MODEL = "m"
+
+
+class FakeRepository:
+    """The two lookups the router makes, over versions 1..3 of MODEL."""
+
+    def __init__(self, versions=(1, 2, 3)) -> None:
+        self.versions = {v: SimpleNamespace(name=MODEL, version=v) for v in versions}
+
+    def get(self, name: str, version: str = ""):
+        if name != MODEL:
+            raise ModelNotFound(f"model '{name}' is not loaded")
+        if not version:
+            return self.versions[max(self.versions)]
+        if int(version) not in self.versions:
+            raise ModelNotFound(f"model '{name}' has no version '{version}'")
+        return self.versions[int(version)]
+
+    def ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except ModelNotFound:
+            return False
+        return True
+
+
+@dataclass
+class Traffic:
+    """Fake time plus simulated requests: ``rate`` per second, outcome per version."""
+
+    router: Router
+    rate: int = 20
+    #: version -> (error probability, latency seconds)
+    behaviour: dict[int, tuple[float, float]] = field(default_factory=dict)
+    now: float = 0.0
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        requests = round(self.rate * seconds)
+        self.now += seconds
+        for i in range(requests):
+            served, arm = self.router.resolve(MODEL, "", f"key-{self.now}-{i}")
+            error_p, latency = self.behaviour.get(served.version, (0.0, 0.001))
+            ok = self.rng.random() >= error_p
+            self.router.record(MODEL, arm, latency, ok, version=served.version)
+        await asyncio.sleep(0)
+
+
+@dataclass
+class Rig:
+    router: Router
+    store: DeploymentStore
+    traffic: Traffic
+    canary: CanaryController
+
+    def actions(self) -> list[str]:
+        return [r["action"] for r in self.store.read_audit()]
+
+    async def finished(self, limit: int = 20_000) -> dict:
+        """Run the loop until the canary is no longer running; its final status."""
+        for _ in range(limit):
+            status = self.canary.status(MODEL)
+            if status is not None and status["state"] != RUNNING:
+                # The driver ends once its last change is persisted and audited.
+                await asyncio.gather(*self.canary._tasks)
+                return status
+            await asyncio.sleep(0)
+        raise AssertionError(f"canary still running: {self.canary.status(MODEL)}")
+
+
+async def make_rig(tmp_path: Path, *, shadow=None, stable: int = 1, **traffic) -> Rig:
+    store = DeploymentStore(tmp_path / "state")
+    router = Router(FakeRepository(), store, rng=random.Random(1))
+    await router.open()
+    await router.switch(MODEL, stable, caller="test")
+    t = Traffic(router, **traffic)
+    canary = CanaryController(router, shadow, clock=t.clock, sleep=t.sleep)
+    return Rig(router, store, t, canary)
+
+
+async def test_steps_advance_and_the_candidate_is_promoted(tmp_path: Path) -> None:
+    rig = await make_rig(tmp_path, rate=50)  # >= 20 candidate requests even in the 10 % step
+    status = await rig.canary.start(MODEL, 2, steps=(10, 50, 100), interval_s=10.0,
+                                    caller="alice")
+    assert status["state"] == RUNNING and status["percent"] == 10.0
+    assert rig.router.state(MODEL).routes == (Route("stable", 1, 90.0),
+                                              Route("candidate", 2, 10.0))
+    final = await rig.finished()
+    assert final["state"] == PROMOTED, final
+    state = rig.router.state(MODEL)
+    assert state.alias("stable") == 2 and state.alias("candidate") is None
+    assert state.routes == (Route("stable", 2, 100.0),)
+    assert rig.actions() == ["switch", "canary_start", "canary_step", "canary_step",
+                             "canary_promote"]
+    audit = rig.store.read_audit()
+    assert audit[1]["caller"] == "alice" and audit[-1]["caller"] == "sluice-canary"
+    assert "step 100% passed" in audit[-1]["reason"]
+    # Each step spent its interval: three steps of 10 s.
+    assert 30.0 <= rig.traffic.now < 31.0
+    await rig.canary.close()
+
+
+async def test_an_erroring_candidate_is_rolled_back_early_with_the_reason(tmp_path: Path) -> None:
+    rig = await make_rig(tmp_path, behaviour={2: (0.5, 0.001)})
+    await rig.canary.start(MODEL, 2, steps=(50, 100), interval_s=60.0,
+                           gates=CanaryGates(max_error_rate=0.01, min_requests=20))
+    final = await rig.finished()
+    assert final["state"] == ROLLED_BACK
+    assert final["reason"].startswith("gate error_rate: candidate 0.")
+    assert "> 0.01 over" in final["reason"]
+    # Rolled back by the mid-step check, long before the 60 s step ended.
+    assert rig.traffic.now < 10.0
+    state = rig.router.state(MODEL)
+    assert state.routes == (Route("stable", 1, 100.0),) and state.alias("stable") == 1
+    last = rig.store.read_audit()[-1]
+    assert last["action"] == "canary_rollback" and last["reason"] == final["reason"]
+    assert last["after"]["canary"]["state"] == ROLLED_BACK
+    await rig.canary.close()
+
+
+async def test_a_slow_candidate_fails_the_p99_gate_at_the_step_boundary(tmp_path: Path) -> None:
+    rig = await make_rig(tmp_path, behaviour={1: (0.0, 0.002), 2: (0.0, 0.010)})
+    await rig.canary.start(MODEL, 2, steps=(50, 100), interval_s=5.0,
+                           gates=CanaryGates(max_p99_ratio=1.5))
+    final = await rig.finished()
+    assert final["state"] == ROLLED_BACK
+    assert final["reason"].startswith("gate p99_ratio: candidate p99 ")
+    assert "> 1.5" in final["reason"]
+    assert rig.traffic.now == pytest.approx(5.0)
+    await rig.canary.close()
+
+
+async def test_a_step_without_enough_requests_is_extended_not_judged(tmp_path: Path) -> None:
+    # 1 req/s at 10 %: ~1 candidate request per 10 s step, min_requests 3 -> extensions.
+    rig = await make_rig(tmp_path, rate=1)
+    await rig.canary.start(MODEL, 2, steps=(10, 100), interval_s=10.0,
+                           gates=CanaryGates(min_requests=3))
+    final = await rig.finished()
+    assert final["state"] == PROMOTED
+    assert rig.traffic.now > 20.0  # the first step ran longer than its interval
+
+
+async def test_no_traffic_at_all_rolls_back_after_the_extension_limit(tmp_path: Path) -> None:
+    rig = await make_rig(tmp_path, rate=0)
+    await rig.canary.start(MODEL, 2, steps=(10, 100), interval_s=10.0)
+    final = await rig.finished()
+    assert final["state"] == ROLLED_BACK
+    assert final["reason"] == "gate min_requests: candidate 0 < 20 requests after 6 intervals"
+    assert rig.traffic.now == pytest.approx(60.0)
+
+
+async def test_low_shadow_agreement_fails_the_agreement_gate(tmp_path: Path) -> None:
+    report = SimpleNamespace(shadow_version=2, live_version=1, agreement=0.8, compared=50)
+    shadow = SimpleNamespace(report=lambda name: [report])
+    rig = await make_rig(tmp_path, shadow=shadow)
+    await rig.canary.start(MODEL, 2, steps=(50, 100), interval_s=5.0,
+                           gates=CanaryGates(min_agreement=0.95))
+    final = await rig.finished()
+    assert final["reason"] == "gate agreement: shadow agreement 0.8000 < 0.95 over 50 comparisons"
+
+
+async def test_abort_sends_traffic_back_and_a_second_start_is_refused(tmp_path: Path) -> None:
+    rig = await make_rig(tmp_path)
+    await rig.canary.start(MODEL, 2, steps=(10, 100), interval_s=100.0)
+    with pytest.raises(CanaryConflict, match="already runs a canary of version 2"):
+        await rig.canary.start(MODEL, 3)
+    status = await rig.canary.abort(MODEL, caller="bob", reason="changed my mind")
+    assert status["state"] == ABORTED and status["reason"] == "changed my mind"
+    assert rig.router.state(MODEL).routes == (Route("stable", 1, 100.0),)
+    assert rig.actions()[-1] == "canary_abort"
+    with pytest.raises(CanaryConflict, match="no running canary"):
+        await rig.canary.abort(MODEL)
+    for _ in range(10):  # the driver ends on its next tick
+        await asyncio.sleep(0)
+    assert not rig.canary._drivers and rig.actions()[-1] == "canary_abort"
+
+
+async def test_a_manual_rollback_stops_the_driver(tmp_path: Path) -> None:
+    rig = await make_rig(tmp_path)
+    await rig.canary.start(MODEL, 2, steps=(10, 100), interval_s=10.0)
+    async with rig.canary.guard(MODEL):  # as the admin service does
+        await rig.router.rollback(MODEL, caller="ops")  # back to before the canary
+        rig.canary.sync(MODEL)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not rig.canary._drivers
+    assert rig.actions() == ["switch", "canary_start", "rollback"]
+    assert rig.router.state(MODEL).routes == (Route("stable", 1, 1.0),)
+
+
+async def test_a_rollback_to_a_running_step_resumes_driving_it(tmp_path: Path) -> None:
+    rig = await make_rig(tmp_path, rate=50)
+    await rig.canary.start(MODEL, 2, steps=(10, 50, 100), interval_s=10.0)
+    final = await rig.finished()
+    assert final["state"] == PROMOTED
+    async with rig.canary.guard(MODEL):  # undo the promotion: back to the 50 % step
+        await rig.router.rollback(MODEL, caller="ops")
+        rig.canary.sync(MODEL)
+    assert rig.canary.status(MODEL)["state"] == RUNNING
+    assert (await rig.finished())["state"] == PROMOTED
+    assert rig.actions()[-2:] == ["rollback", "canary_promote"]
+
+
+async def test_a_canary_resumes_after_a_restart(tmp_path: Path) -> None:
+    rig = await make_rig(tmp_path)
+    await rig.canary.start(MODEL, 2, steps=(10, 50, 100), interval_s=10.0)
+    for _ in range(1000):
+        if rig.canary.status(MODEL)["step"] == 1:
+            break
+        await asyncio.sleep(0)
+    await rig.canary.close()  # the server stops mid-canary
+    assert rig.router.state(MODEL).canary["step"] == 1
+
+    router = Router(FakeRepository(), DeploymentStore(tmp_path / "state"))
+    await router.open()
+    await router.model_loaded(MODEL)  # what the server does once the model loaded
+    traffic = Traffic(router)
+    again = CanaryController(router, clock=traffic.clock, sleep=traffic.sleep)
+    await again.resume_all([MODEL])
+    rig2 = Rig(router, rig.store, traffic, again)
+    assert (await rig2.finished())["state"] == PROMOTED
+    assert rig2.actions()[-2:] == ["canary_step", "canary_promote"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": (50, 25)}, "must increase"),
+        ({"steps": (0, 100)}, r"in \(0, 100\]"),
+        ({"interval_s": 0.0}, "interval_s must be > 0"),
+        ({"gates": None, "candidate": 1}, "is the stable one"),
+    ],
+)
+async def test_bad_plans_are_refused(tmp_path: Path, kwargs: dict, message: str) -> None:
+    rig = await make_rig(tmp_path)
+    candidate = kwargs.pop("candidate", 2)
+    with pytest.raises(InvalidInput, match=message):
+        await rig.canary.start(MODEL, candidate, **kwargs)
+    assert rig.router.state(MODEL).canary is None
+
+
+def test_gates_validate_and_round_trip() -> None:
+    gates = CanaryGates(max_error_rate=0.05, max_p99_ratio=None, min_agreement=0.9,
+                        min_requests=5)
+    assert CanaryGates.from_json(gates.to_json()) == gates
+    with pytest.raises(InvalidInput, match="max_error_rate"):
+        CanaryGates(max_error_rate=2.0)
+    with pytest.raises(InvalidInput, match=r"unknown canary gate\(s\) \['bogus'\]"):
+        CanaryGates.from_json({"bogus": 1})
+
+
+async def test_unknown_candidate_version_names_it(tmp_path: Path) -> None:
+    rig = await make_rig(tmp_path)
+    with pytest.raises(ModelNotFound, match="version 9"):
+        await rig.canary.start(MODEL, 9)
+
+
