@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto import grpc_service_pb2, grpc_service_pb2_grpc
+from proto import admin_pb2, grpc_service_pb2, grpc_service_pb2_grpc
 from proto._pool import POOL
 from server.backends.base import Backend
 from server.backends.ensemble import EnsembleBackend
@@ -33,10 +33,16 @@ from server.backends.numba_backend import load_numba_backend
 from server.backends.ort import OrtBackend
 from server.config import ModelConfig, ServerConfig
 from server.core.admission import InflightBudget
+from server.core.canary import CanaryController
+from server.core.deploy_store import DeploymentStore
 from server.core.repository import ModelRepository
+from server.core.router import Router
+from server.core.shadow import ShadowMirror
+from server.deployment_config import read_deployment
 from server.errors import ModelLoadError, SluiceError
-from server.metrics import Metrics
+from server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
 from server.model_config import read_model_config
+from server.protocol.admin import add_admin_service
 from server.protocol.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,7 @@ log = logging.getLogger(__name__)
 #: The bundled example repository (the default for ``sluice serve``).
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 _SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+_ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
 class Server:
@@ -63,10 +70,33 @@ class Server:
             inflight=self.inflight,
         )
         self.metrics = Metrics(self.repository.loaded, inflight=self.inflight)
+        #: Deployment state on disk: written on the first change, read at start.
+        self.store = DeploymentStore(config.deployment_state_dir)
+        self.router = Router(
+            self.repository, self.store,
+            declared=lambda name: read_deployment(self.repository.root / name),
+            window_s=config.latency_window_s,
+        )
+        #: Shadow copies of live requests, run at the lowest priority and compared off the
+        #: request path; idle (no task, no thread) until a deployment asks for a shadow.
+        self.router.shadow = ShadowMirror(
+            self.repository.find, window_s=config.latency_window_s
+        )
+        self.canary = CanaryController(self.router)
+        self.metrics.register(ArmCollector(self.router.all_arm_stats))
+        self.metrics.register(ShadowCollector(self.router.shadow.reports))
+        self.metrics.register(CanaryCollector(self.router.models, self.router.state))
         self.health = health.aio.HealthServicer()
-        self.servicer = InferenceServicer(self.repository, limits=config.request_limits)
+        self.servicer = InferenceServicer(
+            self.repository, router=self.router, limits=config.request_limits
+        )
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
+
+    @property
+    def shadow(self) -> ShadowMirror | None:
+        """The mirror the router hands sampled live requests to."""
+        return self.router.shadow
 
     def _make_backend(self, config: ModelConfig, version_dir: Path) -> Backend:
         """The backend named by ``config.backend`` (runs on a loader thread)."""
@@ -100,6 +130,11 @@ class Server:
                     await self.repository.load(name)
                 except SluiceError as exc:
                     failed[name] = exc.message
+                    continue
+                try:
+                    await self.router.model_loaded(name)
+                except SluiceError as exc:  # the model serves; its deployment did not apply
+                    log.error("model '%s': deployment not applied: %s", name, exc.message)
             if len(failed) == len(pending):
                 for name, message in failed.items():  # one bad model keeps no other down
                     log.error("model '%s' not loaded: %s", name, message)
@@ -111,6 +146,7 @@ class Server:
         cfg = self.config
         if not cfg.model_repository.is_dir():
             raise ModelLoadError(f"model repository {cfg.model_repository} is not a directory")
+        await self.router.open()  # a corrupt state file is refused here, before any model loads
         names = (
             list(cfg.startup_models) if cfg.model_control == "explicit"
             else self.repository.available_names()
@@ -126,8 +162,12 @@ class Server:
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             self.servicer, self._grpc
         )
+        add_admin_service(self._grpc, self.router, self.router.shadow, self.canary)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection((_SERVICE, reflection.SERVICE_NAME), self._grpc, POOL)
+        reflection.enable_server_reflection(
+            (_SERVICE, _ADMIN, reflection.SERVICE_NAME), self._grpc, POOL
+        )
+        await self.canary.resume_all(self.router.models())  # canaries persisted or declared
         self.port = self._grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
         if self.port == 0:
             raise OSError(f"could not bind gRPC on {cfg.host}:{cfg.grpc_port}")
@@ -155,6 +195,9 @@ class Server:
             log.warning("%d requests still in flight after %.1fs", self.servicer.in_flight, grace)
         if self._grpc is not None:
             await self._grpc.stop(max(0.5, deadline - time.monotonic()))
+        await self.canary.close()
+        if self.router.shadow is not None:
+            await self.router.shadow.close()  # before the candidates it feeds are closed
         await self.repository.close(max(0.0, deadline - time.monotonic()))
         self.metrics.close()
 

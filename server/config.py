@@ -255,6 +255,16 @@ class ServerConfig:
     metrics_host: str | None = None
     #: This process's slot under ``sluice serve --workers N`` (0..N-1); None when standalone.
     worker_id: int | None = None
+    #: Directory of the persisted deployment state and its audit log (created on the first
+    #: deployment change); None: ``<model_repository>/.sluice-state``.
+    state_dir: Path | None = None
+
+    @property
+    def deployment_state_dir(self) -> Path:
+        """Where deployment state lives (``state_dir`` or its default)."""
+        return self.state_dir if self.state_dir is not None else (
+            self.model_repository / ".sluice-state"
+        )
 
     @property
     def request_limits(self) -> RequestLimits:

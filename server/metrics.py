@@ -8,6 +8,7 @@ buckets, so they sum correctly across replicas; the window quantiles are gauges 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -19,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from server.core.admission import InflightBudget
+from server.core.arm_stats import ArmStats
 from server.core.model import ModelVersion
 from server.core.stats import CumulativeHistogram
 
@@ -46,6 +48,10 @@ class _ModelCollector(Collector):
                 "Time to gather, run and scatter one batch.", labels=_LABELS),
             "batch": HistogramMetricFamily(
                 "sluice_batch_size_rows", "Rows per executed batch.", labels=_LABELS),
+            "reject": HistogramMetricFamily(
+                "sluice_reject_duration_seconds",
+                "Time from a request reaching its model to its shed (UNAVAILABLE) status.",
+                labels=_LABELS),
         }
         requests = CounterMetricFamily(
             "sluice_requests", "Requests answered, by outcome.", labels=[*_LABELS, "outcome"])
@@ -71,7 +77,7 @@ class _ModelCollector(Collector):
             s = served.stats
             pairs: list[tuple[str, CumulativeHistogram]] = [
                 ("e2e", s.e2e_hist), ("queue", s.queue_hist), ("compute", s.compute_hist),
-                ("batch", s.batch_size_hist),
+                ("batch", s.batch_size_hist), ("reject", s.reject_hist),
             ]
             for key, hist in pairs:
                 hists[key].add_metric(labels, hist.buckets(), hist.total)
@@ -100,6 +106,118 @@ class _ModelCollector(Collector):
             yield inflight
 
 
+class ArmCollector(Collector):
+    """Per-arm requests (by outcome) and window latency quantiles, labelled model, version, arm.
+
+    ``arms`` yields (model, arm, stats) — ``Router.all_arm_stats``. Only routed traffic has
+    arms: models with a deployment, and requests that named an alias."""
+
+    def __init__(self, arms: Callable[[], Iterable[tuple[str, str, ArmStats]]]) -> None:
+        self._arms = arms
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["model", "version", "arm"]
+        requests = CounterMetricFamily(
+            "sluice_arm_requests", "Routed requests per arm, by outcome (client errors are not "
+            "counted).", labels=[*labels, "outcome"])
+        quantiles = GaugeMetricFamily(
+            "sluice_arm_latency_quantile_seconds",
+            "Latency quantiles of an arm's successful requests over the sliding window.",
+            labels=[*labels, "quantile"])
+        for model, arm, stats in self._arms():
+            values = [model, "" if stats.version is None else str(stats.version), arm]
+            requests.add_metric([*values, "success"], stats.requests - stats.errors)
+            requests.add_metric([*values, "failure"], stats.errors)
+            q = stats.latency.quantiles((50, 95, 99))
+            if q is not None:
+                for p, value in q.items():
+                    quantiles.add_metric([*values, str(p / 100)], value)
+        yield requests
+        yield quantiles
+
+
+class ShadowCollector(Collector):
+    """Shadow comparison per (model, live_version, shadow_version): copies mirrored, compared,
+    shed, candidate errors (counters); agreement, differences, share within tolerance and both
+    sides' latency quantiles (gauges). ``reports`` is ``ShadowMirror.reports``."""
+
+    _COUNTERS = ("mirrored", "compared", "shed", "candidate_errors", "live_errors", "dropped")
+    _GAUGES = ("candidate_error_rate", "agreement", "max_abs_diff", "mean_abs_diff",
+               "within_tolerance")
+
+    def __init__(self, reports: Callable[[], Iterable[Any]]) -> None:
+        self._reports = reports
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["model", "live_version", "shadow_version"]
+        counters = {
+            key: CounterMetricFamily(
+                f"sluice_shadow_{key}", f"Shadow copies: {key.replace('_', ' ')}.", labels=labels)
+            for key in self._COUNTERS
+        }
+        gauges = {
+            key: GaugeMetricFamily(
+                f"sluice_shadow_{key}", f"Shadow comparison: {key.replace('_', ' ')}.",
+                labels=labels)
+            for key in self._GAUGES
+        }
+        latency = GaugeMetricFamily(
+            "sluice_shadow_latency_quantile_seconds",
+            "Latency quantiles of mirrored requests, live (the caller's) and shadow (the "
+            "candidate's own), over the sliding window.", labels=[*labels, "side", "quantile"])
+        for report in self._reports():
+            values = [report.model, str(report.live_version), str(report.shadow_version)]
+            for key, family in counters.items():
+                family.add_metric(values, getattr(report, key))
+            for key, family in gauges.items():
+                value = getattr(report, key)
+                if value is not None:
+                    family.add_metric(values, value)
+            for side in ("live", "shadow"):
+                for q in ("50", "99"):
+                    value = getattr(report, f"{side}_p{q}_s")
+                    if value is not None:
+                        latency.add_metric([*values, side, f"0.{q}"], value)
+        yield from counters.values()
+        yield from gauges.values()
+        yield latency
+
+
+class CanaryCollector(Collector):
+    """The canary of each model: its step (percent of traffic on the candidate) and its state
+    (1 on the current one of running, promoted, rolled_back, aborted), labelled with both
+    versions. Read from the deployment state (``Router.models`` / ``Router.state``)."""
+
+    _STATES = ("running", "promoted", "rolled_back", "aborted")
+
+    def __init__(
+        self, models: Callable[[], Iterable[str]], state: Callable[[str], Any]
+    ) -> None:
+        self._models = models
+        self._state = state
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["model", "stable_version", "candidate_version"]
+        step = GaugeMetricFamily(
+            "sluice_canary_step_percent", "Traffic share of the canary's current step.",
+            labels=labels)
+        outcome = GaugeMetricFamily(
+            "sluice_canary_state", "1 for the canary's state (running, promoted, rolled_back, "
+            "aborted).", labels=[*labels, "state"])
+        for model in self._models():
+            record = self._state(model).canary
+            if not record or "candidate" not in record:
+                continue  # none, or a deployment.yaml block not started yet
+            values = [model, str(record.get("stable", "")), str(record["candidate"])]
+            steps, index = record.get("steps") or (), record.get("step")
+            if isinstance(index, int) and 0 <= index < len(steps):
+                step.add_metric(values, steps[index])
+            for name in self._STATES:
+                outcome.add_metric([*values, name], 1.0 if record.get("state") == name else 0.0)
+        yield step
+        yield outcome
+
+
 class Metrics:
     """Owns one CollectorRegistry and, when started, the /metrics HTTP endpoint."""
 
@@ -112,6 +230,10 @@ class Metrics:
         self.registry.register(_ModelCollector(versions, inflight))
         self._http = None
         self.port: int | None = None
+
+    def register(self, collector: Collector) -> None:
+        """Add a collector (read at each scrape) to this server's registry."""
+        self.registry.register(collector)
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics on ``host:port`` (0 picks a free port); returns the bound port."""

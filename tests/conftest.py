@@ -86,23 +86,29 @@ def repo_copy(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bundled_server() -> Iterator[RunningServer]:
+def bundled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One server over the bundled repository, shared by tests that only read."""
-    running = start_server(
-        ServerConfig(model_repository=BUNDLED_REPOSITORY, grpc_port=0, metrics_port=0)
-    )
+    running = start_server(ServerConfig(
+        model_repository=BUNDLED_REPOSITORY, grpc_port=0, metrics_port=0,
+        # Deployment state never goes into the git tree.
+        state_dir=tmp_path_factory.mktemp("bundled-state"),
+    ))
     yield running
     running.stop()
 
 
 @pytest.fixture
-def make_server() -> Iterator[Callable[..., RunningServer]]:
-    """Factory for servers with a custom config; each is stopped after the test."""
+def make_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Factory for servers with a custom config; each is stopped after the test. Each gets its
+    own deployment state directory under ``tmp_path`` unless ``state_dir`` is given (pass the
+    same one to a second server to see state survive a restart)."""
     servers: list[RunningServer] = []
 
     def factory(repository: Path, **overrides) -> RunningServer:
         overrides.setdefault("grpc_port", 0)
         overrides.setdefault("metrics_port", None)
+        # A dot name: tests often use tmp_path itself as the repository, which skips dot dirs.
+        overrides.setdefault("state_dir", tmp_path / f".sluice-state-{len(servers)}")
         running = start_server(ServerConfig(model_repository=repository, **overrides))
         servers.append(running)
         return running

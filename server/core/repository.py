@@ -101,6 +101,11 @@ class ModelRepository:
             )
         return served
 
+    def find(self, name: str, version: int) -> ModelVersion | None:
+        """Loaded version ``version`` of ``name``, or None (no exception: a hot-path lookup)."""
+        model = self._models.get(name)
+        return None if model is None else model.versions.get(version)
+
     def ready(self, name: str, version: str = "") -> bool:
         try:
             self.get(name, version)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -20,12 +21,20 @@ from server import __version__
 from server.config import RequestLimits
 from server.core.model import ModelVersion
 from server.core.repository import ModelRepository
-from server.errors import InvalidInput, ModelNotFound, Overloaded, SluiceError, Unimplemented
+from server.core.router import ARM_PARAM, STICKY_METADATA, STICKY_PARAM, Router, ShadowTarget
+from server.errors import (
+    Code,
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+    SluiceError,
+    Unimplemented,
+)
 from server.model_config import to_proto
 from server.protocol import codec
 from server.protocol.statistics import latency_table, model_statistics
 from server.protocol.status import fail, to_status
-from server.types import InferResponse
+from server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +42,21 @@ log = logging.getLogger(__name__)
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
 #: In-flight requests per ModelStreamInfer stream before we stop reading from it.
 STREAM_WINDOW = 256
+#: Failures that are the caller's doing: they say nothing about the arm, so arms do not count
+#: them (a canary must not be rolled back for a client's malformed requests).
+_CALLER_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED, Code.CANCELLED})
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """KServe v2 + Triton extensions over one :class:`ModelRepository`."""
+    """KServe v2 + Triton extensions over one :class:`ModelRepository`, routed by a
+    :class:`Router` (one without persistence is made when none is given)."""
 
     def __init__(
-        self, repository: ModelRepository, *, limits: RequestLimits | None = None
+        self, repository: ModelRepository, *, router: Router | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self._repo = repository
+        self._router = router if router is not None else Router(repository, None)
         self._limits = limits or RequestLimits()
         self._ready = False
         self._draining = False
@@ -73,7 +88,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self._ready)
 
     async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=self._repo.ready(request.name, request.version))
+        try:
+            version = self._router.version_of(request.name, request.version)
+        except SluiceError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=self._repo.ready(request.name, version))
 
     async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(
@@ -82,7 +101,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):
         try:
-            served = self._repo.get(request.name, request.version)
+            served = self._get(request.name, request.version)
         except SluiceError as exc:
             fail(context, exc)
             return pb.ModelMetadataResponse()
@@ -111,7 +130,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request, context):
         try:
-            served = self._repo.get(request.name, request.version)
+            served = self._get(request.name, request.version)
         except SluiceError as exc:
             fail(context, exc)
             return pb.ModelConfigResponse()
@@ -134,10 +153,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         ))
         return pb.ModelStatisticsResponse(model_stats=[model_statistics(v) for v in versions])
 
+    def _get(self, name: str, version: str) -> ModelVersion:
+        """The version a metadata RPC describes (``version`` may be an alias)."""
+        return self._repo.get(name, self._router.version_of(name, version))
+
     def _select(self, name: str, version: str) -> list[ModelVersion] | SluiceError:
         loaded = self._repo.loaded()
         if not name:
             return loaded
+        try:
+            version = self._router.version_of(name, version)
+        except SluiceError as exc:
+            return exc
         chosen = [
             v for v in loaded if v.name == name and (not version or str(v.version) == version)
         ]
@@ -149,24 +176,70 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ----------------------------------------------------------------------------
 
-    async def _infer(self, message: pb.ModelInferRequest, deadline: float | None) -> InferResponse:
+    async def _infer(
+        self, message: pb.ModelInferRequest, deadline: float | None,
+        metadata_key: Callable[[], str | None] | None = None,
+    ) -> InferResponse:
+        """Route, infer, count. ``metadata_key`` gives the sticky key sent as gRPC metadata; it
+        is called only when weights decide and the request carries no ``sticky_key``."""
         if self._draining:
             raise Overloaded("server is shutting down", reason="draining", retry_after_ms=1000)
         request = codec.decode_request(message, deadline, self._limits)
+        sticky = request.parameters.get(STICKY_PARAM)
+        if sticky is not None and not isinstance(sticky, str):
+            raise InvalidInput(f"parameter '{STICKY_PARAM}' must be a string")
         self.in_flight += 1
         self._idle.clear()
         try:
-            # No await between resolving the version and queueing on it: a concurrent reload
-            # can never retire the version under a request that already chose it.
-            return await self._repo.get(request.model_name, request.model_version).infer(request)
+            # No await between resolving the version and queueing on it: a concurrent reload or
+            # deployment switch can never move a request that already chose its version.
+            served, arm, shadows = self._router.route(
+                request.model_name, request.model_version, sticky, metadata_key
+            )
+            if arm is None:  # the plain path: no deployment, no alias named
+                return await served.infer(request)
+            return await self._infer_routed(request, served, arm, shadows)
         finally:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
 
+    async def _infer_routed(
+        self, request: InferRequest, served: ModelVersion, arm: str,
+        shadows: tuple[ShadowTarget, ...],
+    ) -> InferResponse:
+        """Infer on ``served`` for ``arm``: mirror to shadows, count the arm, label the answer."""
+        mirror = self._router.shadow
+        token = (
+            mirror.begin(request.model_name, served, request, shadows)
+            if shadows and mirror is not None else None
+        )
+        started = time.perf_counter()
+        try:
+            response = await served.infer(request)
+        except BaseException as exc:
+            elapsed = time.perf_counter() - started
+            if token is not None:
+                mirror.finish(token, None, exc, elapsed)
+            if not (isinstance(exc, SluiceError) and exc.code in _CALLER_FAULTS) and not (
+                isinstance(exc, asyncio.CancelledError)
+            ):
+                self._router.record(request.model_name, arm, elapsed, False,
+                                    version=served.version)
+            raise
+        elapsed = time.perf_counter() - started
+        if token is not None:
+            mirror.finish(token, response, None, elapsed)
+        self._router.record(request.model_name, arm, elapsed, True, version=served.version)
+        response.parameters[ARM_PARAM] = arm
+        return response
+
     async def ModelInfer(self, request, context):
         try:
-            response = await self._infer(request, codec.deadline_from(context.time_remaining()))
+            response = await self._infer(
+                request, codec.deadline_from(context.time_remaining()),
+                lambda: _metadata_sticky_key(context),
+            )
             return codec.encode_response(response)
         except asyncio.CancelledError:
             raise
@@ -183,10 +256,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
         tasks: set[asyncio.Task[None]] = set()
+        stream_key = _metadata_sticky_key(context)  # once per stream: metadata cannot change
+
+        def metadata_key() -> str | None:
+            return stream_key
 
         async def answer(message: pb.ModelInferRequest) -> None:
             try:
-                response = await self._infer(message, None)
+                response = await self._infer(message, None, metadata_key)
                 item = pb.ModelStreamInferResponse(infer_response=codec.encode_response(response))
             except asyncio.CancelledError:
                 raise
@@ -248,6 +325,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     "edit the repository instead"
                 )
             await self._repo.load(request.model_name)
+            # Its deployment (persisted or deployment.yaml) applies once the versions are in.
+            await self._router.model_loaded(request.model_name)
         except Exception as exc:
             fail(context, exc)
         return pb.RepositoryModelLoadResponse()
@@ -297,3 +376,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def LogSettings(self, request, context):
         return await self._unimplemented("log settings", context, pb.LogSettingsResponse())
+
+
+def _metadata_sticky_key(context) -> str | None:
+    """The sticky key sent as gRPC metadata ``x-sluice-sticky-key``, or None."""
+    for key, value in context.invocation_metadata() or ():
+        if key == STICKY_METADATA:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None

@@ -1,0 +1,143 @@
+"""Shadow execution through a real server: callers see only the live version, the comparison
+reports the agreement computed here by hand, a failing candidate never fails a caller, and under
+overload shadow work is shed while every live request is answered."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import grpc
+import numpy as np
+import pytest
+
+from proto import grpc_service_pb2 as pb
+from proto import grpc_service_pb2_grpc as pb_grpc
+from proto.tensors import decode_outputs, make_input
+from server.core.router import DeploymentState, Route, ShadowTarget
+from server.core.shadow import ShadowMirror
+from tests.support.shadow_models import (
+    CANDIDATE_SCALE,
+    CLASSES,
+    FAULT_TABLE,
+    SLOW_WIDTH,
+    classifier_repo,
+    slow_pair_repo,
+)
+
+
+def with_mirror(running, **settings) -> ShadowMirror:
+    """The server's mirror, with ``settings`` (public attributes) changed for this test."""
+    mirror = running.server.shadow
+    for key, value in settings.items():
+        assert hasattr(mirror, key), key
+        setattr(mirror, key, value)
+    return mirror
+
+
+def deploy_shadow(running, model: str, live: int, shadow: int) -> None:
+    """All traffic to ``live``, every request mirrored to ``shadow`` (through Router.change)."""
+    state = DeploymentState(
+        routes=(Route(f"v{live}", live, 1.0),),
+        shadows=(ShadowTarget(shadow, 1.0),),
+    )
+    running.call(running.server.router.change(model, "shadow_start", state, caller="test"))
+
+
+def fire(address: str, model: str, batches: list[np.ndarray]) -> list:
+    """Send every batch at once; each reply (decoded outputs, version, params) or RpcError."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        futures = []
+        for x in batches:
+            tensor, raw = make_input("IN_x", x)
+            futures.append(stub.ModelInfer.future(pb.ModelInferRequest(
+                model_name=model, inputs=[tensor], raw_input_contents=[raw])))
+        out = []
+        for future in futures:
+            try:
+                reply = future.result()
+                out.append((decode_outputs(reply), reply.model_version, reply.parameters))
+            except grpc.RpcError as exc:
+                out.append(exc)
+        return out
+
+
+@pytest.fixture
+def clf_server(make_server, tmp_path):
+    running = make_server(classifier_repo(tmp_path))
+    yield running
+    mirror = running.server.shadow
+    if mirror is not None:
+        running.call(mirror.close())
+
+
+def test_callers_see_live_only_and_agreement_is_the_hand_computed_one(clf_server):
+    # a cold, busy CI machine must not shed copies here: this test is about the comparison
+    mirror = with_mirror(clf_server, tolerance=0.3, shadow_timeout_s=30.0)
+    deploy_shadow(clf_server, "clf", live=1, shadow=2)
+    x = np.random.default_rng(11).uniform(0, 1, (120, CLASSES)).astype(np.float32)
+    batches = np.split(x, 30)
+    for reply, sent in zip(fire(clf_server.address, "clf", batches), batches, strict=True):
+        assert not isinstance(reply, grpc.RpcError), reply
+        outputs, version, _ = reply
+        assert version == "1"
+        np.testing.assert_array_equal(outputs["OUT_x"], sent)  # the live answer, never v2's
+    clf_server.call(mirror.idle())
+
+    shadow = x * CANDIDATE_SCALE
+    ours, theirs = x.argmax(axis=1), shadow.argmax(axis=1)
+    diff = np.abs(shadow.astype(np.float64) - x.astype(np.float64))
+    [report] = mirror.report("clf")
+    assert (report.live_version, report.shadow_version) == (1, 2)
+    assert (report.mirrored, report.compared, report.shed, report.candidate_errors) == (
+        30, 30, 0, 0)
+    assert 0 < report.agreement < 1
+    assert report.agreement == (ours == theirs).mean()
+    assert report.flips == dict(Counter(
+        f"{a}->{b}" for a, b in zip(ours, theirs, strict=True) if a != b))
+    assert report.max_abs_diff == diff.max()
+    assert report.within_tolerance == (diff.max(axis=1) <= 0.3).mean()
+    json.dumps(report.to_json())
+
+
+def test_a_failing_candidate_never_fails_a_caller(clf_server):
+    mirror = with_mirror(clf_server)
+    deploy_shadow(clf_server, "clf", live=1, shadow=3)
+    x = np.full((2, CLASSES), FAULT_TABLE + 1, np.float32)  # out of the faulty table: it fails
+    replies = fire(clf_server.address, "clf", [x] * 20)
+    assert all(not isinstance(r, grpc.RpcError) for r in replies), replies
+    for outputs, version, _ in replies:
+        assert version == "1"
+        np.testing.assert_array_equal(outputs["OUT_x"], x)
+    clf_server.call(mirror.idle())
+    [report] = mirror.report("clf")
+    assert (report.mirrored, report.candidate_errors, report.compared) == (20, 20, 0)
+    assert report.candidate_error_rate == 1.0
+
+
+@pytest.mark.slow
+def test_under_overload_shadow_work_is_shed_before_any_live_request(make_server, tmp_path):
+    """200 requests at once at a slow live version whose candidate is about ten times slower:
+    every live request is answered (the live version sheds nothing) while the candidate's
+    admission sheds shadow copies at the shadow level."""
+    running = make_server(
+        slow_pair_repo(tmp_path, live_rounds=1600, shadow_rounds=40000),
+    )
+    mirror = with_mirror(running, shadow_timeout_s=0.25)
+    try:
+        deploy_shadow(running, "slowpair", live=1, shadow=2)
+        batches = [np.full((1, SLOW_WIDTH), i / 200, np.float32) for i in range(200)]
+        replies = fire(running.address, "slowpair", batches)
+        assert [r for r in replies if isinstance(r, grpc.RpcError)] == []
+        running.call(mirror.idle())
+        live = running.server.repository.get("slowpair", "1")
+        candidate = running.server.repository.get("slowpair", "2")
+        assert live.stats.shed == {} and live.stats.fail_count == 0
+        [report] = mirror.report("slowpair")
+        assert report.mirrored == 200 and report.shed > 0
+        assert report.shed + report.compared == 200
+        level = candidate.admission.policy.shadow_level
+        assert candidate.stats.shed and all(lvl == level for _, lvl in candidate.stats.shed)
+    finally:
+        running.call(mirror.close())
