@@ -5,6 +5,7 @@ overload shadow work is shed while every live request is answered."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections import Counter
 
 import grpc
@@ -141,3 +142,29 @@ def test_under_overload_shadow_work_is_shed_before_any_live_request(make_server,
         assert candidate.stats.shed and all(lvl == level for _, lvl in candidate.stats.shed)
     finally:
         running.call(mirror.close())
+
+
+def test_comparison_and_canary_metrics_on_the_metrics_endpoint(make_server, tmp_path):
+    running = make_server(classifier_repo(tmp_path), metrics_port=0)
+    mirror = with_mirror(running, shadow_timeout_s=30.0)
+    deploy_shadow(running, "clf", live=1, shadow=2)
+    x = np.eye(CLASSES, dtype=np.float32)  # each row's argmax is its own index
+    fire(running.address, "clf", [x] * 4)
+    running.call(mirror.idle())
+    [report] = mirror.report("clf")
+    canary = {"id": "t", "state": "rolled_back", "stable": 1, "candidate": 2,
+              "steps": [5.0, 50.0], "step": 1}
+    state = DeploymentState(routes=(Route("v1", 1, 1.0),), canary=canary)
+    running.call(running.server.router.change("clf", "test", state, caller="test"))
+    url = f"http://127.0.0.1:{running.server.metrics.port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    pair = 'live_version="1",model="clf",shadow_version="2"'
+    assert f"sluice_shadow_mirrored_total{{{pair}}} 4.0" in text
+    assert f"sluice_shadow_compared_total{{{pair}}} 4.0" in text
+    assert f"sluice_shadow_agreement{{{pair}}} {report.agreement!r}" in text
+    assert ('sluice_shadow_latency_quantile_seconds{live_version="1",model="clf",'
+            'quantile="0.99",shadow_version="2",side="shadow"}') in text
+    versions = 'candidate_version="2",model="clf",stable_version="1"'
+    assert f"sluice_canary_step_percent{{{versions}}} 50.0" in text
+    assert f'sluice_canary_state{{{versions},state="rolled_back"}} 1.0' in text
+    assert f'sluice_canary_state{{{versions},state="running"}} 0.0' in text
