@@ -90,6 +90,8 @@ class Settings:
     quick: bool
     #: Priority levels to give the model in a temporary copy of the repository (0: as bundled).
     priority_levels: int = 2
+    #: Repository the server it starts serves (a copy when priority levels are patched in).
+    model_repository: Path = MODEL_REPOSITORY
 
 
 def log(text: str) -> None:
@@ -238,11 +240,11 @@ def analyze(s: Settings, capacity: float, phases: list[dict[str, Any]],
     }
 
 
-def _with_priority_levels(tmp: Path, model: str, levels: int) -> Path:
+def _with_priority_levels(tmp: Path, source: Path, model: str, levels: int) -> Path:
     """A copy of the bundled repository where ``model`` has ``levels`` priority levels (requests
     without a priority get the lowest), so the priority-1 phase measures priority scheduling."""
     repo = tmp / "models"
-    shutil.copytree(MODEL_REPOSITORY, repo, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copytree(source, repo, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     config = repo / model / "config.pbtxt"
     text = config.read_text()
     if "dynamic_batching { }" not in text:
@@ -259,10 +261,10 @@ def run(s: Settings) -> dict[str, Any]:
     with ExitStack() as stack:
         server = None
         if s.target is None:
-            repository = MODEL_REPOSITORY
+            repository = s.model_repository
             if s.priority_levels:
                 repository = _with_priority_levels(
-                    Path(stack.enter_context(tempfile.TemporaryDirectory())), s.model,
+                    Path(stack.enter_context(tempfile.TemporaryDirectory())), repository, s.model,
                     s.priority_levels,
                 )
             server = stack.enter_context(ServerProcess("sluice", [
@@ -364,6 +366,8 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--channels", type=int, default=4, help="connections per generator")
     parser.add_argument("--max-outstanding", type=int, default=8192,
                         help="calls in flight per generator before it drops (counted)")
+    parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY,
+                        help="repository for the server it starts (default: the bundled one)")
     parser.add_argument("--target", help="HOST:PORT of a running server on the loopback")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra argument for the server it starts (repeatable)")
@@ -384,7 +388,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
         capacity_concurrency=64, capacity=args.capacity, procs=args.procs,
         channels=args.channels, max_outstanding=args.max_outstanding, target=args.target,
         server_args=tuple(args.server_arg), out=args.out, quick=quick,
-        priority_levels=args.priority_levels,
+        priority_levels=args.priority_levels, model_repository=args.model_repository,
     )
     return settings, args.check
 

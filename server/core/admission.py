@@ -50,6 +50,9 @@ DEADLINE_SAFETY = 0.9
 _ERROR_QUANTILE = 0.9
 _ERROR_STEP = 0.02
 _ERROR_MAX = 4.0
+#: Without answers to learn from (everything shed), the learnt error halves towards 1 every
+#: this long: a stale, pessimistic estimate must not lock a model out for good.
+_ERROR_HALF_LIFE_S = 0.25
 
 
 class InflightBudget:
@@ -198,6 +201,7 @@ class Admission:
         #: knows the queue ahead and the batch speed; it does not know what overtakes a request,
         #: the event loop's own delays, or a machine that got busier: this learns all of it.
         self.error = [1.0] * len(policy.level_policies)
+        self._learnt_at = [0.0] * len(policy.level_policies)
 
     def level(self, priority: int) -> int:
         """Triton's rule: 0 or out of range -> the default level; SHADOW_PRIORITY -> N + 1."""
@@ -252,7 +256,7 @@ class Admission:
         # cut by rows, so it rides in the last of them (not in a batch after the queue drained).
         estimate = batcher.wait_estimate_s(queue.rows_ahead(level) + rows, now)
         if estimate is not None:
-            need = estimate * self.error[level]
+            need = estimate * self._error(level, now)
             allowed: float | None = None
             if deadline is not None:
                 left = deadline - now
@@ -295,15 +299,24 @@ class Admission:
             budget_bytes.acquire(nbytes)
         return estimate
 
-    def observe(self, level: int, estimate: float | None, seconds: float) -> None:
-        """An admitted request was answered ``seconds`` after arrival; ``estimate`` is what
-        :meth:`admit` returned. One step of a streaming quantile estimate (O(1))."""
+    def observe(self, level: int, estimate: float | None, seconds: float, now: float) -> None:
+        """An admitted request was answered ``seconds`` after arrival, at ``now``; ``estimate``
+        is what :meth:`admit` returned. One step of a streaming quantile estimate (O(1))."""
         if not estimate or estimate < 1e-4:
             return  # nothing to learn from a request that waited for nothing
-        q = self.error[level]
+        q = self._error(level, now)
         above = seconds > estimate * q
         q += _ERROR_STEP * q * (_ERROR_QUANTILE if above else _ERROR_QUANTILE - 1.0)
         self.error[level] = min(_ERROR_MAX, max(1.0, q))
+        self._learnt_at[level] = now
+
+    def _error(self, level: int, now: float) -> float:
+        """The level's learnt error, decayed towards 1 for the time nothing was learnt."""
+        q = self.error[level]
+        idle = now - self._learnt_at[level]
+        if q > 1.0 and idle > _ERROR_HALF_LIFE_S:
+            q = 1.0 + (q - 1.0) * 0.5 ** (idle / _ERROR_HALF_LIFE_S)
+        return q
 
     def release(self, nbytes: int) -> None:
         """The admitted request was answered: its bytes no longer count as in flight."""

@@ -117,7 +117,8 @@ class ModelVersion:
                 )
             finally:
                 admission.release(nbytes)
-            admission.observe(level, estimate, self._clock() - start)
+            end = self._clock()
+            admission.observe(level, estimate, end - start, end)
         except Overloaded as exc:
             took = self._clock() - start
             self.stats.on_request(took, ok=False)

@@ -209,12 +209,16 @@ class ServiceRate:
         return 0.0
 
     def drain_s(self, rows: int) -> float:
-        """Expected seconds to compute ``rows`` queued rows, cut into full batches."""
+        """Expected seconds to compute ``rows`` queued rows, cut into full batches spread over
+        the instances (one batch never runs faster than itself: as many batches as instances or
+        fewer take as long as the largest of them)."""
         if rows <= 0:
             return 0.0
         full, rest = divmod(rows, self._max_rows)
+        if full + (1 if rest else 0) <= self._instances:
+            return self.batch_s(min(rows, self._max_rows))
         total = full * self.batch_s(self._max_rows) + (self.batch_s(rest) if rest else 0.0)
-        return total / self._instances
+        return max(total / self._instances, self.batch_s(self._max_rows))
 
     def free_in_s(self, now: float) -> float:
         """Expected seconds until an instance is free to start the next batch."""

@@ -300,7 +300,7 @@ async def test_estimates_are_calibrated_by_what_was_measured(clock, backend):
     await measure(model, backend)  # 10 ms per batch of one row
     admission = model.admission
     for _ in range(300):  # answers take twice the estimate (e.g. an event loop kept busy)
-        admission.observe(1, 0.010, 0.020)
+        admission.observe(1, 0.010, 0.020, clock.now)
     assert 1.8 < admission.error[1] <= 2.1 and admission.error[2] == 1.0
     backend.gate = asyncio.Event()
     queued = [model.send(i, level=1) for i in range(2)]
@@ -312,8 +312,22 @@ async def test_estimates_are_calibrated_by_what_was_measured(clock, backend):
     backend.gate.set()
     await asyncio.gather(*queued)
     for _ in range(600):  # and faster answers bring it back down, never below 1
-        admission.observe(1, 0.010, 0.005)
+        admission.observe(1, 0.010, 0.005, clock.now)
     assert admission.error[1] == 1.0
+    # with nothing admitted there is nothing to learn from: the error decays by itself, so a
+    # pessimistic estimate cannot lock the model out for good
+    for _ in range(300):
+        admission.observe(1, 0.010, 0.020, clock.now)
+    backend.gate = asyncio.Event()
+    queued = [model.send(i, level=1) for i in range(2)]
+    await settle_loop()
+    with pytest.raises(Overloaded):
+        model.send(8, level=1, deadline=clock.now + 0.040)
+    clock.now += 1.0  # four half-lives without an answer
+    queued.append(model.send(9, level=1, deadline=clock.now + 0.040))
+    backend.gate.set()
+    await asyncio.gather(*queued)
+    assert 9 in backend.seen
     await model.batcher.close()
 
 
@@ -586,3 +600,14 @@ def test_service_rate_estimates():
     rate.started(0, 3.0, 64)
     rate.finished(0, 9.0, ok=False)  # failed batches teach nothing
     assert rate.batch_s(64) == pytest.approx(0.016)
+
+
+def test_service_rate_over_several_instances():
+    rate = ServiceRate(instances=2, max_batch_rows=64)
+    rate.started(0, 0.0, 8)
+    rate.finished(0, 0.008, ok=True)
+    rate.started(1, 0.0, 64)
+    rate.finished(1, 0.016, ok=True)
+    assert rate.drain_s(8) == pytest.approx(0.008)  # one batch runs on one instance only
+    assert rate.drain_s(100) == pytest.approx(0.016)  # two batches side by side
+    assert rate.drain_s(64 * 4) == pytest.approx(2 * 0.016)  # four batches over two
