@@ -6,73 +6,15 @@ clients.Client) and async ones (in the test's own loop) reach it over real TCP a
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from server.app import BUNDLED_REPOSITORY, Server
+from server.app import BUNDLED_REPOSITORY
 from server.config import ServerConfig
-
-
-@dataclass
-class RunningServer:
-    """A started server and the loop thread it runs on."""
-
-    server: Server
-    loop: asyncio.AbstractEventLoop
-    thread: threading.Thread
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
-
-    def call(self, coro, timeout: float = 60.0):
-        """Run ``coro`` on the server's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self, grace_s: float = 5.0) -> None:
-        self.call(self.server.stop(grace_s))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-def start_server(config: ServerConfig) -> RunningServer:
-    """Start ``config`` on a fresh loop in a daemon thread; returns once it is serving."""
-    loop = asyncio.new_event_loop()
-    started: Future[Server] = Future()
-
-    def main() -> None:
-        asyncio.set_event_loop(loop)
-
-        async def boot() -> None:
-            server = Server(config)
-            try:
-                await server.start()
-            except BaseException as exc:
-                started.set_exception(exc)
-                return
-            started.set_result(server)
-
-        loop.run_until_complete(boot())
-        if started.exception() is None:
-            loop.run_forever()
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-
-    thread = threading.Thread(target=main, name="sluice-test-server", daemon=True)
-    thread.start()
-    server = started.result(120)
-    return RunningServer(server, loop, thread)
+from tests.support.running import RunningServer, start_server
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ Skipped unless Numba sees a CUDA device and the simulator is off. On a GPU machi
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import numpy as np
 
@@ -112,17 +111,6 @@ def test_processing_kernels():
 
 
 if __name__ == "__main__":
-    if not _real_gpu():
-        print("no CUDA GPU visible to numba: nothing to run")
-        sys.exit(0)
-    tests = [v for k, v in sorted(globals().items()) if k.startswith("test_") and callable(v)]
-    failed = 0
-    for test in tests:
-        try:
-            test()
-            print(f"PASS {test.__name__}")
-        except Exception as exc:  # report every test, then fail the run
-            failed += 1
-            print(f"FAIL {test.__name__}: {type(exc).__name__}: {exc}")
-    print(f"{len(tests) - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    from tests.gpu.runner import run_tests
+
+    run_tests(globals(), _real_gpu())

@@ -17,13 +17,10 @@ through Numba's CUDA simulator, with batches of at most 16 rows (it is slow).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import sys
 import tempfile
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -77,50 +74,27 @@ class _Served:
     """A server over a temporary repository, run on a fresh event loop in a daemon thread."""
 
     def __init__(self) -> None:
-        from server.app import Server  # the server only where a test runs, never at collection
-        from server.config import ServerConfig
+        from server.config import ServerConfig  # the server only where a test runs
+        from tests.support.running import start_server
 
         self._tmp = tempfile.mkdtemp(prefix="sluice-gpu-serving-")
         gpu_kind = "KIND_CPU" if CPU_HARNESS else "KIND_GPU"
         repository = write_repository(Path(self._tmp) / "models",
                                       {GPU_MODEL: gpu_kind, CPU_MODEL: "KIND_CPU"}, MAX_BATCH)
         config = ServerConfig(model_repository=repository, grpc_port=0, metrics_port=None)
-        self.loop = asyncio.new_event_loop()
-        started: Future = Future()
-
-        def main() -> None:
-            asyncio.set_event_loop(self.loop)
-
-            async def boot() -> None:
-                server = Server(config)
-                try:
-                    await server.start()
-                except BaseException as exc:
-                    started.set_exception(exc)
-                    return
-                started.set_result(server)
-
-            self.loop.run_until_complete(boot())
-            if started.exception() is None:
-                self.loop.run_forever()
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.close()
-
-        self.thread = threading.Thread(target=main, name="sluice-gpu-serving", daemon=True)
-        self.thread.start()
         try:
-            self.server = started.result(300)  # loading compiles the CUDA kernels
+            # loading compiles the CUDA kernels
+            self.running = start_server(config, start_timeout_s=300)
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
+        self.server = self.running.server
         self.client = Client(f"127.0.0.1:{self.server.port}", timeout=120)
         self.forest = load_tree_model(MODEL_REPOSITORY / "breast_cancer" / "1", "xgboost_json")
 
     def stop(self) -> None:
         self.client.close()
-        asyncio.run_coroutine_threadsafe(self.server.stop(5.0), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
+        self.running.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def expected(self, x: np.ndarray) -> np.ndarray:
@@ -233,20 +207,6 @@ def test_concurrent_requests_are_batched_and_split_correctly():
 
 
 if __name__ == "__main__":
-    if not _enabled():
-        print("no CUDA GPU visible to numba: nothing to run")
-        sys.exit(0)
-    tests = [v for k, v in sorted(globals().items()) if k.startswith("test_") and callable(v)]
-    failed = 0
-    try:
-        for test in tests:
-            try:
-                test()
-                print(f"PASS {test.__name__}")
-            except Exception as exc:  # report every test, then fail the run
-                failed += 1
-                print(f"FAIL {test.__name__}: {type(exc).__name__}: {exc}")
-    finally:
-        teardown_module()
-    print(f"{len(tests) - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    from tests.gpu.runner import run_tests
+
+    run_tests(globals(), _enabled(), teardown_module)

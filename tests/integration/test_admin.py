@@ -18,7 +18,7 @@ import pytest
 
 from clients import AdminClient, Client, InvalidInput, ModelNotFound, ServerError
 from server.cli import main as cli
-from tests.conftest import RunningServer
+from tests.support.running import RunningServer
 from tests.support.shadow_models import CLASSES, FAULT_TABLE, classifier_repo
 
 MODEL = "clf"
