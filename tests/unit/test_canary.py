@@ -28,31 +28,9 @@ from server.core.canary import (
 from server.core.deploy_store import DeploymentStore
 from server.core.router import Route, Router
 from server.errors import InvalidInput, ModelNotFound
+from tests.support.fake_repository import FakeRepository
 
 MODEL = "m"
-
-
-class FakeRepository:
-    """The two lookups the router makes, over versions 1..3 of MODEL."""
-
-    def __init__(self, versions=(1, 2, 3)) -> None:
-        self.versions = {v: SimpleNamespace(name=MODEL, version=v) for v in versions}
-
-    def get(self, name: str, version: str = ""):
-        if name != MODEL:
-            raise ModelNotFound(f"model '{name}' is not loaded")
-        if not version:
-            return self.versions[max(self.versions)]
-        if int(version) not in self.versions:
-            raise ModelNotFound(f"model '{name}' has no version '{version}'")
-        return self.versions[int(version)]
-
-    def ready(self, name: str, version: str = "") -> bool:
-        try:
-            self.get(name, version)
-        except ModelNotFound:
-            return False
-        return True
 
 
 @dataclass
@@ -104,7 +82,7 @@ class Rig:
 
 async def make_rig(tmp_path: Path, *, shadow=None, stable: int = 1, **traffic) -> Rig:
     store = DeploymentStore(tmp_path / "state")
-    router = Router(FakeRepository(), store, rng=random.Random(1))
+    router = Router(FakeRepository({MODEL: [1, 2, 3]}), store, rng=random.Random(1))
     await router.open()
     await router.switch(MODEL, stable, caller="test")
     t = Traffic(router, **traffic)
@@ -245,7 +223,7 @@ async def test_a_canary_resumes_after_a_restart(tmp_path: Path) -> None:
     await rig.canary.close()  # the server stops mid-canary
     assert rig.router.state(MODEL).canary["step"] == 1
 
-    router = Router(FakeRepository(), DeploymentStore(tmp_path / "state"))
+    router = Router(FakeRepository({MODEL: [1, 2, 3]}), DeploymentStore(tmp_path / "state"))
     await router.open()
     await router.model_loaded(MODEL)  # what the server does once the model loaded
     traffic = Traffic(router)

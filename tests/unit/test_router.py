@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import dataclass
 
 import pytest
 
@@ -15,6 +14,7 @@ from server.core.deploy_store import DeploymentStore
 from server.core.router import DeploymentState, Route, Router, ShadowTarget, rendezvous_pick
 from server.deployment_config import parse_deployment
 from server.errors import InvalidInput, ModelLoadError, ModelNotFound
+from tests.support.fake_repository import FakeRepository
 
 KEYS = [f"user-{i}" for i in range(20_000)]
 
@@ -125,34 +125,6 @@ def test_deployment_yaml_errors_name_the_key_and_file(text, needle):
 
 
 # -- the router over a fake repository --------------------------------------------------------
-
-
-@dataclass
-class FakeVersion:
-    name: str
-    version: int
-
-
-class FakeRepository:
-    def __init__(self, versions: dict[str, list[int]]) -> None:
-        self.models = {n: {v: FakeVersion(n, v) for v in vs} for n, vs in versions.items()}
-
-    def get(self, name: str, version: str = "") -> FakeVersion:
-        versions = self.models.get(name)
-        if not versions:
-            raise ModelNotFound(f"model '{name}' is not loaded")
-        if not version:
-            return versions[max(versions)]
-        if not version.isdigit() or int(version) not in versions:
-            raise ModelNotFound(f"model '{name}' has no version '{version}'")
-        return versions[int(version)]
-
-    def ready(self, name: str, version: str = "") -> bool:
-        try:
-            self.get(name, version)
-        except ModelNotFound:
-            return False
-        return True
 
 
 def make_router(tmp_path=None, declared=None) -> Router:
