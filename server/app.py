@@ -38,6 +38,7 @@ from server.core.deploy_store import DeploymentStore
 from server.core.repository import ModelRepository
 from server.core.router import Router
 from server.core.shadow import ShadowMirror
+from server.core.state_sync import DeploymentFollower
 from server.deployment_config import read_deployment
 from server.errors import ModelLoadError, SluiceError
 from server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
@@ -83,6 +84,8 @@ class Server:
             self.repository.find, window_s=config.latency_window_s
         )
         self.canary = CanaryController(self.router)
+        #: Serves deployment changes other processes (``--workers``) persist to the state dir.
+        self.follower = DeploymentFollower(self.router, self.store)
         self.metrics.register(ArmCollector(self.router.all_arm_stats))
         self.metrics.register(ShadowCollector(self.router.shadow.reports))
         self.metrics.register(CanaryCollector(self.router.models, self.router.state))
@@ -152,6 +155,7 @@ class Server:
             else self.repository.available_names()
         )
         await self._load_all(names)
+        self.follower.start()  # its first poll catches up on changes made while models loaded
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -162,7 +166,9 @@ class Server:
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             self.servicer, self._grpc
         )
-        add_admin_service(self._grpc, self.router, self.router.shadow, self.canary)
+        add_admin_service(
+            self._grpc, self.router, self.router.shadow, self.canary, self.follower
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (_SERVICE, _ADMIN, reflection.SERVICE_NAME), self._grpc, POOL
@@ -195,6 +201,7 @@ class Server:
             log.warning("%d requests still in flight after %.1fs", self.servicer.in_flight, grace)
         if self._grpc is not None:
             await self._grpc.stop(max(0.5, deadline - time.monotonic()))
+        await self.follower.close()
         await self.canary.close()
         if self.router.shadow is not None:
             await self.router.shadow.close()  # before the candidates it feeds are closed

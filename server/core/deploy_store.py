@@ -18,20 +18,30 @@ so nothing is lost for a post-mortem), an error naming the file and the problem 
 the last good copy (``deployments.previous.json``) becomes current again. Only when that copy is
 unusable as well does loading fail with :class:`DeploymentStateError`.
 
+Several processes may share one directory (``sluice serve --workers N``). Writers serialize on
+an advisory lock (``fcntl.flock`` of ``deployments.lock``): a save re-reads the file under the
+lock and replaces only its own model's entry, so no process loses another's change, and with
+``expect`` it refuses (:class:`DeploymentConflict`) a change computed from a state that another
+process has replaced meanwhile. Readers take no lock (the file is only ever replaced whole),
+except to set a corrupt file aside, so two processes never both "restore" it. Audit records are
+appended under the same lock, each as one ``write`` to an ``O_APPEND`` descriptor. Other
+processes notice saves through :meth:`DeploymentStore.signature` (see
+:mod:`server.core.state_sync`).
+
 Every method blocks on file I/O: call them through ``asyncio.to_thread`` from the event loop.
-A lock makes concurrent saves from several threads safe; several *processes* sharing one
-directory are not coordinated (the last writer wins, each write still whole).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +61,17 @@ class DeploymentStateError(SluiceError):
     """The persisted deployment state cannot be used; the message names the file and why."""
 
     code = Code.FAILED_PRECONDITION
+
+
+class DeploymentConflict(SluiceError):
+    """Another process changed the model's deployment after this one read it; nothing was
+    written. ``current`` is the model's entry on disk now (None: it has none)."""
+
+    code = Code.FAILED_PRECONDITION
+
+    def __init__(self, message: str, current: StoredDeployment | None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,16 +114,17 @@ class DeploymentStore:
     FILE = "deployments.json"
     PREVIOUS = "deployments.previous.json"
     AUDIT = "audit.jsonl"
+    LOCK = "deployments.lock"
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / self.FILE
         self.previous_path = self.state_dir / self.PREVIOUS
         self.audit_path = self.state_dir / self.AUDIT
+        self.lock_path = self.state_dir / self.LOCK
         #: The last refusal (file and problem), or None; for status pages and tests.
         self.problem: str | None = None
         self._lock = threading.Lock()
-        self._entries: dict[str, StoredDeployment] | None = None
 
     def load_all(self) -> dict[str, StoredDeployment]:
         """Every model's persisted entry (empty when nothing was ever saved).
@@ -111,8 +133,14 @@ class DeploymentStore:
         good copy; the message names both files and what is wrong with them.
         """
         with self._lock:
-            self._entries = self._read()
-            return dict(self._entries)
+            try:  # no file lock needed: the file is only ever replaced whole
+                return _parse(self.path)
+            except FileNotFoundError:
+                return {}
+            except ValueError:
+                pass
+            with self._file_lock():  # setting a corrupt file aside writes: one process at a time
+                return self._read()
 
     def load(self) -> dict[str, DeploymentState]:
         """The current state of every persisted model (see :meth:`load_all`)."""
@@ -125,18 +153,39 @@ class DeploymentStore:
         *,
         history: tuple[DeploymentState, ...] = (),
         yaml_sha256: str | None = None,
+        expect: DeploymentState | None = None,
     ) -> None:
-        """Persist ``model``'s entry atomically (the previous document becomes the last good
-        copy). On an OSError nothing on disk changed and the error propagates."""
+        """Persist ``model``'s entry atomically. Under the directory's file lock the document is
+        read again (other processes may have saved since), only ``model``'s entry is replaced,
+        and the document read becomes the last good copy.
+
+        With ``expect``, raise DeploymentConflict and write nothing unless ``model``'s state on
+        disk is still ``expect`` (a model without an entry has the empty state). On an OSError
+        nothing on disk changed and the error propagates."""
         entry = StoredDeployment(state, tuple(history[:HISTORY_LIMIT]), yaml_sha256)
-        with self._lock:
-            if self._entries is None:
-                self._entries = self._read()
-            updated = {**self._entries, model: entry}
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.previous_path, _document(self._entries))
-            _write_atomic(self.path, _document(updated))
-            self._entries = updated
+        with self._lock, self._file_lock():
+            current = self._read()
+            found = current.get(model)
+            if expect is not None and expect.to_json() != (
+                found.state if found is not None else DeploymentState()
+            ).to_json():
+                raise DeploymentConflict(
+                    f"model '{model}': its deployment was changed by another server process "
+                    "meanwhile; this process has loaded the new state now: retry the change",
+                    found,
+                )
+            _write_atomic(self.previous_path, _document(current))
+            _write_atomic(self.path, _document({**current, model: entry}))
+
+    def signature(self) -> tuple[int, int, int] | None:
+        """(inode, size, mtime in ns) of ``deployments.json``, None when it does not exist.
+        Every save replaces the file, so a save by any process changes it (mtime has the file
+        system's coarse granularity: see :mod:`server.core.state_sync` for the racy case)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def audit(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """Append ``record`` (model, action, caller, reason, before, after, ...) to audit.jsonl
@@ -149,13 +198,18 @@ class DeploymentStore:
             "unix": round(now, 6),
             **record,
         }
-        text = json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n"
-        with self._lock:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.audit_path, "a", encoding="utf-8") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
+        data = memoryview((json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
+                          .encode("utf-8"))
+        # The file lock orders records between Sluice processes; O_APPEND puts each at the end
+        # of the file even if something else (a human, a rotation tool) wrote to it.
+        with self._lock, self._file_lock():
+            fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                while data:  # one write() but for a short write (disk full, signal)
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return line
 
     def read_audit(self) -> list[dict[str, Any]]:
@@ -172,7 +226,20 @@ class DeploymentStore:
 
     # -- internals ----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """Hold the directory's advisory lock (creating the directory and the lock file). Every
+        process that writes the state or the audit log holds it while it does."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock (also if this process dies)
+
     def _read(self) -> dict[str, StoredDeployment]:
+        """The entries on disk, a corrupt file set aside. Call with the file lock held."""
         if not self.path.exists():
             return {}
         try:

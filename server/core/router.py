@@ -14,7 +14,10 @@ arm while weights are unchanged, and changing weights moves only the keys that m
 Changes (:meth:`Router.change` and the helpers built on it) run one at a time per model: validate
 (every version named is loaded, weights > 0, samples in (0, 1]) -> persist atomically -> append
 the audit record -> swap the table. The state replaced is pushed on a persisted history stack,
-so :meth:`Router.rollback` returns to it in one call.
+so :meth:`Router.rollback` returns to it in one call. Under ``--workers N`` every process has
+its own router over one state directory: a change computed from a state another process has
+replaced meanwhile is refused (DeploymentConflict; the new state is adopted, so a retry works),
+and :mod:`server.core.state_sync` makes each router :meth:`Router.adopt` the others' changes.
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from server.core.arm_stats import ArmStats, EpochStats
-from server.core.deploy_store import HISTORY_LIMIT, DeploymentStore, StoredDeployment
+from server.core.deploy_store import (
+    HISTORY_LIMIT,
+    DeploymentConflict,
+    DeploymentStore,
+    StoredDeployment,
+)
 from server.core.deployment import DeploymentState, Route, ShadowTarget, check_alias
 from server.core.model import ModelVersion
 from server.core.repository import ModelRepository
@@ -85,6 +93,8 @@ class Router:
         self._tables: dict[str, RoutingTable] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._stats: dict[str, dict[str, ArmStats]] = {}
+        #: Bumped whenever an entry is replaced (a change, or adopting another process's).
+        self.revision = 0
 
     async def open(self) -> None:
         """Read the persisted state (before models load). Raises DeploymentStateError when it
@@ -276,6 +286,8 @@ class Router:
                     await self._apply(name, "apply_deployment_yaml", new,
                                       caller="deployment.yaml", reason="deployment.yaml changed",
                                       digest=digest)
+            except DeploymentConflict:
+                pass  # another worker applied it first, and _apply adopted its state
             except SluiceError:
                 self._fall_back(name, entry)
                 raise
@@ -291,6 +303,29 @@ class Router:
                 self._swap(name, entry.state)
                 return
         self._tables.pop(name, None)
+
+    def adopt(self, name: str, entry: StoredDeployment | None) -> None:
+        """Take ``entry`` (None: no state), persisted and audited by another process, as
+        ``name``'s; serve its state if it differs and can be served here, else log why and keep
+        serving what was served. Synchronous, so it cannot interleave with a change's swap."""
+        old = self._entries.get(name)
+        if old == entry:
+            return
+        self.revision += 1
+        if entry is None:
+            self._entries.pop(name, None)
+        else:
+            self._entries[name] = entry
+        state = entry.state if entry is not None else DeploymentState()
+        if (old is not None and old.state == state) or not self._repo.ready(name):
+            return  # a model not served here gets its state from model_loaded
+        try:
+            self._validate(name, state)
+        except SluiceError as exc:
+            log.error("model '%s': deployment changed by another process not applied here: %s",
+                      name, exc.message)
+            return
+        self._swap(name, state)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -368,8 +403,13 @@ class Router:
         history = history[:HISTORY_LIMIT]
         yaml_sha: str | None = entry.yaml_sha256 if digest is _KEEP else digest
         if self._store is not None:
-            await asyncio.to_thread(self._store.save, name, new, history=history,
-                                    yaml_sha256=yaml_sha)
+            try:
+                await asyncio.to_thread(self._store.save, name, new, history=history,
+                                        yaml_sha256=yaml_sha, expect=old)
+            except DeploymentConflict as exc:
+                self.adopt(name, exc.current)
+                raise
+        self.revision += 1
         self._entries[name] = StoredDeployment(new, history, yaml_sha)
         try:
             if self._store is not None:

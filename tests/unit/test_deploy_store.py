@@ -1,15 +1,24 @@
-"""DeploymentStore: atomic saves, a refused corrupt file keeps the last good state, audit log."""
+"""DeploymentStore: atomic saves, a refused corrupt file keeps the last good state, audit log;
+several processes (stores, routers and followers) over one state directory."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
 from server.core import deploy_store
-from server.core.deploy_store import DeploymentStateError, DeploymentStore
+from server.core.deploy_store import DeploymentConflict, DeploymentStateError, DeploymentStore
 from server.core.deployment import DeploymentState, Route
+from server.core.router import Router
+from server.core.state_sync import DeploymentFollower
+from server.errors import ModelNotFound
 
 A = DeploymentState(aliases=(("stable", 1),), routes=(Route("stable", 1, 1.0),))
 B = DeploymentState(aliases=(("stable", 2),), routes=(Route("stable", 2, 1.0),))
@@ -97,3 +106,148 @@ def test_audit_appends_one_json_line_per_record(tmp_path):
     assert first["time"].endswith("Z") and isinstance(first["unix"], float)
     assert first["after"]["aliases"] == {"stable": 2} and first["caller"] == "alice"
     assert [r["action"] for r in store.read_audit()] == ["switch", "rollback"]
+
+
+# -- several processes over one state directory (two stores in one process stand in for them) --
+
+
+def test_saves_of_two_stores_keep_each_others_models(tmp_path):
+    first, second = DeploymentStore(tmp_path), DeploymentStore(tmp_path)
+    assert first.load() == {} and second.load() == {}  # both read before either wrote
+    first.save("m", A)
+    second.save("other", B)  # re-reads under the lock: "m" survives
+    first.save("third", A)
+    assert DeploymentStore(tmp_path).load() == {"m": A, "other": B, "third": A}
+    assert json.loads(first.previous_path.read_text())["models"].keys() == {"m", "other"}
+
+
+def test_concurrent_saves_and_audits_from_many_threads_and_stores_lose_nothing(tmp_path):
+    stores = [DeploymentStore(tmp_path) for _ in range(4)]
+
+    def work(i: int) -> None:
+        store = stores[i % len(stores)]
+        store.save(f"model{i}", A if i % 2 else B)
+        store.audit({"model": f"model{i}", "action": "set", "pad": "x" * 20_000})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(32)))
+    assert DeploymentStore(tmp_path).load() == {f"model{i}": A if i % 2 else B for i in range(32)}
+    records = stores[0].read_audit()  # every line whole: none torn, none interleaved
+    assert sorted(r["model"] for r in records) == sorted(f"model{i}" for i in range(32))
+    assert len(stores[0].audit_path.read_text().splitlines()) == 32
+
+
+def test_a_save_from_a_stale_state_is_refused_and_names_the_current_one(tmp_path):
+    first, second = DeploymentStore(tmp_path), DeploymentStore(tmp_path)
+    first.save("m", A, expect=DeploymentState())
+    before = first.path.read_bytes()
+    with pytest.raises(DeploymentConflict) as info:
+        second.save("m", B, expect=DeploymentState())  # computed before "m" became A
+    assert info.value.current is not None and info.value.current.state == A
+    assert "another server process" in info.value.message
+    assert first.path.read_bytes() == before
+    second.save("m", B, history=(A,), expect=A)
+    assert DeploymentStore(tmp_path).load() == {"m": B}
+
+
+class OneModel:
+    """A repository serving model "m" versions 1..3 (what Router asks of one)."""
+
+    def get(self, name: str, version: str = "") -> SimpleNamespace:
+        if name != "m" or version not in ("", "1", "2", "3"):
+            raise ModelNotFound(f"model '{name}' has no version '{version}'")
+        return SimpleNamespace(name=name, version=int(version or 3))
+
+    def ready(self, name: str, version: str = "") -> bool:
+        return name == "m" and version in ("", "1", "2", "3")
+
+
+async def worker(state_dir, interval_s: float = 0.05) -> tuple[Router, DeploymentFollower]:
+    """One worker's router and follower over ``state_dir``, opened and serving "m"."""
+    store = DeploymentStore(state_dir)
+    router = Router(OneModel(), store, rng=random.Random(1))  # type: ignore[arg-type]
+    await router.open()
+    await router.model_loaded("m")
+    follower = DeploymentFollower(router, store, interval_s=interval_s)
+    follower.start()
+    return router, follower
+
+
+def served(router: Router) -> int:
+    return router.resolve("m", "", None)[0].version
+
+
+async def until(condition, timeout_s: float = 3.0) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout_s, "not within the time allowed"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+async def test_a_router_serves_another_processes_change_after_its_next_poll(tmp_path):
+    (a, follow_a), (b, follow_b) = await worker(tmp_path), await worker(tmp_path)
+    try:
+        assert served(a) == served(b) == 3
+        await a.switch("m", 2, caller="alice")
+        assert served(a) == 2
+        assert await until(lambda: served(b) == 2) < 1.0  # a poll is every 0.05 s here
+        assert b.state("m") == a.state("m") and b.history("m") == a.history("m")
+        # b changes next, from the state it follows now; a follows back
+        await b.set_routes("m", {"1": 50, "stable": 50}, caller="bob")
+        await until(lambda: a.state("m") == b.state("m"))
+        assert {a.resolve("m", "", None)[1] for _ in range(200)} == {"v1", "stable"}
+        await a.rollback("m", caller="alice")
+        await until(lambda: b.state("m").routes == (Route("stable", 2, 1.0),))
+        # each change audited once, by the process that made it
+        assert [(r["action"], r["caller"]) for r in DeploymentStore(tmp_path).read_audit()] == [
+            ("switch", "alice"), ("set_routes", "bob"), ("rollback", "alice")]
+    finally:
+        await follow_a.close()
+        await follow_b.close()
+
+
+async def test_a_change_from_a_stale_view_is_refused_and_the_retry_works(tmp_path):
+    (a, follow_a), (b, follow_b) = await worker(tmp_path), await worker(tmp_path)
+    await follow_b.close()  # b does not poll: its view stays stale
+    try:
+        await a.switch("m", 1, caller="alice")
+        assert served(b) == 3
+        with pytest.raises(DeploymentConflict):
+            await b.switch("m", 2, caller="bob")
+        assert served(b) == 1 and b.state("m") == a.state("m")  # adopted what a wrote
+        await b.switch("m", 2, caller="bob")
+        await until(lambda: served(a) == 2)
+        assert [r["caller"] for r in DeploymentStore(tmp_path).read_audit()] == ["alice", "bob"]
+    finally:
+        await follow_a.close()
+
+
+def replace(path, text: str) -> None:
+    """Write ``path`` whole at once, as a process (even a broken one) saving it would."""
+    path.with_suffix(".new").write_text(text)
+    os.replace(path.with_suffix(".new"), path)
+
+
+async def test_a_corrupt_file_from_another_process_is_set_aside_and_followers_keep_serving(
+    tmp_path, caplog
+):
+    (a, follow_a), (b, follow_b) = await worker(tmp_path), await worker(tmp_path)
+    try:
+        await a.switch("m", 1, caller="alice")
+        await a.switch("m", 2, caller="alice")
+        await until(lambda: served(b) == 2)
+        replace(tmp_path / "deployments.json", "{torn")
+        # the last good copy (before the last save) comes back, once, for every worker
+        await until(lambda: served(a) == served(b) == 1)
+        assert len(list(tmp_path.glob("deployments.json.corrupt-*"))) == 1
+        assert "not valid JSON" in caplog.text
+        # with no usable copy left, both keep serving what they serve and say why, once
+        replace(tmp_path / "deployments.previous.json", "bad")
+        replace(tmp_path / "deployments.json", "{torn")
+        await asyncio.sleep(0.3)
+        assert served(a) == served(b) == 1
+        assert caplog.text.count("deployment state not followed") == 2
+    finally:
+        await follow_a.close()
+        await follow_b.close()
