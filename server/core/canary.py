@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from server.core.deploy_store import DeploymentConflict
 from server.core.deployment import DeploymentState, Route
 from server.core.router import EpochStats
 from server.errors import Code, InvalidInput, SluiceError
@@ -294,7 +295,12 @@ class CanaryController:
                 async with self.guard(name):
                     if self._record(name, cid) != record:
                         continue  # changed while judging: follow the new state
-                    await self._act(name, record, *verdict)
+                    try:
+                        await self._act(name, record, *verdict)
+                    except DeploymentConflict:
+                        # another worker's driver (or an admin change there) moved first; the
+                        # router adopted its state: follow it rather than roll back a good step
+                        continue
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never leave a half-rolled-out candidate unattended

@@ -30,6 +30,7 @@ from server.core.canary import (
 from server.core.deployment import DeploymentState, ShadowTarget
 from server.core.router import Router
 from server.core.shadow import ShadowMirror
+from server.core.state_sync import DeploymentFollower
 from server.errors import InvalidInput, ModelNotFound, Unimplemented
 from server.protocol.status import fail
 
@@ -52,11 +53,14 @@ class AdminServicer(pb_grpc.AdminServicer):
 
     def __init__(
         self, router: Router, shadow: ShadowMirror | None = None,
-        canary: CanaryController | None = None,
+        canary: CanaryController | None = None, follower: DeploymentFollower | None = None,
     ) -> None:
+        """``follower`` (under ``--workers``): brought up to date with the other workers'
+        changes before a change is judged, so it is not refused as computed from a stale view."""
         self._router = router
         self._given_shadow = shadow
         self._canary = canary
+        self._follower = follower
 
     @property
     def _shadow(self) -> ShadowMirror | None:
@@ -73,6 +77,8 @@ class AdminServicer(pb_grpc.AdminServicer):
         for the controller's own methods, which take it) and answer with the deployment."""
         try:
             self._check_model(model)
+            if change is not None and self._follower is not None:
+                await self._follower.check()
             if change is not None:
                 # Serialized with the canary's own changes, so a check such as "no canary
                 # runs" still holds when the change lands.
@@ -319,9 +325,9 @@ def _comparison(report: Any) -> pb.ShadowComparison:
 
 def add_admin_service(
     server: grpc.aio.Server, router: Router, shadow: ShadowMirror | None,
-    canary: CanaryController | None,
+    canary: CanaryController | None, follower: DeploymentFollower | None = None,
 ) -> AdminServicer:
     """Register the Admin service on ``server``; returns the servicer."""
-    servicer = AdminServicer(router, shadow, canary)
+    servicer = AdminServicer(router, shadow, canary, follower)
     pb_grpc.add_AdminServicer_to_server(servicer, server)
     return servicer

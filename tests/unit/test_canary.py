@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +26,7 @@ from server.core.canary import (
     CanaryController,
     CanaryGates,
 )
-from server.core.deploy_store import DeploymentStore
+from server.core.deploy_store import DeploymentConflict, DeploymentStore
 from server.core.router import Route, Router
 from server.errors import InvalidInput, ModelNotFound
 from tests.support.fake_repository import FakeRepository
@@ -58,6 +59,15 @@ class Traffic:
         await asyncio.sleep(0)
 
 
+async def until(condition, limit_s: float = 30.0) -> None:
+    """Run the loop until ``condition()`` holds (bounded in real time: state writes run on
+    worker threads, which take many loop passes on a busy machine)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0)
+
+
 @dataclass
 class Rig:
     router: Router
@@ -68,9 +78,12 @@ class Rig:
     def actions(self) -> list[str]:
         return [r["action"] for r in self.store.read_audit()]
 
-    async def finished(self, limit: int = 20_000) -> dict:
-        """Run the loop until the canary is no longer running; its final status."""
-        for _ in range(limit):
+    async def finished(self, limit_s: float = 30.0) -> dict:
+        """Run the loop until the canary is no longer running; its final status. Bounded in
+        real time, not loop passes: each change writes the state file on a worker thread, and
+        on a busy machine that takes many passes."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
             status = self.canary.status(MODEL)
             if status is not None and status["state"] != RUNNING:
                 # The driver ends once its last change is persisted and audited.
@@ -109,6 +122,26 @@ async def test_steps_advance_and_the_candidate_is_promoted(tmp_path: Path) -> No
     assert "step 100% passed" in audit[-1]["reason"]
     # Each step spent its interval: three steps of 10 s.
     assert 30.0 <= rig.traffic.now < 31.0
+    await rig.canary.close()
+
+
+async def test_a_conflicting_change_from_another_worker_is_followed_not_rolled_back(
+    tmp_path: Path,
+) -> None:
+    rig = await make_rig(tmp_path, rate=50)
+    change, refused = rig.router.change, []
+
+    async def racing(name, action, new, **kw):  # another worker wrote first, once
+        if action == "canary_step" and not refused:
+            refused.append(action)
+            raise DeploymentConflict(f"model {name!r}: changed by another process", None)
+        return await change(name, action, new, **kw)
+
+    rig.router.change = racing
+    await rig.canary.start(MODEL, 2, steps=(10, 100), interval_s=10.0)
+    final = await rig.finished()
+    assert refused and final["state"] == PROMOTED, final
+    assert "canary_rollback" not in rig.actions()
     await rig.canary.close()
 
 
@@ -182,9 +215,8 @@ async def test_abort_sends_traffic_back_and_a_second_start_is_refused(tmp_path: 
     assert rig.actions()[-1] == "canary_abort"
     with pytest.raises(CanaryConflict, match="no running canary"):
         await rig.canary.abort(MODEL)
-    for _ in range(10):  # the driver ends on its next tick
-        await asyncio.sleep(0)
-    assert not rig.canary._drivers and rig.actions()[-1] == "canary_abort"
+    await until(lambda: not rig.canary._drivers)  # the driver ends on its next tick
+    assert rig.actions()[-1] == "canary_abort"
 
 
 async def test_a_manual_rollback_stops_the_driver(tmp_path: Path) -> None:
@@ -193,9 +225,7 @@ async def test_a_manual_rollback_stops_the_driver(tmp_path: Path) -> None:
     async with rig.canary.guard(MODEL):  # as the admin service does
         await rig.router.rollback(MODEL, caller="ops")  # back to before the canary
         rig.canary.sync(MODEL)
-    for _ in range(50):
-        await asyncio.sleep(0)
-    assert not rig.canary._drivers
+    await until(lambda: not rig.canary._drivers)
     assert rig.actions() == ["switch", "canary_start", "rollback"]
     assert rig.router.state(MODEL).routes == (Route("stable", 1, 1.0),)
 
@@ -216,10 +246,7 @@ async def test_a_rollback_to_a_running_step_resumes_driving_it(tmp_path: Path) -
 async def test_a_canary_resumes_after_a_restart(tmp_path: Path) -> None:
     rig = await make_rig(tmp_path)
     await rig.canary.start(MODEL, 2, steps=(10, 50, 100), interval_s=10.0)
-    for _ in range(1000):
-        if rig.canary.status(MODEL)["step"] == 1:
-            break
-        await asyncio.sleep(0)
+    await until(lambda: rig.canary.status(MODEL)["step"] == 1)
     await rig.canary.close()  # the server stops mid-canary
     assert rig.router.state(MODEL).canary["step"] == 1
 
