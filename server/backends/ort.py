@@ -104,6 +104,8 @@ class OrtBackend:
         if params.get("allow_spinning", "").lower() not in ("1", "true", "yes"):
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self._path, self._providers = path, providers
+        self._background: ort.InferenceSession | None = None
         try:
             self._sessions = [
                 ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -158,6 +160,22 @@ class OrtBackend:
         results = self._sessions[instance].run(self._output_names, inputs)
         return dict(zip(self._output_names, results, strict=True))
 
+    def run_background(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Compute on a session of its own with one thread, the caller's (ORT adds none), so
+        the caller's OS priority is the work's priority: shadow copies run here, on a
+        low-priority thread. Made on first use (the model's memory once more); one caller."""
+        if self._background is None:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._background = ort.InferenceSession(
+                str(self._path), sess_options=options, providers=self._providers
+            )
+        results = self._background.run(self._output_names, inputs)
+        return dict(zip(self._output_names, results, strict=True))
+
     def warmup(self, config: ModelConfig) -> None:
         sizes = {1, max(config.max_batch_size, 1)}
         for instance in range(self.instance_count):
@@ -166,3 +184,4 @@ class OrtBackend:
 
     def close(self) -> None:
         self._sessions.clear()
+        self._background = None

@@ -69,9 +69,14 @@ class DynamicBatcher:
         codel: CoDel | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
+        background_run: RunFn | None = None,
     ) -> None:
+        """``background_run``, when given, computes the batches made only of the lowest level
+        (shadow copies) instead of ``run``: at low OS priority, so they never take CPU time
+        that live batches could use."""
         self.name = name
         self._run = run
+        self._background_run = background_run
         self._instances = instances
         #: 0 means unbatched: every request runs alone, shapes as sent.
         self._max_batch = max_batch_size
@@ -351,7 +356,12 @@ class DynamicBatcher:
         try:
             inputs = self._gather(batch)
             gathered = self._clock()
-            outputs = await self._run(index, inputs)
+            run = self._run
+            if self._background_run is not None and all(
+                item.level == self.queue.levels for item in batch
+            ):
+                run = self._background_run
+            outputs = await run(index, inputs)
             run_done = self._clock()
             self._scatter(batch, outputs, rows)
             failed = False

@@ -23,6 +23,8 @@ from server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_
 
 #: Response parameter naming the "model:version" that answered, on models with a fallback.
 ANSWERED_BY = "sluice_answered_by"
+#: OS nice value of the thread that computes shadow-only batches (19: the lowest priority).
+BACKGROUND_NICE = 19
 
 
 class ModelVersion:
@@ -68,7 +70,11 @@ class ModelVersion:
             codel=policy.codel(),
             clock=clock,
             observer=stats.on_batch,
+            background_run=self._run_background
+            if callable(getattr(backend, "run_background", None)) else None,
         )
+        #: Runs shadow-only batches at the lowest OS priority; started on first use.
+        self._background: InstanceThread | None = None
         self.admission = Admission(label, policy, self._batcher, budget=inflight)
         self._fallback = fallback
         self._label = label
@@ -171,7 +177,8 @@ class ModelVersion:
     async def close(self) -> None:
         """Drain queued requests, then free the executors and the backend."""
         await self._batcher.close()
-        for thread in self._threads:
+        threads = [*self._threads, *([self._background] if self._background else [])]
+        for thread in threads:
             await asyncio.to_thread(thread.close)
         self.backend.close()
 
@@ -184,6 +191,15 @@ class ModelVersion:
     async def _run(self, instance: int, inputs: Arrays) -> Arrays:
         assert self._loop is not None, "ModelVersion used before start()"
         return await self._threads[instance].run(self._loop, self.backend.run, instance, inputs)
+
+    async def _run_background(self, instance: int, inputs: Arrays) -> Arrays:
+        """A batch of shadow copies only: the backend's single-threaded background path, on
+        a thread at the lowest OS priority (nice 19), so live batches keep the cores."""
+        assert self._loop is not None, "ModelVersion used before start()"
+        if self._background is None:
+            self._background = InstanceThread(f"{self._label}.shadow", nice=BACKGROUND_NICE)
+        run = self.backend.run_background  # type: ignore[attr-defined]
+        return await self._background.run(self._loop, run, inputs)
 
     def _check_inputs(self, inputs: Arrays) -> tuple[Arrays, int]:
         name = self.config.name

@@ -9,6 +9,8 @@ small models. The model runs on this thread, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -29,14 +31,24 @@ def settle(future: asyncio.Future[Any], result: Any = None, error: BaseException
 
 
 class InstanceThread:
-    """A daemon thread running submitted calls one at a time, in order."""
+    """A daemon thread running submitted calls one at a time, in order.
 
-    def __init__(self, name: str) -> None:
+    ``nice`` > 0 lowers this thread's OS scheduling priority (Linux: a thread's own nice
+    value), for background work such as shadow copies: when it competes for a core with the
+    threads serving live traffic, the kernel gives them nearly all of it. Best effort: where
+    the OS refuses, the thread runs at normal priority.
+    """
+
+    def __init__(self, name: str, *, nice: int = 0) -> None:
         self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._nice = nice
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
     def _main(self) -> None:
+        if self._nice:
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
         while (job := self._jobs.get()) is not None:
             loop, future, fn, args = job
             try:

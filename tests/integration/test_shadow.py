@@ -5,8 +5,10 @@ overload shadow work is shed while every live request is answered."""
 from __future__ import annotations
 
 import json
+import threading
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -100,6 +102,10 @@ def test_callers_see_live_only_and_agreement_is_the_hand_computed_one(clf_server
     assert report.max_abs_diff == diff.max()
     assert report.within_tolerance == (diff.max(axis=1) <= 0.3).mean()
     json.dumps(report.to_json())
+    # the candidate computed the copies on its background thread, at the lowest OS priority
+    [thread] = [t for t in threading.enumerate() if t.name == "clf:2.shadow"]
+    stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+    assert int(stat.rsplit(")", 1)[1].split()[16]) == 19  # field 19: nice
 
 
 def test_a_failing_candidate_never_fails_a_caller(clf_server):

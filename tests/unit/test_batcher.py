@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -279,3 +281,51 @@ async def test_observer_sees_every_batch(backend):
     await batcher.close()
     assert len(reports) == 1 and reports[0].rows == 3 and not reports[0].failed
     assert reports[0].run_s >= 0 and len(reports[0].queue_s) == 1
+
+
+async def test_shadow_only_batches_run_on_the_background_path(backend):
+    """With levels 1..2, level 2 is the lowest (the shadow level): batches made only of it go to
+    ``background_run``; a batch holding any level-1 request runs as usual."""
+    background: list[int] = []
+
+    async def run_background(instance, inputs):
+        background.append(inputs["x"].shape[0])
+        return {"y": inputs["x"] * 2}
+
+    batcher = make(backend, max_batch_size=8, levels=2, background_run=run_background)
+    backend.gate = asyncio.Event()
+
+    def submit(tag: float, level: int) -> asyncio.Task:
+        return asyncio.create_task(batcher.submit({"x": rows(tag)}, 1, level=level))
+
+    first = submit(0, 1)  # holds the instance while the next ones queue
+    await settle_loop()
+    shadow = [submit(1, 2), submit(2, 2)]
+    await settle_loop()
+    backend.gate.set()
+    await asyncio.gather(first, *shadow)
+    backend.gate = asyncio.Event()
+    blocker = submit(5, 1)
+    await settle_loop()
+    mixed = [submit(3, 1), submit(4, 2)]
+    await settle_loop()
+    backend.gate.set()
+    await asyncio.gather(blocker, *mixed)
+    assert background == [2]  # the two shadow requests, together; the mixed batch did not go
+    await batcher.close()
+
+
+def test_a_background_thread_runs_at_the_lowest_os_priority():
+    from server.core.worker import InstanceThread
+
+    async def main():
+        thread = InstanceThread("bg", nice=19)
+        try:
+            loop = asyncio.get_running_loop()
+            return await thread.run(
+                loop, lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            )
+        finally:
+            thread.close(5)
+
+    assert asyncio.run(main()) == 19
