@@ -92,6 +92,10 @@ class DynamicBatcher:
         self._codel = codel
         self._busy = 0
         self._wake = asyncio.Event()
+        #: Set while nothing is queued or computing: background work (shadow copies of this
+        #: version's requests) waits for it, so it runs in this version's idle time.
+        self.idle = asyncio.Event()
+        self.idle.set()
         self._workers: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -151,6 +155,7 @@ class DynamicBatcher:
         future: asyncio.Future[Arrays] = self._loop.create_future()
         batched = self._max_batch > 0
         signature = tuple((k, v.shape[1:] if batched else v.shape) for k, v in inputs.items())
+        self.idle.clear()
         self.queue.push(QueueItem(
             inputs, rows, signature, future, deadline, now,
             level=level, nbytes=nbytes, expire=expire,
@@ -225,6 +230,8 @@ class DynamicBatcher:
                 await self._execute(index, batch)
             finally:
                 self._busy -= 1
+                if not self._busy and not self.queue:
+                    self.idle.set()
 
     async def _next_batch(self) -> list[QueueItem] | None:
         while True:

@@ -23,8 +23,6 @@ from server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_
 
 #: Response parameter naming the "model:version" that answered, on models with a fallback.
 ANSWERED_BY = "sluice_answered_by"
-#: OS nice value of the thread that computes shadow-only batches (19: the lowest priority).
-BACKGROUND_NICE = 19
 
 
 class ModelVersion:
@@ -94,6 +92,11 @@ class ModelVersion:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._batcher.start()
+
+    @property
+    def idle(self) -> asyncio.Event:
+        """Set while this version has nothing queued or computing."""
+        return self._batcher.idle
 
     def queue_stats(self) -> dict[str, float]:
         return self._batcher.stats()
@@ -194,10 +197,10 @@ class ModelVersion:
 
     async def _run_background(self, instance: int, inputs: Arrays) -> Arrays:
         """A batch of shadow copies only: the backend's single-threaded background path, on
-        a thread at the lowest OS priority (nice 19), so live batches keep the cores."""
+        a thread at the lowest OS priority (SCHED_IDLE), so live batches keep the cores."""
         assert self._loop is not None, "ModelVersion used before start()"
         if self._background is None:
-            self._background = InstanceThread(f"{self._label}.shadow", nice=BACKGROUND_NICE)
+            self._background = InstanceThread(f"{self._label}.shadow", background=True)
         run = self.backend.run_background  # type: ignore[attr-defined]
         return await self._background.run(self._loop, run, inputs)
 

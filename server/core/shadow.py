@@ -17,6 +17,7 @@ Everything here but the comparison thread runs on the event loop thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 #: Distinct "live->shadow" flip keys kept per pair of versions; the rest count under "other".
 MAX_FLIP_KEYS = 1024
 #: Pairs compared per hop to the comparison thread (amortises the hand-off).
-_CHUNK = 64
+_CHUNK = 8
 
 
 @dataclass
@@ -141,7 +142,7 @@ class ShadowMirror:
 
     def __init__(
         self, lookup: Callable[[str, int], ModelVersion | None], *, max_queue: int = 256,
-        max_inflight: int = 16, shadow_timeout_s: float = 1.0, tolerance: float = 1e-4,
+        max_inflight: int = 4, shadow_timeout_s: float = 1.0, tolerance: float = 1e-4,
         window_s: float = 60.0, rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -199,7 +200,9 @@ class ShadowMirror:
                 pairing.shed += 1
                 continue
             pair = _Pair(pairing)
-            self._queue.put_nowait((candidate, self._copy(request, target.version), pair))
+            self._queue.put_nowait(
+                (candidate, self._copy(request, target.version), pair, live.idle)
+            )
             pairs.append(pair)
         if not pairs:
             return None
@@ -307,16 +310,23 @@ class ShadowMirror:
     async def _work(self) -> None:
         queue = self._queue
         while True:
-            candidate, copy, pair = await queue.get()
+            candidate, copy, pair, live_idle = await queue.get()
             try:
-                await self._run_copy(candidate, copy, pair)
+                await self._run_copy(candidate, copy, pair, live_idle)
             except Exception:  # our bug: lose this pair, keep the worker
                 log.exception("shadow copy to %s failed", candidate.name)
             finally:
                 queue.task_done()
 
-    async def _run_copy(self, candidate: ModelVersion, copy: InferRequest, pair: _Pair) -> None:
+    async def _run_copy(
+        self, candidate: ModelVersion, copy: InferRequest, pair: _Pair, live_idle: asyncio.Event,
+    ) -> None:
         pairing = pair.pairing
+        if not live_idle.is_set() and copy.deadline is not None:
+            # Shadow work uses the live version's idle time only: wait for it to have nothing
+            # queued or computing (the copy's deadline bounds the wait).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live_idle.wait(), copy.deadline - self._clock())
         start = self._clock()
         if pair.live_done and pair.live is None:
             pair.outcome = ""  # the live call already failed: nothing would be judged

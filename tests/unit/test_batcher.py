@@ -315,17 +315,18 @@ async def test_shadow_only_batches_run_on_the_background_path(backend):
     await batcher.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
 def test_a_background_thread_runs_at_the_lowest_os_priority():
     from server.core.worker import InstanceThread
 
     async def main():
-        thread = InstanceThread("bg", nice=19)
+        thread = InstanceThread("bg", background=True)
         try:
             loop = asyncio.get_running_loop()
             return await thread.run(
-                loop, lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+                loop, lambda: os.sched_getscheduler(threading.get_native_id())
             )
         finally:
             thread.close(5)
 
-    assert asyncio.run(main()) == 19
+    assert asyncio.run(main()) == os.SCHED_IDLE
