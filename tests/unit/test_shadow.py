@@ -350,3 +350,25 @@ def test_mismatched_outputs_are_named():
     assert "shape" in mismatch(a, {"y": np.zeros((2, 4), np.float32)})
     assert "dtype" in mismatch(a, {"y": np.zeros((2, 3), np.int64)})
     assert "no output 'y'" in mismatch(a, {})
+
+
+async def test_copies_wait_for_the_live_version_to_be_idle(clf, make_mirror):
+    mirror = make_mirror(shadow_timeout_s=30.0)
+    live, candidate = clf.get("clf", "1"), clf.get("clf", "2")
+    x = np.ones((2, CLASSES), np.float32)
+    response = await serve(mirror, live, x, (Target(2, 1.0),))
+    await mirror.idle()
+    ran = candidate.stats.success_count
+    assert ran == 1
+    live.idle.clear()  # as while a live request is queued or computing
+    request = InferRequest("clf", "1", {"IN_x": x})
+    token = mirror.begin(live.name, live, request, (Target(2, 1.0),))
+    mirror.finish(token, response, None, 0.001)  # the same input: the same live answer
+    for _ in range(50):
+        await asyncio.sleep(0.002)
+    assert candidate.stats.success_count == ran  # the copy waits for live's idle time
+    live.idle.set()
+    await mirror.idle()
+    assert candidate.stats.success_count == ran + 1
+    [report] = mirror.report("clf")
+    assert (report.mirrored, report.compared, report.shed) == (2, 2, 0)
