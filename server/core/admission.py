@@ -46,11 +46,12 @@ _PUSHBACK_MAX_MS = 60_000
 #: is for its answer's way back. Admitting right up to the deadline fills the queue until
 #: answers arrive just too late.
 DEADLINE_SAFETY = 0.9
-#: Quantile of (measured time / estimated time) that calibrates the estimates, and its step.
+#: Quantile of (measured time - estimated time) added to the estimates, its least step
+#: (seconds; the step also scales with the value) and its bound.
 _ERROR_QUANTILE = 0.9
-_ERROR_STEP = 0.02
-_ERROR_MAX = 4.0
-#: Without answers to learn from (everything shed), the learnt error halves towards 1 every
+_ERROR_MIN_STEP_S = 0.0002
+_ERROR_MAX_S = 1.0
+#: Without answers to learn from (everything shed), the learnt error halves towards 0 every
 #: this long: a stale, pessimistic estimate must not lock a model out for good.
 _ERROR_HALF_LIFE_S = 0.25
 
@@ -197,10 +198,13 @@ class Admission:
         self._budget = budget
         self._rng = rng or random.Random()
         self._levels = policy.level_policies
-        #: Per level: the running p90 of (measured time / estimated time), >= 1. The estimate
-        #: knows the queue ahead and the batch speed; it does not know what overtakes a request,
-        #: the event loop's own delays, or a machine that got busier: this learns all of it.
-        self.error = [1.0] * len(policy.level_policies)
+        #: Per level: the running p90 of (measured time - estimated time), seconds, >= 0. The
+        #: estimate knows the queue ahead and the batch speed; it does not know what overtakes a
+        #: request, the event loop's own delays, or a machine that got busier: this learns it.
+        #: Added, not multiplied: most of it is a delay per request (the event loop handing the
+        #: answer back), which a factor would blow up on long queues and shrink to nothing on an
+        #: idle model, shedding the very requests an idle model should take.
+        self.error = [0.0] * len(policy.level_policies)
         self._learnt_at = [0.0] * len(policy.level_policies)
 
     def level(self, priority: int) -> int:
@@ -256,7 +260,7 @@ class Admission:
         # cut by rows, so it rides in the last of them (not in a batch after the queue drained).
         estimate = batcher.wait_estimate_s(queue.rows_ahead(level) + rows, now)
         if estimate is not None:
-            need = estimate * self._error(level, now)
+            need = estimate + self._error(level, now)
             allowed: float | None = None
             if deadline is not None:
                 left = deadline - now
@@ -305,17 +309,17 @@ class Admission:
         if not estimate or estimate < 1e-4:
             return  # nothing to learn from a request that waited for nothing
         q = self._error(level, now)
-        above = seconds > estimate * q
-        q += _ERROR_STEP * q * (_ERROR_QUANTILE if above else _ERROR_QUANTILE - 1.0)
-        self.error[level] = min(_ERROR_MAX, max(1.0, q))
+        step = max(_ERROR_MIN_STEP_S, 0.05 * q)
+        q += step * (_ERROR_QUANTILE if seconds - estimate > q else _ERROR_QUANTILE - 1.0)
+        self.error[level] = min(_ERROR_MAX_S, max(0.0, q))
         self._learnt_at[level] = now
 
     def _error(self, level: int, now: float) -> float:
-        """The level's learnt error, decayed towards 1 for the time nothing was learnt."""
+        """The level's learnt error, decayed towards 0 for the time nothing was learnt."""
         q = self.error[level]
         idle = now - self._learnt_at[level]
-        if q > 1.0 and idle > _ERROR_HALF_LIFE_S:
-            q = 1.0 + (q - 1.0) * 0.5 ** (idle / _ERROR_HALF_LIFE_S)
+        if q > 0.0 and idle > _ERROR_HALF_LIFE_S:
+            q *= 0.5 ** (idle / _ERROR_HALF_LIFE_S)
         return q
 
     def release(self, nbytes: int) -> None:
