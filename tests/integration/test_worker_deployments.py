@@ -42,10 +42,13 @@ def change_routes(address: str, weights: dict[str | int, float]) -> None:
             == [(int(v), float(w)) for v, w in weights.items()]
 
 
-def settle(address: str, version: int, timeout_s: float = 5.0) -> None:
-    """Wait until 10 fresh connections in a row are answered by ``version``."""
+def settle(address: str, version: int, timeout_s: float = 8.0) -> None:
+    """Wait until 30 fresh connections in a row are answered by ``version``: the kernel may
+    send a short run of connections all to the worker that made the change, so the streak is
+    long, and it starts after two of the followers' polls (0.5 s each)."""
+    time.sleep(1.0)
     deadline, streak = time.monotonic() + timeout_s, 0
-    while streak < 10:
+    while streak < 30:
         assert time.monotonic() < deadline, f"workers still not all on version {version}"
         streak = streak + 1 if answered_by(address) == version else 0
 
