@@ -25,6 +25,8 @@ from typing import Any
 import grpc
 import numpy as np
 
+from loadtests.report import fmt
+
 OK = 0
 DROPPED = -1
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
@@ -231,10 +233,6 @@ def check_targets(
     ]
 
 
-def _f(value: Any, spec: str, width: int) -> str:
-    return ("-" if value is None else format(value, spec)).rjust(width)
-
-
 def table(steps: dict[str, dict[str, Any]]) -> str:
     head = (f"{'phase':<10} {'offered/s':>9} {'sent/s':>7} {'goodput/s':>9} {'%C':>5} "
             f"{'p50':>7} {'p95':>7} {'p99':>7} {'shed%':>6} {'rej50':>6} {'rej99':>6} {'srv99':>6} "
@@ -249,13 +247,13 @@ def table(steps: dict[str, dict[str, Any]]) -> str:
         flag = " " if s["generator_kept_up"] else "!"
         lines.append(
             f"{name:<9}{flag} {s['offered_req_s']:>9.0f} {s['sent_req_s']:>7.0f} "
-            f"{s['goodput_req_s']:>9.0f} {_f(None if share is None else 100 * share, '.0f', 5)} "
-            f"{_f(s['accepted_p50_ms'], '.1f', 7)} {_f(s['accepted_p95_ms'], '.1f', 7)} "
-            f"{_f(s['accepted_p99_ms'], '.1f', 7)} "
-            f"{_f(None if shed is None else 100 * shed, '.1f', 6)} "
-            f"{_f(s['reject_p50_ms'], '.2f', 6)} {_f(s['reject_p99_ms'], '.2f', 6)} "
-            f"{_f(s.get('server_reject_p99_ms'), '.3g', 6)} "
-            f"{_f(s['generator_lag_p99_ms'], '.1f', 6)} {s['generator_drops']:>5}  {others}"
+            f"{s['goodput_req_s']:>9.0f} {fmt(None if share is None else 100 * share, '.0f', 5)} "
+            f"{fmt(s['accepted_p50_ms'], '.1f', 7)} {fmt(s['accepted_p95_ms'], '.1f', 7)} "
+            f"{fmt(s['accepted_p99_ms'], '.1f', 7)} "
+            f"{fmt(None if shed is None else 100 * shed, '.1f', 6)} "
+            f"{fmt(s['reject_p50_ms'], '.2f', 6)} {fmt(s['reject_p99_ms'], '.2f', 6)} "
+            f"{fmt(s.get('server_reject_p99_ms'), '.3g', 6)} "
+            f"{fmt(s['generator_lag_p99_ms'], '.1f', 6)} {s['generator_drops']:>5}  {others}"
         )
     if any(not s["generator_kept_up"] for s in steps.values()):
         lines.append(f"! the generator fell behind its timetable (sent < 95% of offered inside "

@@ -211,3 +211,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def fmt(value: Any, spec: str, width: int) -> str:
+    """``value`` formatted with ``spec`` and right-aligned in ``width``; "-" for None."""
+    return ("-" if value is None else format(value, spec)).rjust(width)
