@@ -20,13 +20,8 @@ import grpc
 
 from proto import admin_pb2 as pb
 from proto import admin_pb2_grpc as pb_grpc
-from server.core.canary import (
-    DEFAULT_STEPS,
-    CanaryConflict,
-    CanaryController,
-    CanaryGates,
-    is_running,
-)
+from server.core.canary import CanaryController
+from server.core.canary_plan import DEFAULT_STEPS, CanaryConflict, CanaryGates, is_running
 from server.core.deployment import DeploymentState, ShadowTarget
 from server.core.router import Router
 from server.core.shadow import ShadowMirror

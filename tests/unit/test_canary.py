@@ -17,13 +17,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from server.core.canary import (
+from server.core.canary import CanaryController
+from server.core.canary_plan import (
     ABORTED,
     PROMOTED,
     ROLLED_BACK,
     RUNNING,
     CanaryConflict,
-    CanaryController,
     CanaryGates,
 )
 from server.core.deploy_store import DeploymentConflict, DeploymentStore
