@@ -315,7 +315,16 @@ class Admission:
         self._learnt_at[level] = now
 
     def _error(self, level: int, now: float) -> float:
-        """The level's learnt error, decayed towards 0 for the time nothing was learnt."""
+        """The level's learnt error, decayed towards 0 for the time nothing was learnt. A level
+        that learnt nothing lately takes the largest of the others': most of the error is the
+        event loop's delay, which every level shares, so a burst of priority-1 traffic after a
+        quiet spell starts from what level 2 measured a moment ago, not from 0."""
+        q = self._decayed(level, now)
+        if now - self._learnt_at[level] > _ERROR_HALF_LIFE_S:
+            q = max(q, *(self._decayed(other, now) for other in range(1, len(self.error))))
+        return q
+
+    def _decayed(self, level: int, now: float) -> float:
         q = self.error[level]
         idle = now - self._learnt_at[level]
         if q > 0.0 and idle > _ERROR_HALF_LIFE_S:

@@ -346,6 +346,25 @@ async def test_shadow_copies_use_at_most_half_the_inflight_bytes(clock, backend)
     await model.batcher.close()
 
 
+async def test_a_level_with_nothing_learnt_borrows_the_error_of_the_others(clock, backend):
+    model = Model(clock, backend, levels=2, default_level=2)
+    await measure(model, backend)  # 10 ms per batch of one row
+    admission = model.admission
+    clock.now += 1.0  # level 1 has been quiet for long, while level 2 learns that answers
+    for _ in range(300):  # come 10 ms late (a busy event loop)
+        admission.observe(2, 0.010, 0.020, clock.now)
+    backend.gate = asyncio.Event()
+    queued = [model.send(i, level=1) for i in range(2)]
+    await settle_loop()
+    # level 1's own error is 0; with level 2's ~10 ms, ~30 ms + 10 ms does not fit 40 ms x 0.9
+    with pytest.raises(Overloaded) as info:
+        model.send(9, level=1, deadline=clock.now + 0.040)
+    assert info.value.reason == "deadline" and admission.error[1] == 0.0
+    backend.gate.set()
+    await asyncio.gather(*queued)
+    await model.batcher.close()
+
+
 async def test_budget_fractions_are_configurable(clock, backend):
     overload = OverloadPolicy(latency_budget_ms=100, priority_budget_fractions=(1.0, 0.9))
     model = Model(clock, backend, levels=2, default_level=1, overload=overload)
