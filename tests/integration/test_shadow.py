@@ -32,6 +32,7 @@ from tests.support.shadow_models import (
 def with_mirror(running, **settings) -> ShadowMirror:
     """The server's mirror, with ``settings`` (public attributes) changed for this test."""
     mirror = running.server.shadow
+    settings.setdefault("shadow_timeout_s", 30.0)  # a busy machine must not shed copies here
     for key, value in settings.items():
         assert hasattr(mirror, key), key
         setattr(mirror, key, value)
@@ -76,8 +77,7 @@ def clf_server(make_server, tmp_path):
 
 
 def test_callers_see_live_only_and_agreement_is_the_hand_computed_one(clf_server):
-    # a cold, busy CI machine must not shed copies here: this test is about the comparison
-    mirror = with_mirror(clf_server, tolerance=0.3, shadow_timeout_s=30.0)
+    mirror = with_mirror(clf_server, tolerance=0.3)
     deploy_shadow(clf_server, "clf", live=1, shadow=2)
     x = np.random.default_rng(11).uniform(0, 1, (120, CLASSES)).astype(np.float32)
     batches = np.split(x, 30)
@@ -144,14 +144,16 @@ def test_under_overload_shadow_work_is_shed_before_any_live_request(make_server,
         assert report.mirrored == 200 and report.shed > 0
         assert report.shed + report.compared == 200
         level = candidate.admission.policy.shadow_level
-        assert candidate.stats.shed and all(lvl == level for _, lvl in candidate.stats.shed)
+        # copies are shed waiting for the live version's idle time, or by the candidate's
+        # admission; whatever the candidate shed was at the shadow level
+        assert all(lvl == level for _, lvl in candidate.stats.shed)
     finally:
         running.call(mirror.close())
 
 
 def test_comparison_and_canary_metrics_on_the_metrics_endpoint(make_server, tmp_path):
     running = make_server(classifier_repo(tmp_path), metrics_port=0)
-    mirror = with_mirror(running, shadow_timeout_s=30.0)
+    mirror = with_mirror(running)
     deploy_shadow(running, "clf", live=1, shadow=2)
     x = np.eye(CLASSES, dtype=np.float32)  # each row's argmax is its own index
     fire(running.address, "clf", [x] * 4)

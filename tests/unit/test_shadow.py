@@ -69,6 +69,9 @@ async def make_mirror(clf):
     made: list[ShadowMirror] = []
 
     def factory(repo: ModelRepository | None = None, **kw) -> ShadowMirror:
+        # copies wait for the live version's idle time: on a busy machine the default 1 s
+        # deadline can run out, which the tests of shedding ask for explicitly
+        kw.setdefault("shadow_timeout_s", 30.0)
         mirror = ShadowMirror(lookup_in(repo or clf), **kw)
         made.append(mirror)
         return mirror
