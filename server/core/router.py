@@ -118,11 +118,8 @@ class Router:
                 if table is None:
                     return served, None, ()
                 return served, f"v{served.version}", table.shadows
-            number = table.aliases.get(version) if table is not None else None
-            if table is None or number is None:
-                self._repo.get(name)  # an unknown model says so first
-                raise ModelNotFound(f"model '{name}' has no alias '{version}'")
-            return self._repo.get(name, number), version, table.shadows
+            served = self._repo.get(name, self.version_of(name, version))
+            return served, version, table.shadows  # type: ignore[union-attr]  # alias: a table
         if table is None:
             return self._repo.get(name), None, ()
         if not table.arms:
@@ -148,6 +145,7 @@ class Router:
         table = self._tables.get(name)
         number = table.aliases.get(version) if table is not None else None
         if number is None:
+            self._repo.get(name)  # an unknown model says so first
             raise ModelNotFound(f"model '{name}' has no alias '{version}'")
         return number
 
