@@ -147,7 +147,7 @@ class ModelVersion:
                     outputs[name] = value.reshape(
                         (value.shape[0], *dims) if self._batched else dims
                     )
-            self.stats.on_request(self._clock() - start, ok=True)
+            self.stats.on_request(end - start, ok=True)  # the instant admission learnt from
             return InferResponse(
                 model_name=self.config.name,
                 model_version=self._version_str,
