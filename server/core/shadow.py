@@ -160,7 +160,8 @@ class ShadowMirror:
         self._rng = rng or random.Random()
         self._clock = clock
         self._pairings: dict[tuple[str, int, int], _Pairing] = {}
-        self._queue: asyncio.Queue[tuple[ModelVersion, InferRequest, _Pair]]
+        #: (candidate, copy, pair, the live version's idle event) per copy waiting to run.
+        self._queue: asyncio.Queue[tuple[ModelVersion, InferRequest, _Pair, asyncio.Event]]
         self._queue = asyncio.Queue(max_queue)
         self._backlog: deque[tuple[_Pairing, Arrays, Arrays]] = deque()
         self._wake = asyncio.Event()
@@ -322,15 +323,17 @@ class ShadowMirror:
         self, candidate: ModelVersion, copy: InferRequest, pair: _Pair, live_idle: asyncio.Event,
     ) -> None:
         pairing = pair.pairing
-        if not live_idle.is_set() and copy.deadline is not None:
+        deadline = copy.deadline
+        assert deadline is not None  # _copy always sets one
+        if not live_idle.is_set():
             # Shadow work uses the live version's idle time only: wait for it to have nothing
             # queued or computing (the copy's deadline bounds the wait).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(live_idle.wait(), copy.deadline - self._clock())
+                await asyncio.wait_for(live_idle.wait(), deadline - self._clock())
         start = self._clock()
         if pair.live_done and pair.live is None:
             pair.outcome = ""  # the live call already failed: nothing would be judged
-        elif copy.deadline is not None and copy.deadline <= start:
+        elif deadline <= start:
             pairing.shed += 1  # waited out its deadline in the mirror's queue
             pair.outcome = ""
         else:
