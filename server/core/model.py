@@ -1,9 +1,9 @@
-"""A served model version: validation, deadline, batcher and executor threads in one place.
+"""A served model version: validation, deadline, batcher and admission in one place.
 
 ``ModelVersion.infer`` checks a request against the model's config (each error names the input),
 reshapes as the config says, queues it on the version's batcher, and returns only the outputs the
-caller asked for. Model execution happens on one single-thread executor per instance, so the
-event loop never computes.
+caller asked for. Model execution happens on the batcher's thread per instance, so the event
+loop never computes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from server.config import ModelConfig
 from server.core.admission import FALLBACK_REASONS, Admission, AdmissionPolicy, InflightBudget
 from server.core.batcher import Arrays, DynamicBatcher
 from server.core.stats import ModelStats
-from server.core.worker import InstanceThread
 from server.errors import InvalidInput, Overloaded
 from server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_of
 
@@ -48,16 +47,12 @@ class ModelVersion:
         self.backend = backend
         self.stats = stats
         self._clock = clock
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._threads = [
-            InstanceThread(f"{config.name}.{version}.{i}") for i in range(backend.instance_count)
-        ]
         batching = config.dynamic_batching
         label = f"{config.name}:{version}"
         policy = AdmissionPolicy.from_config(config, max_queue_size)
         self._batcher = DynamicBatcher(
             label,
-            self._run,
+            backend.run,
             instances=backend.instance_count,
             # Without dynamic_batching each request runs alone (still one per free instance).
             max_batch_size=config.max_batch_size if batching is not None else 0,
@@ -68,11 +63,10 @@ class ModelVersion:
             codel=policy.codel(),
             clock=clock,
             observer=stats.on_batch,
-            background_run=self._run_background
-            if callable(getattr(backend, "run_background", None)) else None,
+            # Shadow-only batches: the backend's single-threaded path, which the batcher runs
+            # on a thread at the lowest OS priority (SCHED_IDLE), so live batches keep the cores.
+            background_run=getattr(backend, "run_background", None),
         )
-        #: Runs shadow-only batches at the lowest OS priority; started on first use.
-        self._background: InstanceThread | None = None
         self.admission = Admission(label, policy, self._batcher, budget=inflight)
         self._fallback = fallback
         self._label = label
@@ -90,7 +84,6 @@ class ModelVersion:
         return self.config.name
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._batcher.start()
 
     @property
@@ -178,11 +171,8 @@ class ModelVersion:
         return target if target is not self else None
 
     async def close(self) -> None:
-        """Drain queued requests, then free the executors and the backend."""
+        """Drain queued requests, then free the instance threads and the backend."""
         await self._batcher.close()
-        threads = [*self._threads, *([self._background] if self._background else [])]
-        for thread in threads:
-            await asyncio.to_thread(thread.close)
         self.backend.close()
 
     def abort(self, reason: str) -> None:
@@ -190,19 +180,6 @@ class ModelVersion:
         self._batcher.abort(reason)
 
     # -- internals ----------------------------------------------------------------------------
-
-    async def _run(self, instance: int, inputs: Arrays) -> Arrays:
-        assert self._loop is not None, "ModelVersion used before start()"
-        return await self._threads[instance].run(self._loop, self.backend.run, instance, inputs)
-
-    async def _run_background(self, instance: int, inputs: Arrays) -> Arrays:
-        """A batch of shadow copies only: the backend's single-threaded background path, on
-        a thread at the lowest OS priority (SCHED_IDLE), so live batches keep the cores."""
-        assert self._loop is not None, "ModelVersion used before start()"
-        if self._background is None:
-            self._background = InstanceThread(f"{self._label}.shadow", background=True)
-        run = self.backend.run_background  # type: ignore[attr-defined]
-        return await self._background.run(self._loop, run, inputs)
 
     def _check_inputs(self, inputs: Arrays) -> tuple[Arrays, int]:
         name = self.config.name

@@ -1,7 +1,8 @@
 """The batcher's building blocks: the priority queue, the service-rate meter and CoDel.
 
-Plain data structures used on the event loop thread only: no awaits, no locks, and every
-operation is O(1) (or O(priority levels), a small constant).
+Plain data structures with no awaits and no locks of their own: the batcher changes them under
+its lock, and admission reads their counters without it. Every operation is O(1) (or O(priority
+levels), a small constant).
 """
 
 from __future__ import annotations
@@ -169,8 +170,9 @@ class ServiceRate:
         #: Per size class (rows.bit_length()): EWMA of batch seconds and of batch rows.
         self._seconds: list[float] = [0.0] * (self._max_rows.bit_length() + 1)
         self._rows: list[float] = [0.0] * len(self._seconds)
-        #: instance -> (start instant, rows) of the batch it is running.
-        self._running: dict[int, tuple[float, int]] = {}
+        #: Per instance: (start instant, rows) of the batch it is running, or None. A list
+        #: assigned in place, so a reader on another thread never sees it change size.
+        self._running: list[tuple[float, int] | None] = [None] * self._instances
 
     @property
     def known(self) -> bool:
@@ -181,7 +183,8 @@ class ServiceRate:
         self._running[instance] = (now, rows)
 
     def finished(self, instance: int, now: float, ok: bool) -> None:
-        start, rows = self._running.pop(instance, (now, 0))
+        start, rows = self._running[instance] or (now, 0)
+        self._running[instance] = None
         seconds = now - start
         if not ok or seconds <= 0 or rows <= 0:
             return
@@ -222,11 +225,10 @@ class ServiceRate:
 
     def free_in_s(self, now: float) -> float:
         """Expected seconds until an instance is free to start the next batch."""
-        if len(self._running) < self._instances:
+        running = [batch for batch in self._running if batch is not None]
+        if len(running) < self._instances:
             return 0.0
-        return min(
-            max(0.0, self.batch_s(rows) - (now - start)) for start, rows in self._running.values()
-        )
+        return min(max(0.0, self.batch_s(rows) - (now - start)) for start, rows in running)
 
     @property
     def rows_per_s(self) -> float:

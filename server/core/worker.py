@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
+
+_log = logging.getLogger(__name__)
 
 
 def settle(future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None):
@@ -52,6 +55,12 @@ class InstanceThread:
             _lowest_priority(threading.get_native_id())
         while (job := self._jobs.get()) is not None:
             loop, future, fn, args = job
+            if loop is None:  # call(): fn delivers its own outcome
+                try:
+                    fn(*args)
+                except Exception:  # a bug in fn: say so, and keep the thread serving
+                    _log.exception("%s: a call failed", self._thread.name)
+                continue
             try:
                 result, error = fn(*args), None
             except BaseException as exc:  # handed to the awaiting task, never lost
@@ -66,6 +75,11 @@ class InstanceThread:
         future = loop.create_future()
         self._jobs.put((loop, future, fn, args))
         return future
+
+    def call(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on this thread, after the calls before it; ``fn`` delivers its own
+        outcome (an exception it lets out is logged, and the thread goes on)."""
+        self._jobs.put((None, None, fn, args))
 
     def close(self, timeout_s: float | None = None) -> None:
         """Finish queued calls, then stop the thread."""

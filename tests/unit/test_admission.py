@@ -1,10 +1,16 @@
 """Admission, priority lanes, CoDel and the service-rate meter, on a fake clock and a fake
-backend whose batches take fake time (no server, no threads, no sleeps)."""
+backend whose batches take fake time (no server, no sleeps).
+
+The batcher's instance threads run the fake backend, which can be held at a
+``threading.Event`` gate to let the queue build up; tests wait for the state they rely on
+(``until``: a batch computing, so many requests queued) instead of counting loop turns.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -32,6 +38,7 @@ from server.errors import (
     Overloaded,
     ResourceExhausted,
 )
+from tests.support.threads import until
 
 
 class FakeClock:
@@ -43,21 +50,23 @@ class FakeClock:
 
 
 class TimedBackend:
-    """Output = input * 2; each batch costs ``per_batch_s + per_row_s * rows`` of fake time and
-    can be held at a gate to let the queue build up."""
+    """Output = input * 2; each batch costs ``per_batch_s + per_row_s * rows`` of fake time
+    (added to the clock on the instance thread) and can be held at a gate to let the queue
+    build up."""
 
     def __init__(self, clock: FakeClock, per_batch_s: float = 0.0, per_row_s: float = 0.01):
         self.clock = clock
         self.per_batch_s = per_batch_s
         self.per_row_s = per_row_s
         self.batches: list[list[float]] = []
-        self.gate: asyncio.Event | None = None
+        self.gate: threading.Event | None = None
 
-    async def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = inputs["x"]
         self.batches.append([float(v) for v in x[:, 0]])
-        if self.gate is not None:
-            await self.gate.wait()
+        gate = self.gate
+        if gate is not None:
+            assert gate.wait(30), "test gate never opened"
         self.clock.now += self.per_batch_s + self.per_row_s * x.shape[0]
         return {"y": x * 2}
 
@@ -112,7 +121,7 @@ class Model:
         expire: float | None = None, nbytes: int | None = None,
     ) -> asyncio.Task:
         """Admit now (raising at once if shed); the task queues the request when it first runs
-        (ModelVersion queues at once: settle the loop before relying on queue counts)."""
+        (ModelVersion queues at once: wait for the queue count before relying on it)."""
         x = np.full((rows, 2), tag, np.float32)
         size = x.nbytes if nbytes is None else nbytes
         self.admission.admit(rows, size, level, deadline, self.clock())
@@ -128,9 +137,15 @@ class Model:
         return asyncio.create_task(wait())
 
 
-async def settle_loop() -> None:
-    for _ in range(8):
-        await asyncio.sleep(0)
+async def computing(backend: TimedBackend, batches: int) -> None:
+    """Wait until the backend has started ``batches`` batches in all (the last one is held at
+    the gate, if there is one)."""
+    await until(lambda: len(backend.batches) == batches, what=f"{batches} batch(es) started")
+
+
+async def queued(model: Model, requests: int) -> None:
+    """Wait until ``requests`` requests are queued."""
+    await until(lambda: len(model.batcher.queue) == requests, what=f"{requests} queued")
 
 
 async def measure(model: Model, backend: TimedBackend, times: int = 1) -> None:
@@ -155,9 +170,10 @@ def backend(clock: FakeClock) -> TimedBackend:
 
 async def test_everything_is_admitted_until_a_rate_is_measured(clock, backend):
     model = Model(clock, backend)
-    backend.gate = asyncio.Event()
+    backend.gate = threading.Event()
     tasks = [model.send(i, deadline=clock.now + 0.001) for i in range(5)]
-    await settle_loop()
+    await computing(backend, 1)
+    await queued(model, 4)
     assert len(model.batcher.queue) == 4  # one running, four queued: none shed
     backend.gate.set()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -167,9 +183,10 @@ async def test_everything_is_admitted_until_a_rate_is_measured(clock, backend):
 async def test_an_infeasible_deadline_is_shed_at_arrival_and_never_computed(clock, backend):
     model = Model(clock, backend)  # 10 ms per row, one row per batch
     await measure(model, backend)
-    backend.gate = asyncio.Event()
-    queued = [model.send(i) for i in range(5)]  # 1 running + 4 queued = about 50 ms of work
-    await settle_loop()
+    backend.gate = threading.Event()
+    waiting = [model.send(i) for i in range(5)]  # 1 running + 4 queued = about 50 ms of work
+    await computing(backend, 1)
+    await queued(model, 4)
     with pytest.raises(Overloaded) as info:
         model.send(99, deadline=clock.now + 0.030)
     assert info.value.reason == "deadline"
@@ -178,7 +195,7 @@ async def test_an_infeasible_deadline_is_shed_at_arrival_and_never_computed(cloc
     assert 0.75 * 50 - 1 <= info.value.retry_after_ms <= 1.25 * 50 + 1
     fits = model.send(100, deadline=clock.now + 1.0)
     backend.gate.set()
-    await asyncio.gather(*queued, fits)
+    await asyncio.gather(*waiting, fits)
     assert 99 not in backend.seen and 100 in backend.seen
     await model.batcher.close()
 
@@ -196,11 +213,11 @@ async def test_the_estimate_uses_large_batches_once_they_were_measured(clock):
     model = Model(clock, backend, max_batch=64)
     await measure(model, backend)  # only batch 1 known: 10.1 ms per row, pessimistic
     assert model.batcher.wait_estimate_s(128, clock.now) == pytest.approx(128 * 0.0101)
-    backend.gate = asyncio.Event()
+    backend.gate = threading.Event()
     blocker = model.send(0)
-    await settle_loop()
+    await computing(backend, 1)
     big = [model.send(i, rows=8) for i in range(8)]  # one batch of 64 rows
-    await settle_loop()
+    await queued(model, 8)
     backend.gate.set()
     await asyncio.gather(blocker, *big)
     # a batch of 64 took 16.4 ms: 128 queued rows now drain in two such batches
@@ -213,13 +230,13 @@ async def test_the_estimate_uses_large_batches_once_they_were_measured(clock):
 
 async def test_higher_priority_is_cut_first_and_fifo_within_a_level(clock, backend):
     model = Model(clock, backend, levels=3, default_level=2)
-    backend.gate = asyncio.Event()
+    backend.gate = threading.Event()
     blocker = model.send(0, level=1)
-    await settle_loop()
+    await computing(backend, 1)
     order = [(3, 31), (2, 21), (1, 11), (3, 32), (1, 12), (2, 22)]
     tasks = [model.send(tag, level=level) for level, tag in order]
     shadow = model.send(99, level=model.admission.level(SHADOW_PRIORITY))
-    await settle_loop()
+    await queued(model, 7)
     backend.gate.set()
     await asyncio.gather(blocker, *tasks, shadow)
     assert backend.seen == [0, 11, 12, 21, 22, 31, 32, 99]
@@ -228,11 +245,11 @@ async def test_higher_priority_is_cut_first_and_fifo_within_a_level(clock, backe
 
 async def test_a_preferred_cut_puts_the_rest_back_in_priority_order(clock, backend):
     model = Model(clock, backend, max_batch=8, levels=2, default_level=2, preferred=(2,))
-    backend.gate = asyncio.Event()
+    backend.gate = threading.Event()
     blocker = model.send(0)
-    await settle_loop()
+    await computing(backend, 1)
     tasks = [model.send(21, level=2), model.send(11, level=1), model.send(22, level=2)]
-    await settle_loop()
+    await queued(model, 3)
     backend.gate.set()
     await asyncio.gather(blocker, *tasks)
     assert backend.batches == [[0], [11, 21], [22]]
@@ -256,9 +273,10 @@ async def test_lower_levels_are_shed_at_their_share_of_the_budget(clock, backend
     overload = OverloadPolicy(latency_budget_ms=100)
     model = Model(clock, backend, levels=2, default_level=2, overload=overload)
     await measure(model, backend)
-    backend.gate = asyncio.Event()
-    queued = [model.send(i, level=2) for i in range(7)]  # ~70 ms of work ahead
-    await settle_loop()
+    backend.gate = threading.Event()
+    waiting = [model.send(i, level=2) for i in range(7)]  # ~70 ms of work ahead
+    await computing(backend, 1)
+    await queued(model, 6)
     # level 2 of 2 may use half the budget: 50 ms without a deadline
     with pytest.raises(Overloaded) as info:
         model.send(20, level=2)
@@ -271,8 +289,9 @@ async def test_lower_levels_are_shed_at_their_share_of_the_budget(clock, backend
     # level 1 cuts ahead of level 2: nothing is ahead of it, whatever level 2 has queued
     ok.append(model.send(10, level=1))
     ok.append(model.send(11, level=1, deadline=clock.now + 0.030))
+    await queued(model, 9)  # all queued before the running batch ends and the next is cut
     backend.gate.set()
-    await asyncio.gather(*queued, *ok)
+    await asyncio.gather(*waiting, *ok)
     assert 20 not in backend.seen and 21 not in backend.seen
     assert backend.seen[1:3] == [10, 11]
     await model.batcher.close()
@@ -281,14 +300,14 @@ async def test_lower_levels_are_shed_at_their_share_of_the_budget(clock, backend
 async def test_lower_levels_do_not_make_a_higher_levels_batch_late(clock, backend):
     model = Model(clock, backend, max_batch=8, levels=2, default_level=2)
     await measure(model, backend)  # 10 ms per row
-    backend.gate = asyncio.Event()
+    backend.gate = threading.Event()
     blocker = model.send(0, level=1)
-    await settle_loop()
+    await computing(backend, 1)
     low = [model.send(20 + i, rows=2, level=2) for i in range(3)]
     # Starts when the blocker is done (t+10 ms); 1 row + 2 rows of level 2 end at t+40 ms,
     # inside its deadline; 2 more rows would end at t+60 ms, past it.
     high = model.send(10, level=1, deadline=clock.now + 0.045)
-    await settle_loop()
+    await queued(model, 4)
     backend.gate.set()
     await asyncio.gather(blocker, high, *low)
     assert backend.batches == [[0], [10, 20, 20], [21, 21, 22, 22]]
@@ -302,15 +321,16 @@ async def test_estimates_are_calibrated_by_what_was_measured(clock, backend):
     for _ in range(300):  # answers come 10 ms after the estimate (e.g. a busy event loop)
         admission.observe(1, 0.010, 0.020, clock.now)
     assert 0.009 < admission.error[1] <= 0.0105 and admission.error[2] == 0.0
-    backend.gate = asyncio.Event()
-    queued = [model.send(i, level=1) for i in range(2)]
-    await settle_loop()
+    backend.gate = threading.Event()
+    waiting = [model.send(i, level=1) for i in range(2)]
+    await computing(backend, 1)
+    await queued(model, 1)
     # raw estimate ~30 ms fits 40 ms x 0.9, the calibrated ~40 ms does not
     with pytest.raises(Overloaded) as info:
         model.send(9, level=1, deadline=clock.now + 0.040)
     assert info.value.reason == "deadline"
     backend.gate.set()
-    await asyncio.gather(*queued)
+    await asyncio.gather(*waiting)
     for _ in range(600):  # and faster answers bring it back down, never below 0
         admission.observe(1, 0.010, 0.005, clock.now)
     assert admission.error[1] == 0.0
@@ -318,15 +338,17 @@ async def test_estimates_are_calibrated_by_what_was_measured(clock, backend):
     # pessimistic estimate cannot lock the model out for good
     for _ in range(300):
         admission.observe(1, 0.010, 0.020, clock.now)
-    backend.gate = asyncio.Event()
-    queued = [model.send(i, level=1) for i in range(2)]
-    await settle_loop()
+    backend.gate = threading.Event()
+    waiting = [model.send(i, level=1) for i in range(2)]
+    await computing(backend, 3)  # the first round ran two batches
+    await queued(model, 1)
     with pytest.raises(Overloaded):
         model.send(8, level=1, deadline=clock.now + 0.040)
     clock.now += 1.0  # four half-lives without an answer
-    queued.append(model.send(9, level=1, deadline=clock.now + 0.040))
+    waiting.append(model.send(9, level=1, deadline=clock.now + 0.040))
+    await queued(model, 2)
     backend.gate.set()
-    await asyncio.gather(*queued)
+    await asyncio.gather(*waiting)
     assert 9 in backend.seen
     await model.batcher.close()
 
@@ -334,15 +356,15 @@ async def test_estimates_are_calibrated_by_what_was_measured(clock, backend):
 async def test_shadow_copies_use_at_most_half_the_inflight_bytes(clock, backend):
     budget = InflightBudget(64)
     model = Model(clock, backend, max_batch=4, levels=2, default_level=2, budget=budget)
-    backend.gate = asyncio.Event()
+    backend.gate = threading.Event()
     shadow = model.admission.policy.shadow_level
-    queued = [model.send(1, level=shadow, nbytes=16), model.send(2, level=shadow, nbytes=16)]
+    waiting = [model.send(1, level=shadow, nbytes=16), model.send(2, level=shadow, nbytes=16)]
     with pytest.raises(Overloaded) as info:
         model.send(3, level=shadow, nbytes=16)  # 48 > 64 / 2
     assert info.value.reason == "queue_full" and "shadow" in info.value.message
-    queued.append(model.send(4, level=1, nbytes=32))  # live traffic still fits: 64
+    waiting.append(model.send(4, level=1, nbytes=32))  # live traffic still fits: 64
     backend.gate.set()
-    await asyncio.gather(*queued)
+    await asyncio.gather(*waiting)
     await model.batcher.close()
 
 
@@ -353,15 +375,16 @@ async def test_a_level_with_nothing_learnt_borrows_the_error_of_the_others(clock
     clock.now += 1.0  # level 1 has been quiet for long, while level 2 learns that answers
     for _ in range(300):  # come 10 ms late (a busy event loop)
         admission.observe(2, 0.010, 0.020, clock.now)
-    backend.gate = asyncio.Event()
-    queued = [model.send(i, level=1) for i in range(2)]
-    await settle_loop()
+    backend.gate = threading.Event()
+    waiting = [model.send(i, level=1) for i in range(2)]
+    await computing(backend, 1)
+    await queued(model, 1)
     # level 1's own error is 0; with level 2's ~10 ms, ~30 ms + 10 ms does not fit 40 ms x 0.9
     with pytest.raises(Overloaded) as info:
         model.send(9, level=1, deadline=clock.now + 0.040)
     assert info.value.reason == "deadline" and admission.error[1] == 0.0
     backend.gate.set()
-    await asyncio.gather(*queued)
+    await asyncio.gather(*waiting)
     await model.batcher.close()
 
 
@@ -369,12 +392,13 @@ async def test_budget_fractions_are_configurable(clock, backend):
     overload = OverloadPolicy(latency_budget_ms=100, priority_budget_fractions=(1.0, 0.9))
     model = Model(clock, backend, levels=2, default_level=1, overload=overload)
     await measure(model, backend)
-    backend.gate = asyncio.Event()
-    queued = [model.send(i, level=2) for i in range(7)]
-    await settle_loop()
-    queued.append(model.send(20, level=2))  # 80 ms needed, 90 ms allowed
+    backend.gate = threading.Event()
+    waiting = [model.send(i, level=2) for i in range(7)]
+    await computing(backend, 1)
+    await queued(model, 6)
+    waiting.append(model.send(20, level=2))  # 80 ms needed, 90 ms allowed
     backend.gate.set()
-    await asyncio.gather(*queued)
+    await asyncio.gather(*waiting)
     assert model.policy.level_policies[3].budget_fraction == pytest.approx(0.45)  # shadow
     await model.batcher.close()
 
@@ -385,16 +409,17 @@ async def test_budget_fractions_are_configurable(clock, backend):
 async def test_row_cap_evicts_lower_priority_then_refuses(clock, backend):
     overload = OverloadPolicy(max_queue_rows=4)
     model = Model(clock, backend, max_batch=2, levels=2, default_level=2, overload=overload)
-    backend.gate = asyncio.Event()
+    backend.gate = threading.Event()
     blocker = model.send(0, level=1)
-    await settle_loop()
+    await computing(backend, 1)
     low = [model.send(20 + i, level=2) for i in range(4)]
-    await settle_loop()
+    await queued(model, 4)
     with pytest.raises(Overloaded) as info:
         model.send(30, level=2)  # nothing below level 2 to make room with
     assert info.value.reason == "queue_full" and "max_queue_rows" in info.value.message
     high = model.send(10, rows=2, level=1)  # evicts the two last-served level-2 requests
-    await settle_loop()
+    # Two level-2 requests left, the level-1 one queued; the evicted callers were woken first.
+    await queued(model, 3)
     assert low[3].done() and low[2].done()
     for task in low[2:]:
         error = task.exception()
@@ -410,16 +435,16 @@ async def test_byte_cap_and_per_level_request_cap(clock, backend):
     overload = OverloadPolicy(max_queue_bytes=64)
     policies = {1: QueuePolicy(max_queue_size=1)}
     model = Model(clock, backend, levels=2, default_level=2, policies=policies, overload=overload)
-    backend.gate = asyncio.Event()
+    backend.gate = threading.Event()
     blocker = model.send(0)
-    await settle_loop()
+    await computing(backend, 1)
     first = model.send(1, level=1, nbytes=16)
-    await settle_loop()
+    await queued(model, 1)
     with pytest.raises(Overloaded) as info:
         model.send(2, level=1, nbytes=16)
     assert info.value.reason == "queue_full" and "1 requests at priority 1" in info.value.message
     low = [model.send(20 + i, level=2, nbytes=16) for i in range(3)]
-    await settle_loop()
+    await queued(model, 4)
     with pytest.raises(Overloaded) as info:
         model.send(30, level=2, nbytes=16)
     assert info.value.reason == "queue_full" and "max_queue_bytes" in info.value.message
@@ -449,7 +474,7 @@ async def test_the_inflight_budget_is_shared_and_released(clock, backend):
     budget = InflightBudget(100)
     a = Model(clock, backend, budget=budget)
     b = Model(clock, backend, budget=budget)
-    backend.gate = asyncio.Event()
+    backend.gate = threading.Event()
     held = [a.send(1, nbytes=60)]
     with pytest.raises(Overloaded) as info:
         b.send(2, nbytes=60)
@@ -498,12 +523,12 @@ async def test_queue_timeouts_reject_or_delay(clock, backend):
 
 async def test_delay_moves_timed_out_requests_behind_their_level(clock, backend):
     model = Model(clock, backend, levels=2, default_level=1)
-    backend.gate = asyncio.Event()
+    backend.gate = threading.Event()
     blocker = model.send(0)
-    await settle_loop()
+    await computing(backend, 1)
     late = model.send(1, expire=clock.now + 1.0)
     rest = [model.send(2), model.send(3), model.send(20, level=2)]
-    await settle_loop()
+    await queued(model, 4)
     clock.now += 2.0  # request 1's queue timeout passes while it waits
     backend.gate.set()
     await asyncio.gather(blocker, late, *rest)
@@ -514,12 +539,12 @@ async def test_delay_moves_timed_out_requests_behind_their_level(clock, backend)
 
 async def test_reject_drops_timed_out_requests_before_compute(clock, backend):
     model = Model(clock, backend)
-    backend.gate = asyncio.Event()
+    backend.gate = threading.Event()
     blocker = model.send(0)
-    await settle_loop()
+    await computing(backend, 1)
     doomed = model.send(1, deadline=clock.now + 1.0)
     alive = model.send(2)
-    await settle_loop()
+    await queued(model, 2)
     clock.now += 2.0
     backend.gate.set()
     await asyncio.gather(blocker, alive)
@@ -564,9 +589,15 @@ async def test_a_standing_queue_is_shed_from_the_lowest_level_head(clock):
             outcomes.append(f"{exc.reason}:{level}:{tag}")
 
     # keep three requests at each level queued: every request waits > 5 ms for 100+ ms
+    backend.gate = threading.Event()
     tasks = []
     for i in range(10):
         tasks += [asyncio.create_task(call(10 + i, 1)), asyncio.create_task(call(20 + i, 2))]
+    # all arrive at once: the first batch is held until the other 19 are queued, so the
+    # instance thread cannot advance the fake clock between their arrivals
+    await computing(backend, 1)
+    await queued(model, 19)
+    backend.gate.set()
     await asyncio.gather(*tasks)
     shed = [o for o in outcomes if o != "ok"]
     assert shed and all(o.startswith("standing_queue:2:") for o in shed)

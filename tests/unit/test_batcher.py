@@ -1,4 +1,8 @@
-"""DynamicBatcher driven by a fake backend and a fake clock (no server, no threads)."""
+"""DynamicBatcher driven by a fake backend, on the batcher's own instance threads (no server).
+
+The backend runs on an instance thread and can be held at a ``threading.Event`` gate to let the
+queue build up; tests wait for the state they need (``until``) instead of counting loop turns.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest
 
 from server.core.batcher import BatchReport, DynamicBatcher
 from server.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded
+from tests.support.threads import block_until, until
 
 
 class FakeClock:
@@ -26,26 +31,37 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.batches: list[np.ndarray] = []
-        self.gate: asyncio.Event | None = None
+        self.gate: threading.Event | None = None
         self.fail_if = None
 
-    async def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = inputs["x"]
         self.batches.append(x.copy())
-        if self.gate is not None:
-            await self.gate.wait()
+        gate = self.gate
+        if gate is not None:
+            assert gate.wait(30), "test gate never opened"
         if self.fail_if is not None and self.fail_if(x):
             raise RuntimeError("poisoned batch")
         return {"y": x * 2}
+
+    def hold(self) -> threading.Event:
+        """Hold every batch from now on until the returned gate is set."""
+        self.gate = threading.Event()
+        return self.gate
 
 
 def rows(tag: float, n: int = 1, width: int = 2) -> np.ndarray:
     return np.full((n, width), tag, dtype=np.float32)
 
 
-async def settle_loop() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+async def computing(backend: FakeBackend, batches: int) -> None:
+    """Wait until the backend has started ``batches`` batches in all."""
+    await until(lambda: len(backend.batches) == batches, what=f"{batches} batch(es) started")
+
+
+async def queued(batcher: DynamicBatcher, requests: int) -> None:
+    """Wait until ``requests`` requests are queued."""
+    await until(lambda: len(batcher.queue) == requests, what=f"{requests} queued")
 
 
 @pytest.fixture
@@ -69,14 +85,13 @@ async def test_idle_request_dispatches_at_once(backend):
 
 
 async def test_queue_grows_into_next_batch_while_one_computes(backend):
-    backend.gate = asyncio.Event()
+    gate = backend.hold()
     batcher = make(backend)
     first = asyncio.create_task(batcher.submit({"x": rows(0)}, 1))
-    await settle_loop()
-    assert len(backend.batches) == 1  # the first request went alone, no waiting
+    await computing(backend, 1)  # the first request went alone, no waiting
     later = [asyncio.create_task(batcher.submit({"x": rows(i)}, 1)) for i in range(1, 6)]
-    await settle_loop()
-    backend.gate.set()
+    await queued(batcher, 5)
+    gate.set()
     results = await asyncio.gather(first, *later)
     assert [b.shape[0] for b in backend.batches] == [1, 5]
     for i, out in enumerate(results):
@@ -85,21 +100,38 @@ async def test_queue_grows_into_next_batch_while_one_computes(backend):
 
 
 async def test_batches_are_cut_by_rows_and_split_back_exactly(backend):
-    backend.gate = asyncio.Event()
+    gate = backend.hold()
     batcher = make(backend, max_batch_size=8)
     blocker = asyncio.create_task(batcher.submit({"x": rows(-1)}, 1))
-    await settle_loop()
+    await computing(backend, 1)
     sizes = [3, 3, 3, 1, 5]
     tasks = [
         asyncio.create_task(batcher.submit({"x": rows(i, n)}, n)) for i, n in enumerate(sizes)
     ]
-    await settle_loop()
-    backend.gate.set()
+    await queued(batcher, len(sizes))
+    gate.set()
     await blocker
     results = await asyncio.gather(*tasks)
     assert [b.shape[0] for b in backend.batches] == [1, 6, 4, 5]
     for i, (n, out) in enumerate(zip(sizes, results, strict=True)):
         np.testing.assert_array_equal(out["y"], rows(2 * i, n))
+    await batcher.close()
+
+
+async def test_the_next_batch_starts_without_the_event_loop(backend):
+    """An instance that finishes a batch cuts and computes the next one on its own thread: a
+    busy event loop (here: blocked outright) does not stand between two batches."""
+    gate = backend.hold()
+    batcher = make(backend)
+    first = asyncio.create_task(batcher.submit({"x": rows(1)}, 1))
+    await computing(backend, 1)
+    second = asyncio.create_task(batcher.submit({"x": rows(2)}, 1))
+    await queued(batcher, 1)
+    gate.set()
+    # No await from here on: the loop runs nothing while we wait.
+    assert block_until(lambda: len(backend.batches) == 2), "the second batch waited for the loop"
+    np.testing.assert_array_equal((await second)["y"], rows(4))
+    np.testing.assert_array_equal((await first)["y"], rows(2))
     await batcher.close()
 
 
@@ -112,15 +144,15 @@ async def test_request_over_max_batch_is_invalid(backend):
 
 async def test_expired_requests_are_dropped_before_compute(backend):
     clock = FakeClock()
-    backend.gate = asyncio.Event()
+    gate = backend.hold()
     batcher = make(backend, clock=clock)
     blocker = asyncio.create_task(batcher.submit({"x": rows(0)}, 1))
-    await settle_loop()
+    await computing(backend, 1)
     doomed = asyncio.create_task(batcher.submit({"x": rows(7)}, 1, deadline=clock.now + 1.0))
     alive = asyncio.create_task(batcher.submit({"x": rows(8)}, 1, deadline=clock.now + 10.0))
-    await settle_loop()
+    await queued(batcher, 2)
     clock.now += 2.0
-    backend.gate.set()
+    gate.set()
     await blocker
     with pytest.raises(DeadlineExceeded):
         await doomed
@@ -140,16 +172,16 @@ async def test_already_expired_request_is_refused_at_the_door(backend):
 
 
 async def test_cancelled_callers_are_dropped_before_compute(backend):
-    backend.gate = asyncio.Event()
+    gate = backend.hold()
     batcher = make(backend)
     blocker = asyncio.create_task(batcher.submit({"x": rows(0)}, 1))
-    await settle_loop()
+    await computing(backend, 1)
     leaving = asyncio.create_task(batcher.submit({"x": rows(5)}, 1))
     staying = asyncio.create_task(batcher.submit({"x": rows(6)}, 1))
-    await settle_loop()
+    await queued(batcher, 2)
     leaving.cancel()
-    await settle_loop()
-    backend.gate.set()
+    await until(leaving.done, what="the cancelled caller to leave")
+    gate.set()
     await blocker
     np.testing.assert_array_equal((await staying)["y"], rows(12))
     assert leaving.cancelled()
@@ -158,14 +190,14 @@ async def test_cancelled_callers_are_dropped_before_compute(backend):
 
 
 async def test_a_failing_batch_fails_only_its_members(backend):
-    backend.gate = asyncio.Event()
+    gate = backend.hold()
     backend.fail_if = lambda x: bool((x == 13).any())
     batcher = make(backend, max_batch_size=2)
     blocker = asyncio.create_task(batcher.submit({"x": rows(0)}, 1))
-    await settle_loop()
+    await computing(backend, 1)
     tasks = [asyncio.create_task(batcher.submit({"x": rows(v)}, 1)) for v in (13, 1, 2, 3)]
-    await settle_loop()
-    backend.gate.set()
+    await queued(batcher, 4)
+    gate.set()
     await blocker
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(results[0], BackendError) and isinstance(results[1], BackendError)
@@ -178,7 +210,7 @@ async def test_a_failing_batch_fails_only_its_members(backend):
 
 
 async def test_outputs_with_the_wrong_row_count_fail_the_batch():
-    async def bad_run(instance, inputs):
+    def bad_run(instance, inputs):
         return {"y": np.zeros((inputs["x"].shape[0] + 1, 2), np.float32)}
 
     batcher = DynamicBatcher("m:1", bad_run, max_batch_size=8)
@@ -189,17 +221,17 @@ async def test_outputs_with_the_wrong_row_count_fail_the_batch():
 
 
 async def test_full_queue_sheds_with_pushback(backend):
-    backend.gate = asyncio.Event()
+    gate = backend.hold()
     batcher = make(backend, max_queue_size=2)
     blocker = asyncio.create_task(batcher.submit({"x": rows(0)}, 1))
-    await settle_loop()
-    queued = [asyncio.create_task(batcher.submit({"x": rows(i)}, 1)) for i in (1, 2)]
-    await settle_loop()
+    await computing(backend, 1)
+    waiting = [asyncio.create_task(batcher.submit({"x": rows(i)}, 1)) for i in (1, 2)]
+    await queued(batcher, 2)
     with pytest.raises(Overloaded) as info:
         await batcher.submit({"x": rows(3)}, 1)
     assert info.value.reason == "queue_full" and info.value.retry_after_ms >= 1
-    backend.gate.set()
-    await asyncio.gather(blocker, *queued)
+    gate.set()
+    await asyncio.gather(blocker, *waiting)
     await batcher.close()
 
 
@@ -220,58 +252,78 @@ async def test_preferred_size_dispatches_when_reached_and_delay_bounds_the_wait(
 
 
 async def test_unbatched_models_run_each_request_alone(backend):
-    backend.gate = asyncio.Event()
+    gate = backend.hold()
     batcher = make(backend, max_batch_size=0)
     tasks = [asyncio.create_task(batcher.submit({"x": rows(i, 3)}, 1)) for i in range(3)]
-    await settle_loop()
-    backend.gate.set()
+    await computing(backend, 1)  # unbatched: one request per run, however many are queued
+    await queued(batcher, 2)
+    gate.set()
     await asyncio.gather(*tasks)
     assert [b.shape[0] for b in backend.batches] == [3, 3, 3]
     await batcher.close()
 
 
 async def test_requests_with_different_shapes_are_not_mixed(backend):
-    backend.gate = asyncio.Event()
+    gate = backend.hold()
     batcher = make(backend)
     blocker = asyncio.create_task(batcher.submit({"x": rows(0)}, 1))
-    await settle_loop()
+    await computing(backend, 1)
     tasks = [
         asyncio.create_task(batcher.submit({"x": rows(1, width=2)}, 1)),
         asyncio.create_task(batcher.submit({"x": rows(2, width=3)}, 1)),
         asyncio.create_task(batcher.submit({"x": rows(3, width=3)}, 1)),
     ]
-    await settle_loop()
-    backend.gate.set()
+    await queued(batcher, 3)
+    gate.set()
     await asyncio.gather(blocker, *tasks)
     assert [b.shape for b in backend.batches] == [(1, 2), (1, 2), (2, 3)]
     await batcher.close()
 
 
 async def test_instances_run_batches_in_parallel(backend):
-    backend.gate = asyncio.Event()
+    gate = backend.hold()
     batcher = make(backend, instances=2, max_batch_size=1)
     tasks = [asyncio.create_task(batcher.submit({"x": rows(i)}, 1)) for i in range(3)]
-    await settle_loop()
-    assert len(backend.batches) == 2
+    await computing(backend, 2)  # both instances hold a batch at the gate at once
+    await queued(batcher, 1)
     assert batcher.stats()["busy_instances"] == 2
-    backend.gate.set()
+    gate.set()
     await asyncio.gather(*tasks)
     await batcher.close()
 
 
 async def test_close_drains_the_queue_then_refuses(backend):
-    backend.gate = asyncio.Event()
+    gate = backend.hold()
     batcher = make(backend)
-    tasks = [asyncio.create_task(batcher.submit({"x": rows(i)}, 1)) for i in range(4)]
-    await settle_loop()
+    tasks = [asyncio.create_task(batcher.submit({"x": rows(0)}, 1))]
+    await computing(backend, 1)
+    tasks += [asyncio.create_task(batcher.submit({"x": rows(i)}, 1)) for i in range(1, 4)]
+    await queued(batcher, 3)
     closing = asyncio.create_task(batcher.close())
-    await settle_loop()
+    await until(lambda: batcher.closing, what="close() to begin")
     with pytest.raises(Overloaded) as info:
         await batcher.submit({"x": rows(9)}, 1)
     assert info.value.reason == "draining"
-    backend.gate.set()
+    gate.set()
     await closing
     assert [float(t.result()["y"][0, 0]) for t in tasks] == [0, 2, 4, 6]
+
+
+async def test_abort_fails_the_queued_and_answers_the_computing(backend):
+    gate = backend.hold()
+    batcher = make(backend)
+    computing_now = asyncio.create_task(batcher.submit({"x": rows(1)}, 1))
+    await computing(backend, 1)
+    waiting = [asyncio.create_task(batcher.submit({"x": rows(i)}, 1)) for i in (2, 3)]
+    await queued(batcher, 2)
+    batcher.abort("server stopping")
+    for task in waiting:
+        with pytest.raises(Overloaded, match="server stopping"):
+            await task
+    gate.set()
+    np.testing.assert_array_equal((await computing_now)["y"], rows(2))
+    await batcher.close()
+    assert len(backend.batches) == 1
 
 
 async def test_observer_sees_every_batch(backend):
@@ -283,35 +335,76 @@ async def test_observer_sees_every_batch(backend):
     assert reports[0].run_s >= 0 and len(reports[0].queue_s) == 1
 
 
+async def test_idle_is_set_only_when_nothing_is_queued_or_computing(backend):
+    gate = backend.hold()
+    batcher = make(backend)
+    assert batcher.idle.is_set()
+    first = asyncio.create_task(batcher.submit({"x": rows(1)}, 1))
+    await computing(backend, 1)
+    assert not batcher.idle.is_set()
+    gate.set()
+    await first
+    await until(batcher.idle.is_set, what="idle after the last answer")
+    await batcher.close()
+
+
+class Background:
+    """A background path that records its batches and can be held at its own gate."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.gate: threading.Event | None = None
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.batches.append(inputs["x"].shape[0])
+        if self.gate is not None:
+            assert self.gate.wait(30), "test gate never opened"
+        return {"y": inputs["x"] * 2}
+
+
 async def test_shadow_only_batches_run_on_the_background_path(backend):
     """With levels 1..2, level 2 is the lowest (the shadow level): batches made only of it go to
     ``background_run``; a batch holding any level-1 request runs as usual."""
-    background: list[int] = []
-
-    async def run_background(instance, inputs):
-        background.append(inputs["x"].shape[0])
-        return {"y": inputs["x"] * 2}
-
-    batcher = make(backend, max_batch_size=8, levels=2, background_run=run_background)
-    backend.gate = asyncio.Event()
+    background = Background()
+    batcher = make(backend, max_batch_size=8, levels=2, background_run=background.run)
 
     def submit(tag: float, level: int) -> asyncio.Task:
         return asyncio.create_task(batcher.submit({"x": rows(tag)}, 1, level=level))
 
+    gate = backend.hold()
     first = submit(0, 1)  # holds the instance while the next ones queue
-    await settle_loop()
+    await computing(backend, 1)
     shadow = [submit(1, 2), submit(2, 2)]
-    await settle_loop()
-    backend.gate.set()
+    await queued(batcher, 2)
+    gate.set()
     await asyncio.gather(first, *shadow)
-    backend.gate = asyncio.Event()
+    gate = backend.hold()
     blocker = submit(5, 1)
-    await settle_loop()
+    await computing(backend, 2)
     mixed = [submit(3, 1), submit(4, 2)]
-    await settle_loop()
-    backend.gate.set()
+    await queued(batcher, 2)
+    gate.set()
     await asyncio.gather(blocker, *mixed)
-    assert background == [2]  # the two shadow requests, together; the mixed batch did not go
+    assert background.batches == [2]  # the two shadow requests, together; not the mixed batch
+    await batcher.close()
+
+
+async def test_a_background_batch_does_not_hold_an_instance(backend):
+    """While a shadow-only batch computes on the background thread, live requests still run on
+    the model's only instance; the next shadow batch waits for the background one to finish."""
+    background = Background()
+    background.gate = threading.Event()
+    batcher = make(backend, max_batch_size=1, levels=2, background_run=background.run)
+    copy = asyncio.create_task(batcher.submit({"x": rows(1)}, 1, level=2))
+    await until(lambda: background.batches == [1], what="the shadow batch to start")
+    live = await asyncio.wait_for(batcher.submit({"x": rows(2)}, 1, level=1), 10)
+    np.testing.assert_array_equal(live["y"], rows(4))
+    second_copy = asyncio.create_task(batcher.submit({"x": rows(3)}, 1, level=2))
+    await queued(batcher, 1)  # one background batch at a time: this one waits its turn
+    assert background.batches == [1]
+    background.gate.set()
+    await asyncio.gather(copy, second_copy)
+    assert background.batches == [1, 1] and len(backend.batches) == 1
     await batcher.close()
 
 
