@@ -127,7 +127,7 @@ def input_specs(target: str, model: str) -> tuple[InputSpec, ...]:
 
 
 def open_loop(
-    s: Settings, target: str, phases: list[dict[str, Any]], procs: int
+    s: Settings, target: str, phases: list[dict[str, Any]], procs: int, server_pid: int | None
 ) -> tuple[rep.Records, list[dict[str, Any]]]:
     """Run the timetable from ``procs`` generator processes; the merged records."""
     per_proc = json.dumps([{**p, "rate": p["rate"] / procs} for p in phases])
@@ -159,7 +159,10 @@ def open_loop(
             assert child.stdin is not None
             child.stdin.write(f"{start!r}\n")
             child.stdin.flush()
-        poller = RejectPoller(target, s.model, start, [p["duration_s"] for p in phases])
+        poller = PhasePoller(
+            target, s.model, start, [p["duration_s"] for p in phases],
+            {"server": server_pid, "generator": [child.pid for child, _ in children]},
+        )
         poller.start()
         summaries, parts = [], []
         for child, out in children:
@@ -172,26 +175,35 @@ def open_loop(
             with np.load(out) as data:
                 parts.append({k: data[k] for k in data.files})
         poller.join(timeout=30)
-    for phase, (before, after) in zip(phases, poller.intervals(), strict=True):
+    for phase, (before, after), cpu in zip(phases, poller.intervals(), poller.cpu_intervals(),
+                                           strict=True):
         phase["server_reject_ms"] = rep.reject_quantiles(before, after)
+        phase["cpu_s"] = cpu
     return rep.Records.merge(parts), summaries
 
 
-class RejectPoller(threading.Thread):
-    """Reads the server's cumulative reject histogram of ``model`` at every phase boundary
-    (monotonic instants from ``start``), so each phase gets its own server-side reject
-    latency. One ModelStatistics call per boundary; a failed read leaves that phase blank."""
+class PhasePoller(threading.Thread):
+    """At every phase boundary (monotonic instants from ``start``): reads the server's
+    cumulative reject histogram of ``model`` (one ModelStatistics call), so each phase gets
+    its own server-side reject latency, and the CPU seconds used so far by each group of
+    ``pids`` (a group's processes and their children: ``--workers`` servers), so each phase
+    gets its own CPU use. A failed read leaves that phase blank."""
 
-    def __init__(self, target: str, model: str, start: float, durations: list[float]) -> None:
-        super().__init__(daemon=True, name="reject-poller")
+    def __init__(self, target: str, model: str, start: float, durations: list[float],
+                 pids: dict[str, int | list[int] | None]) -> None:
+        super().__init__(daemon=True, name="phase-poller")
         self._target, self._model = target, model
         self._due = [start + sum(durations[:k]) for k in range(len(durations) + 1)]
+        self._pids = {name: [p] if isinstance(p, int) else list(p or ())
+                      for name, p in pids.items()}
         self.snapshots: list[list[list[Any]] | None] = []
+        self.cpu: list[dict[str, float | None]] = []
 
     def run(self) -> None:
         with Client(self._target, timeout=5.0) as client:
             for due in self._due:
                 time.sleep(max(0.0, due - time.monotonic()))
+                self.cpu.append({name: _cpu_of(pids) for name, pids in self._pids.items()})
                 try:
                     table = client.latency(self._model).get(self._model, {})
                     merged: dict[str, int] = {}
@@ -205,6 +217,32 @@ class RejectPoller(threading.Thread):
     def intervals(self) -> list[tuple[Any, Any]]:
         snaps = self.snapshots + [None] * (len(self._due) - len(self.snapshots))
         return list(zip(snaps[:-1], snaps[1:], strict=True))
+
+    def cpu_intervals(self) -> list[dict[str, float | None]]:
+        """Per phase: CPU seconds used by each group of processes (None: not measured)."""
+        snaps = self.cpu + [{}] * (len(self._due) - len(self.cpu))
+        return [
+            {name: None if before.get(name) is None or after.get(name) is None
+             else after[name] - before[name] for name in self._pids}
+            for before, after in zip(snaps[:-1], snaps[1:], strict=True)
+        ]
+
+
+def _cpu_of(pids: list[int]) -> float | None:
+    """User + system CPU seconds of ``pids`` and their living children (None: none found)."""
+    import psutil
+
+    total, found = 0.0, False
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in (root, *root.children(recursive=True)):
+                times = proc.cpu_times()
+                total += times.user + times.system
+                found = True
+        except psutil.Error:  # gone: its CPU is lost to this count
+            continue
+    return total if found else None
 
 
 def _reap(child: subprocess.Popen[str]) -> None:
@@ -223,6 +261,10 @@ def analyze(s: Settings, capacity: float, phases: list[dict[str, Any]],
         server_reject = p.get("server_reject_ms") or {}
         stats[p["name"]]["server_reject_p50_ms"] = server_reject.get(50)
         stats[p["name"]]["server_reject_p99_ms"] = server_reject.get(99)
+        cpu = p.get("cpu_s") or {}
+        for group in ("server", "generator"):
+            used = cpu.get(group)
+            stats[p["name"]][f"{group}_cores"] = None if used is None else used / p["duration_s"]
         t += p["duration_s"]
     line = rep.timeline(records, t, slo_s)
     first = next(p["name"] for p in phases if p["kind"] == "step")
@@ -233,11 +275,20 @@ def analyze(s: Settings, capacity: float, phases: list[dict[str, Any]],
                                    reference)
     prio_name = next(p["name"] for p in phases if p["kind"] == "priority")
     steps = {**stats, "3x p1=20%": stats[prio_name]}
+    cpu = rep.cpu_model(stats, capacity, _cores())
     return {
-        "phases": stats, "kinds": kinds, "phase_starts": starts, "timeline": line,
+        "phases": stats, "kinds": kinds, "phase_starts": starts, "timeline": line, "cpu": cpu,
         "recovery_s": recovery_s, "reference_good_share": reference,
         "targets": rep.check_targets(steps, recovery_s, s.slo_ms),
     }
+
+
+def _cores() -> int:
+    """CPUs this process may run on (the server and generator share them on this machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _with_priority_levels(tmp: Path, source: Path, model: str, levels: int) -> Path:
@@ -296,7 +347,7 @@ def run(s: Settings) -> dict[str, Any]:
             f"process(es), deadline {s.deadline_ms:g} ms")
         cpu0 = _cpu_s(server)
         rss0 = server.rss() if server else None
-        records, summaries = open_loop(s, target, phases, procs)
+        records, summaries = open_loop(s, target, phases, procs, server.pid if server else None)
         cpu1 = _cpu_s(server)
         rss1 = server.rss() if server else None
         exit_code = server.stop() if server else None
@@ -348,6 +399,7 @@ def print_report(payload: dict[str, Any]) -> None:
           f"{max(g['lag_p99_ms'] or 0.0 for g in gen):.1f} ms over the run, "
           f"{sum(g['dropped'] for g in gen)} drops, at most "
           f"{max(g['max_outstanding'] for g in gen)} calls in flight")
+    print(rep.cpu_lines(payload["cpu"]))
     print("targets:")
     print(rep.target_lines(payload["targets"]))
 

@@ -13,7 +13,14 @@ Definitions (times are client-observed, ``time.perf_counter`` in the generator p
   stacks and the loopback); the server-side figure (``srv99``) is the model's time from a
   request reaching it to its shed status, from the server's cumulative reject histogram read at
   each phase boundary (so a bucket's upper bound: "< 1 ms" means the bucket ending at 1 ms);
-* generator drops (code -1) were never sent and are reported apart from server outcomes.
+* generator drops (code -1) were never sent and are reported apart from server outcomes;
+* CPU: the server's and the generators' CPU seconds are read at each phase boundary. A least
+  squares fit over the phases splits the server's CPU into a cost per request that reaches it
+  (receive, decode, admit or shed, answer: ``rpc``) and an extra cost per request it computes
+  (``compute``); with the generator's cost per request sent, the **CPU bound** of a phase is
+  the goodput the machine's cores allow at that offered rate,
+  ``min(rate, (cores - rate * (rpc + generator)) / compute)``: on a machine the generator
+  shares, every request turned away still costs both sides CPU that computing cannot use.
 """
 
 from __future__ import annotations
@@ -109,6 +116,7 @@ def phase_stats(
     offered = due.sum() / duration_s
     lag_p99 = _pct(lag, 99)
     stats: dict[str, Any] = {
+        "duration_s": duration_s,
         "due": int(due.sum()),
         "offered_req_s": offered,
         "sent_req_s": sent_rate,
@@ -138,6 +146,49 @@ def phase_stats(
             stats[f"p{level}_sent"] = int(mine.sum())
             stats[f"p{level}_success"] = float(np.count_nonzero(good & mine) / mine.sum())
     return stats
+
+
+def cpu_model(
+    phases: dict[str, dict[str, Any]], capacity: float, cores: int
+) -> dict[str, Any]:
+    """Fit the server's CPU per phase as ``rpc * sent/s + compute * computed/s`` (computed =
+    OK answers) and the generator's cost per request sent; store each phase's CPU bound as a
+    share of C under ``cpu_bound_of_capacity`` (None where the fit failed)."""
+    rows, cpu_server, gen_cpu, gen_sent = [], [], 0.0, 0
+    for st in phases.values():
+        sent = st["due"] - st["generator_drops"]
+        if st.get("server_cores") is not None:
+            rows.append((sent / st["duration_s"], st["ok"] / st["duration_s"]))
+            cpu_server.append(st["server_cores"])
+        if st.get("generator_cores") is not None:
+            gen_cpu += st["generator_cores"] * st["duration_s"]
+            gen_sent += sent
+    model: dict[str, Any] = {"cores": cores, "rpc_ms": None, "compute_ms": None,
+                             "generator_ms": 1e3 * gen_cpu / gen_sent if gen_sent else None}
+    if len(rows) >= 3:
+        (rpc, compute), *_ = np.linalg.lstsq(np.array(rows), np.array(cpu_server), rcond=None)
+        if rpc > 0 and compute > 0:
+            model["rpc_ms"], model["compute_ms"] = 1e3 * rpc, 1e3 * compute
+    for st in phases.values():
+        st["cpu_bound_of_capacity"] = _bound(st, model, capacity)
+    return model
+
+
+def _bound(st: dict[str, Any], model: dict[str, Any], capacity: float) -> float | None:
+    if model["compute_ms"] is None or model["generator_ms"] is None or not capacity:
+        return None
+    rate = (st["due"] - st["generator_drops"]) / st["duration_s"]
+    spare = model["cores"] - rate * (model["rpc_ms"] + model["generator_ms"]) / 1e3
+    return min(rate, max(0.0, spare / (model["compute_ms"] / 1e3))) / capacity
+
+
+def cpu_lines(model: dict[str, Any]) -> str:
+    if model["compute_ms"] is None:
+        return "CPU model: not enough phases with CPU readings to fit"
+    return (f"CPU per request (fit over the phases): server {model['rpc_ms']:.2f} ms for every "
+            f"request that reaches it + {model['compute_ms']:.2f} ms per computed request; "
+            f"generator {fmt(model['generator_ms'], '.2f', 0)} ms per request; "
+            f"{model['cores']} cores shared -> 'bound' = the goodput those allow")
 
 
 def timeline(rec: Records, total_s: float, slo_s: float) -> dict[str, list[float | None]]:
@@ -236,7 +287,7 @@ def check_targets(
 def table(steps: dict[str, dict[str, Any]]) -> str:
     head = (f"{'phase':<10} {'offered/s':>9} {'sent/s':>7} {'goodput/s':>9} {'%C':>5} "
             f"{'p50':>7} {'p95':>7} {'p99':>7} {'shed%':>6} {'rej50':>6} {'rej99':>6} {'srv99':>6} "
-            f"{'lag99':>6} {'drops':>5}  other errors")
+            f"{'lag99':>6} {'drops':>5} {'srvcpu':>6} {'bound':>5}  other errors")
     lines = [head, "-" * len(head)]
     for name, s in steps.items():
         share = s["goodput_of_capacity"]
@@ -253,13 +304,20 @@ def table(steps: dict[str, dict[str, Any]]) -> str:
             f"{fmt(None if shed is None else 100 * shed, '.1f', 6)} "
             f"{fmt(s['reject_p50_ms'], '.2f', 6)} {fmt(s['reject_p99_ms'], '.2f', 6)} "
             f"{fmt(s.get('server_reject_p99_ms'), '.3g', 6)} "
-            f"{fmt(s['generator_lag_p99_ms'], '.1f', 6)} {s['generator_drops']:>5}  {others}"
+            f"{fmt(s['generator_lag_p99_ms'], '.1f', 6)} {s['generator_drops']:>5} "
+            f"{fmt(s.get('server_cores'), '.2f', 6)} "
+            f"{fmt(_percent(s.get('cpu_bound_of_capacity')), '.0f', 5)}"
+            f"  {others}"
         )
     if any(not s["generator_kept_up"] for s in steps.values()):
         lines.append(f"! the generator fell behind its timetable (sent < 95% of offered inside "
                      f"the phase, or lag p99 > {_LAG_LIMIT_OF_SLO:.0%} of the SLO): those rows "
                      f"measure the generator as much as the server")
     return "\n".join(lines)
+
+
+def _percent(share: float | None) -> float | None:
+    return None if share is None else 100 * share
 
 
 def target_lines(targets: list[dict[str, Any]]) -> str:
