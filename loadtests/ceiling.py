@@ -2,6 +2,10 @@
 
     python -m loadtests.ceiling [--host 127.0.0.1] [--port 0]
 
+With ``--shed``, ModelInfer instead turns every request away as Sluice sheds one (UNAVAILABLE,
+trailers ``grpc-retry-pushback-ms`` and ``sluice-shed-reason``): the least a grpc.aio server can
+spend on a request it refuses (:mod:`loadtests.reject_cost`).
+
 Implements only ModelInfer (answers a constant, pre-built ModelInferResponse shaped like
 identity's answer to a batch-1 request: OUTPUT0 FP32 [1,16]) and ModelStreamInfer (answers each
 request with that constant). Requests are deserialized by the generated handler, as in any real
@@ -48,6 +52,16 @@ class CeilingServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         return self._response
 
+
+class SheddingServicer(CeilingServicer):
+    """ModelInfer refuses every request the way Sluice sheds one."""
+
+    _TRAILERS = (("grpc-retry-pushback-ms", "10"), ("sluice-shed-reason", "deadline"))
+
+    async def ModelInfer(self, request, context):
+        context.set_trailing_metadata(self._TRAILERS)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "shed (ceiling --shed)")
+
     def _stream_answer(self, request_id: str) -> pb.ModelStreamInferResponse:
         answer = self._stream_answers.get(request_id)
         if answer is None:
@@ -64,7 +78,7 @@ class CeilingServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             yield self._stream_answer(request.id)
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, shed: bool = False) -> None:
     """Serve until SIGTERM/SIGINT; prints the bound address first."""
     server = grpc.aio.server(
         options=[
@@ -73,7 +87,8 @@ async def serve(host: str, port: int) -> None:
             ("grpc.so_reuseport", 0),
         ]
     )
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(CeilingServicer(), server)
+    servicer = SheddingServicer() if shed else CeilingServicer()
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise SystemExit(f"ceiling: could not bind {host}:{port}")
@@ -91,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.ceiling", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    parser.add_argument("--shed", action="store_true",
+                        help="refuse every ModelInfer with UNAVAILABLE, as Sluice sheds")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(serve(args.host, args.port, args.shed))
     return 0
 
 
