@@ -327,7 +327,8 @@ class DynamicBatcher:
             results = self._scatter(batch, outputs, rows)
         except SluiceError as exc:
             error = exc
-        except Exception as exc:  # the backend's own failure: fail this batch only
+        except BaseException as exc:  # the backend's own failure: fail this batch only (even a
+            # SystemExit raised in a model's code must not end the thread with its batch unanswered)
             error = BackendError(f"model '{self.name}': inference failed: {exc}")
         end = self._clock()
         with self._lock:

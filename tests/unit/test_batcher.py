@@ -209,6 +209,24 @@ async def test_a_failing_batch_fails_only_its_members(backend):
     await batcher.close()
 
 
+async def test_a_backend_raising_system_exit_fails_its_batch_and_the_thread_goes_on():
+    calls = []
+
+    def exiting_run(instance, inputs):
+        calls.append(inputs["x"].shape[0])
+        if len(calls) == 1:
+            raise SystemExit(3)
+        return {"y": inputs["x"] * 2}
+
+    batcher = DynamicBatcher("m:1", exiting_run, max_batch_size=8)
+    batcher.start()
+    with pytest.raises(BackendError, match="inference failed"):
+        await asyncio.wait_for(batcher.submit({"x": rows(1)}, 1), 10)
+    out = await asyncio.wait_for(batcher.submit({"x": rows(2)}, 1), 10)
+    np.testing.assert_array_equal(out["y"], rows(4))
+    await batcher.close()
+
+
 async def test_outputs_with_the_wrong_row_count_fail_the_batch():
     def bad_run(instance, inputs):
         return {"y": np.zeros((inputs["x"].shape[0] + 1, 2), np.float32)}
