@@ -19,7 +19,7 @@ Definitions (times are client-observed, ``time.perf_counter`` in the generator p
   (receive, decode, admit or shed, answer: ``rpc``) and an extra cost per request it computes
   (``compute``); with the generator's cost per request sent, the **CPU bound** of a phase is
   the goodput the machine's cores allow at that offered rate,
-  ``min(rate, (cores - rate * (rpc + generator)) / compute)``: on a machine the generator
+  ``min(rate, C, (cores - rate * (rpc + generator)) / compute)``: on a machine the generator
   shares, every request turned away still costs both sides CPU that computing cannot use.
 """
 
@@ -152,8 +152,9 @@ def cpu_model(
     phases: dict[str, dict[str, Any]], capacity: float, cores: int
 ) -> dict[str, Any]:
     """Fit the server's CPU per phase as ``rpc * sent/s + compute * computed/s`` (computed =
-    OK answers) and the generator's cost per request sent; store each phase's CPU bound as a
-    share of C under ``cpu_bound_of_capacity`` (None where the fit failed)."""
+    OK answers) and the generator's cost per request sent; store each phase's CPU bound (never
+    above the offered rate or C) as a share of C under ``cpu_bound_of_capacity`` (None where
+    the fit failed)."""
     rows, cpu_server, gen_cpu, gen_sent = [], [], 0.0, 0
     for st in phases.values():
         sent = st["due"] - st["generator_drops"]
@@ -179,7 +180,7 @@ def _bound(st: dict[str, Any], model: dict[str, Any], capacity: float) -> float 
         return None
     rate = (st["due"] - st["generator_drops"]) / st["duration_s"]
     spare = model["cores"] - rate * (model["rpc_ms"] + model["generator_ms"]) / 1e3
-    return min(rate, max(0.0, spare / (model["compute_ms"] / 1e3))) / capacity
+    return min(rate, capacity, max(0.0, spare / (model["compute_ms"] / 1e3))) / capacity
 
 
 def cpu_lines(model: dict[str, Any]) -> str:

@@ -36,6 +36,12 @@ def test_the_fit_recovers_the_costs_and_bounds_each_phase():
     assert phases["5x"]["cpu_bound_of_capacity"] == pytest.approx(0.5 / 0.006 / 300)
     # 0.5x: the cores allow more than is offered; the bound is the offered rate.
     assert phases["0.5x"]["cpu_bound_of_capacity"] == pytest.approx(0.5)
+    # 1x: the cores would allow (2 - 0.3) / 0.006 = 283/s; the model's capacity is 300.
+    assert phases["1x"]["cpu_bound_of_capacity"] == pytest.approx(1.7 / 0.006 / 300)
+    # With a C measured below what the cores allow, the bound stops at C.
+    capped = {name: dict(st) for name, st in phases.items()}
+    cpu_model(capped, capacity=150.0, cores=2)
+    assert capped["1x"]["cpu_bound_of_capacity"] == pytest.approx(1.0)
 
 
 def test_without_cpu_readings_there_is_no_bound():
