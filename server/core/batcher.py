@@ -14,12 +14,13 @@ the 2-core machine grpc.aio costs about 0.5 ms of CPU per call, shed or not). Wh
 cut on the loop, each instance waited a pass of that busy loop between two batches and, at 5x
 capacity, computed only 18-46% of the time while the queue was full (py-spy).
 
-The queue has one FIFO lane per priority level (see :mod:`server.core.queues`); batches are cut
-from level 1 first. Admission (:mod:`server.core.admission`) decides before a request is queued;
-the batcher only enforces its request bound, drops the dead when cutting, and, with CoDel on,
-sheds from the lowest level while a standing queue persists. The queue, the service-rate meter
-and the busy count change only under the batcher's lock; admission reads their counters
-without it (a count one request stale is fine for an estimate).
+The queue has one FIFO lane per priority level (see :mod:`server.core.queues`); which requests
+make a batch is :mod:`server.core.cutting`'s policy (level 1 first; it drops the dead and, with
+CoDel on, sheds from the lowest level while a standing queue persists). Admission
+(:mod:`server.core.admission`) decides before a request is queued; the batcher only enforces its
+request bound. The queue, the service-rate meter and the busy count change only under the
+batcher's lock; admission reads their counters without it (a count one request stale is fine
+for an estimate).
 
 Promises:
 - Every submitted request gets exactly one answer: its rows of the outputs, or an exception.
@@ -31,7 +32,6 @@ Promises:
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.core.cutting import UNTIL_NOTIFIED, BatchCutter, Failures
 from server.core.queues import CoDel, PriorityQueue, QueueItem, ServiceRate
 from server.core.worker import InstanceThread, settle
 from server.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded, SluiceError
@@ -49,11 +50,6 @@ Arrays = dict[str, np.ndarray]
 RunFn = Callable[[int, Arrays], Arrays]
 #: background_run(batched_inputs) -> outputs, for batches made only of the lowest level.
 BackgroundFn = Callable[[Arrays], Arrays]
-#: Outcomes the loop settles: each request with the exception it fails with.
-Failures = list[tuple[QueueItem, BaseException]]
-
-#: ``_cut``'s "nothing to cut until something changes" (sleep until notified).
-_UNTIL_NOTIFIED = math.inf
 
 
 @dataclass(slots=True)
@@ -101,8 +97,6 @@ class DynamicBatcher:
         self._instances = instances
         #: 0 means unbatched: every request runs alone, shapes as sent.
         self._max_batch = max_batch_size
-        self._preferred = tuple(sorted(set(preferred_batch_sizes)))
-        self._delay_s = max_queue_delay_s
         self._max_queue = max_queue_size
         self._clock = clock
         self._observer = observer
@@ -110,7 +104,11 @@ class DynamicBatcher:
         self.queue = PriorityQueue(levels)
         #: Measured speed of completed batches; admission estimates waits from it.
         self.rate = ServiceRate(instances, max_batch_size or 1)
-        self._codel = codel
+        self._cutter = BatchCutter(
+            name, self.queue, self.rate, max_batch_size=max_batch_size,
+            preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_s=max_queue_delay_s,
+            codel=codel, retry_after_ms=self.drain_estimate_ms,
+        )
         #: Guards the queue, the rate meter, the busy counts and ``_closing``; instance threads
         #: sleep on it while there is nothing to cut.
         self._lock = threading.Condition(threading.Lock())
@@ -292,19 +290,28 @@ class DynamicBatcher:
         None once closing with nothing left to cut. Called with the lock held."""
         while True:
             if self.queue:
-                batch, wait_s = self._cut(self._clock())
-                if batch:
-                    return batch
-                if wait_s is None:
+                cut = self._cutter.cut(
+                    self._clock(), closing=self._closing, held=self._background_held
+                )
+                if cut.failures:
+                    self._post(self._fail, cut.failures)
+                if cut.batch:
+                    return cut.batch
+                if cut.wait_s is None:
                     continue  # everything at the head was dead; look again
+                wait_s = cut.wait_s
             elif self._closing:
                 return None
             else:
-                wait_s = _UNTIL_NOTIFIED
-            self._lock.wait(None if wait_s == _UNTIL_NOTIFIED else wait_s)
+                wait_s = UNTIL_NOTIFIED
+            self._lock.wait(None if wait_s == UNTIL_NOTIFIED else wait_s)
 
     def _is_background(self, batch: list[QueueItem]) -> bool:
         return self._background_run is not None and batch[0].level == self.queue.levels
+
+    def _background_held(self, batch: list[QueueItem]) -> bool:
+        """One background batch at a time; live work arriving meanwhile still wakes us."""
+        return self._background_busy and self._is_background(batch)
 
     def _execute(self, index: int, batch: list[QueueItem]) -> None:
         """Gather, compute and split one batch on this thread; the loop settles the futures.
@@ -380,121 +387,6 @@ class DynamicBatcher:
     def _check_idle(self) -> None:
         if not self._busy and not self._background_busy and not self.queue:
             self.idle.set()
-
-    # -- cutting (instance threads, lock held) ------------------------------------------------
-
-    def _cut(self, now: float) -> tuple[list[QueueItem], float | None]:
-        """Take the next batch from the head (level 1 first), or say how long to wait for a
-        better one (``_UNTIL_NOTIFIED``: until the queue changes; None: look again at once).
-        Dead requests met on the way are dropped and failed; DELAY-expired ones move back."""
-        queue = self.queue
-        limit = self._max_batch or 1
-        batch: list[QueueItem] = []
-        failures: Failures = []
-        rows = 0
-        full = False
-        # The earliest deadline among the batch's higher-priority members: lower-priority rows
-        # that would make the batch run past it stay queued, so a priority-1 request is not
-        # made late by the level-2 rows that would fill its batch. (Only across levels: within
-        # one level, shrinking batches as they run late would cut throughput exactly when the
-        # queue is behind, and make it later still.)
-        earliest: float | None = None
-        rate = self.rate if self.rate.known else None
-        for lane in queue.lanes:
-            while lane:
-                item = lane[0]
-                if item.future.done():  # caller left (or evicted)
-                    queue.take(lane)
-                    continue
-                if item.deadline is not None and item.deadline <= now:
-                    queue.take(lane)
-                    failures.append((item, DeadlineExceeded(
-                        f"model '{self.name}': deadline passed after "
-                        f"{now - item.enqueued:.3f}s in the queue"
-                    )))
-                    continue
-                if item.expire is not None and not item.delayed and item.expire <= now:
-                    queue.delay(lane)
-                    continue
-                if batch and (
-                    rows + item.rows > limit
-                    or item.signature != batch[0].signature
-                    or (earliest is not None and rate is not None
-                        and item.level > batch[0].level
-                        and now + rate.batch_s(rows + item.rows) > earliest)
-                ):
-                    full = True
-                    break
-                batch.append(queue.take(lane))
-                rows += item.rows
-                if item.deadline is not None and item.level == batch[0].level and (
-                    earliest is None or item.deadline < earliest
-                ):
-                    earliest = item.deadline
-                if not self._max_batch or rows >= limit:
-                    full = True
-                    break
-            if full:
-                break
-        batch, wait_s = self._settle_cut(now, batch, full, failures)
-        if failures:
-            self._post(self._fail, failures)
-        return batch, wait_s
-
-    def _settle_cut(
-        self, now: float, batch: list[QueueItem], full: bool, failures: Failures
-    ) -> tuple[list[QueueItem], float | None]:
-        """Apply the preferred sizes, the queue delay, the background slot and CoDel to a
-        batch just taken from the head."""
-        if not batch:
-            return [], None
-        if not full and self._preferred:
-            cut = self._preferred_cut(batch)
-            if cut:
-                full = True
-                self._put_back(batch[cut:])
-                batch = batch[:cut]
-        if not full and self._delay_s > 0 and not self._closing:
-            waited = now - min(item.enqueued for item in batch)
-            if waited < self._delay_s:
-                self._put_back(batch)
-                return [], self._delay_s - waited
-        if self._background_busy and self._is_background(batch):
-            self._put_back(batch)  # one background batch at a time; live work still wakes us
-            return [], _UNTIL_NOTIFIED
-        if self._codel is not None:
-            self._standing_queue(now, batch, failures)
-        return batch, None
-
-    def _standing_queue(self, now: float, batch: list[QueueItem], failures: Failures) -> None:
-        """CoDel: shed the head of the lowest queued level while a standing queue persists."""
-        assert self._codel is not None
-        sojourn = now - max(item.enqueued for item in batch)
-        if not self._codel.should_drop(now, sojourn, backlog=bool(self.queue)):
-            return
-        while (victim := self.queue.pop_lowest(0, head=True)) is not None:
-            if not victim.future.done():
-                failures.append((victim, Overloaded(
-                    f"model '{self.name}': shed from a standing queue (queueing delay above "
-                    f"{1000 * self._codel.target_s:g} ms for {1000 * self._codel.interval_s:g} ms)",
-                    reason="standing_queue",
-                    retry_after_ms=self.drain_estimate_ms(),
-                )))
-                return
-
-    def _preferred_cut(self, batch: list[QueueItem]) -> int:
-        """Length of the longest prefix whose rows equal a preferred batch size (0: none)."""
-        best = 0
-        rows = 0
-        for i, item in enumerate(batch, 1):
-            rows += item.rows
-            if rows in self._preferred:
-                best = i
-        return best
-
-    def _put_back(self, items: list[QueueItem]) -> None:
-        for item in reversed(items):
-            self.queue.put_back(item)
 
     # -- gather and scatter (instance threads, no lock) ---------------------------------------
 
