@@ -148,6 +148,17 @@ async def queued(model: Model, requests: int) -> None:
     await until(lambda: len(model.batcher.queue) == requests, what=f"{requests} queued")
 
 
+async def one_held_one_queued(model: Model, backend: TimedBackend) -> list[asyncio.Task]:
+    """Requests 0 and 1 at level 1: the first computing, held at a new gate; the second queued
+    behind it. Returns their tasks (open ``backend.gate`` to finish them)."""
+    started = len(backend.batches)
+    backend.gate = threading.Event()
+    waiting = [model.send(i, level=1) for i in range(2)]
+    await computing(backend, started + 1)
+    await queued(model, 1)
+    return waiting
+
+
 async def measure(model: Model, backend: TimedBackend, times: int = 1) -> None:
     """Run requests alone so the batcher has measured its speed."""
     for _ in range(times):
@@ -321,10 +332,7 @@ async def test_estimates_are_calibrated_by_what_was_measured(clock, backend):
     for _ in range(300):  # answers come 10 ms after the estimate (e.g. a busy event loop)
         admission.observe(1, 0.010, 0.020, clock.now)
     assert 0.009 < admission.error[1] <= 0.0105 and admission.error[2] == 0.0
-    backend.gate = threading.Event()
-    waiting = [model.send(i, level=1) for i in range(2)]
-    await computing(backend, 1)
-    await queued(model, 1)
+    waiting = await one_held_one_queued(model, backend)
     # raw estimate ~30 ms fits 40 ms x 0.9, the calibrated ~40 ms does not
     with pytest.raises(Overloaded) as info:
         model.send(9, level=1, deadline=clock.now + 0.040)
@@ -338,10 +346,7 @@ async def test_estimates_are_calibrated_by_what_was_measured(clock, backend):
     # pessimistic estimate cannot lock the model out for good
     for _ in range(300):
         admission.observe(1, 0.010, 0.020, clock.now)
-    backend.gate = threading.Event()
-    waiting = [model.send(i, level=1) for i in range(2)]
-    await computing(backend, 3)  # the first round ran two batches
-    await queued(model, 1)
+    waiting = await one_held_one_queued(model, backend)
     with pytest.raises(Overloaded):
         model.send(8, level=1, deadline=clock.now + 0.040)
     clock.now += 1.0  # four half-lives without an answer
@@ -375,10 +380,7 @@ async def test_a_level_with_nothing_learnt_borrows_the_error_of_the_others(clock
     clock.now += 1.0  # level 1 has been quiet for long, while level 2 learns that answers
     for _ in range(300):  # come 10 ms late (a busy event loop)
         admission.observe(2, 0.010, 0.020, clock.now)
-    backend.gate = threading.Event()
-    waiting = [model.send(i, level=1) for i in range(2)]
-    await computing(backend, 1)
-    await queued(model, 1)
+    waiting = await one_held_one_queued(model, backend)
     # level 1's own error is 0; with level 2's ~10 ms, ~30 ms + 10 ms does not fit 40 ms x 0.9
     with pytest.raises(Overloaded) as info:
         model.send(9, level=1, deadline=clock.now + 0.040)
