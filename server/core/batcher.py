@@ -113,8 +113,7 @@ class DynamicBatcher:
         #: sleep on it while there is nothing to cut.
         self._lock = threading.Condition(threading.Lock())
         self._busy = 0
-        self._background_busy = False
-        #: Requests in the background batch computing now (0: none).
+        #: Requests in the background batch computing now (0: none; there is one at a time).
         self._background_requests = 0
         #: Set while nothing is queued or computing: background work (shadow copies of this
         #: version's requests) waits for it, so it runs in this version's idle time.
@@ -273,7 +272,6 @@ class DynamicBatcher:
                     return
                 background = self._is_background(batch)
                 if background:
-                    self._background_busy = True
                     self._background_requests = len(batch)
                 else:
                     self._busy += 1
@@ -311,7 +309,7 @@ class DynamicBatcher:
 
     def _background_held(self, batch: list[QueueItem]) -> bool:
         """One background batch at a time; live work arriving meanwhile still wakes us."""
-        return self._background_busy and self._is_background(batch)
+        return self._background_requests > 0 and self._is_background(batch)
 
     def _execute(self, index: int, batch: list[QueueItem]) -> None:
         """Gather, compute and split one batch on this thread; the loop settles the futures.
@@ -340,7 +338,6 @@ class DynamicBatcher:
         end = self._clock()
         with self._lock:
             if index < 0:
-                self._background_busy = False
                 self._background_requests = 0
                 self._lock.notify()  # an instance may be waiting to cut the next such batch
             else:
@@ -385,7 +382,7 @@ class DynamicBatcher:
         self._check_idle()
 
     def _check_idle(self) -> None:
-        if not self._busy and not self._background_busy and not self.queue:
+        if not self._busy and not self._background_requests and not self.queue:
             self.idle.set()
 
     # -- gather and scatter (instance threads, no lock) ---------------------------------------
