@@ -129,13 +129,13 @@ def measure(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def servers(args: argparse.Namespace) -> dict[str, list[str]]:
-    return {
-        "floor": ["-m", "loadtests.ceiling", "--shed"],
-        "sluice": ["-m", "server", "serve", "--model-repository", str(MODEL_REPOSITORY),
-                   "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
-                   "--log-level", "WARNING"],
-    }
+#: The two servers compared: name -> interpreter arguments.
+SERVERS = {
+    "floor": ["-m", "loadtests.ceiling", "--shed"],
+    "sluice": ["-m", "server", "serve", "--model-repository", str(MODEL_REPOSITORY),
+               "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
+               "--log-level", "WARNING"],
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs: dict[str, list[dict[str, Any]]] = {"floor": [], "sluice": []}
     for k in range(args.rounds):
-        order = list(servers(args).items())
+        order = list(SERVERS.items())
         for name, command in order if k % 2 == 0 else order[::-1]:
             with ServerProcess(name, command) as server:
                 result = measure(server, args)
