@@ -1,7 +1,8 @@
 """loadtests/locustfile.py runs headless against a real server: every model answers, none fails.
 
-Skipped when locust (the ``loadtest`` extra) is not installed. About 8 s: locust's own start-up
-and a 4 s run with two users.
+locust is a declared test dependency (the ``test`` extra), so a missing locust fails this test
+rather than skipping it: CI must run it. About 8 s: locust's own start-up and a 4 s run with two
+users.
 """
 
 from __future__ import annotations
@@ -14,11 +15,6 @@ from pathlib import Path
 
 import pytest
 
-# Not importorskip: importing locust monkey-patches the whole process with gevent, which
-# would wedge the test server's thread; locust runs in its own process below.
-if importlib.util.find_spec("locust") is None:
-    pytest.skip("locust is not installed (pip install -e '.[loadtest]')", allow_module_level=True)
-
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {"identity", "digits", "cnn", "add_sub", "breast_cancer", "digits_pipeline"}
 
@@ -27,6 +23,11 @@ MODELS = {"identity", "digits", "cnn", "add_sub", "breast_cancer", "digits_pipel
 def test_locustfile_headless_run_has_no_failures(
     bundled_server, tmp_path: Path
 ) -> None:
+    # Not imported here: importing locust monkey-patches the whole process with gevent, which
+    # would wedge the test server's thread; locust runs in its own process below.
+    assert importlib.util.find_spec("locust") is not None, (
+        "locust is missing: it is part of the test extra (pip install -e '.[test]')"
+    )
     prefix = tmp_path / "run"
     done = subprocess.run(
         [
