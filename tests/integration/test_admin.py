@@ -99,13 +99,15 @@ def test_cli_deploy_and_shadow_report(
     with AdminClient(running.address) as admin:
         for _ in range(100):  # comparisons happen off the request path
             reports = admin.shadow_report(MODEL)
-            if reports and reports[0]["compared"] >= 5:
+            if reports and reports[0]["compared"] == 5:
                 break
             time.sleep(0.05)
     assert cli(["shadow", "report", MODEL, "--json", *url]) == 0
     [report] = json.loads(capsys.readouterr().out)
     assert (report["live_version"], report["shadow_version"]) == (1, 2)
-    assert report["mirrored"] >= 5 and report["compared"] >= 5
+    assert report["mirrored"] == 5 and report["compared"] == 5
+    # eye(4) rows: identity and the candidate (last column doubled) both pick the diagonal
+    assert report["label_rows"] == 5 * CLASSES and report["agreement"] == 1.0
     assert cli(["shadow", "report", MODEL, *url]) == 0
     table = capsys.readouterr().out
     assert table.startswith(f"model {MODEL}\n") and "agree" in table

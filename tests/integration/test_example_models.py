@@ -171,7 +171,8 @@ def test_digits_accuracy_and_label_consistency():
     assert probabilities.dtype == np.float32 and probabilities.shape == (x.shape[0], 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
     np.testing.assert_array_equal(np.argmax(probabilities, axis=1), label)
-    assert float(np.mean(label == y)) >= 0.9
+    # 351 of 360 held-out digits: the 97.5% the README states (the split and model are fixed)
+    assert int(np.sum(label == y)) == 351 and y.shape == (360,)
 
 
 def test_add_sub_outputs():
