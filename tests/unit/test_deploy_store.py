@@ -3,11 +3,9 @@ several processes (stores, routers and followers) over one state directory."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -162,65 +160,54 @@ class OneModel:
         return name == "m" and version in ("", "1", "2", "3")
 
 
-async def worker(state_dir, interval_s: float = 0.05) -> tuple[Router, DeploymentFollower]:
-    """One worker's router and follower over ``state_dir``, opened and serving "m"."""
+async def worker(state_dir) -> tuple[Router, DeploymentFollower]:
+    """One worker's router and follower over ``state_dir``, opened and serving "m". The
+    follower's task is not started: each test polls with ``check()`` where a poll is due."""
     store = DeploymentStore(state_dir)
     router = Router(OneModel(), store, rng=random.Random(1))  # type: ignore[arg-type]
     await router.open()
     await router.model_loaded("m")
-    follower = DeploymentFollower(router, store, interval_s=interval_s)
-    follower.start()
-    return router, follower
+    return router, DeploymentFollower(router, store)
 
 
 def served(router: Router) -> int:
     return router.resolve("m", "", None)[0].version
 
 
-async def until(condition, timeout_s: float = 3.0) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout_s, "not within the time allowed"
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
-
-
-async def test_a_router_serves_another_processes_change_after_its_next_poll(tmp_path):
+async def test_a_router_serves_another_processes_change_at_its_next_poll(tmp_path):
     (a, follow_a), (b, follow_b) = await worker(tmp_path), await worker(tmp_path)
-    try:
-        assert served(a) == served(b) == 3
-        await a.switch("m", 2, caller="alice")
-        assert served(a) == 2
-        assert await until(lambda: served(b) == 2) < 1.0  # a poll is every 0.05 s here
-        assert b.state("m") == a.state("m") and b.history("m") == a.history("m")
-        # b changes next, from the state it follows now; a follows back
-        await b.set_routes("m", {"1": 50, "stable": 50}, caller="bob")
-        await until(lambda: a.state("m") == b.state("m"))
-        assert {a.resolve("m", "", None)[1] for _ in range(200)} == {"v1", "stable"}
-        await a.rollback("m", caller="alice")
-        await until(lambda: b.state("m").routes == (Route("stable", 2, 1.0),))
-        # each change audited once, by the process that made it
-        assert [(r["action"], r["caller"]) for r in DeploymentStore(tmp_path).read_audit()] == [
-            ("switch", "alice"), ("set_routes", "bob"), ("rollback", "alice")]
-    finally:
-        await follow_a.close()
-        await follow_b.close()
+    assert served(a) == served(b) == 3
+    await a.switch("m", 2, caller="alice")
+    assert served(a) == 2 and served(b) == 3  # b has not polled yet
+    assert await follow_b.check()
+    assert served(b) == 2
+    assert b.state("m") == a.state("m") and b.history("m") == a.history("m")
+    # b changes next, from the state it follows now; a follows back at its poll
+    await b.set_routes("m", {"1": 50, "stable": 50}, caller="bob")
+    assert a.state("m") != b.state("m")
+    assert await follow_a.check()
+    assert a.state("m") == b.state("m")
+    assert {a.resolve("m", "", None)[1] for _ in range(200)} == {"v1", "stable"}
+    await a.rollback("m", caller="alice")
+    assert await follow_b.check()
+    assert b.state("m").routes == (Route("stable", 2, 1.0),)
+    # each change audited once, by the process that made it
+    assert [(r["action"], r["caller"]) for r in DeploymentStore(tmp_path).read_audit()] == [
+        ("switch", "alice"), ("set_routes", "bob"), ("rollback", "alice")]
 
 
 async def test_a_change_from_a_stale_view_is_refused_and_the_retry_works(tmp_path):
-    (a, follow_a), (b, follow_b) = await worker(tmp_path), await worker(tmp_path)
-    await follow_b.close()  # b does not poll: its view stays stale
-    try:
-        await a.switch("m", 1, caller="alice")
-        assert served(b) == 3
-        with pytest.raises(DeploymentConflict):
-            await b.switch("m", 2, caller="bob")
-        assert served(b) == 1 and b.state("m") == a.state("m")  # adopted what a wrote
+    (a, follow_a), (b, _) = await worker(tmp_path), await worker(tmp_path)
+    await a.switch("m", 1, caller="alice")
+    assert served(b) == 3  # b never polls: its view stays stale
+    with pytest.raises(DeploymentConflict):
         await b.switch("m", 2, caller="bob")
-        await until(lambda: served(a) == 2)
-        assert [r["caller"] for r in DeploymentStore(tmp_path).read_audit()] == ["alice", "bob"]
-    finally:
-        await follow_a.close()
+    assert served(b) == 1 and b.state("m") == a.state("m")  # adopted what a wrote
+    await b.switch("m", 2, caller="bob")
+    assert served(a) == 1
+    assert await follow_a.check()
+    assert served(a) == 2
+    assert [r["caller"] for r in DeploymentStore(tmp_path).read_audit()] == ["alice", "bob"]
 
 
 def replace(path, text: str) -> None:
@@ -233,21 +220,23 @@ async def test_a_corrupt_file_from_another_process_is_set_aside_and_followers_ke
     tmp_path, caplog
 ):
     (a, follow_a), (b, follow_b) = await worker(tmp_path), await worker(tmp_path)
-    try:
-        await a.switch("m", 1, caller="alice")
-        await a.switch("m", 2, caller="alice")
-        await until(lambda: served(b) == 2)
-        replace(tmp_path / "deployments.json", "{torn")
-        # the last good copy (before the last save) comes back, once, for every worker
-        await until(lambda: served(a) == served(b) == 1)
-        assert len(list(tmp_path.glob("deployments.json.corrupt-*"))) == 1
-        assert "not valid JSON" in caplog.text
-        # with no usable copy left, both keep serving what they serve and say why, once
-        replace(tmp_path / "deployments.previous.json", "bad")
-        replace(tmp_path / "deployments.json", "{torn")
-        await asyncio.sleep(0.3)
+    await a.switch("m", 1, caller="alice")
+    await a.switch("m", 2, caller="alice")
+    assert await follow_b.check()
+    assert served(b) == 2
+    replace(tmp_path / "deployments.json", "{torn")
+    # the last good copy (before the last save) comes back, once, for every worker
+    assert await follow_a.check()
+    assert await follow_b.check()
+    assert served(a) == served(b) == 1
+    assert len(list(tmp_path.glob("deployments.json.corrupt-*"))) == 1
+    assert caplog.text.count("not valid JSON") == 1
+    # with no usable copy left, both keep serving what they serve and say why, once
+    replace(tmp_path / "deployments.previous.json", "bad")
+    replace(tmp_path / "deployments.json", "{torn")
+    for _ in range(3):  # polls of the same broken file: read again, not reported again
+        assert not await follow_a.check()
+        assert not await follow_b.check()
         assert served(a) == served(b) == 1
         assert caplog.text.count("deployment state not followed") == 2
-    finally:
-        await follow_a.close()
-        await follow_b.close()
+    assert len(list(tmp_path.glob("deployments.json.corrupt-*"))) == 1
