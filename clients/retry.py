@@ -14,6 +14,10 @@ Rules (all times in seconds unless the name says otherwise):
   retry" (as in gRPC's own retry design).
 * The timeout covers every attempt and every wait: no retry is started whose wait would end at
   or after the deadline; the last Overloaded is raised instead.
+* A deadline that passes during a wait anyway (the sleep overslept) also raises the last
+  Overloaded, with its pushback and attempt count: the caller learns why it waited, not that a
+  timer ran late. :class:`~clients.errors.DeadlineExceeded` means only that the deadline passed
+  before any attempt failed, or that an attempt itself ran out of time on the wire.
 * A :class:`RetryBudget` caps retries at a fraction (10%) of first attempts, so that retries
   can never multiply the load on an overloaded server.
 """
@@ -116,28 +120,32 @@ class RetryPolicy:
 
 
 class RetryCall:
-    """The retry state of one request: its deadline and how many attempts were made."""
+    """The retry state of one request: its deadline, how many attempts were made, and the last
+    Overloaded it was handed (the error to raise if the deadline passes while waiting)."""
 
     def __init__(self, policy: RetryPolicy, deadline: float | None) -> None:
         self._policy = policy
         self.deadline = deadline
         self.attempts = 0
+        self._last_overloaded: Overloaded | None = None
 
     def time_left(self) -> float | None:
         """The timeout for the next attempt in seconds (None: no deadline); counts the attempt.
 
-        Raises DeadlineExceeded when the deadline has already passed.
+        When the deadline has already passed, nothing is counted and this raises the last
+        Overloaded (the deadline passed while waiting to retry it), or DeadlineExceeded when no
+        attempt has failed yet.
         """
-        self.attempts += 1
-        if self.deadline is None:
-            return None
-        left = self.deadline - self._policy.clock()
-        if left <= 0:
+        left = None if self.deadline is None else self.deadline - self._policy.clock()
+        if left is not None and left <= 0:
+            if self._last_overloaded is not None:
+                raise self._last_overloaded
             raise DeadlineExceeded(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"client deadline passed after {self.attempts - 1} attempt(s)",
-                attempts=self.attempts - 1,
+                f"client deadline passed after {self.attempts} attempt(s)",
+                attempts=self.attempts,
             )
+        self.attempts += 1
         return left
 
     def after_failure(self, error: SluiceClientError) -> float:
@@ -149,6 +157,7 @@ class RetryCall:
         error.attempts = self.attempts
         if not isinstance(error, Overloaded):
             raise error
+        self._last_overloaded = error
         pushback = error.retry_after_ms
         retry_index = self.attempts - 1
         if (pushback is not None and pushback < 0) or retry_index >= self._policy.retries:
