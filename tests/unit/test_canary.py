@@ -9,6 +9,7 @@ instantly and deterministically.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -25,9 +26,10 @@ from server.core.canary_plan import (
     RUNNING,
     CanaryConflict,
     CanaryGates,
+    routes_for,
 )
-from server.core.deploy_store import DeploymentConflict, DeploymentStore
-from server.core.router import Route, Router
+from server.core.deploy_store import DeploymentStore
+from server.core.router import DeploymentState, Route, Router
 from server.errors import InvalidInput, ModelNotFound
 from tests.support.fake_repository import FakeRepository
 
@@ -128,21 +130,54 @@ async def test_steps_advance_and_the_candidate_is_promoted(tmp_path: Path) -> No
 async def test_a_conflicting_change_from_another_worker_is_followed_not_rolled_back(
     tmp_path: Path,
 ) -> None:
+    """Two workers share the state directory. When this worker's 10 % step ends, the other
+    worker has already written the canary's next step (50 %) through its own store: this
+    worker's write from the stale step is refused, its router adopts the other's state, and
+    the driver carries on from 50 % (neither rolling back nor redoing the step)."""
     rig = await make_rig(tmp_path, rate=50)
-    change, refused = rig.router.change, []
+    other = Router(FakeRepository({MODEL: [1, 2, 3]}), DeploymentStore(tmp_path / "state"))
+    written: list[DeploymentState] = []
 
-    async def racing(name, action, new, **kw):  # another worker wrote first, once
-        if action == "canary_step" and not refused:
-            refused.append(action)
-            raise DeploymentConflict(f"model {name!r}: changed by another process", None)
-        return await change(name, action, new, **kw)
+    async def sleep(seconds: float) -> None:
+        await rig.traffic.sleep(seconds)
+        if rig.traffic.now >= 10.0 and not written:  # the 10 % step ends: the other moves first
+            await other.open()
+            await other.model_loaded(MODEL)
+            state = other.state(MODEL)
+            new = dataclasses.replace(state, routes=routes_for(1, 2, 50.0), canary={
+                **state.canary, "step": 1, "reason": "step 10% passed on worker 2"})
+            written.append(await other.change(MODEL, "canary_step", new, caller="sluice-canary",
+                                              reason="worker 2: candidate now 50%"))
 
-    rig.router.change = racing
-    await rig.canary.start(MODEL, 2, steps=(10, 100), interval_s=10.0)
-    final = await rig.finished()
-    assert refused and final["state"] == PROMOTED, final
-    assert "canary_rollback" not in rig.actions()
-    await rig.canary.close()
+    canary = CanaryController(rig.router, clock=rig.traffic.clock, sleep=sleep)
+    await canary.start(MODEL, 2, steps=(10, 50, 100), interval_s=10.0)
+    started = rig.router.state(MODEL)
+    await asyncio.gather(*canary._tasks)  # the driver ends with the canary
+
+    # Step 10 % (0-10 s, judged by the other worker), 50 % and 100 % (10 s each, judged here).
+    assert rig.traffic.now == 30.0
+    # All traffic on the candidate for the last step: 50 requests/s for 10 s.
+    promoted = {**started.canary, "step": 2, "state": PROMOTED,
+                "reason": "step 100% passed: candidate error rate 0.0000 over 500 requests"}
+    assert rig.router.state(MODEL) == DeploymentState(
+        aliases=(("stable", 2),), routes=(Route("stable", 2, 100.0),), canary=promoted)
+    assert DeploymentStore(tmp_path / "state").load()[MODEL] == rig.router.state(MODEL)
+
+    audit = rig.store.read_audit()
+    assert [r["action"] for r in audit] == [
+        "switch", "canary_start", "canary_step", "canary_step", "canary_promote"]
+    # The refused write left no record; the other worker's step is the only 10 % -> 50 % one.
+    theirs, ours, last = audit[2:]
+    assert theirs["reason"] == "worker 2: candidate now 50%"
+    assert theirs["before"] == started.to_json() and theirs["after"] == written[0].to_json()
+    # This worker's next change starts from the state the other worker wrote.
+    assert ours["caller"] == "sluice-canary" and ours["before"] == theirs["after"]
+    assert ours["after"]["canary"]["step"] == 2
+    assert ours["after"]["routes"] == [{"arm": "candidate", "version": 2, "weight": 100.0}]
+    assert ours["reason"].startswith("step 50% passed: candidate error rate 0.0000 over ")
+    assert ours["reason"].endswith(" requests; candidate now 100%")
+    assert last["before"] == ours["after"] and last["reason"] == promoted["reason"]
+    await canary.close()
 
 
 async def test_an_erroring_candidate_is_rolled_back_early_with_the_reason(tmp_path: Path) -> None:
