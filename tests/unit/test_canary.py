@@ -14,7 +14,6 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -95,13 +94,13 @@ class Rig:
         raise AssertionError(f"canary still running: {self.canary.status(MODEL)}")
 
 
-async def make_rig(tmp_path: Path, *, shadow=None, stable: int = 1, **traffic) -> Rig:
+async def make_rig(tmp_path: Path, *, stable: int = 1, **traffic) -> Rig:
     store = DeploymentStore(tmp_path / "state")
     router = Router(FakeRepository({MODEL: [1, 2, 3]}), store, rng=random.Random(1))
     await router.open()
     await router.switch(MODEL, stable, caller="test")
     t = Traffic(router, **traffic)
-    canary = CanaryController(router, shadow, clock=t.clock, sleep=t.sleep)
+    canary = CanaryController(router, clock=t.clock, sleep=t.sleep)
     return Rig(router, store, t, canary)
 
 
@@ -227,16 +226,6 @@ async def test_no_traffic_at_all_rolls_back_after_the_extension_limit(tmp_path: 
     assert final["state"] == ROLLED_BACK
     assert final["reason"] == "gate min_requests: candidate 0 < 20 requests after 6 intervals"
     assert rig.traffic.now == pytest.approx(60.0)
-
-
-async def test_low_shadow_agreement_fails_the_agreement_gate(tmp_path: Path) -> None:
-    report = SimpleNamespace(shadow_version=2, live_version=1, agreement=0.8, compared=50)
-    shadow = SimpleNamespace(report=lambda name: [report])
-    rig = await make_rig(tmp_path, shadow=shadow)
-    await rig.canary.start(MODEL, 2, steps=(50, 100), interval_s=5.0,
-                           gates=CanaryGates(min_agreement=0.95))
-    final = await rig.finished()
-    assert final["reason"] == "gate agreement: shadow agreement 0.8000 < 0.95 over 50 comparisons"
 
 
 async def test_abort_sends_traffic_back_and_a_second_start_is_refused(tmp_path: Path) -> None:
