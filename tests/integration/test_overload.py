@@ -1,6 +1,9 @@
-"""Overload through a real server: shed codes and trailers, deadlines, priorities at 3x
-capacity, bounded queues, size caps and degraded mode. Models are real ONNX files whose compute
-time is set by a loop count; assertions are about statuses and counts, never about timings."""
+"""Overload through a real server: shed codes and trailers, deadlines, which priority is shed
+first, bounded queues, size caps and degraded mode. Models are real ONNX files whose compute
+time is set by a loop count, or whose batches the test holds at a gate (``hold``); assertions
+are about statuses and counts, never about timings. How much of priority 1 survives a 3x
+overload is a measurement, not a policy: ``loadtests/overload.py`` reports it (its "p1 success"
+target)."""
 
 from __future__ import annotations
 
@@ -11,20 +14,24 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from proto.tensors import make_input
+from server.backends.ort import OrtBackend
 from server.errors import DeadlineExceeded
 from server.types import InferRequest
 from tests.integration.test_lifecycle import start_cli_server
 from tests.support.onnx_models import identity_model, slow_model, write_model
+from tests.support.threads import block_until
 
 WIDTH = 16
 #: Loop rounds per millisecond of compute, roughly (ORT on one thread, width 16).
@@ -104,6 +111,76 @@ def wait_queued(running, name: str, requests: int, timeout_s: float = 10.0) -> N
     while served(running, name).queue_stats()["queued_requests"] < requests:
         assert time.monotonic() < deadline, "requests never queued"
         time.sleep(0.005)
+
+
+def shed_status(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str | None, str]:
+    """(code, shed reason trailer, details) of a refused call; a shed also carries a
+    pushback of at least 1 ms."""
+    outcome = outcome_of_error(exc)
+    if outcome.code == grpc.StatusCode.UNAVAILABLE:
+        assert outcome.pushback_ms is not None and outcome.pushback_ms >= 1, outcome
+    return outcome.code, outcome.reason, exc.details()
+
+
+Labels = frozenset[tuple[str, str]]
+
+
+def labels(**values: str) -> Labels:
+    return frozenset(values.items())
+
+
+def scrape(running) -> dict[tuple[str, Labels], float]:
+    """Every sample on the server's /metrics now: (sample name, labels) -> value."""
+    url = f"http://127.0.0.1:{running.server.metrics.port}/metrics"
+    body = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {(sample.name, labels(**sample.labels)): sample.value
+            for family in text_string_to_metric_families(body) for sample in family.samples}
+
+
+def moved(before: dict, after: dict, name: str) -> dict[Labels, float]:
+    """How far each sample called ``name`` moved between two scrapes (those that moved)."""
+    change = {key[1]: after.get(key, 0.0) - before.get(key, 0.0)
+              for key in {*before, *after} if key[0] == name}
+    return {key: delta for key, delta in change.items() if delta}
+
+
+class Hold:
+    """Holds the batches of chosen ORT backends at a gate, on their instance threads, until
+    :meth:`open` (model warm-up runs before any backend is chosen, so it is never held)."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.held: list[OrtBackend] = []
+        #: Batches the chosen backends have started, held or not.
+        self.started = 0
+
+    def close(self, *backends: OrtBackend) -> None:
+        self.gate.clear()
+        self.held.extend(backends)
+
+    def open(self) -> None:
+        self.gate.set()
+
+    def wait_started(self, batches: int) -> None:
+        assert block_until(lambda: self.started >= batches), f"{batches} batch(es) not started"
+
+
+@pytest.fixture
+def hold(make_server, monkeypatch) -> Iterator[Hold]:
+    """A :class:`Hold` over every ``OrtBackend`` the test's servers make. Depends on
+    ``make_server`` so that the gate opens before the servers stop."""
+    held = Hold()
+    run = OrtBackend.run
+
+    def gated(backend: OrtBackend, instance: int, inputs):
+        if backend in held.held:
+            held.started += 1
+            assert held.gate.wait(60), "the test never opened the gate"
+        return run(backend, instance, inputs)
+
+    monkeypatch.setattr(OrtBackend, "run", gated)
+    yield held
+    held.open()
 
 
 # -- shed statuses and trailers -----------------------------------------------------------------
@@ -193,6 +270,63 @@ def test_requests_that_expire_in_the_queue_are_never_executed(make_server, tmp_p
     assert stats.fail_count == 5
 
 
+# -- priorities ---------------------------------------------------------------------------------
+
+
+def test_level_1_is_never_shed_while_level_2_has_queued_work(make_server, hold, tmp_path):
+    """The row cap makes room for level 1 by shedding queued level 2, last-served first, and
+    every shed says why in its status, trailers and metric labels. The backend is held, so
+    nothing completes (and no speed is measured) until the test lets it."""
+    write_model(tmp_path, "m", identity_model({"x": ("FP32", ["batch", WIDTH])}),
+                "max_batch_size: 1\n"
+                "dynamic_batching { priority_levels: 2 default_priority_level: 2 }\n"
+                'parameters { key: "max_queue_rows" value { string_value: "4" } }')
+    running = make_server(tmp_path, metrics_port=0)
+    version = served(running, "m")
+    before = scrape(running)
+    hold.close(version.backend)
+    queue_full = (grpc.StatusCode.UNAVAILABLE, "queue_full",
+                  "model 'm:1': queue full (max_queue_rows)")
+    with grpc.insecure_channel(running.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        def refused(priority: int) -> tuple[grpc.StatusCode, str | None, str]:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request("m", priority=priority), timeout=30)
+            return shed_status(info.value)
+
+        blocker = stub.ModelInfer.future(request("m", priority=2), timeout=30)
+        hold.wait_started(1)
+        low = [stub.ModelInfer.future(request("m", priority=2), timeout=30) for _ in range(4)]
+        wait_queued(running, "m", 4)
+        assert refused(2) == queue_full  # the rows are full and nothing is below level 2
+        high = []
+        for i in reversed(range(4)):  # each level-1 arrival sheds the last-served level 2
+            high.append(stub.ModelInfer.future(request("m", priority=1), timeout=30))
+            assert block_until(lambda: sum(f.done() for f in low) == len(high))
+            assert [f.done() for f in low] == [j >= i for j in range(4)]
+            assert shed_status(low[i].exception()) == (
+                grpc.StatusCode.UNAVAILABLE, "priority",
+                "model 'm:1': shed to make room for priority 1")
+        assert version.queue_stats()["queued_requests"] == 4
+        # only with no level 2 left to shed is level 1 refused (and level 2 still is)
+        assert refused(1) == queue_full
+        assert refused(2) == queue_full
+        hold.open()
+        replies = [f.result() for f in (blocker, *high)]
+    assert [r.model_name for r in replies] == ["m"] * 5
+    after = scrape(running)
+    model = {"model": "m", "version": "1"}
+    assert moved(before, after, "sluice_shed_total") == {
+        labels(**model, reason="priority", priority="2"): 4,
+        labels(**model, reason="queue_full", priority="2"): 2,
+        labels(**model, reason="queue_full", priority="1"): 1,
+    }
+    assert moved(before, after, "sluice_requests_total") == {
+        labels(**model, outcome="success"): 5, labels(**model, outcome="failure"): 7}
+    assert version.stats.execution_count == 5  # the shed requests were never computed
+
+
 # -- 3x overload --------------------------------------------------------------------------------
 
 
@@ -239,39 +373,6 @@ async def calibrate(address: str, name: str, duration_s: float = 1.0) -> float:
         start = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(4)))
         return done / (time.monotonic() - start)
-
-
-async def test_priority_1_keeps_99_percent_success_at_3x_overload(make_server, tmp_path):
-    slow_repo(
-        tmp_path, ms=8,
-        batching="priority_levels: 2 default_priority_level: 2",
-        params={"max_queue_rows": "64"},
-    )
-    running = make_server(tmp_path)
-    rate = 3 * await calibrate(running.address, "slow")
-
-    def make(i: int):
-        # 10% priority 1: 0.3x capacity, so the machine's noise (other processes share its
-        # two cores) cannot by itself overload the top class.
-        priority = 1 if i % 10 == 0 else 2
-        return (request("slow", priority=priority), priority, 2.0 if priority == 1 else 0.5)
-
-    outcomes = await open_loop(running.address, rate, 3.0, make)
-    assert len(outcomes) == int(rate * 3.0)  # every request got exactly one answer
-    by_priority = {p: [o for o in outcomes if o.priority == p] for p in (1, 2)}
-    ok = {p: sum(o.code == grpc.StatusCode.OK for o in v) for p, v in by_priority.items()}
-    assert ok[1] >= 0.99 * len(by_priority[1]), Counter(
-        (o.code, o.reason) for o in by_priority[1])
-    # the server kept working for priority 2 too, and turned the rest away explicitly
-    assert ok[2] > 0
-    for o in by_priority[2]:
-        assert o.code in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE,
-                          grpc.StatusCode.DEADLINE_EXCEEDED), o
-        if o.code == grpc.StatusCode.UNAVAILABLE:
-            assert o.reason in ("deadline", "priority", "queue_full") and o.pushback_ms >= 1
-    stats = served(running, "slow").stats
-    assert sum(n for (_, level), n in stats.shed.items() if level == 2) > 0
-    assert served(running, "slow").queue_stats()["peak_queued_rows"] <= 64
 
 
 async def test_overload_without_deadlines_answers_everyone_once_and_queues_stay_bounded(
