@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -74,6 +74,34 @@ class SupervisorConfig:
     max_restart_backoff_s: float = 30.0
     #: A worker that served this long before dying is restarted after the shortest wait again.
     stable_after_s: float = 60.0
+
+
+@dataclass(slots=True)
+class RestartBackoff:
+    """How long one worker slot waits before restarting its worker: ``base_s`` after a death,
+    doubling with each death that follows a short life, never more than ``max_s``; a life of
+    ``stable_after_s`` or longer starts again from ``base_s``. Pure: the caller measures each
+    life and is told the wait, so tests drive it without processes or clocks."""
+
+    #: Wait after the first death, and after any death that ends a stable life, in seconds.
+    base_s: float
+    #: Longest wait, in seconds.
+    max_s: float
+    #: A life at least this long (seconds) resets the wait to ``base_s``.
+    stable_after_s: float
+    #: The wait given after the last death; None before the first.
+    _last_s: float | None = field(default=None, init=False)
+
+    def after_death(self, lived_s: float) -> float:
+        """The wait, in seconds, before restarting a worker that died after ``lived_s``."""
+        # Doubling the capped wait, not computing base * 2**deaths: that overflows a float
+        # after ~1000 quick deaths, eight hours into a crash loop at the default cap.
+        if self._last_s is None or lived_s >= self.stable_after_s:
+            wait = self.base_s
+        else:
+            wait = 2 * self._last_s
+        self._last_s = min(self.max_s, wait)
+        return self._last_s
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -214,7 +242,8 @@ class Supervisor:
     async def _run_slot(self, worker: int) -> None:
         """Keep worker slot ``worker`` filled until shutdown."""
         cfg = self.config
-        quick_deaths = 0
+        backoff = RestartBackoff(cfg.restart_backoff_s, cfg.max_restart_backoff_s,
+                                 cfg.stable_after_s)
         while True:
             proc = await self._spawn(worker)
             started = time.monotonic()
@@ -236,9 +265,7 @@ class Supervisor:
                     f"worker {worker} (pid {proc.pid}) exited with status {code} "
                     f"before {'all workers were' if ready else 'it was'} serving")
             lived = time.monotonic() - started
-            quick_deaths = 1 if lived >= cfg.stable_after_s else quick_deaths + 1
-            delay = min(cfg.max_restart_backoff_s,
-                        cfg.restart_backoff_s * 2 ** (quick_deaths - 1))
+            delay = backoff.after_death(lived)
             log.error("worker %d (pid %d) exited with status %d after %.1fs; restarting in "
                       "%.1fs", worker, proc.pid, code, lived, delay)
             with contextlib.suppress(TimeoutError):
