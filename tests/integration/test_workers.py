@@ -216,13 +216,14 @@ def test_a_worker_that_cannot_start_fails_the_start(tmp_path):
 
 # The supervisor alone, over stand-in workers that start in milliseconds.
 
-def _stand_in(script: str) -> SupervisorConfig:
-    prelude = "import signal, sys, time\nprint('sluice: gRPC listening on x', flush=True)\n"
-    return SupervisorConfig(
-        workers=2, host="127.0.0.1", grpc_port=0, metrics_port=None,
-        worker_argv=lambda worker, port: [sys.executable, "-c", prelude + script],
-        shutdown_grace_s=0.2, kill_margin_s=0.3, restart_backoff_s=0.05,
-    )
+def _stand_in(script: str, **overrides) -> SupervisorConfig:
+    prelude = "import os, signal, sys, time\nprint('sluice: gRPC listening on x', flush=True)\n"
+    return SupervisorConfig(**{
+        "workers": 2, "host": "127.0.0.1", "grpc_port": 0, "metrics_port": None,
+        "worker_argv": lambda worker, port: [sys.executable, "-c", prelude + script],
+        "shutdown_grace_s": 0.2, "kill_margin_s": 0.3, "restart_backoff_s": 0.05,
+        **overrides,
+    })
 
 
 def _restarts(supervisor: Supervisor) -> float:
@@ -230,20 +231,61 @@ def _restarts(supervisor: Supervisor) -> float:
     return families["sluice_worker_restarts"].samples[0].value
 
 
-async def test_crashing_workers_are_restarted_with_backoff():
-    supervisor = Supervisor(_stand_in("time.sleep(0.5)\nsys.exit(3)"))
+# A stand-in worker that notes its own start and exit instants in a journal, then lives as
+# long as LIVES_S says for its place in the journal (past the end: until it is stopped).
+# CLOCK_MONOTONIC is one clock for every process, so the test can subtract the instants.
+_JOURNALED = """
+def note(event):
+    with open(JOURNAL, "a") as f:
+        f.write(f"{event} {os.getpid()} {time.monotonic()!r}\\n")
+with open(JOURNAL) as f:
+    life = sum(line.startswith("start") for line in f)
+note("start")
+if life >= len(LIVES_S):
+    time.sleep(60)
+time.sleep(LIVES_S[life])
+note("exit")
+sys.exit(3)
+"""
+
+_RESTARTING = re.compile(
+    r"^worker 0 \(pid (\d+)\) exited with status 3 after \S+s; restarting in (\S+)s$")
+
+
+async def test_crashing_workers_are_restarted_with_backoff(tmp_path, caplog):
+    # Lives 0-3 die at once: waits 0.1, 0.2, 0.4, then 0.4 (the cap, not 0.8). Life 4 outlives
+    # stable_after_s (2 s), so its death waits 0.1 again; life 5 dies at once: 0.2. Life 6 stays.
+    # A short life must stay under 2 s for this schedule: a 20x margin over a Python start.
+    lives_s = (0.0, 0.0, 0.0, 0.0, 2.5, 0.0)
+    scheduled_s = [0.1, 0.2, 0.4, 0.4, 0.1, 0.2]
+    journal = tmp_path / "journal"
+    journal.touch()
+    supervisor = Supervisor(_stand_in(
+        f"JOURNAL = {str(journal)!r}\nLIVES_S = {lives_s!r}\n" + _JOURNALED,
+        workers=1, restart_backoff_s=0.1, max_restart_backoff_s=0.4, stable_after_s=2.0))
     run = asyncio.create_task(supervisor.run())
-    await asyncio.wait_for(supervisor.all_ready.wait(), 60)
-    started = time.monotonic()
     for _ in range(1200):
-        if _restarts(supervisor) >= 6:
+        if run.done() or journal.read_text().count("start") > len(lives_s):
             break
         await asyncio.sleep(0.05)
-    # each worker lives 0.5 s, then waits 0.05, 0.1, 0.2 s before its 1st, 2nd, 3rd restart
-    assert _restarts(supervisor) >= 6
-    assert time.monotonic() - started >= 1.5
+    restarts = _restarts(supervisor)
     supervisor.request_stop()
     assert await asyncio.wait_for(run, 60) == 0
+
+    notes = [line.split() for line in journal.read_text().splitlines()]
+    starts = [(int(pid), float(t)) for event, pid, t in notes if event == "start"]
+    exits = [(int(pid), float(t)) for event, pid, t in notes if event == "exit"]
+    assert len(starts) == len(lives_s) + 1 and len(exits) == len(lives_s), notes
+    assert restarts == len(lives_s)
+    # what the supervisor says it waits, each after the death of the worker the journal names
+    said = [m.groups() for r in caplog.records
+            if r.name == "server.supervisor" and (m := _RESTARTING.match(r.getMessage()))]
+    assert [int(pid) for pid, _ in said] == [pid for pid, _ in exits]
+    assert [float(wait) for _, wait in said] == scheduled_s, notes
+    # ... and that it did wait: each worker's exit to the next one's start spans the wait plus
+    # the reaping, spawn and Python start between them, so the wait is a lower bound
+    gaps_s = [start - died for (_, died), (_, start) in zip(exits, starts[1:], strict=True)]
+    assert all(gap >= wait for gap, wait in zip(gaps_s, scheduled_s, strict=True)), gaps_s
 
 
 async def test_a_worker_that_ignores_the_signal_is_killed_after_the_grace():
