@@ -20,7 +20,7 @@ from proto.tensors import decode_outputs, make_input
 from server.core.canary import CanaryController
 from server.core.canary_plan import CANARY_CALLER, ROLLED_BACK, CanaryGates
 from server.core.router import DeploymentState, Route, ShadowTarget
-from tests.integration.test_shadow import deploy_shadow, with_mirror
+from tests.support.shadow_deploy import deploy_shadow, with_mirror
 from tests.support.shadow_models import classifier_repo
 
 #: Both versions label this row 0: the candidate doubles column 3 (0.3 -> 0.6 < 0.9).

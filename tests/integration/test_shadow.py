@@ -17,8 +17,8 @@ import pytest
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from proto.tensors import decode_outputs, make_input
-from server.core.router import DeploymentState, Route, ShadowTarget
-from server.core.shadow import ShadowMirror
+from server.core.router import DeploymentState, Route
+from tests.support.shadow_deploy import deploy_shadow, with_mirror
 from tests.support.shadow_models import (
     CANDIDATE_SCALE,
     CLASSES,
@@ -27,25 +27,6 @@ from tests.support.shadow_models import (
     classifier_repo,
     slow_pair_repo,
 )
-
-
-def with_mirror(running, **settings) -> ShadowMirror:
-    """The server's mirror, with ``settings`` (public attributes) changed for this test."""
-    mirror = running.server.shadow
-    settings.setdefault("shadow_timeout_s", 30.0)  # a busy machine must not shed copies here
-    for key, value in settings.items():
-        assert hasattr(mirror, key), key
-        setattr(mirror, key, value)
-    return mirror
-
-
-def deploy_shadow(running, model: str, live: int, shadow: int) -> None:
-    """All traffic to ``live``, every request mirrored to ``shadow`` (through Router.change)."""
-    state = DeploymentState(
-        routes=(Route(f"v{live}", live, 1.0),),
-        shadows=(ShadowTarget(shadow, 1.0),),
-    )
-    running.call(running.server.router.change(model, "shadow_start", state, caller="test"))
 
 
 def fire(address: str, model: str, batches: list[np.ndarray]) -> list:
