@@ -8,7 +8,6 @@ target)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import threading
 import time
@@ -21,12 +20,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import text_format
 from prometheus_client.parser import text_string_to_metric_families
 
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
+from proto import model_config_pb2 as mc
 from proto.tensors import make_input
 from server.backends.ort import OrtBackend
+from server.config import OVERLOAD_PARAMETERS
 from server.errors import DeadlineExceeded
 from server.types import InferRequest
 from tests.integration.test_lifecycle import start_cli_server
@@ -596,11 +598,27 @@ def test_a_bad_fallback_fails_the_load_naming_it(make_server, tmp_path, small, n
 def test_model_config_reports_the_overload_settings(make_server, tmp_path):
     slow_repo(tmp_path, ms=1, batching="priority_levels: 2 default_priority_level: 2",
               params={"latency_budget_ms": "250", "codel_target_ms": "5"})
+    declared = text_format.Parse((tmp_path / "slow" / "config.pbtxt").read_text(),
+                                 mc.ModelConfig())
+    params = {k: v.string_value for k, v in declared.parameters.items()}
+    overload = {"latency_budget_ms", "codel_target_ms"}
+    assert overload <= params.keys() and overload <= OVERLOAD_PARAMETERS
     running = make_server(tmp_path)
     with grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         config = stub.ModelConfig(pb.ModelConfigRequest(name="slow")).config
-    assert config.dynamic_batching.priority_levels == 2
-    params = {k: v.string_value for k, v in config.parameters.items()}
-    assert params["latency_budget_ms"] == "250.0" and params["codel_target_ms"] == "5.0"
-    assert json.dumps(params)  # plain strings
+    batching = config.dynamic_batching
+    assert (batching.priority_levels, batching.default_priority_level) == (
+        declared.dynamic_batching.priority_levels,
+        declared.dynamic_batching.default_priority_level)
+    reported = {k: v.string_value for k, v in config.parameters.items()}
+    assert reported.pop("sluice.execution_providers") == "CPUExecutionProvider"
+    # every parameter the file declares and no other; the overload ones as the same numbers
+    assert reported.keys() == params.keys()
+    assert {k: float(reported[k]) for k in overload} == {k: float(params[k]) for k in overload}
+    assert {k: reported[k] for k in params.keys() - overload} == {
+        k: params[k] for k in params.keys() - overload}
+    # ... and they are the settings admission runs with
+    policy = served(running, "slow").admission.policy
+    assert policy.latency_budget_s == float(params["latency_budget_ms"]) / 1000
+    assert policy.codel_target_s == float(params["codel_target_ms"]) / 1000
