@@ -188,30 +188,45 @@ def hold(make_server, monkeypatch) -> Iterator[Hold]:
 # -- shed statuses and trailers -----------------------------------------------------------------
 
 
-def test_queue_full_is_unavailable_with_pushback_and_reason(make_server, tmp_path):
-    slow_repo(tmp_path, ms=60, batching="default_queue_policy { max_queue_size: 2 }")
-    running = make_server(tmp_path)
-    outcomes = fire(running.address, [request("slow") for _ in range(10)])
-    codes = Counter(o.code for o in outcomes)
-    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
-    assert codes[grpc.StatusCode.OK] >= 3  # one running and two queued, at least
-    shed = [o for o in outcomes if o.code == grpc.StatusCode.UNAVAILABLE]
-    assert shed
-    for o in shed:
-        assert o.reason == "queue_full" and o.pushback_ms is not None and o.pushback_ms >= 1
-    assert served(running, "slow").stats.shed[("queue_full", 1)] == len(shed)
+def test_queue_full_is_unavailable_with_pushback_and_reason(make_server, hold, tmp_path):
+    slow_repo(tmp_path, ms=1, batching="default_queue_policy { max_queue_size: 2 }")
+    running = make_server(tmp_path, metrics_port=0)
+    before = scrape(running)
+    hold.close(served(running, "slow").backend)
+    with grpc.insecure_channel(running.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        admitted = [stub.ModelInfer.future(request("slow"), timeout=30)]
+        hold.wait_started(1)
+        admitted += [stub.ModelInfer.future(request("slow"), timeout=30) for _ in range(2)]
+        wait_queued(running, "slow", 2)  # one computing and two queued: the queue is full
+        for _ in range(7):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request("slow"), timeout=30)
+            assert shed_status(info.value) == (
+                grpc.StatusCode.UNAVAILABLE, "queue_full",
+                "model 'slow:1': queue full (2 requests at priority 1)")
+        hold.open()
+        for future in admitted:
+            future.result()
+    after = scrape(running)
+    model = {"model": "slow", "version": "1"}
+    assert moved(before, after, "sluice_shed_total") == {
+        labels(**model, reason="queue_full", priority="1"): 7}
+    assert moved(before, after, "sluice_requests_total") == {
+        labels(**model, outcome="success"): 3, labels(**model, outcome="failure"): 7}
 
 
 def test_an_infeasible_deadline_is_shed_at_arrival(make_server, tmp_path):
     slow_repo(tmp_path, ms=50)
-    running = make_server(tmp_path)
+    running = make_server(tmp_path, metrics_port=0)
+    before = scrape(running)
     with grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         for _ in range(2):  # let the server measure its speed
             stub.ModelInfer(request("slow"))
         backlog = [stub.ModelInfer.future(request("slow")) for _ in range(8)]
         wait_queued(running, "slow", 6)  # >= 300 ms of work ahead
-        before = served(running, "slow").stats.execution_count
+        computed = served(running, "slow").stats.execution_count
         for kw in ({"timeout": 0.25}, {}):
             message = request("slow") if kw else request("slow", timeout=150_000)
             with pytest.raises(grpc.RpcError) as info:
@@ -224,8 +239,13 @@ def test_an_infeasible_deadline_is_shed_at_arrival(make_server, tmp_path):
         for future in backlog:
             future.result()
     stats = served(running, "slow").stats
-    assert stats.execution_count == before + 8  # the shed requests were never computed
-    assert stats.shed[("deadline", 1)] == 2
+    assert stats.execution_count == computed + 8  # the shed requests were never computed
+    after = scrape(running)
+    model = {"model": "slow", "version": "1"}
+    assert moved(before, after, "sluice_shed_total") == {
+        labels(**model, reason="deadline", priority="1"): 2}
+    assert moved(before, after, "sluice_requests_total") == {
+        labels(**model, outcome="success"): 10, labels(**model, outcome="failure"): 2}
 
 
 def test_an_expired_request_never_reaches_the_backend(make_server, tmp_path):
@@ -501,41 +521,74 @@ def test_size_caps_are_resource_exhausted_naming_the_limit(make_server, tmp_path
 # -- degraded mode ------------------------------------------------------------------------------
 
 
-def test_the_fallback_answers_when_the_primary_is_saturated(make_server, tmp_path):
-    slow_repo(tmp_path, "a_primary", ms=80,
+def test_the_fallback_answers_when_the_primary_is_saturated(make_server, hold, tmp_path):
+    slow_repo(tmp_path, "a_primary", ms=1,
               batching="default_queue_policy { max_queue_size: 1 }",
               params={"fallback_model": "z_small"})
     write_model(tmp_path, "z_small", identity_model({"x": ("FP32", ["batch", WIDTH])}),
                 "max_batch_size: 8\ndynamic_batching {}")
     running = make_server(tmp_path, metrics_port=0)
-    outcomes = fire(running.address, [request("a_primary") for _ in range(8)])
-    assert all(o.code == grpc.StatusCode.OK for o in outcomes), outcomes
-    answered = Counter(o.answered_by for o in outcomes)
-    assert answered["a_primary:1"] >= 1 and answered["z_small:1"] >= 1, answered
-    assert set(answered) == {"a_primary:1", "z_small:1"}
-    primary = served(running, "a_primary").stats
-    assert primary.fallback_count == answered["z_small:1"]
-    assert primary.shed[("queue_full", 1)] == answered["z_small:1"]
-    body = urllib.request.urlopen(
-        f"http://127.0.0.1:{running.server.metrics.port}/metrics", timeout=10).read().decode()
-    assert ('sluice_shed_total{model="a_primary",priority="1",reason="queue_full",version="1"}'
-            in body or 'sluice_shed_total{model="a_primary",version="1",reason="queue_full",'
-            'priority="1"}' in body), body
-    assert 'sluice_fallback_requests_total{model="a_primary",version="1"}' in body
-    assert "sluice_inflight_bytes 0.0" in body
+    before = scrape(running)
+    hold.close(served(running, "a_primary").backend)
+    with grpc.insecure_channel(running.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        admitted = [stub.ModelInfer.future(request("a_primary"), timeout=30)]
+        hold.wait_started(1)
+        admitted.append(stub.ModelInfer.future(request("a_primary"), timeout=30))
+        wait_queued(running, "a_primary", 1)  # the primary is full: the rest go to z_small
+        degraded = [stub.ModelInfer(request("a_primary"), timeout=30) for _ in range(6)]
+        hold.open()
+        primary = [future.result() for future in admitted]
+    assert [outcome_of_reply(r).answered_by for r in primary] == ["a_primary:1"] * 2
+    assert [outcome_of_reply(r).answered_by for r in degraded] == ["z_small:1"] * 6
+    assert {(r.model_name, r.model_version) for r in primary + degraded} == {("a_primary", "1")}
+    after = scrape(running)
+    a, z = {"model": "a_primary", "version": "1"}, {"model": "z_small", "version": "1"}
+    assert moved(before, after, "sluice_shed_total") == {
+        labels(**a, reason="queue_full", priority="1"): 6}
+    assert moved(before, after, "sluice_fallback_requests_total") == {labels(**a): 6}
+    # the primary counts what it shed as failed, though its fallback answered it
+    assert moved(before, after, "sluice_requests_total") == {
+        labels(**a, outcome="success"): 2, labels(**a, outcome="failure"): 6,
+        labels(**z, outcome="success"): 6}
+    assert after[("sluice_inflight_bytes", labels())] == 0
 
 
-def test_when_the_fallback_is_saturated_too_the_primary_sheds(make_server, tmp_path):
+def test_when_the_fallback_is_saturated_too_the_primary_sheds(make_server, hold, tmp_path):
     for name in ("a_primary", "z_small"):
-        slow_repo(tmp_path, name, ms=80, batching="default_queue_policy { max_queue_size: 1 }",
+        slow_repo(tmp_path, name, ms=1, batching="default_queue_policy { max_queue_size: 1 }",
                   params={"fallback_model": "z_small"} if name == "a_primary" else {})
-    running = make_server(tmp_path)
-    outcomes = fire(running.address, [request("a_primary") for _ in range(10)])
-    answered = Counter(o.answered_by for o in outcomes if o.code == grpc.StatusCode.OK)
-    assert answered["a_primary:1"] >= 1 and answered["z_small:1"] >= 1, answered
-    shed = [o for o in outcomes if o.code != grpc.StatusCode.OK]
-    assert shed and all(o.reason == "queue_full" and o.pushback_ms for o in shed), shed
-    assert served(running, "z_small").stats.shed[("queue_full", 1)] == len(shed)
+    running = make_server(tmp_path, metrics_port=0)
+    before = scrape(running)
+    hold.close(served(running, "a_primary").backend, served(running, "z_small").backend)
+    with grpc.insecure_channel(running.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        admitted = []
+        for started, name in ((1, "a_primary"), (2, "z_small")):  # one computing, one queued
+            admitted.append(stub.ModelInfer.future(request("a_primary"), timeout=30))
+            hold.wait_started(started)
+            admitted.append(stub.ModelInfer.future(request("a_primary"), timeout=30))
+            wait_queued(running, name, 1)
+        for _ in range(6):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request("a_primary"), timeout=30)
+            assert shed_status(info.value) == (  # the primary's shed, not the fallback's
+                grpc.StatusCode.UNAVAILABLE, "queue_full",
+                "model 'a_primary:1': queue full (1 requests at priority 1)")
+        hold.open()
+        answered = [outcome_of_reply(future.result()).answered_by for future in admitted]
+    assert answered == ["a_primary:1"] * 2 + ["z_small:1"] * 2
+    after = scrape(running)
+    a, z = {"model": "a_primary", "version": "1"}, {"model": "z_small", "version": "1"}
+    assert moved(before, after, "sluice_shed_total") == {
+        labels(**a, reason="queue_full", priority="1"): 8,
+        labels(**z, reason="queue_full", priority="1"): 6}
+    # every shed handed to the fallback counts, the 6 it refused too (the metric's help text
+    # says "answered instead": 2 were)
+    assert moved(before, after, "sluice_fallback_requests_total") == {labels(**a): 8}
+    assert moved(before, after, "sluice_requests_total") == {
+        labels(**a, outcome="success"): 2, labels(**a, outcome="failure"): 8,
+        labels(**z, outcome="success"): 2, labels(**z, outcome="failure"): 6}
 
 
 def test_tritonclient_priority_orders_the_queue(make_server, tmp_path):

@@ -4,7 +4,6 @@ and reflection, against a real server over the bundled repository."""
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import grpc
 import numpy as np
@@ -16,6 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from server.app import BUNDLED_REPOSITORY
+from tests.integration.test_overload import labels, moved, scrape
 
 BUNDLED = {p.name for p in BUNDLED_REPOSITORY.iterdir() if (p / "config.pbtxt").is_file()}
 
@@ -153,22 +153,31 @@ def test_grpc_health_service_and_reflection(bundled_server):
 
 
 def test_prometheus_metrics_endpoint(bundled_server, client):
+    before = scrape(bundled_server)
     x = np.ones((2, 16), np.float32)
     inp = tc.InferInput("INPUT0", x.shape, "FP32")
     inp.set_data_from_numpy(x)
-    client.infer("identity", [inp])
-    port = bundled_server.server.metrics.port
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for name in (
-        'sluice_request_duration_seconds_bucket{le="+Inf",model="identity",version="1"}',
-        'sluice_queue_duration_seconds_count{model="identity",version="1"}',
-        'sluice_compute_duration_seconds_sum{model="identity",version="1"}',
-        'sluice_requests_total{model="identity",outcome="success",version="1"}',
-        'sluice_latency_quantile_seconds{model="identity",quantile="0.99",stage="e2e",version="1"}',
-        'sluice_queue_depth_requests{model="identity",version="1"}',
-        'sluice_batch_size_rows_bucket{le="2.0",model="identity",version="1"}',
-    ):
-        assert name in body, name
+    for _ in range(3):  # one after another: three batches of two rows
+        client.infer("identity", [inp])
+    after = scrape(bundled_server)
+    model = {"model": "identity", "version": "1"}
+    assert moved(before, after, "sluice_requests_total") == {
+        labels(**model, outcome="success"): 3}
+    assert moved(before, after, "sluice_inference_rows_total") == {labels(**model): 6}
+    assert moved(before, after, "sluice_batches_total") == {labels(**model): 3}
+    for histogram in ("request_duration_seconds", "queue_duration_seconds",
+                      "compute_duration_seconds"):
+        name = f"sluice_{histogram}"
+        assert moved(before, after, f"{name}_count") == {labels(**model): 3}, name
+        assert moved(before, after, f"{name}_bucket")[labels(**model, le="+Inf")] == 3, name
+    assert moved(before, after, "sluice_batch_size_rows_bucket") == {
+        labels(**model, le=le): 3
+        for le in ("2.0", "4.0", "8.0", "16.0", "32.0", "64.0", "128.0", "256.0", "512.0",
+                   "1024.0", "+Inf")}  # none in le="1.0"
+    assert moved(before, after, "sluice_batch_size_rows_sum") == {labels(**model): 6}
+    assert after[("sluice_queue_depth_requests", labels(**model))] == 0
+    assert after[("sluice_latency_quantile_seconds",
+                  labels(**model, stage="e2e", quantile="0.99"))] > 0
 
 
 async def test_aio_client_every_read_rpc(bundled_server):
