@@ -151,11 +151,11 @@ class ModelVersion:
             )
         # Degraded mode: the fallback answers, under its own admission. If it cannot take the
         # request either, the caller hears about the primary's overload, not the fallback's.
-        self.stats.fallback_count += 1
         try:
             response = await target.infer(request, as_fallback=True)
         except (Overloaded, InvalidInput):
             raise shed from None
+        self.stats.fallback_count += 1  # answered instead: a refusal by the fallback is not
         response.model_name = self.config.name
         response.model_version = self._version_str
         return response

@@ -143,7 +143,7 @@ class ModelStats:
     batch_stats: dict[int, BatchStat] = field(default_factory=dict)
     #: Requests shed (UNAVAILABLE), by (reason, priority level).
     shed: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: Requests this version shed that its fallback model then took.
+    #: Requests this version shed that its fallback model then answered.
     fallback_count: int = 0
     #: Time from a request reaching the model to its shed status (server-side reject latency).
     reject: LatencyWindow = field(init=False)
