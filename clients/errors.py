@@ -79,7 +79,9 @@ class Overloaded(SluiceClientError):
 
 
 class DeadlineExceeded(SluiceClientError):
-    """DEADLINE_EXCEEDED: the deadline passed, on the server or in the client between retries."""
+    """DEADLINE_EXCEEDED: the deadline passed before any attempt failed, or during an attempt
+    (on the server or on the wire). A deadline that passes while waiting to retry raises the last
+    Overloaded instead."""
 
 
 class ResourceExhausted(SluiceClientError):
