@@ -11,7 +11,6 @@ import asyncio
 import signal
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import text_format
-from prometheus_client.parser import text_string_to_metric_families
 
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
@@ -32,6 +30,7 @@ from server.config import OVERLOAD_PARAMETERS
 from server.errors import DeadlineExceeded
 from server.types import InferRequest
 from tests.integration.test_lifecycle import start_cli_server
+from tests.support.metrics import labels, moved, scrape
 from tests.support.onnx_models import identity_model, slow_model, write_model
 from tests.support.threads import block_until
 
@@ -124,26 +123,6 @@ def shed_status(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str | None, str]:
     return outcome.code, outcome.reason, exc.details()
 
 
-Labels = frozenset[tuple[str, str]]
-
-
-def labels(**values: str) -> Labels:
-    return frozenset(values.items())
-
-
-def scrape(running) -> dict[tuple[str, Labels], float]:
-    """Every sample on the server's /metrics now: (sample name, labels) -> value."""
-    url = f"http://127.0.0.1:{running.server.metrics.port}/metrics"
-    body = urllib.request.urlopen(url, timeout=10).read().decode()
-    return {(sample.name, labels(**sample.labels)): sample.value
-            for family in text_string_to_metric_families(body) for sample in family.samples}
-
-
-def moved(before: dict, after: dict, name: str) -> dict[Labels, float]:
-    """How far each sample called ``name`` moved between two scrapes (those that moved)."""
-    change = {key[1]: after.get(key, 0.0) - before.get(key, 0.0)
-              for key in {*before, *after} if key[0] == name}
-    return {key: delta for key, delta in change.items() if delta}
 
 
 class Hold:

@@ -4,7 +4,6 @@ and reflection, against a real server over the bundled repository."""
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import grpc
 import numpy as np
@@ -13,10 +12,10 @@ import tritonclient.grpc as tc
 import tritonclient.grpc.aio as tca
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from server.app import BUNDLED_REPOSITORY
+from tests.support.metrics import labels, moved, scrape
 
 BUNDLED = {p.name for p in BUNDLED_REPOSITORY.iterdir() if (p / "config.pbtxt").is_file()}
 
@@ -151,25 +150,6 @@ def test_grpc_health_service_and_reflection(bundled_server):
             file_containing_symbol="inference.ModelInferRequest")
         reply = next(stub.ServerReflectionInfo(iter([request])))
         assert reply.file_descriptor_response.file_descriptor_proto
-
-
-def labels(**values: str) -> frozenset[tuple[str, str]]:
-    return frozenset(values.items())
-
-
-def scrape(running) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample on the server's /metrics now: (sample name, labels) -> value."""
-    url = f"http://127.0.0.1:{running.server.metrics.port}/metrics"
-    body = urllib.request.urlopen(url, timeout=10).read().decode()
-    return {(sample.name, labels(**sample.labels)): sample.value
-            for family in text_string_to_metric_families(body) for sample in family.samples}
-
-
-def moved(before: dict, after: dict, name: str) -> dict[frozenset[tuple[str, str]], float]:
-    """How far each sample called ``name`` moved between two scrapes (those that moved)."""
-    change = {key[1]: after.get(key, 0.0) - before.get(key, 0.0)
-              for key in {*before, *after} if key[0] == name}
-    return {key: delta for key, delta in change.items() if delta}
 
 
 def test_prometheus_metrics_endpoint(bundled_server, client):
