@@ -164,6 +164,16 @@ def hold(make_server, monkeypatch) -> Iterator[Hold]:
     held.open()
 
 
+def occupy(stub, running, hold: Hold, model: str, queued: int, **kw) -> list[grpc.Future]:
+    """One request computing (held at the gate) and ``queued`` more waiting behind it."""
+    admitted = [stub.ModelInfer.future(request(model, **kw), timeout=30)]
+    hold.wait_started(1)
+    admitted += [stub.ModelInfer.future(request(model, **kw), timeout=30)
+                 for _ in range(queued)]
+    wait_queued(running, model, queued)
+    return admitted
+
+
 # -- shed statuses and trailers -----------------------------------------------------------------
 
 
@@ -174,10 +184,7 @@ def test_queue_full_is_unavailable_with_pushback_and_reason(make_server, hold, t
     hold.close(served(running, "slow").backend)
     with grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        admitted = [stub.ModelInfer.future(request("slow"), timeout=30)]
-        hold.wait_started(1)
-        admitted += [stub.ModelInfer.future(request("slow"), timeout=30) for _ in range(2)]
-        wait_queued(running, "slow", 2)  # one computing and two queued: the queue is full
+        admitted = occupy(stub, running, hold, "slow", 2)  # the queue of 2 is full
         for _ in range(7):
             with pytest.raises(grpc.RpcError) as info:
                 stub.ModelInfer(request("slow"), timeout=30)
@@ -296,10 +303,7 @@ def test_level_1_is_never_shed_while_level_2_has_queued_work(make_server, hold, 
                 stub.ModelInfer(request("m", priority=priority), timeout=30)
             return shed_status(info.value)
 
-        blocker = stub.ModelInfer.future(request("m", priority=2), timeout=30)
-        hold.wait_started(1)
-        low = [stub.ModelInfer.future(request("m", priority=2), timeout=30) for _ in range(4)]
-        wait_queued(running, "m", 4)
+        blocker, *low = occupy(stub, running, hold, "m", 4, priority=2)
         assert refused(2) == queue_full  # the rows are full and nothing is below level 2
         high = []
         for i in reversed(range(4)):  # each level-1 arrival sheds the last-served level 2
@@ -511,10 +515,7 @@ def test_the_fallback_answers_when_the_primary_is_saturated(make_server, hold, t
     hold.close(served(running, "a_primary").backend)
     with grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        admitted = [stub.ModelInfer.future(request("a_primary"), timeout=30)]
-        hold.wait_started(1)
-        admitted.append(stub.ModelInfer.future(request("a_primary"), timeout=30))
-        wait_queued(running, "a_primary", 1)  # the primary is full: the rest go to z_small
+        admitted = occupy(stub, running, hold, "a_primary", 1)  # full: the rest go to z_small
         degraded = [stub.ModelInfer(request("a_primary"), timeout=30) for _ in range(6)]
         hold.open()
         primary = [future.result() for future in admitted]
