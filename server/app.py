@@ -31,20 +31,20 @@ from server.backends.base import Backend
 from server.backends.ensemble import EnsembleBackend
 from server.backends.numba_backend import load_numba_backend
 from server.backends.ort import OrtBackend
-from server.config import ModelConfig, ServerConfig
-from server.core.admission import InflightBudget
-from server.core.canary import CanaryController
-from server.core.deploy_store import DeploymentStore
-from server.core.repository import ModelRepository
-from server.core.router import Router
-from server.core.shadow import ShadowMirror
-from server.core.state_sync import DeploymentFollower
-from server.deployment_config import read_deployment
+from server.config.deployment_file import read_deployment
+from server.config.model import ModelConfig, ServerConfig
+from server.config.pbtxt import read_model_config
 from server.errors import ModelLoadError, SluiceError
 from server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
-from server.model_config import read_model_config
 from server.protocol.admin import add_admin_service
 from server.protocol.servicer import InferenceServicer
+from server.rollout.canary import CanaryController
+from server.rollout.deploy_store import DeploymentStore
+from server.rollout.router import Router
+from server.rollout.shadow import ShadowMirror
+from server.rollout.state_sync import DeploymentFollower
+from server.serving.admission import InflightBudget
+from server.serving.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 

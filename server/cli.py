@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from server.config import ServerConfig
+from server.config.model import ServerConfig
 
 DEFAULT_TARGET = "127.0.0.1:8001"
 
@@ -215,8 +215,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
-    """``serve --workers N``: run N ``serve`` processes under :mod:`server.supervisor`."""
-    from server.supervisor import Supervisor, SupervisorConfig
+    """``serve --workers N``: run N ``serve`` processes under :mod:`server.workers.supervisor`."""
+    from server.workers.supervisor import Supervisor, SupervisorConfig
 
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s supervisor %(name)s: %(message)s"

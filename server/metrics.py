@@ -1,7 +1,7 @@
 """Prometheus metrics for one server, on its own registry (no globals).
 
 Nothing is observed per request here: a collector reads each model version's
-:class:`~server.core.stats.ModelStats` when /metrics is scraped. Histograms are cumulative
+:class:`~server.serving.stats.ModelStats` when /metrics is scraped. Histograms are cumulative
 buckets, so they sum correctly across replicas; the window quantiles are gauges for humans.
 """
 
@@ -19,10 +19,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from server.core.admission import InflightBudget
-from server.core.arm_stats import ArmStats
-from server.core.model import ModelVersion
-from server.core.stats import CumulativeHistogram
+from server.rollout.arm_stats import ArmStats
+from server.serving.admission import InflightBudget
+from server.serving.model import ModelVersion
+from server.serving.stats import CumulativeHistogram
 
 _LABELS = ["model", "version"]
 

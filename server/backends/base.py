@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from server.config import ModelConfig, ModelIO
+from server.config.model import ModelConfig, ModelIO
 from server.types import DATATYPE_DTYPES
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from server.backends.base import Backend, InstancesBackend, warmup_inputs
-from server.config import ModelConfig, ModelIO
+from server.config.model import ModelConfig, ModelIO
 from server.errors import ModelLoadError
 from server.types import TensorSpec
 

@@ -39,7 +39,7 @@ from kernels import cpu
 from kernels.forest import Forest
 from kernels.formats import FormatError, load_tree_model
 from server.backends.base import InstancesBackend
-from server.config import InstanceKind, ModelConfig, ModelIO
+from server.config.model import InstanceKind, ModelConfig, ModelIO
 from server.errors import ModelLoadError
 from server.types import TensorSpec
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from server.backends.base import warmup_inputs
-from server.config import InstanceKind, ModelConfig, ModelIO
+from server.config.model import InstanceKind, ModelConfig, ModelIO
 from server.errors import InvalidInput, ModelLoadError
 from server.types import TensorSpec
 

@@ -20,14 +20,14 @@ import grpc
 
 from proto import admin_pb2 as pb
 from proto import admin_pb2_grpc as pb_grpc
-from server.core.canary import CanaryController
-from server.core.canary_plan import DEFAULT_STEPS, CanaryConflict, CanaryGates, is_running
-from server.core.deployment import DeploymentState, ShadowTarget
-from server.core.router import Router
-from server.core.shadow import ShadowMirror
-from server.core.state_sync import DeploymentFollower
 from server.errors import InvalidInput, ModelNotFound, Unimplemented
 from server.protocol.status import fail
+from server.rollout.canary import CanaryController
+from server.rollout.canary_plan import DEFAULT_STEPS, CanaryConflict, CanaryGates, is_running
+from server.rollout.deployment import DeploymentState, ShadowTarget
+from server.rollout.router import Router
+from server.rollout.shadow import ShadowMirror
+from server.rollout.state_sync import DeploymentFollower
 
 #: Metadata key naming the caller in the audit log.
 CALLER_KEY = "x-sluice-caller"

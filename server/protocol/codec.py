@@ -9,9 +9,9 @@ import numpy as np
 from proto import grpc_service_pb2 as pb
 from proto import tensors
 from proto.params import param_value, set_param
-from server.config import RequestLimits
-from server.core.admission import check_request_limits
+from server.config.model import RequestLimits
 from server.errors import InvalidInput, Unimplemented
+from server.serving.admission import check_request_limits
 from server.types import InferRequest, InferResponse
 
 #: Request parameters Sluice understands; others are passed through to the core untouched.

@@ -18,10 +18,8 @@ import grpc
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from server import __version__
-from server.config import RequestLimits
-from server.core.model import ModelVersion
-from server.core.repository import ModelRepository
-from server.core.router import ARM_PARAM, STICKY_METADATA, STICKY_PARAM, Router, ShadowTarget
+from server.config.model import RequestLimits
+from server.config.pbtxt import to_proto
 from server.errors import (
     Code,
     InvalidInput,
@@ -30,10 +28,12 @@ from server.errors import (
     SluiceError,
     Unimplemented,
 )
-from server.model_config import to_proto
 from server.protocol import codec
 from server.protocol.statistics import latency_table, model_statistics
 from server.protocol.status import fail, to_status
+from server.rollout.router import ARM_PARAM, STICKY_METADATA, STICKY_PARAM, Router, ShadowTarget
+from server.serving.model import ModelVersion
+from server.serving.repository import ModelRepository
 from server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from proto import grpc_service_pb2 as pb
-from server.core.model import ModelVersion
+from server.serving.model import ModelVersion
 
 PERCENTILES = (50, 95, 99)
 

@@ -17,9 +17,9 @@ import numpy as np
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from proto.tensors import decode_outputs, make_input
-from server.core.canary import CanaryController
-from server.core.canary_plan import CANARY_CALLER, ROLLED_BACK, CanaryGates
-from server.core.router import DeploymentState, Route, ShadowTarget
+from server.rollout.canary import CanaryController
+from server.rollout.canary_plan import CANARY_CALLER, ROLLED_BACK, CanaryGates
+from server.rollout.router import DeploymentState, Route, ShadowTarget
 from tests.support.shadow_deploy import deploy_shadow, with_mirror
 from tests.support.shadow_models import classifier_repo
 

@@ -26,7 +26,7 @@ from proto import grpc_service_pb2_grpc as pb_grpc
 from proto import model_config_pb2 as mc
 from proto.tensors import make_input
 from server.backends.ort import OrtBackend
-from server.config import OVERLOAD_PARAMETERS
+from server.config.model import OVERLOAD_PARAMETERS
 from server.errors import DeadlineExceeded
 from server.types import InferRequest
 from tests.integration.test_lifecycle import start_cli_server

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 from clients import Client
-from server.core.router import DeploymentState, Route, rendezvous_pick
+from server.rollout.router import DeploymentState, Route, rendezvous_pick
 from tests.support.onnx_models import write_model
 
 CONFIG = "max_batch_size: 8\nversion_policy { all {} }\ndynamic_batching {}"

@@ -17,7 +17,7 @@ import pytest
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from proto.tensors import decode_outputs, make_input
-from server.core.router import DeploymentState, Route
+from server.rollout.router import DeploymentState, Route
 from tests.support.shadow_deploy import deploy_shadow, with_mirror
 from tests.support.shadow_models import (
     CANDIDATE_SCALE,

@@ -20,7 +20,7 @@ import pytest
 import tritonclient.grpc as tc
 
 from server.app import BUNDLED_REPOSITORY
-from server.supervisor import Supervisor, SupervisorConfig, reserve_port
+from server.workers.supervisor import Supervisor, SupervisorConfig, reserve_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -279,7 +279,7 @@ async def test_crashing_workers_are_restarted_with_backoff(tmp_path, caplog):
     assert restarts == len(lives_s)
     # what the supervisor says it waits, each after the death of the worker the journal names
     said = [m.groups() for r in caplog.records
-            if r.name == "server.supervisor" and (m := _RESTARTING.match(r.getMessage()))]
+            if r.name == "server.workers.supervisor" and (m := _RESTARTING.match(r.getMessage()))]
     assert [int(pid) for pid, _ in said] == [pid for pid, _ in exits]
     assert [float(wait) for _, wait in said] == scheduled_s, notes
     # ... and that it did wait: each worker's exit to the next one's start spans the wait plus

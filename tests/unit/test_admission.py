@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import pytest
 
-from server.config import (
+from server.config.model import (
     DynamicBatching,
     ModelConfig,
     OverloadPolicy,
@@ -23,21 +23,21 @@ from server.config import (
     RequestLimits,
     TimeoutAction,
 )
-from server.core.admission import (
-    SHADOW_PRIORITY,
-    Admission,
-    AdmissionPolicy,
-    InflightBudget,
-    check_request_limits,
-)
-from server.core.batcher import DynamicBatcher
-from server.core.queues import CoDel, PriorityQueue, QueueItem, ServiceRate
 from server.errors import (
     DeadlineExceeded,
     InvalidInput,
     Overloaded,
     ResourceExhausted,
 )
+from server.serving.admission import (
+    SHADOW_PRIORITY,
+    Admission,
+    AdmissionPolicy,
+    InflightBudget,
+    check_request_limits,
+)
+from server.serving.batcher import DynamicBatcher
+from server.serving.queues import CoDel, PriorityQueue, QueueItem, ServiceRate
 from tests.support.threads import until
 
 

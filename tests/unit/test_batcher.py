@@ -13,8 +13,8 @@ import threading
 import numpy as np
 import pytest
 
-from server.core.batcher import BatchReport, DynamicBatcher
 from server.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded
+from server.serving.batcher import BatchReport, DynamicBatcher
 from tests.support.threads import block_until, until
 
 
@@ -428,7 +428,7 @@ async def test_a_background_batch_does_not_hold_an_instance(backend):
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
 def test_a_background_thread_runs_at_the_lowest_os_priority():
-    from server.core.worker import InstanceThread
+    from server.serving.worker import InstanceThread
 
     async def main():
         thread = InstanceThread("bg", background=True)

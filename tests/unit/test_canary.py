@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from server.core.canary import CanaryController
-from server.core.canary_plan import (
+from server.errors import InvalidInput, ModelNotFound
+from server.rollout.canary import CanaryController
+from server.rollout.canary_plan import (
     ABORTED,
     PROMOTED,
     ROLLED_BACK,
@@ -27,9 +28,8 @@ from server.core.canary_plan import (
     CanaryGates,
     routes_for,
 )
-from server.core.deploy_store import DeploymentStore
-from server.core.router import DeploymentState, Route, Router
-from server.errors import InvalidInput, ModelNotFound
+from server.rollout.deploy_store import DeploymentStore
+from server.rollout.router import DeploymentState, Route, Router
 from tests.support.fake_repository import FakeRepository
 
 MODEL = "m"

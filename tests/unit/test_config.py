@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.config import (
+from server.config.model import (
     InstanceKind,
     ModelConfig,
     ModelIO,
@@ -13,9 +13,9 @@ from server.config import (
     VersionPolicy,
     check_model_name,
 )
-from server.config_validation import complete_model_config
+from server.config.pbtxt import from_proto, parse_model_config, to_proto
+from server.config.validation import complete_model_config
 from server.errors import ModelLoadError
-from server.model_config import from_proto, parse_model_config, to_proto
 from server.types import TensorSpec
 
 TRITON_CONFIG = """

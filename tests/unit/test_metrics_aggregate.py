@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
-from server.metrics_aggregate import (
+from server.workers.merged_metrics import (
     WorkerMetrics,
     cumulative_part,
     merge_families,

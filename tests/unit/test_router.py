@@ -9,11 +9,11 @@ import random
 
 import pytest
 
-from server.core.arm_stats import ArmStats
-from server.core.deploy_store import DeploymentStore
-from server.core.router import DeploymentState, Route, Router, ShadowTarget, rendezvous_pick
-from server.deployment_config import parse_deployment
+from server.config.deployment_file import parse_deployment
 from server.errors import InvalidInput, ModelLoadError, ModelNotFound
+from server.rollout.arm_stats import ArmStats
+from server.rollout.deploy_store import DeploymentStore
+from server.rollout.router import DeploymentState, Route, Router, ShadowTarget, rendezvous_pick
 from tests.support.fake_repository import FakeRepository
 
 KEYS = [f"user-{i}" for i in range(20_000)]

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from server.backends.ort import OrtBackend
-from server.core.admission import SHADOW_PRIORITY
-from server.core.comparison import compare, mismatch
-from server.core.model import ModelVersion
-from server.core.repository import ModelRepository
-from server.core.shadow import ShadowMirror
+from server.config.pbtxt import read_model_config
 from server.errors import Overloaded, SluiceError
-from server.model_config import read_model_config
+from server.rollout.comparison import compare, mismatch
+from server.rollout.shadow import ShadowMirror
+from server.serving.admission import SHADOW_PRIORITY
+from server.serving.model import ModelVersion
+from server.serving.repository import ModelRepository
 from server.types import InferRequest, InferResponse
 from tests.support.shadow_models import (
     CANDIDATE_SCALE,
@@ -35,7 +35,7 @@ from tests.support.shadow_models import (
 )
 
 
-class Target(NamedTuple):  # duck-types server.core.deployment.ShadowTarget
+class Target(NamedTuple):  # duck-types server.rollout.deployment.ShadowTarget
     version: int
     sample: float
 

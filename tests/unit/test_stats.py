@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.core.batcher import BatchReport
-from server.core.stats import CumulativeHistogram, LatencyWindow, ModelStats
+from server.serving.batcher import BatchReport
+from server.serving.stats import CumulativeHistogram, LatencyWindow, ModelStats
 
 
 class Clock:

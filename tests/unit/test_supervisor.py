@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from server.supervisor import RestartBackoff
+from server.workers.supervisor import RestartBackoff
 
 
 def waits(backoff: RestartBackoff, lives_s: list[float]) -> list[float]:

@@ -26,13 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.core.admission import SHADOW_PRIORITY
-from server.core.comparison import Arrays, Delta, compare_all, mismatch
-from server.core.deployment import ShadowTarget
-from server.core.model import ModelVersion
-from server.core.stats import LatencyWindow
-from server.core.worker import InstanceThread
 from server.errors import DeadlineExceeded, Overloaded
+from server.rollout.comparison import Arrays, Delta, compare_all, mismatch
+from server.rollout.deployment import ShadowTarget
+from server.serving.admission import SHADOW_PRIORITY
+from server.serving.model import ModelVersion
+from server.serving.stats import LatencyWindow
+from server.serving.worker import InstanceThread
 from server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)

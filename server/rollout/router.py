@@ -8,7 +8,7 @@ finishes on the version that admitted it even if a switch lands meanwhile, and s
 version has its own batcher no batch ever mixes versions.
 
 **Sticky assignment** (request parameter ``sticky_key`` or metadata ``x-sluice-sticky-key``)
-uses weighted rendezvous hashing (:mod:`server.core.routing_table`): the same key gets the same
+uses weighted rendezvous hashing (:mod:`server.rollout.routing_table`): the same key gets the same
 arm while weights are unchanged, and changing weights moves only the keys that must move.
 
 Changes (:meth:`Router.change` and the helpers built on it) run one at a time per model: validate
@@ -17,7 +17,7 @@ the audit record -> swap the table. The state replaced is pushed on a persisted 
 so :meth:`Router.rollback` returns to it in one call. Under ``--workers N`` every process has
 its own router over one state directory: a change computed from a state another process has
 replaced meanwhile is refused (DeploymentConflict; the new state is adopted, so a retry works),
-and :mod:`server.core.state_sync` makes each router :meth:`Router.adopt` the others' changes.
+and :mod:`server.rollout.state_sync` makes each router :meth:`Router.adopt` the others' changes.
 """
 
 from __future__ import annotations
@@ -31,18 +31,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from server.core.arm_stats import ArmStats, EpochStats
-from server.core.deploy_store import (
+from server.errors import InvalidInput, ModelNotFound, SluiceError
+from server.rollout.arm_stats import ArmStats, EpochStats
+from server.rollout.deploy_store import (
     HISTORY_LIMIT,
     DeploymentConflict,
     DeploymentStore,
     StoredDeployment,
 )
-from server.core.deployment import DeploymentState, Route, ShadowTarget, check_alias
-from server.core.model import ModelVersion
-from server.core.repository import ModelRepository
-from server.core.routing_table import RoutingTable, rendezvous_pick
-from server.errors import InvalidInput, ModelNotFound, SluiceError
+from server.rollout.deployment import DeploymentState, Route, ShadowTarget, check_alias
+from server.rollout.routing_table import RoutingTable, rendezvous_pick
+from server.serving.model import ModelVersion
+from server.serving.repository import ModelRepository
 
 __all__ = [
     "ARM_PARAM", "STICKY_METADATA", "STICKY_PARAM", "ArmStats", "DeploymentState", "EpochStats",
@@ -74,7 +74,7 @@ class Router:
         self,
         repository: ModelRepository,
         store: DeploymentStore | None,
-        shadow: Any = None,  # ShadowMirror | None (server.core.shadow); see the servicer's hook
+        shadow: Any = None,  # ShadowMirror | None (server.rollout.shadow); see the servicer's hook
         rng: random.Random | None = None,
         *,
         declared: DeclaredReader | None = None,

@@ -10,7 +10,7 @@ The supervisor:
 * binds the port first (SO_REUSEPORT, not listening; ``--grpc-port 0`` picks it here) and
   holds it while it runs, so every worker, and every restarted worker, gets the same port;
 * prints ``sluice: gRPC listening on HOST:PORT`` once, when every worker is serving, and serves
-  the merged /metrics of all workers (:mod:`server.metrics_aggregate`) on ``--metrics-port``;
+  the merged /metrics of all workers (:mod:`server.workers.merged_metrics`) on ``--metrics-port``;
 * restarts a worker that exits, after a backoff that doubles while it keeps dying young, and
   counts it (``sluice_worker_restarts_total``); a worker that fails before the first time all
   were serving fails the start instead (exit status 1);
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from server.metrics_aggregate import WorkerMetrics
+from server.workers.merged_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

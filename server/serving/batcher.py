@@ -14,10 +14,10 @@ the 2-core machine grpc.aio costs about 0.5 ms of CPU per call, shed or not). Wh
 cut on the loop, each instance waited a pass of that busy loop between two batches and, at 5x
 capacity, computed only 18-46% of the time while the queue was full (py-spy).
 
-The queue has one FIFO lane per priority level (see :mod:`server.core.queues`); which requests
-make a batch is :mod:`server.core.cutting`'s policy (level 1 first; it drops the dead and, with
+The queue has one FIFO lane per priority level (see :mod:`server.serving.queues`); which requests
+make a batch is :mod:`server.serving.cutting`'s policy (level 1 first; it drops the dead and, with
 CoDel on, sheds from the lowest level while a standing queue persists). Admission
-(:mod:`server.core.admission`) decides before a request is queued; the batcher only enforces its
+(:mod:`server.serving.admission`) decides before a request is queued; the batcher only enforces its
 request bound. The queue, the service-rate meter and the busy count change only under the
 batcher's lock; admission reads their counters without it (a count one request stale is fine
 for an estimate).
@@ -39,10 +39,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.core.cutting import UNTIL_NOTIFIED, BatchCutter, Failures
-from server.core.queues import CoDel, PriorityQueue, QueueItem, ServiceRate
-from server.core.worker import InstanceThread, settle
 from server.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded, SluiceError
+from server.serving.cutting import UNTIL_NOTIFIED, BatchCutter, Failures
+from server.serving.queues import CoDel, PriorityQueue, QueueItem, ServiceRate
+from server.serving.worker import InstanceThread, settle
 
 Arrays = dict[str, np.ndarray]
 #: run(instance_index, batched_inputs) -> outputs (every output's first dim = batch rows); called

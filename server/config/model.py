@@ -1,6 +1,6 @@
 """Frozen configuration: the server's and each model's.
 
-Model configs come from Triton's ``config.pbtxt`` (parsed in ``server.model_config``); here they
+Model configs come from Triton's ``config.pbtxt`` (parsed in ``server.config.pbtxt``); here they
 are plain frozen dataclasses, normalized and then validated once at model load. Validation errors
 name the model and the field. Optional features are ``None`` when off.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from server.config import (
+from server.config.model import (
     DynamicBatching,
     ModelConfig,
     ModelIO,

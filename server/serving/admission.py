@@ -8,7 +8,7 @@ queueing, with no await in between; the answer is synchronous and O(priority lev
    bytes) -> RESOURCE_EXHAUSTED naming the limit; a deadline already passed -> DEADLINE_EXCEEDED;
 3. deadline feasibility: the time to finish is estimated from the rows queued at the request's
    level or above plus its own, cut into batches and timed by the measured batch durations (see
-   :class:`~server.core.queues.ServiceRate`), plus the time until an instance is free, then
+   :class:`~server.serving.queues.ServiceRate`), plus the time until an instance is free, then
    scaled by the level's measured estimate error (:meth:`Admission.observe`, a running p90).
    If it cannot finish within ``DEADLINE_SAFETY`` of the time to its deadline -> UNAVAILABLE
    ``deadline``; if it would use more than its
@@ -32,10 +32,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from server.config import ModelConfig, RequestLimits, TimeoutAction
-from server.core.batcher import DynamicBatcher
-from server.core.queues import CoDel, QueueItem
+from server.config.model import ModelConfig, RequestLimits, TimeoutAction
 from server.errors import DeadlineExceeded, InvalidInput, Overloaded, ResourceExhausted
+from server.serving.batcher import DynamicBatcher
+from server.serving.queues import CoDel, QueueItem
 
 #: ``InferRequest.priority`` of shadow copies: the level below every configured one (N + 1).
 SHADOW_PRIORITY = -1

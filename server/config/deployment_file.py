@@ -10,7 +10,7 @@
       candidate: 10
     shadows:          # version or alias -> fraction of live requests mirrored, in (0, 1]
       v3: 0.25
-    canary: {...}     # passed through untouched to the canary controller (server.core.canary)
+    canary: {...}     # passed through untouched to the canary controller (server.rollout.canary)
 
 Every key is optional; an unknown key is an error naming it and the file. Versions are checked
 against what is loaded when the state is applied (``Router.model_loaded``), not here.
@@ -30,8 +30,8 @@ from typing import Any
 
 import yaml
 
-from server.core.deployment import DeploymentState, Route, ShadowTarget, check_alias
 from server.errors import ModelLoadError
+from server.rollout.deployment import DeploymentState, Route, ShadowTarget, check_alias
 
 FILENAME = "deployment.yaml"
 _KEYS = ("aliases", "routes", "shadows", "canary")

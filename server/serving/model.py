@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 
 from server.backends.base import Backend
-from server.config import ModelConfig
-from server.core.admission import FALLBACK_REASONS, Admission, AdmissionPolicy, InflightBudget
-from server.core.batcher import Arrays, DynamicBatcher
-from server.core.stats import ModelStats
+from server.config.model import ModelConfig
 from server.errors import InvalidInput, Overloaded
+from server.serving.admission import FALLBACK_REASONS, Admission, AdmissionPolicy, InflightBudget
+from server.serving.batcher import Arrays, DynamicBatcher
+from server.serving.stats import ModelStats
 from server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_of
 
 #: Response parameter naming the "model:version" that answered, on models with a fallback.

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.backends.base import Backend
-from server.config import ModelConfig, check_model_name
-from server.config_validation import complete_model_config
-from server.core.admission import InflightBudget
-from server.core.model import ModelVersion
-from server.core.stats import ModelStats
+from server.config.model import ModelConfig, check_model_name
+from server.config.validation import complete_model_config
 from server.errors import ModelLoadError, ModelNotFound, ModelNotReady, SluiceError
+from server.serving.admission import InflightBudget
+from server.serving.model import ModelVersion
+from server.serving.stats import ModelStats
 
 log = logging.getLogger(__name__)
 

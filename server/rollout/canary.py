@@ -27,7 +27,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from server.core.canary_plan import (
+from server.errors import InvalidInput, SluiceError
+from server.rollout.canary_plan import (
     ABORTED,
     CANARY_CALLER,
     DEFAULT_STEPS,
@@ -42,14 +43,13 @@ from server.core.canary_plan import (
     new_record,
     routes_for,
 )
-from server.core.deploy_store import DeploymentConflict
-from server.core.deployment import DeploymentState, Route
-from server.core.router import EpochStats
-from server.errors import InvalidInput, SluiceError
+from server.rollout.deploy_store import DeploymentConflict
+from server.rollout.deployment import DeploymentState, Route
+from server.rollout.router import EpochStats
 
 if TYPE_CHECKING:
-    from server.core.router import Router
-    from server.core.shadow import ShadowMirror
+    from server.rollout.router import Router
+    from server.rollout.shadow import ShadowMirror
 
 log = logging.getLogger(__name__)
 

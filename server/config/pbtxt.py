@@ -1,4 +1,4 @@
-"""Triton's ``config.pbtxt`` <-> :class:`server.config.ModelConfig`.
+"""Triton's ``config.pbtxt`` <-> :class:`server.config.model.ModelConfig`.
 
 Parsing is strict: a field Sluice does not implement is a load error naming the field, never
 silently ignored, so a Triton repository either behaves as written or says why not.
@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from proto import model_config_pb2 as mc
-from server.config import (
+from server.config.model import (
     OVERLOAD_PARAMETERS,
     DynamicBatching,
     EnsembleStep,

@@ -1,6 +1,6 @@
 """Keeps a router in step with deployment changes other processes persist to its state directory.
 
-Under ``sluice serve --workers N`` every worker has its own :class:`~server.core.router.Router`,
+Under ``sluice serve --workers N`` every worker has its own :class:`~server.rollout.router.Router`,
 and an Admin RPC lands on one of them (the kernel picks a process per connection). That worker
 validates, persists and audits the change; every other worker's :class:`DeploymentFollower`
 notices within about ``interval_s`` and serves it too, without persisting or auditing it again.
@@ -31,9 +31,9 @@ import logging
 import time
 from collections.abc import Mapping
 
-from server.core.deploy_store import DeploymentStore, StoredDeployment
-from server.core.router import Router
 from server.errors import SluiceError
+from server.rollout.deploy_store import DeploymentStore, StoredDeployment
+from server.rollout.router import Router
 
 log = logging.getLogger(__name__)
 

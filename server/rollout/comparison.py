@@ -1,6 +1,6 @@
 """Comparing a live answer with a shadow answer: pure numpy, no server state.
 
-Runs on the shadow mirror's comparison thread (see :mod:`server.core.shadow`); each call turns
+Runs on the shadow mirror's comparison thread (see :mod:`server.rollout.shadow`); each call turns
 one pair of answers into a :class:`Delta` of totals that the event loop merges.
 """
 

@@ -1,0 +1,3 @@
+"""Deployments: which version answers a request. Router, routing table, deployment state and
+its stores, state sync between workers, arm statistics, the shadow mirror and its comparison,
+the canary plan and driver. Uses ``server.serving``; imports no transport and no model runtime."""
