@@ -1,6 +1,7 @@
 """loadtests/shadow_bench.py runs end to end: shadow toggled per phase, a twin candidate agrees,
 routing answers from the arms it should. A smoke test of the harness, not of the targets
-(about 15 s: one A and one B phase at a given capacity, one short routing round)."""
+(about 10 s: one A and one B phase of the digits model at a given capacity, one short routing
+round)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_shadow_bench_quick_run(tmp_path: Path) -> None:
     done = subprocess.run(
         [
+            # digits, not the default cnn: copies compute only in the live version's idle
+            # time on a SCHED_IDLE thread, which a busy machine running cnn at 80 req/s never
+            # leaves, so every copy would be shed and nothing compared
             sys.executable, "-m", "loadtests.shadow_bench", "--quick", "--rounds", "1",
-            "--capacity", "80", "--routing-requests", "30", "--routing-rounds", "1",
+            "--model", "digits", "--batch", "1", "--capacity", "80",
+            "--routing-requests", "30", "--routing-rounds", "1",
             "--out", str(tmp_path),
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
