@@ -32,8 +32,9 @@ from server.backends.ensemble import EnsembleBackend
 from server.backends.numba_backend import load_numba_backend
 from server.backends.ort import OrtBackend
 from server.config.deployment_file import read_deployment
-from server.config.model import ModelConfig, ServerConfig
+from server.config.model import ModelConfig
 from server.config.pbtxt import read_model_config
+from server.config.settings import ServerConfig
 from server.errors import ModelLoadError, SluiceError
 from server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
 from server.protocol.admin import add_admin_service

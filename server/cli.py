@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from server.config.model import ServerConfig
+from server.config.settings import ServerConfig
 
 DEFAULT_TARGET = "127.0.0.1:8001"
 

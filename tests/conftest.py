@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from server.app import BUNDLED_REPOSITORY
-from server.config.model import ServerConfig
+from server.config.settings import ServerConfig
 from tests.support.running import RunningServer, start_server
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from proto import grpc_service_pb2 as pb
 from proto import tensors
 from proto.params import param_value, set_param
-from server.config.model import RequestLimits
+from server.config.settings import RequestLimits
 from server.errors import InvalidInput, Unimplemented
 from server.serving.admission import check_request_limits
 from server.types import InferRequest, InferResponse

@@ -18,8 +18,8 @@ import grpc
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from server import __version__
-from server.config.model import RequestLimits
 from server.config.pbtxt import to_proto
+from server.config.settings import RequestLimits
 from server.errors import (
     Code,
     InvalidInput,

@@ -32,7 +32,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from server.config.model import ModelConfig, RequestLimits, TimeoutAction
+from server.config.model import ModelConfig, TimeoutAction
+from server.config.settings import RequestLimits
 from server.errors import DeadlineExceeded, InvalidInput, Overloaded, ResourceExhausted
 from server.serving.batcher import DynamicBatcher
 from server.serving.queues import CoDel, QueueItem

@@ -74,7 +74,7 @@ class _Served:
     """A server over a temporary repository, run on a fresh event loop in a daemon thread."""
 
     def __init__(self) -> None:
-        from server.config.model import ServerConfig  # the server only where a test runs
+        from server.config.settings import ServerConfig  # the server only where a test runs
         from tests.support.running import start_server
 
         self._tmp = tempfile.mkdtemp(prefix="sluice-gpu-serving-")

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from server.app import Server
-from server.config.model import ServerConfig
+from server.config.settings import ServerConfig
 
 
 @dataclass

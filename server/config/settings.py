@@ -1,0 +1,79 @@
+"""The server's own settings: how one ``sluice serve`` process runs (``ServerConfig``) and the
+size caps every request is checked against before it is decoded (``RequestLimits``). Built by the
+command line (``server.cli``) or by tests; frozen once built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """How one server process runs."""
+
+    model_repository: Path
+    host: str = "127.0.0.1"
+    #: gRPC port; 0 picks a free one (the bound port is printed and on ``Server.port``).
+    grpc_port: int = 8001
+    #: Prometheus /metrics HTTP port; None disables it, 0 picks a free one.
+    metrics_port: int | None = 8002
+    #: "none": load the whole repository at start; "explicit": load only ``startup_models``
+    #: and whatever RepositoryModelLoad asks for.
+    model_control: str = "none"
+    startup_models: tuple[str, ...] = ()
+    #: Seconds to finish in-flight requests on shutdown.
+    shutdown_grace_s: float = 10.0
+    #: Width of the sliding window for p50/p95/p99.
+    latency_window_s: float = 60.0
+    #: Batch size a model gets when config.pbtxt does not set one and the model can batch.
+    default_max_batch_size: int = 64
+    #: Queue bound (in requests) for models whose config sets none.
+    default_max_queue_size: int = 4096
+    #: Largest gRPC message accepted or sent, in bytes.
+    max_message_bytes: int = 256 * 1024 * 1024
+    #: Bound on the input bytes of admitted requests not yet answered, all models together;
+    #: None: no server-wide bound (each queue still has its own).
+    max_inflight_bytes: int | None = 1024 * 1024 * 1024
+    #: Most input tensors one request may carry (more: RESOURCE_EXHAUSTED).
+    max_request_inputs: int = 64
+    #: Most requested outputs one request may name (more: RESOURCE_EXHAUSTED).
+    max_request_outputs: int = 64
+    #: Most dimensions one input tensor may have (more: RESOURCE_EXHAUSTED).
+    max_tensor_rank: int = 16
+    log_level: str = "INFO"
+    #: Bind gRPC with SO_REUSEPORT so sibling worker processes share the port (``--workers``).
+    reuse_port: bool = False
+    #: Address for /metrics; None uses ``host`` (workers use loopback: the supervisor scrapes).
+    metrics_host: str | None = None
+    #: This process's slot under ``sluice serve --workers N`` (0..N-1); None when standalone.
+    worker_id: int | None = None
+    #: Directory of the persisted deployment state and its audit log (created on the first
+    #: deployment change); None: ``<model_repository>/.sluice-state``.
+    state_dir: Path | None = None
+
+    @property
+    def deployment_state_dir(self) -> Path:
+        """Where deployment state lives (``state_dir`` or its default)."""
+        return self.state_dir if self.state_dir is not None else (
+            self.model_repository / ".sluice-state"
+        )
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        """The per-request size caps checked before a request is decoded."""
+        return RequestLimits(
+            self.max_request_inputs, self.max_request_outputs, self.max_tensor_rank
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Size caps of one request; a request over one is refused with RESOURCE_EXHAUSTED."""
+
+    #: Most input tensors.
+    max_inputs: int = 64
+    #: Most requested outputs.
+    max_outputs: int = 64
+    #: Most dimensions of one input tensor.
+    max_rank: int = 16
