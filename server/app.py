@@ -41,6 +41,7 @@ from server.protocol.admin import add_admin_service
 from server.protocol.servicer import InferenceServicer
 from server.rollout.canary import CanaryController
 from server.rollout.deploy_store import DeploymentStore
+from server.rollout.deployment import DeploymentState
 from server.rollout.router import Router
 from server.rollout.shadow import ShadowMirror
 from server.rollout.state_sync import DeploymentFollower
@@ -53,6 +54,19 @@ log = logging.getLogger(__name__)
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 _SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 _ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
+
+
+def declared_state(model_dir: Path) -> tuple[DeploymentState, str] | None:
+    """A model's deployment.yaml as the state it declares, with the file's sha256; None when
+    there is none. Blocking (the router calls it on a thread)."""
+    found = read_deployment(model_dir)
+    if found is None:
+        return None
+    declared, digest = found
+    try:
+        return DeploymentState.from_json(declared), digest
+    except ValueError as exc:  # the reader checked the file; this is a disagreement of ours
+        raise ModelLoadError(f"{model_dir.name}/deployment.yaml: {exc}") from None
 
 
 class Server:
@@ -76,7 +90,7 @@ class Server:
         self.store = DeploymentStore(config.deployment_state_dir)
         self.router = Router(
             self.repository, self.store,
-            declared=lambda name: read_deployment(self.repository.root / name),
+            declared=lambda name: declared_state(self.repository.root / name),
             window_s=config.latency_window_s,
         )
         #: Shadow copies of live requests, run at the lowest priority and compared off the

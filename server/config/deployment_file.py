@@ -15,6 +15,12 @@
 Every key is optional; an unknown key is an error naming it and the file. Versions are checked
 against what is loaded when the state is applied (``Router.model_loaded``), not here.
 
+The reader resolves what is particular to the YAML form (aliases as route targets, ``v3``) and
+returns the declaration in the shape of ``DeploymentState.to_json`` (plain, JSON-clean data), which
+``DeploymentState.from_json`` in ``server.rollout.deployment`` turns into the state the router
+serves: configuration sits below the deployment machinery and does not import it. The rule for
+alias names lives here too (``check_alias``), since it is part of what a declaration may say.
+
 Precedence (see ``Router.model_loaded``): the state persisted in the state directory wins over
 this file, unless the file changed since that state was persisted (its sha256 is stored with the
 state); then the file is applied again as an audited change. Editing the yaml is therefore how to
@@ -24,6 +30,8 @@ make it authoritative again after admin changes.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,14 +39,31 @@ from typing import Any
 import yaml
 
 from server.errors import ModelLoadError
-from server.rollout.deployment import DeploymentState, Route, ShadowTarget, check_alias
 
 FILENAME = "deployment.yaml"
 _KEYS = ("aliases", "routes", "shadows", "canary")
+#: Alias names: a letter first (so an alias never reads as a version number), then [A-Za-z0-9_.-].
+_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
+#: Arm labels of routes by version ("v3"); never an alias.
+_VERSION_ARM = re.compile(r"^v[0-9]+$")
+#: A declaration: DeploymentState.to_json's shape.
+Declared = dict[str, Any]
 
 
-def read_deployment(model_dir: Path) -> tuple[DeploymentState, str] | None:
-    """(declared state, sha256 hex of the file's bytes), or None when there is no file.
+def check_alias(name: str, where: str = "alias") -> str:
+    """Return ``name`` if it is a valid alias name, else raise ValueError naming ``where``."""
+    if not isinstance(name, str) or not _ALIAS.match(name):
+        raise ValueError(
+            f"{where}: {name!r} is not a valid alias (a letter, then letters, digits, '_', '-' "
+            "or '.', at most 64 characters)"
+        )
+    if _VERSION_ARM.match(name):
+        raise ValueError(f"{where}: {name!r} is reserved: 'v<N>' labels the arm of version N")
+    return name
+
+
+def read_deployment(model_dir: Path) -> tuple[Declared, str] | None:
+    """(declaration, sha256 hex of the file's bytes), or None when there is no file.
 
     Blocking. Raises ModelLoadError naming the file and the offending key or value."""
     path = model_dir / FILENAME
@@ -51,8 +76,9 @@ def read_deployment(model_dir: Path) -> tuple[DeploymentState, str] | None:
     return parse_deployment(raw, path), hashlib.sha256(raw).hexdigest()
 
 
-def parse_deployment(raw: bytes | str, path: Path | str = FILENAME) -> DeploymentState:
-    """Parse deployment.yaml text; ModelLoadError names ``path`` and what is wrong."""
+def parse_deployment(raw: bytes | str, path: Path | str = FILENAME) -> Declared:
+    """Parse deployment.yaml text into a declaration (``DeploymentState.to_json``'s shape);
+    ModelLoadError names ``path`` and what is wrong."""
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
@@ -61,14 +87,14 @@ def parse_deployment(raw: bytes | str, path: Path | str = FILENAME) -> Deploymen
         problem = getattr(exc, "problem", None) or str(exc)
         raise ModelLoadError(f"{path}: not valid YAML{where}: {problem}") from None
     try:
-        return _state(data)
+        return _declared(data)
     except ValueError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
 
 
-def _state(data: Any) -> DeploymentState:
+def _declared(data: Any) -> Declared:
     if data is None:
-        return DeploymentState()
+        return {}
     if not isinstance(data, Mapping):
         raise ValueError(f"must be a mapping with keys {', '.join(_KEYS)}")
     for key in data:
@@ -83,23 +109,27 @@ def _state(data: Any) -> DeploymentState:
         version, arm = _target(target, aliases, where)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
             raise ValueError(f"{where}: weight must be a number > 0, not {weight!r}")
-        routes.append(Route(arm, version, float(weight)))
+        routes.append({"arm": arm, "version": version, "weight": float(weight)})
     shadows = []
     for target, sample in _mapping(data.get("shadows"), "shadows").items():
         where = f"shadows.{target}"
         version, _ = _target(target, aliases, where)
         if isinstance(sample, bool) or not isinstance(sample, int | float) or not 0 < sample <= 1:
             raise ValueError(f"{where}: sample must be a fraction in (0, 1], not {sample!r}")
-        shadows.append(ShadowTarget(version, float(sample)))
+        shadows.append({"version": version, "sample": float(sample)})
+    declared: Declared = {"aliases": aliases, "routes": routes, "shadows": shadows}
     canary = data.get("canary")
-    if canary is not None and not isinstance(canary, Mapping):
-        raise ValueError("canary: must be a mapping")
-    state = DeploymentState(tuple(sorted(aliases.items())), tuple(routes), tuple(shadows))
     if canary is None:
-        return state
-    # from_json gives the canary block a private JSON-clean copy, refusing what JSON cannot hold
-    # (YAML dates, sets), so the store can always write it.
-    return DeploymentState.from_json({**state.to_json(), "canary": canary})
+        return declared
+    if not isinstance(canary, Mapping):
+        raise ValueError("canary: must be a mapping")
+    # A private JSON-clean copy, refusing what JSON cannot hold (YAML dates, sets), so that the
+    # store can always write it.
+    try:
+        declared["canary"] = json.loads(json.dumps(canary, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"canary: not JSON-serializable ({exc})") from None
+    return declared
 
 
 def _mapping(value: Any, where: str) -> Mapping[Any, Any]:

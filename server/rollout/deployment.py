@@ -10,27 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-#: Alias names: a letter first (so an alias never reads as a version number), then [A-Za-z0-9_.-].
-_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
-#: Arm labels of routes by version ("v3"); never an alias.
-_VERSION_ARM = re.compile(r"^v[0-9]+$")
-
-
-def check_alias(name: str, where: str = "alias") -> str:
-    """Return ``name`` if it is a valid alias name, else raise ValueError naming ``where``."""
-    if not isinstance(name, str) or not _ALIAS.match(name):
-        raise ValueError(
-            f"{where}: {name!r} is not a valid alias (a letter, then letters, digits, '_', '-' "
-            "or '.', at most 64 characters)"
-        )
-    if _VERSION_ARM.match(name):
-        raise ValueError(f"{where}: {name!r} is reserved: 'v<N>' labels the arm of version N")
-    return name
+from server.config.deployment_file import check_alias
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,15 +98,15 @@ def test_deployment_state_from_json_names_the_bad_field(data, needle):
 
 
 def test_deployment_yaml_parses_aliases_routes_shadows_and_passes_canary_through():
-    state = parse_deployment(
+    state = DeploymentState.from_json(parse_deployment(
         "aliases: {stable: 1, candidate: 2}\nroutes: {stable: 90, candidate: 10, v3: 5}\n"
         "shadows: {candidate: 0.5}\ncanary: {steps: [5, 50], interval_s: 30}\n"
-    )
+    ))
     assert state.aliases == (("candidate", 2), ("stable", 1))
     assert state.routes == (Route("stable", 1, 90), Route("candidate", 2, 10), Route("v3", 3, 5))
     assert state.shadows == (ShadowTarget(2, 0.5),)
     assert state.canary == {"steps": [5, 50], "interval_s": 30}
-    assert parse_deployment("") == DeploymentState()
+    assert DeploymentState.from_json(parse_deployment("")) == DeploymentState()
 
 
 @pytest.mark.parametrize(("text", "needle"), [
@@ -211,7 +211,8 @@ async def test_persisted_state_wins_until_the_yaml_changes(tmp_path):
 
     def read(name: str):
         text = declared["text"]
-        return parse_deployment(text), hashlib.sha256(text.encode()).hexdigest()
+        return (DeploymentState.from_json(parse_deployment(text)),
+                hashlib.sha256(text.encode()).hexdigest())
 
     router = make_router(tmp_path / "state", read)
     await router.open()
