@@ -8,7 +8,7 @@ buckets, so they sum correctly across replicas; the window quantiles are gauges 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -19,10 +19,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from server.rollout.arm_stats import ArmStats
 from server.serving.admission import InflightBudget
 from server.serving.model import ModelVersion
-from server.serving.stats import CumulativeHistogram
+from server.serving.stats import CumulativeHistogram, LatencyWindow
 
 _LABELS = ["model", "version"]
 
@@ -106,13 +105,23 @@ class _ModelCollector(Collector):
             yield inflight
 
 
+
+class ArmReading(Protocol):
+    """What the arm collector reads of one arm's statistics (``rollout.arm_stats.ArmStats``
+    has it); a protocol, so that metrics does not depend on the deployment machinery."""
+
+    version: int | None
+    requests: int
+    errors: int
+    latency: LatencyWindow
+
 class ArmCollector(Collector):
     """Per-arm requests (by outcome) and window latency quantiles, labelled model, version, arm.
 
     ``arms`` yields (model, arm, stats) — ``Router.all_arm_stats``. Only routed traffic has
     arms: models with a deployment, and requests that named an alias."""
 
-    def __init__(self, arms: Callable[[], Iterable[tuple[str, str, ArmStats]]]) -> None:
+    def __init__(self, arms: Callable[[], Iterable[tuple[str, str, ArmReading]]]) -> None:
         self._arms = arms
 
     def collect(self) -> Iterable[Metric]:
