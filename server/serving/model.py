@@ -16,7 +16,8 @@ from server.backends.base import Backend
 from server.config.model import ModelConfig
 from server.errors import InvalidInput, Overloaded
 from server.serving.admission import FALLBACK_REASONS, Admission, AdmissionPolicy, InflightBudget
-from server.serving.batcher import Arrays, DynamicBatcher
+from server.serving.batcher import DynamicBatcher
+from server.serving.instances import Arrays
 from server.serving.stats import ModelStats
 from server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_of
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-from server.serving.batcher import BatchReport
+from server.serving.instances import BatchReport
 
 #: Bucket bounds (seconds) of the cumulative latency histograms exported to Prometheus.
 LATENCY_BUCKETS_S: tuple[float, ...] = (

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from server.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded
-from server.serving.batcher import BatchReport, DynamicBatcher
+from server.serving.batcher import DynamicBatcher
+from server.serving.instances import BatchReport
 from tests.support.threads import block_until, until
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.serving.batcher import BatchReport
+from server.serving.instances import BatchReport
 from server.serving.stats import CumulativeHistogram, LatencyWindow, ModelStats
 
 
