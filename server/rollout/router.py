@@ -11,36 +11,30 @@ version has its own batcher no batch ever mixes versions.
 uses weighted rendezvous hashing (:mod:`server.rollout.routing_table`): the same key gets the same
 arm while weights are unchanged, and changing weights moves only the keys that must move.
 
-Changes (:meth:`Router.change` and the helpers built on it) run one at a time per model: validate
-(every version named is loaded, weights > 0, samples in (0, 1]) -> persist atomically -> append
-the audit record -> swap the table. The state replaced is pushed on a persisted history stack,
-so :meth:`Router.rollback` returns to it in one call. Under ``--workers N`` every process has
-its own router over one state directory: a change computed from a state another process has
-replaced meanwhile is refused (DeploymentConflict; the new state is adopted, so a retry works),
-and :mod:`server.rollout.state_sync` makes each router :meth:`Router.adopt` the others' changes.
+Changes (:meth:`Router.change` and the verbs built on it: set_routes, set_alias, switch,
+rollback) compute the new state here and commit it through the router's
+:class:`~server.rollout.ledger.DeploymentLedger`, one at a time per model: validate -> persist
+atomically -> audit -> swap the table, the replaced state pushed on a persisted history stack so
+:meth:`Router.rollback` returns to it in one call. Under ``--workers N`` a change computed from a
+state another process replaced meanwhile is refused (DeploymentConflict; the new state is
+adopted, so a retry works). The ledger also reconciles: it applies persisted or declared state
+when a model loads (:meth:`Router.model_loaded`) and adopts other processes' changes
+(:meth:`Router.adopt`, driven by :mod:`server.rollout.state_sync`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from server.errors import InvalidInput, ModelNotFound, SluiceError
+from server.errors import InvalidInput, ModelNotFound
 from server.rollout.arm_stats import ArmStats, EpochStats
-from server.rollout.deploy_store import (
-    HISTORY_LIMIT,
-    DeploymentConflict,
-    DeploymentStore,
-    StoredDeployment,
-)
+from server.rollout.deploy_store import DeploymentStore, StoredDeployment
 from server.rollout.deployment import DeploymentState, Route, ShadowTarget, check_alias
-from server.rollout.routing_table import RoutingTable, rendezvous_pick
+from server.rollout.ledger import DeclaredReader, DeploymentLedger
+from server.rollout.routing_table import rendezvous_pick
 from server.serving.model import ModelVersion
 from server.serving.repository import ModelRepository
 
@@ -48,8 +42,6 @@ __all__ = [
     "ARM_PARAM", "STICKY_METADATA", "STICKY_PARAM", "ArmStats", "DeploymentState", "EpochStats",
     "Route", "Router", "ShadowTarget", "rendezvous_pick",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Response parameter: the arm that answered (only on models with a deployment, or when the
 #: request named an alias).
@@ -59,16 +51,10 @@ STICKY_PARAM = "sticky_key"
 #: gRPC metadata key carrying the sticky key (the request parameter wins when both are sent).
 STICKY_METADATA = "x-sluice-sticky-key"
 
-#: declared(model name) -> (state from deployment.yaml, sha256 of its text), or None when the
-#: model has no deployment.yaml. Blocking (reads a file); raises a SluiceError naming the problem.
-DeclaredReader = Callable[[str], tuple[DeploymentState, str] | None]
-
-#: Default of Router._apply's ``digest``: keep the recorded deployment.yaml hash.
-_KEEP: Any = object()
-
 
 class Router:
-    """Owns every model's deployment state: resolves requests, applies and persists changes."""
+    """Resolves requests to versions and arms, counts arms, and turns the change verbs into new
+    deployment states (committed and kept by its :class:`DeploymentLedger`)."""
 
     def __init__(
         self,
@@ -83,24 +69,24 @@ class Router:
     ) -> None:
         """``store`` None keeps state in memory only; ``declared`` reads deployment.yaml."""
         self._repo = repository
-        self._store = store
+        self._ledger = DeploymentLedger(repository, store, declared)
+        self._tables = self._ledger.tables  # one dict for the ledger's life
         self.shadow = shadow
         self._uniform = (rng or random.Random()).random
-        self._declared = declared
         self._window_s = window_s
         self._clock = clock
-        self._entries: dict[str, StoredDeployment] = {}
-        self._tables: dict[str, RoutingTable] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         self._stats: dict[str, dict[str, ArmStats]] = {}
-        #: Bumped whenever an entry is replaced (a change, or adopting another process's).
-        self.revision = 0
+
+    @property
+    def revision(self) -> int:
+        """Bumped whenever a model's recorded state is replaced (a change, or adopting another
+        process's)."""
+        return self._ledger.revision
 
     async def open(self) -> None:
         """Read the persisted state (before models load). Raises DeploymentStateError when it
         is unusable and so is its last good copy."""
-        if self._store is not None:
-            self._entries = await asyncio.to_thread(self._store.load_all)
+        await self._ledger.open()
 
     # -- the request path (synchronous) -------------------------------------------------------
 
@@ -163,17 +149,15 @@ class Router:
     # -- reading state ------------------------------------------------------------------------
 
     def state(self, name: str) -> DeploymentState:
-        entry = self._entries.get(name)
-        return entry.state if entry is not None else DeploymentState()
+        return self._ledger.state(name)
 
     def history(self, name: str) -> tuple[DeploymentState, ...]:
         """States :meth:`rollback` would return to, newest first."""
-        entry = self._entries.get(name)
-        return entry.history if entry is not None else ()
+        return self._ledger.history(name)
 
     def models(self) -> list[str]:
         """Models with recorded deployment state (persisted or changed since start)."""
-        return sorted(self._entries)
+        return self._ledger.models()
 
     def check_model(self, name: str) -> None:
         """Raise ModelNotFound (or ModelNotReady) unless ``name`` is being served."""
@@ -196,32 +180,33 @@ class Router:
 
         InvalidInput / ModelNotFound name what is wrong, and nothing changes. The replaced
         state goes on the rollback history."""
-        async with self._lock(name):
-            return await self._apply(name, action, new, caller=caller, reason=reason)
+        async with self._ledger.lock(name):
+            return await self._ledger.commit(name, action, new, caller=caller, reason=reason)
 
     async def rollback(self, name: str, *, caller: str, reason: str = "") -> DeploymentState:
         """Go back to the state before the last change (or rollback); returns it."""
-        async with self._lock(name):
+        async with self._ledger.lock(name):
             history = self.history(name)
             if not history:
                 raise InvalidInput(
                     f"model '{name}' has no earlier deployment state to roll back to"
                 )
-            return await self._apply(name, "rollback", history[0], caller=caller, reason=reason,
-                                     push=False)
+            return await self._ledger.commit(name, "rollback", history[0], caller=caller,
+                                             reason=reason, push=False)
 
     async def set_routes(self, name: str, weights: Mapping[str | int, float], *, caller: str,
                          reason: str = "") -> DeploymentState:
         """Route by ``weights``: keys are aliases (the arm is the alias) or versions (the arm is
         "v<N>"); an empty mapping restores newest-version routing."""
-        async with self._lock(name):
+        async with self._ledger.lock(name):
             state = self.state(name)
             routes = []
             for target, weight in weights.items():
                 number, arm = self._target(name, state, target)
                 routes.append(Route(arm, number, weight))
             new = DeploymentState(state.aliases, tuple(routes), state.shadows, state.canary)
-            return await self._apply(name, "set_routes", new, caller=caller, reason=reason)
+            return await self._ledger.commit(name, "set_routes", new, caller=caller,
+                                             reason=reason)
 
     async def set_alias(self, name: str, alias: str, version: int | None, *, caller: str,
                         reason: str = "") -> DeploymentState:
@@ -231,7 +216,7 @@ class Router:
             check_alias(alias)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        async with self._lock(name):
+        async with self._ledger.lock(name):
             state = self.state(name).with_alias(alias, version)
             if version is None and any(r.arm == alias for r in state.routes):
                 raise InvalidInput(
@@ -243,95 +228,36 @@ class Router:
                 for r in state.routes
             )
             new = DeploymentState(state.aliases, routes, state.shadows, state.canary)
-            return await self._apply(name, "set_alias", new, caller=caller, reason=reason)
+            return await self._ledger.commit(name, "set_alias", new, caller=caller,
+                                             reason=reason)
 
     async def switch(self, name: str, target: str | int, *, caller: str,
                      reason: str = "") -> DeploymentState:
         """Blue-green: all unpinned traffic to ``target`` (a version or alias) at once, with
         alias ``stable`` pointing at it. :meth:`rollback` undoes it in one call."""
-        async with self._lock(name):
+        async with self._ledger.lock(name):
             state = self.state(name)
             number, _ = self._target(name, state, target)
             state = state.with_alias("stable", number)
             new = DeploymentState(
                 state.aliases, (Route("stable", number, 1.0),), state.shadows, state.canary
             )
-            return await self._apply(name, "switch", new, caller=caller, reason=reason)
+            return await self._ledger.commit(name, "switch", new, caller=caller,
+                                             reason=reason)
+
+    # -- state from elsewhere (reconciled by the ledger) --------------------------------------
 
     async def model_loaded(self, name: str) -> None:
-        """Apply ``name``'s deployment after the repository (re)loaded it.
-
-        Precedence: the persisted state wins, unless the model's deployment.yaml changed since
-        that state was persisted (its sha256 is kept with the state; a removed file counts as a
-        change); then the yaml is applied as a change (action ``apply_deployment_yaml``, caller
-        ``deployment.yaml``), audited and undoable by rollback. Raises a SluiceError naming the
-        problem when the yaml is invalid or a state names versions that are not loaded; the
-        model then keeps serving its persisted state if that can be served, else its newest
-        version, and nothing persisted changes.
-        """
-        async with self._lock(name):
-            entry = self._entries.get(name)
-            try:
-                declared = None
-                if self._declared is not None:
-                    declared = await asyncio.to_thread(self._declared, name)
-                digest = declared[1] if declared is not None else None
-                if entry is not None and entry.yaml_sha256 == digest:
-                    self._validate(name, entry.state)
-                    self._swap(name, entry.state)
-                elif declared is not None or entry is not None:
-                    new = declared[0] if declared is not None else DeploymentState()
-                    await self._apply(name, "apply_deployment_yaml", new,
-                                      caller="deployment.yaml", reason="deployment.yaml changed",
-                                      digest=digest)
-            except DeploymentConflict:
-                pass  # another worker applied it first, and _apply adopted its state
-            except SluiceError:
-                self._fall_back(name, entry)
-                raise
-
-    def _fall_back(self, name: str, entry: StoredDeployment | None) -> None:
-        """Serve ``entry``'s state if it can be served, else Triton's default routing."""
-        if entry is not None:
-            try:
-                self._validate(name, entry.state)
-            except SluiceError:
-                pass
-            else:
-                self._swap(name, entry.state)
-                return
-        self._tables.pop(name, None)
+        """Apply ``name``'s persisted or declared deployment after the repository (re)loaded it;
+        see :meth:`DeploymentLedger.model_loaded` for the precedence and what failure leaves."""
+        await self._ledger.model_loaded(name)
 
     def adopt(self, name: str, entry: StoredDeployment | None) -> None:
-        """Take ``entry`` (None: no state), persisted and audited by another process, as
-        ``name``'s; serve its state if it differs and can be served here, else log why and keep
-        serving what was served. Synchronous, so it cannot interleave with a change's swap."""
-        old = self._entries.get(name)
-        if old == entry:
-            return
-        self.revision += 1
-        if entry is None:
-            self._entries.pop(name, None)
-        else:
-            self._entries[name] = entry
-        state = entry.state if entry is not None else DeploymentState()
-        if (old is not None and old.state == state) or not self._repo.ready(name):
-            return  # a model not served here gets its state from model_loaded
-        try:
-            self._validate(name, state)
-        except SluiceError as exc:
-            log.error("model '%s': deployment changed by another process not applied here: %s",
-                      name, exc.message)
-            return
-        self._swap(name, state)
+        """Take ``entry``, persisted and audited by another process, as ``name``'s; see
+        :meth:`DeploymentLedger.adopt`. Synchronous."""
+        self._ledger.adopt(name, entry)
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _lock(self, name: str) -> asyncio.Lock:
-        lock = self._locks.get(name)
-        if lock is None:
-            lock = self._locks[name] = asyncio.Lock()
-        return lock
 
     def _target(self, name: str, state: DeploymentState, target: str | int) -> tuple[int, str]:
         """(version, arm label) for a version number or an alias of ``state``."""
@@ -343,88 +269,3 @@ class Router:
         if number is None:
             raise ModelNotFound(f"model '{name}' has no alias '{target}'")
         return number, target
-
-    def _validate(self, name: str, state: DeploymentState) -> None:
-        self._repo.get(name)  # ModelNotFound / ModelNotReady when the model is not serving
-
-        def loaded(version: int, what: str) -> None:
-            if not self._repo.ready(name, str(version)):
-                raise ModelNotFound(f"model '{name}': {what} names version {version}, which is "
-                                    "not loaded")
-
-        for alias, version in state.aliases:
-            try:
-                check_alias(alias, f"model '{name}': alias")
-            except ValueError as exc:
-                raise InvalidInput(str(exc)) from None
-            loaded(version, f"alias '{alias}'")
-        seen_versions: set[int] = set()
-        seen_arms: set[str] = set()
-        for route in state.routes:
-            loaded(route.version, f"route '{route.arm}'")
-            if not (math.isfinite(route.weight) and route.weight > 0):
-                raise InvalidInput(f"model '{name}': route '{route.arm}' weight must be > 0, "
-                                   f"not {route.weight}")
-            if route.arm != f"v{route.version}" and state.alias(route.arm) != route.version:
-                raise InvalidInput(
-                    f"model '{name}': route arm '{route.arm}' must be 'v{route.version}' or an "
-                    f"alias of version {route.version}"
-                )
-            if route.version in seen_versions or route.arm in seen_arms:
-                raise InvalidInput(f"model '{name}': version {route.version} or arm "
-                                   f"'{route.arm}' appears in two routes")
-            seen_versions.add(route.version)
-            seen_arms.add(route.arm)
-        shadowed: set[int] = set()
-        for target in state.shadows:
-            loaded(target.version, "shadow")
-            if not 0 < target.sample <= 1:
-                raise InvalidInput(f"model '{name}': shadow of version {target.version}: sample "
-                                   f"must be in (0, 1], not {target.sample}")
-            if target.version in shadowed:
-                raise InvalidInput(f"model '{name}': version {target.version} is shadowed twice")
-            shadowed.add(target.version)
-        if state.canary is not None:
-            try:  # the store must be able to write it
-                json.dumps(state.canary, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise InvalidInput(f"model '{name}': canary record is not JSON ({exc})") from None
-
-    async def _apply(self, name: str, action: str, new: DeploymentState, *, caller: str,
-                     reason: str, push: bool = True, digest: Any = _KEEP) -> DeploymentState:
-        """Validate -> persist -> audit -> swap. Call with the model's lock held. ``digest``:
-        the deployment.yaml hash to record (by default the one recorded stays)."""
-        self._validate(name, new)
-        entry = self._entries.get(name) or StoredDeployment(DeploymentState())
-        old = entry.state
-        history = (old, *entry.history) if push else entry.history[1:]
-        history = history[:HISTORY_LIMIT]
-        yaml_sha: str | None = entry.yaml_sha256 if digest is _KEEP else digest
-        if self._store is not None:
-            try:
-                await asyncio.to_thread(self._store.save, name, new, history=history,
-                                        yaml_sha256=yaml_sha, expect=old)
-            except DeploymentConflict as exc:
-                self.adopt(name, exc.current)
-                raise
-        self.revision += 1
-        self._entries[name] = StoredDeployment(new, history, yaml_sha)
-        try:
-            if self._store is not None:
-                await asyncio.to_thread(self._store.audit, {
-                    "caller": caller or None, "model": name, "action": action,
-                    "reason": reason, "before": old.to_json(), "after": new.to_json(),
-                })
-        finally:
-            # Persisted is what a restart would serve, so serve it now even if auditing failed.
-            self._swap(name, new)
-        log.info("model '%s': deployment %s by %s%s", name, action, caller or "unknown",
-                 f" ({reason})" if reason else "")
-        return new
-
-    def _swap(self, name: str, state: DeploymentState) -> None:
-        if state.empty:
-            self._tables.pop(name, None)
-        else:
-            self._tables[name] = RoutingTable(state)
-
