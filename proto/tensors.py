@@ -4,6 +4,11 @@ Wire rules (see /work/shared/PROTOCOL.md): raw data is row-major, little-endian,
 a BYTES element is a 4-byte little-endian length followed by that many bytes; FP16 and BF16
 travel only as raw. Typed contents use one InferTensorContents field per datatype.
 
+The datatype table (KServe name <-> numpy dtype, which contents field carries each) and
+:class:`TensorError` are :mod:`proto.datatypes`'s; ``DATATYPES``, ``TensorError``,
+``datatype_to_dtype`` and ``dtype_to_datatype`` are part of this codec's interface too, so a
+caller needs one import.
+
 Promises:
 
 * Every malformed tensor raises :class:`TensorError` whose message starts with the tensor's kind
@@ -26,6 +31,16 @@ from typing import Any
 
 import numpy as np
 
+from proto.datatypes import (
+    CONTENTS_FIELD,
+    DATATYPES,
+    NARROW,
+    OBJECT,
+    TensorError,
+    datatype_to_dtype,
+    dtype_for,
+    dtype_to_datatype,
+)
 from proto.grpc_service_pb2 import (
     InferTensorContents,
     ModelInferRequest,
@@ -46,72 +61,6 @@ __all__ = [
     "make_output",
 ]
 
-
-class TensorError(ValueError):
-    """A tensor is malformed or cannot be represented; the message names the tensor."""
-
-
-DATATYPES: tuple[str, ...] = (
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-    "BF16",
-)
-"""Every KServe v2 datatype name Sluice understands."""
-
-# Explicit little-endian dtypes: the wire order, whatever the host order.
-_FIXED_DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-_OBJECT = np.dtype(object)
-
-# Which InferTensorContents field carries each datatype, and the dtype its values arrive in.
-# Narrow integer types travel widened to 32 bits.
-_CONTENTS_FIELD: dict[str, tuple[str, np.dtype[Any]]] = {
-    "BOOL": ("bool_contents", np.dtype(bool)),
-    "UINT8": ("uint_contents", np.dtype(np.uint32)),
-    "UINT16": ("uint_contents", np.dtype(np.uint32)),
-    "UINT32": ("uint_contents", np.dtype(np.uint32)),
-    "UINT64": ("uint64_contents", np.dtype(np.uint64)),
-    "INT8": ("int_contents", np.dtype(np.int32)),
-    "INT16": ("int_contents", np.dtype(np.int32)),
-    "INT32": ("int_contents", np.dtype(np.int32)),
-    "INT64": ("int64_contents", np.dtype(np.int64)),
-    "FP32": ("fp32_contents", np.dtype(np.float32)),
-    "FP64": ("fp64_contents", np.dtype(np.float64)),
-    "BYTES": ("bytes_contents", _OBJECT),
-}
-_NARROW = frozenset({"UINT8", "UINT16", "INT8", "INT16"})
-
-# Exact-dtype lookup for the hot path: every byte order of every fixed-size type, and object.
-_DATATYPE_BY_DTYPE: dict[np.dtype[Any], str] = {
-    variant: datatype
-    for datatype, dtype in _FIXED_DTYPES.items()
-    for variant in (dtype, dtype.newbyteorder("<"), dtype.newbyteorder(">"))
-}
-_DATATYPE_BY_DTYPE[_OBJECT] = "BYTES"
-
 _LENGTH = struct.Struct("<I")
 _BIG_ENDIAN_HOST = sys.byteorder == "big"
 _RAW_SHM_PARAM = "shared_memory_region"
@@ -119,56 +68,6 @@ _RAW_SHM_PARAM = "shared_memory_region"
 
 def _shape_str(shape: Sequence[int]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
-
-
-def _bf16(label: str) -> np.dtype[Any]:
-    try:
-        import ml_dtypes
-    except ImportError:
-        raise TensorError(f"{label}: BF16 needs the ml_dtypes package, which is missing") from None
-    dtype: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
-    return dtype
-
-
-def _dtype_for(datatype: str, label: str) -> np.dtype[Any]:
-    dtype = _FIXED_DTYPES.get(datatype)
-    if dtype is not None:
-        return dtype
-    if datatype == "BYTES":
-        return _OBJECT
-    if datatype == "BF16":
-        return _bf16(label)
-    raise TensorError(f"{label}: unknown datatype {datatype!r}")
-
-
-def datatype_to_dtype(datatype: str) -> np.dtype[Any]:
-    """The numpy dtype for a KServe datatype name: little-endian for numbers, object for BYTES,
-    ``ml_dtypes.bfloat16`` for BF16. Raises TensorError for an unknown name or missing ml_dtypes.
-    """
-    return _dtype_for(datatype, "datatype")
-
-
-def dtype_to_datatype(dtype: Any) -> str:
-    """The KServe datatype name for a numpy dtype (or anything ``np.dtype()`` accepts).
-
-    object, str_ and bytes_ map to BYTES; byte order is ignored (encoding makes it little-endian).
-    Raises TensorError for dtypes with no KServe equivalent (complex, datetime, ...).
-    """
-    try:
-        datatype = _DATATYPE_BY_DTYPE.get(dtype)
-    except TypeError:  # unhashable: let np.dtype() accept or reject it below
-        datatype = None
-    if datatype is not None:
-        return datatype
-    dt = np.dtype(dtype)
-    datatype = _DATATYPE_BY_DTYPE.get(dt)
-    if datatype is not None:
-        return datatype
-    if dt.kind in "US":
-        return "BYTES"
-    if dt.name == "bfloat16":
-        return "BF16"
-    raise TensorError(f"dtype {dt}: no KServe datatype for it")
 
 
 def _element_count(shape: tuple[int, ...], label: str) -> int:
@@ -185,7 +84,7 @@ def _decode_bytes_raw(raw: bytes, count: int, shape: tuple[int, ...], label: str
             f"{label}: expected {count} BYTES elements for shape {_shape_str(shape)}, "
             f"but {size} bytes of raw data cannot hold them"
         )
-    out = np.empty(count, dtype=_OBJECT)
+    out = np.empty(count, dtype=OBJECT)
     data = raw if isinstance(raw, bytes) else bytes(raw)
     unpack = _LENGTH.unpack_from
     offset = 0
@@ -237,7 +136,7 @@ def _decode_contents(
     shape: tuple[int, ...],
     label: str,
 ) -> np.ndarray:
-    spec = _CONTENTS_FIELD.get(datatype)
+    spec = CONTENTS_FIELD.get(datatype)
     populated = _populated_fields(contents) if contents is not None else []
     if spec is None:  # FP16, BF16
         if count == 0 and not populated:
@@ -260,11 +159,11 @@ def _decode_contents(
             f"got {len(values)}"
         )
     if datatype == "BYTES":
-        out = np.empty(count, dtype=_OBJECT)
+        out = np.empty(count, dtype=OBJECT)
         out[:] = list(values)
         return out.reshape(shape)
     array = np.fromiter(values, wire_dtype, count=count)
-    if datatype in _NARROW:
+    if datatype in NARROW:
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
             raise TensorError(f"{label}: {field} value out of range for {datatype}")
@@ -288,7 +187,7 @@ def decode_tensor(
     the wrong field, an out-of-range narrow integer, or FP16/BF16 sent as contents.
     """
     label = f"{kind} '{name}'"
-    dtype = _dtype_for(datatype, label)
+    dtype = dtype_for(datatype, label)
     # Slicing first: iterating a protobuf repeated field directly is several times slower.
     dims = tuple(shape[:])
     count = _element_count(dims, label)
@@ -345,7 +244,7 @@ def encode_contents(
     datatype uses. Raises TensorError for FP16/BF16, which have no typed form.
     """
     datatype = _datatype_of(array, label)
-    spec = _CONTENTS_FIELD.get(datatype)
+    spec = CONTENTS_FIELD.get(datatype)
     if spec is None:
         raise TensorError(f"{label}: {datatype} has no typed contents; send it as raw bytes")
     field = getattr(contents_msg, spec[0])
