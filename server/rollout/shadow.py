@@ -9,7 +9,8 @@ candidate's admission sheds them before any live traffic, and every copy carries
 inference) only stores the live outcome. When both halves of a pair are in, the pair goes to a
 bounded backlog that one comparator task drains in chunks onto one dedicated thread (numpy over
 large outputs must not stall the event loop); only the small per-chunk totals are merged back, on
-the loop, so the accumulators need no lock.
+the loop, so the accumulators need no lock. The accumulators and the report they read as are
+:mod:`server.rollout.shadow_stats`; the comparison itself is :mod:`server.rollout.comparison`.
 
 Everything here but the comparison thread runs on the event loop thread.
 """
@@ -23,99 +24,20 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from server.errors import DeadlineExceeded, Overloaded
-from server.rollout.comparison import Arrays, Delta, compare_all, mismatch
+from server.rollout.comparison import Arrays, compare_all, mismatch
 from server.rollout.deployment import ShadowTarget
+from server.rollout.shadow_stats import PairingStats, ShadowReport
 from server.serving.admission import SHADOW_PRIORITY
 from server.serving.model import ModelVersion
-from server.serving.stats import LatencyWindow
 from server.serving.worker import InstanceThread
 from server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 
-#: Distinct "live->shadow" flip keys kept per pair of versions; the rest count under "other".
-MAX_FLIP_KEYS = 1024
 #: Pairs compared per hop to the comparison thread (amortises the hand-off).
 _CHUNK = 8
-
-
-@dataclass
-class ShadowReport:
-    """Comparison of one (model, live version, shadow version) since the last reset.
-
-    ``mirrored`` = copies sampled; each ends as ``shed`` (mirror queue full, expired, or shed by
-    the candidate's admission), a candidate error, a success, or unrun (its live call failed).
-    Only pairs whose live request succeeded are judged: ``compared`` pairs had both answers and
-    comparable outputs; ``candidate_errors`` / ``candidate_error_rate`` count failures (outputs
-    of another shape or kind included) among candidate answers judged. ``agreement`` is over
-    ``label_rows`` rows (see :func:`compare`; None: no label output); the diffs cover every
-    element of every float output (None: none compared); ``within_tolerance`` is the fraction
-    of rows whose largest difference is <= ``tolerance``; ``flips`` maps
-    "live_label->shadow_label" to rows (disagreements only). Latency quantiles (seconds) cover
-    the last ``window_s`` of mirrored requests: live is the caller's latency, shadow the
-    candidate's ``infer`` (its own queue and compute, not the wait in the mirror's queue).
-    ``live_errors``: mirrored requests whose live call failed; ``dropped``: pairs not compared
-    (the comparison backlog was full).
-    """
-
-    model: str
-    live_version: int
-    shadow_version: int
-    mirrored: int
-    compared: int
-    shed: int
-    candidate_errors: int
-    candidate_error_rate: float | None
-    agreement: float | None
-    label_rows: int
-    max_abs_diff: float | None
-    mean_abs_diff: float | None
-    within_tolerance: float | None
-    tolerance: float
-    flips: dict[str, int]
-    live_p50_s: float | None
-    live_p99_s: float | None
-    shadow_p50_s: float | None
-    shadow_p99_s: float | None
-    live_errors: int = 0
-    dropped: int = 0
-    last_candidate_error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON types (max_abs_diff may be inf when only one side produced NaN/inf)."""
-        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        out["flips"] = dict(self.flips)
-        return out
-
-
-class _Pairing(Delta):
-    """Everything accumulated for one (model, live version, shadow version)."""
-
-    __slots__ = ("mirrored", "compared", "shed", "candidate_errors", "answered", "live_errors",
-                 "dropped", "last_error", "live", "shadow")
-
-    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
-        super().__init__()
-        self.mirrored = self.compared = self.shed = self.candidate_errors = 0
-        self.answered = self.live_errors = self.dropped = 0
-        self.last_error: str | None = None
-        self.live = LatencyWindow(window_s, clock=clock)
-        self.shadow = LatencyWindow(window_s, clock=clock)
-
-    def merge(self, delta: Delta) -> None:
-        for name in ("label_rows", "agree", "elements", "abs_sum", "rows", "within"):
-            setattr(self, name, getattr(self, name) + getattr(delta, name))
-        for key, count in delta.flips.items():
-            if key not in self.flips and len(self.flips) >= MAX_FLIP_KEYS:
-                key = "other"
-            self.flips[key] += count
-        if delta.abs_max is not None:
-            self.abs_max = max(self.abs_max or 0.0, delta.abs_max)
-        self.compared += 1
 
 
 class _Pair:
@@ -123,7 +45,7 @@ class _Pair:
 
     __slots__ = ("pairing", "live", "shadow", "live_done", "shadow_done", "outcome")
 
-    def __init__(self, pairing: _Pairing) -> None:
+    def __init__(self, pairing: PairingStats) -> None:
         self.pairing = pairing
         self.live: Arrays | None = None
         self.shadow: Arrays | None = None
@@ -159,11 +81,11 @@ class ShadowMirror:
         self._window_s = window_s
         self._rng = rng or random.Random()
         self._clock = clock
-        self._pairings: dict[tuple[str, int, int], _Pairing] = {}
+        self._pairings: dict[tuple[str, int, int], PairingStats] = {}
         #: (candidate, copy, pair, the live version's idle event) per copy waiting to run.
         self._queue: asyncio.Queue[tuple[ModelVersion, InferRequest, _Pair, asyncio.Event]]
         self._queue = asyncio.Queue(max_queue)
-        self._backlog: deque[tuple[_Pairing, Arrays, Arrays]] = deque()
+        self._backlog: deque[tuple[PairingStats, Arrays, Arrays]] = deque()
         self._wake = asyncio.Event()
         self._compared_all = asyncio.Event()  # set while the backlog is empty and merged
         self._compared_all.set()
@@ -245,7 +167,7 @@ class ShadowMirror:
     def reports(self) -> list[ShadowReport]:
         """Every pairing's report, sorted by (model, live version, shadow version): the plain
         data behind the Prometheus families."""
-        return [self._report(key, p) for key, p in sorted(self._pairings.items())]
+        return [p.report(*key, self.tolerance) for key, p in sorted(self._pairings.items())]
 
     def reset(self, name: str, shadow_version: int | None = None) -> None:
         """Forget the comparisons of ``name`` (only those against ``shadow_version`` if given).
@@ -291,11 +213,11 @@ class ShadowMirror:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _pairing(self, name: str, live: int, shadow: int) -> _Pairing:
+    def _pairing(self, name: str, live: int, shadow: int) -> PairingStats:
         key = (name, live, shadow)
         pairing = self._pairings.get(key)
         if pairing is None:
-            pairing = self._pairings[key] = _Pairing(self._window_s, self._clock)
+            pairing = self._pairings[key] = PairingStats(self._window_s, self._clock)
         return pairing
 
     def _copy(self, request: InferRequest, version: int) -> InferRequest:
@@ -389,21 +311,3 @@ class ShadowMirror:
                     pairing.dropped += 1
                 else:
                     pairing.merge(delta)
-
-    def _report(self, key: tuple[str, int, int], p: _Pairing) -> ShadowReport:
-        judged = p.candidate_errors + p.answered
-        live = p.live.quantiles((50, 99)) or {}
-        shadow = p.shadow.quantiles((50, 99)) or {}
-        return ShadowReport(
-            model=key[0], live_version=key[1], shadow_version=key[2],
-            mirrored=p.mirrored, compared=p.compared, shed=p.shed,
-            candidate_errors=p.candidate_errors,
-            candidate_error_rate=p.candidate_errors / judged if judged else None,
-            agreement=p.agree / p.label_rows if p.label_rows else None, label_rows=p.label_rows,
-            max_abs_diff=p.abs_max, mean_abs_diff=p.abs_sum / p.elements if p.elements else None,
-            within_tolerance=p.within / p.rows if p.rows else None, tolerance=self.tolerance,
-            flips=dict(p.flips.most_common()),
-            live_p50_s=live.get(50), live_p99_s=live.get(99),
-            shadow_p50_s=shadow.get(50), shadow_p99_s=shadow.get(99),
-            live_errors=p.live_errors, dropped=p.dropped, last_candidate_error=p.last_error,
-        )
