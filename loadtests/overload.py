@@ -15,10 +15,11 @@ flags (``!``) every phase in which the generator fell behind.
    concurrency 64, one generator process, 3 s after a 1 s warm-up; 2 s with ``--quick``), or
    ``--capacity`` to reuse a C measured before (compare runs before and after a change at the
    same C).
-2. One open-loop timetable (:mod:`loadtests.openloop`; constant arrival rate, sent whether or
-   not earlier requests were answered): a 1 s warm-up at 0.5x C, steps at 1x, 2x, 3x, 5x C
-   (5 s each, 2 s with ``--quick``), back to 1x for 5 s (3 s) to measure recovery, then 3x C
-   with 20% of the requests at priority 1 and the rest at priority 2 (5 s, 2 s). Every request
+2. One open-loop timetable (:mod:`loadtests.openloop` generators, run by
+   :mod:`loadtests.timetable`; constant arrival rate, sent whether or not earlier requests were
+   answered): a 1 s warm-up at 0.5x C, steps at 1x, 2x, 3x, 5x C (5 s each, 2 s with
+   ``--quick``), back to 1x for 5 s (3 s) to measure recovery, then 3x C with 20% of the
+   requests at priority 1 and the rest at priority 2 (5 s, 2 s). Every request
    carries the gRPC deadline ``--deadline-ms`` (default: the SLO), so the server can shed work
    it cannot finish in time.
 3. Per phase: offered and really sent rate, goodput (OK within the SLO, per s, and as a share
@@ -38,20 +39,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from clients import Client
 from loadtests import overload_report as rep
@@ -59,6 +54,7 @@ from loadtests.bench import machine_info
 from loadtests.models import MODEL_REPOSITORY, ROOT, InputSpec
 from loadtests.procs import ServerProcess, run_load
 from loadtests.report import write_json
+from loadtests.timetable import open_loop
 
 # One asyncio generator process keeps its timetable up to about this rate on the 2-core box
 # (measured against the constant-answer ceiling server); above it the load is split in two.
@@ -115,140 +111,15 @@ def plan(s: Settings, capacity: float) -> list[dict[str, Any]]:
 
 def input_specs(target: str, model: str) -> tuple[InputSpec, ...]:
     """The model's inputs as the closed-loop generator wants them, from ModelMetadata."""
-    import proto.tensors as tensors
+    from proto.datatypes import datatype_to_dtype
 
     with Client(target, timeout=15.0) as client:
         metadata = client.model_metadata(model)
     return tuple(
-        InputSpec(t["name"], tensors.datatype_to_dtype(t["datatype"]).name,
+        InputSpec(t["name"], datatype_to_dtype(t["datatype"]).name,
                   tuple(max(1, int(d)) for d in t["shape"][1:]))
         for t in metadata["inputs"]
     )
-
-
-def open_loop(
-    s: Settings, target: str, phases: list[dict[str, Any]], procs: int, server_pid: int | None
-) -> tuple[rep.Records, list[dict[str, Any]]]:
-    """Run the timetable from ``procs`` generator processes; the merged records."""
-    per_proc = json.dumps([{**p, "rate": p["rate"] / procs} for p in phases])
-    total_s = sum(p["duration_s"] for p in phases)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-    with tempfile.TemporaryDirectory(prefix="sluice-overload-") as tmp, ExitStack() as stack:
-        children = []
-        for k in range(procs):
-            out = Path(tmp) / f"gen{k}.npz"
-            args = [
-                sys.executable, "-m", "loadtests.openloop", "--target", target,
-                "--model", s.model, "--batch", str(s.batch), "--phases", per_proc,
-                "--deadline-ms", str(s.deadline_ms), "--out", str(out), "--proc", str(k),
-                "--procs", str(procs), "--channels", str(s.channels),
-                "--max-outstanding", str(s.max_outstanding), "--seed", str(k),
-            ]
-            child = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            stack.callback(_reap, child)
-            children.append((child, out))
-        for child, _ in children:
-            assert child.stdout is not None
-            if child.stdout.readline().strip() != "ready":
-                _, err = child.communicate(timeout=30)
-                raise RuntimeError(f"open-loop generator failed to start: {err[-2000:]}")
-        start = time.monotonic() + 0.5
-        for child, _ in children:
-            assert child.stdin is not None
-            child.stdin.write(f"{start!r}\n")
-            child.stdin.flush()
-        poller = PhasePoller(
-            target, s.model, start, [p["duration_s"] for p in phases],
-            {"server": server_pid, "generator": [child.pid for child, _ in children]},
-        )
-        poller.start()
-        summaries, parts = [], []
-        for child, out in children:
-            stdout, stderr = child.communicate(timeout=total_s + s.deadline_ms / 1e3 + 60)
-            summary = next((json.loads(x) for x in reversed(stdout.splitlines())
-                            if x.startswith("{")), None)
-            if summary is None or "fatal" in summary or child.returncode != 0:
-                raise RuntimeError(f"open-loop generator failed: {summary} {stderr[-2000:]}")
-            summaries.append(summary)
-            with np.load(out) as data:
-                parts.append({k: data[k] for k in data.files})
-        poller.join(timeout=30)
-    for phase, (before, after), cpu in zip(phases, poller.intervals(), poller.cpu_intervals(),
-                                           strict=True):
-        phase["server_reject_ms"] = rep.reject_quantiles(before, after)
-        phase["cpu_s"] = cpu
-    return rep.Records.merge(parts), summaries
-
-
-class PhasePoller(threading.Thread):
-    """At every phase boundary (monotonic instants from ``start``): reads the server's
-    cumulative reject histogram of ``model`` (one ModelStatistics call), so each phase gets
-    its own server-side reject latency, and the CPU seconds used so far by each group of
-    ``pids`` (a group's processes and their children: ``--workers`` servers), so each phase
-    gets its own CPU use. A failed read leaves that phase blank."""
-
-    def __init__(self, target: str, model: str, start: float, durations: list[float],
-                 pids: dict[str, int | list[int] | None]) -> None:
-        super().__init__(daemon=True, name="phase-poller")
-        self._target, self._model = target, model
-        self._due = [start + sum(durations[:k]) for k in range(len(durations) + 1)]
-        self._pids = {name: [p] if isinstance(p, int) else list(p or ())
-                      for name, p in pids.items()}
-        self.snapshots: list[list[list[Any]] | None] = []
-        self.cpu: list[dict[str, float | None]] = []
-
-    def run(self) -> None:
-        with Client(self._target, timeout=5.0) as client:
-            for due in self._due:
-                time.sleep(max(0.0, due - time.monotonic()))
-                self.cpu.append({name: _cpu_of(pids) for name, pids in self._pids.items()})
-                try:
-                    table = client.latency(self._model).get(self._model, {})
-                    merged: dict[str, int] = {}
-                    for stages in table.values():  # every version of the model together
-                        for bound, count in stages.get("reject_buckets", ()):
-                            merged[bound] = merged.get(bound, 0) + count
-                    self.snapshots.append([[b, c] for b, c in merged.items()] or None)
-                except Exception:  # a late or failed read blanks a phase, not the run
-                    self.snapshots.append(None)
-
-    def intervals(self) -> list[tuple[Any, Any]]:
-        snaps = self.snapshots + [None] * (len(self._due) - len(self.snapshots))
-        return list(zip(snaps[:-1], snaps[1:], strict=True))
-
-    def cpu_intervals(self) -> list[dict[str, float | None]]:
-        """Per phase: CPU seconds used by each group of processes (None: not measured)."""
-        snaps = self.cpu + [{}] * (len(self._due) - len(self.cpu))
-        return [
-            {name: None if before.get(name) is None or after.get(name) is None
-             else after[name] - before[name] for name in self._pids}
-            for before, after in zip(snaps[:-1], snaps[1:], strict=True)
-        ]
-
-
-def _cpu_of(pids: list[int]) -> float | None:
-    """User + system CPU seconds of ``pids`` and their living children (None: none found)."""
-    import psutil
-
-    total, found = 0.0, False
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            for proc in (root, *root.children(recursive=True)):
-                times = proc.cpu_times()
-                total += times.user + times.system
-                found = True
-        except psutil.Error:  # gone: its CPU is lost to this count
-            continue
-    return total if found else None
-
-
-def _reap(child: subprocess.Popen[str]) -> None:
-    if child.poll() is None:
-        child.kill()
-        child.wait()
 
 
 def analyze(s: Settings, capacity: float, phases: list[dict[str, Any]],
@@ -347,7 +218,11 @@ def run(s: Settings) -> dict[str, Any]:
             f"process(es), deadline {s.deadline_ms:g} ms")
         cpu0 = _cpu_s(server)
         rss0 = server.rss() if server else None
-        records, summaries = open_loop(s, target, phases, procs, server.pid if server else None)
+        records, summaries = open_loop(
+            target, phases, procs, server.pid if server else None, model=s.model,
+            batch=s.batch, deadline_ms=s.deadline_ms, channels=s.channels,
+            max_outstanding=s.max_outstanding,
+        )
         cpu1 = _cpu_s(server)
         rss1 = server.rss() if server else None
         exit_code = server.stop() if server else None
