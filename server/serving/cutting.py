@@ -5,8 +5,9 @@
 and applies Triton's ``preferred_batch_size`` and ``max_queue_delay_microseconds``, the rule that
 lower-priority rows never make a higher level's batch late, and CoDel against a standing queue.
 Requests found dead on the way (caller gone, deadline passed) are dropped; DELAY-expired ones
-move behind their level. The caller (:class:`~server.serving.batcher.DynamicBatcher`) holds its
-lock around :meth:`BatchCutter.cut` and answers the failures it reports on the event loop.
+move behind their level. The caller (an instance thread of
+:class:`~server.serving.instances.InstancePool`) holds the batcher's lock around
+:meth:`BatchCutter.cut`; the failures it reports are answered on the event loop.
 """
 
 from __future__ import annotations
