@@ -30,8 +30,8 @@ from server.rollout.comparison import Arrays, compare_all, mismatch
 from server.rollout.deployment import ShadowTarget
 from server.rollout.shadow_stats import PairingStats, ShadowReport
 from server.serving.admission import SHADOW_PRIORITY
+from server.serving.instance_thread import InstanceThread
 from server.serving.model import ModelVersion
-from server.serving.worker import InstanceThread
 from server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)

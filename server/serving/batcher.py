@@ -33,9 +33,9 @@ from collections.abc import Callable, Sequence
 
 from server.errors import DeadlineExceeded, InvalidInput, Overloaded
 from server.serving.cutting import BatchCutter
+from server.serving.instance_thread import settle
 from server.serving.instances import Arrays, BackgroundFn, InstancePool, Observer, RunFn
 from server.serving.queues import CoDel, PriorityQueue, QueueItem, ServiceRate
-from server.serving.worker import settle
 
 
 class DynamicBatcher:

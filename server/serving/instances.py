@@ -5,7 +5,7 @@ thread cuts the next batch from the head of the queue (with
 :class:`~server.serving.cutting.BatchCutter`, under the batcher's lock), gathers it, runs it,
 splits the outputs back by rows, and asks the event loop to settle the members' futures. Batches
 made only of the lowest level (shadow copies), when a ``background_run`` is given, go to one
-background :class:`~server.serving.worker.InstanceThread` instead, one at a time.
+background :class:`~server.serving.instance_thread.InstanceThread` instead, one at a time.
 
 The event loop only settles futures, one ``call_soon_threadsafe`` per batch; cutting, gathering,
 computing and splitting never wait for it. This matters on the worst day: under overload the
@@ -38,8 +38,8 @@ import numpy as np
 
 from server.errors import BackendError, SluiceError
 from server.serving.cutting import UNTIL_NOTIFIED, BatchCutter, Failures
+from server.serving.instance_thread import InstanceThread, settle
 from server.serving.queues import PriorityQueue, QueueItem, ServiceRate
-from server.serving.worker import InstanceThread, settle
 
 Arrays = dict[str, np.ndarray]
 #: run(instance_index, batched_inputs) -> outputs (every output's first dim = batch rows); called
