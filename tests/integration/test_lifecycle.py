@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
@@ -13,26 +12,7 @@ import numpy as np
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-from server.app import BUNDLED_REPOSITORY
-
-
-def start_cli_server(*extra: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--grpc-port", "0", "--metrics-port", "-1",
-         "--model-repository", str(BUNDLED_REPOSITORY), "--log-level", "WARNING", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        match = re.search(r"gRPC listening on (\S+)", line)
-        if match:
-            return proc, match.group(1)
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("server did not start")
+from tests.support.cli_server import start_cli_server
 
 
 def test_sigterm_under_load_answers_every_admitted_request_and_exits_0():

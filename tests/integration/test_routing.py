@@ -12,32 +12,15 @@ import json
 import urllib.request
 
 import numpy as np
-import onnx
 import pytest
 import tritonclient.grpc as tc
 import tritonclient.grpc.aio as tca
-from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 from clients import Client
 from server.rollout.router import DeploymentState, Route, rendezvous_pick
 from tests.support.onnx_models import write_model
-
-CONFIG = "max_batch_size: 8\nversion_policy { all {} }\ndynamic_batching {}"
-X = np.array([[1.0, 2.0]], dtype=np.float32)
-
-
-def add_model(constant: float) -> onnx.ModelProto:
-    """IN_x FP32 [batch, 2] -> OUT_x = IN_x + constant."""
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["IN_x", "C"], ["OUT_x"])], "add",
-        [helper.make_tensor_value_info("IN_x", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor_value_info("OUT_x", TensorProto.FLOAT, ["batch", 2])],
-        initializer=[helper.make_tensor("C", TensorProto.FLOAT, [1], [constant])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+from tests.support.routing_models import CONFIG, X, add_model
 
 
 @pytest.fixture

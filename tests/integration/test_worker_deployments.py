@@ -15,9 +15,9 @@ import pytest
 
 from clients import Client
 from clients.admin import AdminClient
-from tests.integration.test_routing import CONFIG, X, add_model
-from tests.integration.test_workers import Supervised, scrape
 from tests.support.onnx_models import write_model
+from tests.support.routing_models import CONFIG, X, add_model
+from tests.support.supervised import Supervised, scrape
 
 pytestmark = pytest.mark.timeout(300)
 

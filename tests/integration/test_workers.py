@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,64 +18,14 @@ import psutil
 import pytest
 import tritonclient.grpc as tc
 
-from server.app import BUNDLED_REPOSITORY
 from server.workers.supervisor import Supervisor, SupervisorConfig, reserve_port
+from tests.support.supervised import Supervised, scrape
 
 pytestmark = pytest.mark.timeout(300)
 
 # Each client its own connection: gRPC otherwise shares one TCP connection between the channels
 # of a process, and SO_REUSEPORT spreads connections, not requests.
 _OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
-
-
-class Supervised:
-    """A ``sluice serve --workers N`` subprocess whose output is read by a thread."""
-
-    def __init__(self, *extra: str, workers: int = 2) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--workers", str(workers),
-             "--grpc-port", "0", "--metrics-port", "0", "--log-level", "WARNING",
-             "--model-repository", str(BUNDLED_REPOSITORY), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pattern: str, timeout_s: float = 120) -> re.Match[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if match := re.search(pattern, line):
-                    return match
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r}:\n" + "\n".join(self.lines[-40:]))
-
-    def start(self) -> tuple[str, str]:
-        """Wait until serving; returns (gRPC address, metrics URL)."""
-        address = self.wait_for(r"sluice: gRPC listening on (\S+)").group(1)
-        url = self.wait_for(r"sluice: metrics on (\S+)").group(1)
-        return address, url
-
-    def workers(self) -> list[psutil.Process]:
-        return psutil.Process(self.proc.pid).children()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            for child in self.workers():
-                child.kill()
-            self.proc.kill()
-            self.proc.wait(30)
-        self._reader.join(30)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
 
 
 @pytest.fixture
@@ -86,17 +35,6 @@ def supervised() -> Iterator[Supervised]:
         yield server
     finally:
         server.close()
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Every sample of the supervisor's /metrics, keyed by its exposition line minus value."""
-    body = urllib.request.urlopen(url, timeout=10).read().decode()
-    out = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
 
 
 def add_sub_calls(address: str, clients: int, calls: int) -> int:

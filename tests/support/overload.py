@@ -14,7 +14,6 @@ import grpc
 import numpy as np
 
 from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
 from proto.tensors import make_input
 from server.backends.ort import OrtBackend
 from tests.support.onnx_models import slow_model, write_model
@@ -73,20 +72,6 @@ def outcome_of_error(exc: grpc.RpcError, **kw) -> Outcome:
 def outcome_of_reply(reply: pb.ModelInferResponse, **kw) -> Outcome:
     by = reply.parameters.get("sluice_answered_by")
     return Outcome(grpc.StatusCode.OK, answered_by=by.string_param if by else None, **kw)
-
-
-def fire(address: str, messages: list[pb.ModelInferRequest], timeout: float | None = None):
-    """Send every message at once (futures on one channel); outcomes in order."""
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        futures = [stub.ModelInfer.future(m, timeout=timeout) for m in messages]
-        out = []
-        for future in futures:
-            try:
-                out.append(outcome_of_reply(future.result()))
-            except grpc.RpcError as exc:
-                out.append(outcome_of_error(exc))
-        return out
 
 
 def served(running, name: str):

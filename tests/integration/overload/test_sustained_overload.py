@@ -18,7 +18,7 @@ from collections import Counter
 import grpc
 
 from proto import grpc_service_pb2_grpc as pb_grpc
-from tests.integration.test_lifecycle import start_cli_server
+from tests.support.cli_server import start_cli_server
 from tests.support.overload import (
     WIDTH,
     Outcome,
