@@ -119,16 +119,17 @@ class DeploymentLedger:
                 self.adopt(name, exc.current)
                 raise
         self.revision += 1
+        # Persisted is what a restart would serve: record it and route by it at one instant (no
+        # await between), so that nobody reads a state that requests are not yet routed by (a
+        # canary reported rolled back while a slow audit write still sent callers to the
+        # candidate), and serve it even if auditing fails.
         self._entries[name] = StoredDeployment(new, history, yaml_sha)
-        try:
-            if self._store is not None:
-                await asyncio.to_thread(self._store.audit, {
-                    "caller": caller or None, "model": name, "action": action,
-                    "reason": reason, "before": old.to_json(), "after": new.to_json(),
-                })
-        finally:
-            # Persisted is what a restart would serve, so serve it now even if auditing failed.
-            self._swap(name, new)
+        self._swap(name, new)
+        if self._store is not None:
+            await asyncio.to_thread(self._store.audit, {
+                "caller": caller or None, "model": name, "action": action,
+                "reason": reason, "before": old.to_json(), "after": new.to_json(),
+            })
         log.info("model '%s': deployment %s by %s%s", name, action, caller or "unknown",
                  f" ({reason})" if reason else "")
         return new

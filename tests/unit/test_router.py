@@ -3,9 +3,11 @@ rollback, deployment.yaml precedence — over a fake repository (no models, no s
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import random
+import threading
 
 import pytest
 
@@ -240,6 +242,38 @@ async def test_persisted_state_wins_until_the_yaml_changes(tmp_path):
     last = DeploymentStore(tmp_path / "state").read_audit()[-1]
     assert last["action"] == "apply_deployment_yaml" and last["caller"] == "deployment.yaml"
     assert last["before"]["aliases"] == {"stable": 2}
+
+
+class SlowAuditStore(DeploymentStore):
+    """A store whose audit write hangs until released: a slow disk, which no test can make
+    happen on demand."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.writing = threading.Event()
+        self.release = threading.Event()
+
+    def audit(self, record: dict) -> None:
+        self.writing.set()
+        self.release.wait(30)
+        super().audit(record)
+
+
+async def test_a_change_is_routed_by_from_the_instant_it_can_be_read(tmp_path):
+    store = SlowAuditStore(tmp_path)
+    router = Router(FakeRepository({"m": [1, 2, 3]}), store, rng=random.Random(7))
+    await router.open()
+    new = DeploymentState(routes=(Route("v2", 2, 1.0),))
+    change = asyncio.create_task(router.change("m", "set", new, caller="t"))
+    try:
+        assert await asyncio.to_thread(store.writing.wait, 30)
+        # persisted, audit still being written: what a reader sees is what requests get
+        assert router.state("m") == new
+        assert router.resolve("m", "", None) == (router._repo.get("m", "2"), "v2")
+    finally:
+        store.release.set()
+        await change
+    assert [r["action"] for r in store.read_audit()] == ["set"]
 
 
 def test_arm_stats_epochs_restart():
