@@ -22,6 +22,9 @@ class Backend(Protocol):
     io: ModelIO
     #: Human-readable facts worth showing in metadata (e.g. a GPU fallback).
     notes: tuple[str, ...]
+    #: ``run`` may also be called on the event loop's thread (CPU only, nothing bound to a
+    #: thread): the batcher then runs a request inline when that is measured to be cheaper.
+    inline_safe: bool
 
     @property
     def instance_count(self) -> int: ...
@@ -49,6 +52,7 @@ class InstancesBackend:
     """Defaults shared by backends: ``count`` instances, inputs taken as they come."""
 
     notes: tuple[str, ...] = ()
+    inline_safe: bool = False
 
     def __init__(self, count: int) -> None:
         self._count = count

@@ -131,6 +131,7 @@ class TreeBackend(InstancesBackend):
             self.notes = ("trees run on the GPU (Numba CUDA)",)
         self._binary = binary
         self._gpu_lock = threading.Lock()  # ForestGPU reuses its device buffers
+        self.inline_safe = self._gpu is None  # CPU kernels are plain functions of their inputs
         self.io = ModelIO(
             inputs=(TensorSpec("input__0", "FP32", (-1, forest.n_features)),),
             outputs=(TensorSpec("output__0", "FP32", (-1, width)),),
@@ -169,6 +170,8 @@ class TreeBackend(InstancesBackend):
 
 class KernelBackend(InstancesBackend):
     """One pre/post-processing kernel as a model (a pipeline step)."""
+
+    inline_safe = True  # CPU @njit kernels: plain functions of their inputs
 
     def __init__(self, config: ModelConfig, version_dir: Path) -> None:
         super().__init__(config.instance_count)

@@ -125,6 +125,7 @@ class OrtBackend:
             log.warning("model '%s': CUDA provider failed to initialise; on CPU", config.name)
         self.providers = tuple(used)
         self.notes = notes
+        self.inline_safe = self.providers == ("CPUExecutionProvider",)
         self.io = ModelIO(
             inputs=tuple(_spec(a) for a in session.get_inputs()),
             outputs=tuple(_spec(a) for a in session.get_outputs()),

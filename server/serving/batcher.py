@@ -7,7 +7,10 @@ says why none of this waits for the event loop). Nothing waits when an instance 
 one batch computes, the queue grows into the next one, so batch size follows load by itself.
 ``max_queue_delay_s`` bounds an optional wait for a preferred (or full) batch, as Triton
 defines it. The event loop only queues requests (:meth:`DynamicBatcher.submit`) and settles
-their futures, one ``call_soon_threadsafe`` per batch.
+their futures, one ``call_soon_threadsafe`` per batch; except that a live request arriving
+while nothing is queued or computing is computed right there on the loop when the backend
+allows it and one-request batches of this model are measured cheaper than the hand-off to a
+thread (:meth:`~server.serving.instances.InstancePool.try_inline`; tens of microseconds).
 
 The queue has one FIFO lane per priority level (see :mod:`server.serving.queues`); which requests
 make a batch is :mod:`server.serving.cutting`'s policy (level 1 first; it drops the dead and, with
@@ -56,11 +59,15 @@ class DynamicBatcher:
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
         background_run: BackgroundFn | None = None,
+        inline: bool = False,
     ) -> None:
         """``background_run``, when given, computes the batches made only of the lowest level
         (shadow copies) instead of ``run``: on a thread of its own at the lowest OS priority,
         one batch at a time, so they never take CPU time or an instance that live batches
-        could use."""
+        could use. ``inline``: ``run`` may be called on the event loop's thread, which the
+        batcher does for a live request arriving when nothing is queued or computing if
+        one-request batches are measured to compute faster than the hand-off to a thread
+        (:meth:`InstancePool.try_inline`)."""
         self.name = name
         #: 0 means unbatched: every request runs alone, shapes as sent.
         self._max_batch = max_batch_size
@@ -85,8 +92,11 @@ class DynamicBatcher:
         self._pool = InstancePool(
             name, run, instances=instances, max_batch_size=max_batch_size, queue=self.queue,
             rate=self.rate, cutter=self._cutter, lock=self._lock, idle=self.idle, clock=clock,
-            observer=observer, background_run=background_run,
+            observer=observer, background_run=background_run, inline=inline,
         )
+        #: Levels below this may run inline: with several levels the lowest (shadow copies,
+        #: which wait for idle time anyway) never does.
+        self._inline_below = levels if levels > 1 else 2
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- public (event loop) ------------------------------------------------------------------
@@ -139,6 +149,10 @@ class DynamicBatcher:
             raise DeadlineExceeded(f"model '{self.name}': deadline passed before queueing")
         if self._loop is None:
             raise RuntimeError(f"batcher {self.name} used before start()")
+        if level < self._inline_below:
+            outputs = self._pool.try_inline(inputs, rows, now)
+            if outputs is not None:
+                return outputs
         future: asyncio.Future[Arrays] = self._loop.create_future()
         batched = self._max_batch > 0
         signature = tuple((k, v.shape[1:] if batched else v.shape) for k, v in inputs.items())

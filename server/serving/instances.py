@@ -8,7 +8,10 @@ made only of the lowest level (shadow copies), when a ``background_run`` is give
 background :class:`~server.serving.instance_thread.InstanceThread` instead, one at a time.
 
 The event loop only settles futures, one ``call_soon_threadsafe`` per batch; cutting, gathering,
-computing and splitting never wait for it. This matters on the worst day: under overload the
+computing and splitting never wait for it. The one exception is :meth:`InstancePool.try_inline`:
+a model whose one-request batches compute in less than :data:`INLINE_MAX_S` is run on the loop
+itself when every instance is free and nothing is queued, since then the hand-off would cost
+more than the model. This matters on the worst day: under overload the
 loop is busy answering arrivals (on the 2-core machine grpc.aio costs about 0.5 ms of CPU per
 call, shed or not). When batches were cut on the loop, each instance waited a pass of that busy
 loop between two batches and, at 5x capacity, computed only 18-46% of the time while the queue
@@ -48,6 +51,15 @@ RunFn = Callable[[int, Arrays], Arrays]
 #: background_run(batched_inputs) -> outputs, for batches made only of the lowest level.
 BackgroundFn = Callable[[Arrays], Arrays]
 
+#: A request whose one-request batches compute in less than this runs on the event loop when
+#: every instance is free: handing it to an instance thread and back (a lock notify, a thread
+#: wake-up, the GIL and one call_soon_threadsafe) costs about 30-40 us of CPU here, plus the
+#: wait for the busy loop to take the GIL back, so for a model this fast the hand-off is most
+#: of the request's cost (issue "the hot path").
+INLINE_MAX_S = 60e-6
+#: Smoothing of the one-request compute time (weight of the newest batch).
+_SINGLE_ALPHA = 0.2
+
 
 @dataclass(slots=True)
 class BatchReport:
@@ -84,10 +96,12 @@ class InstancePool:
         clock: Callable[[], float],
         observer: Observer | None = None,
         background_run: BackgroundFn | None = None,
+        inline: bool = False,
     ) -> None:
         """``lock`` guards ``queue``, ``rate`` and this pool's counts; threads sleep on it while
         there is nothing to cut. ``idle`` is set on the loop once nothing is queued or
-        computing."""
+        computing. ``inline``: ``run`` may also be called on the event loop's thread (see
+        :meth:`try_inline`)."""
         self.name = name
         self._run = run
         self._background_run = background_run
@@ -111,6 +125,9 @@ class InstancePool:
         self._threads: list[threading.Thread] = []
         self._background: InstanceThread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._inline = inline
+        #: Smoothed compute seconds of batches of one request (None: none measured yet).
+        self.single_run_s: float | None = None
 
     @property
     def started(self) -> bool:
@@ -145,6 +162,56 @@ class InstancePool:
             thread.join()
         if self._background is not None:  # after the instances: nothing hands it work now
             self._background.close()
+
+    # -- inline (event loop) -------------------------------------------------------------------
+
+    def try_inline(self, inputs: Arrays, rows: int, now: float) -> Arrays | None:
+        """Compute one request here, on the event loop, when that is measured to be cheaper than
+        handing it to an instance thread; None: queue it as usual.
+
+        Taken only when allowed (``inline``), nothing is queued or computing (so no batch could
+        include it and every instance is free), and the smoothed compute time of one-request
+        batches is known and below :data:`INLINE_MAX_S`. The run counts as a batch of instance
+        0 in the rate meter and the statistics; its time keeps the measurement current, so a
+        model that becomes slow goes back to its threads. Raises what the batch would: the
+        backend's SluiceError, or BackendError for any other failure.
+        """
+        single = self.single_run_s
+        if not self._inline or single is None or single >= INLINE_MAX_S:
+            return None
+        with self._lock:
+            if self._queue or self.busy or self.closing:
+                return None
+            self.busy += 1
+            self._rate.started(0, now, rows)
+        error: BaseException | None = None
+        started = self._clock()
+        try:
+            outputs = self._run(0, inputs)
+            run_done = self._clock()
+            if self._max_batch:
+                self._check_rows(outputs, rows)
+        except SluiceError as exc:
+            error = exc
+        except Exception as exc:
+            error = BackendError(f"model '{self.name}': inference failed: {exc}")
+        end = self._clock()
+        with self._lock:
+            self._rate.finished(0, end, error is None)
+            self.busy -= 1
+        if error is not None:
+            if self._observer is not None:
+                self._observer(BatchReport(rows, [started - now], 0.0, end - started, 0.0, True))
+            raise error
+        self._measure_single(run_done - started)
+        if self._observer is not None:
+            self._observer(BatchReport(rows, [started - now], 0.0, run_done - started,
+                                       end - run_done, False))
+        return outputs
+
+    def _measure_single(self, run_s: float) -> None:
+        single = self.single_run_s
+        self.single_run_s = run_s if single is None else single + _SINGLE_ALPHA * (run_s - single)
 
     # -- instance threads ---------------------------------------------------------------------
 
@@ -220,6 +287,8 @@ class InstancePool:
             # SystemExit raised in a model's code must not end the thread with its batch unanswered)
             error = BackendError(f"model '{self.name}': inference failed: {exc}")
         end = self._clock()
+        if index >= 0 and len(batch) == 1 and error is None:
+            self._measure_single(run_done - gathered)
         with self._lock:
             if index < 0:
                 self.background_requests = 0

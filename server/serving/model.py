@@ -67,6 +67,8 @@ class ModelVersion:
             # Shadow-only batches: the backend's single-threaded path, which the batcher runs
             # on a thread at the lowest OS priority (SCHED_IDLE), so live batches keep the cores.
             background_run=getattr(backend, "run_background", None),
+            # Fast CPU models skip the hand-off to an instance thread when every one is idle.
+            inline=getattr(backend, "inline_safe", False),
         )
         self.admission = Admission(label, policy, self._batcher, budget=inflight)
         self._fallback = fallback
