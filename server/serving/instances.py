@@ -52,11 +52,12 @@ RunFn = Callable[[int, Arrays], Arrays]
 BackgroundFn = Callable[[Arrays], Arrays]
 
 #: A request whose one-request batches compute in less than this runs on the event loop when
-#: every instance is free: handing it to an instance thread and back (a lock notify, a thread
-#: wake-up, the GIL and one call_soon_threadsafe) costs about 30-40 us of CPU here, plus the
-#: wait for the busy loop to take the GIL back, so for a model this fast the hand-off is most
-#: of the request's cost (issue "the hot path").
-INLINE_MAX_S = 60e-6
+#: every instance is free. Handing a request to an instance thread and back (a lock notify, a
+#: thread wake-up, the GIL going back and forth, one call_soon_threadsafe) cost about 190 us of
+#: CPU per request on the 2-core machine, busy (identity, in-process: 400 us per request through
+#: threads, 208 us inline); a model that computes in less than about half of that is cheaper to
+#: run where the request already is (issue "the hot path").
+INLINE_MAX_S = 100e-6
 #: Smoothing of the one-request compute time (weight of the newest batch).
 _SINGLE_ALPHA = 0.2
 
@@ -203,15 +204,23 @@ class InstancePool:
             if self._observer is not None:
                 self._observer(BatchReport(rows, [started - now], 0.0, end - started, 0.0, True))
             raise error
-        self._measure_single(run_done - started)
+        self._measure_single(run_done - started, inline=True)
         if self._observer is not None:
             self._observer(BatchReport(rows, [started - now], 0.0, run_done - started,
                                        end - run_done, False))
         return outputs
 
-    def _measure_single(self, run_s: float) -> None:
+    def _measure_single(self, run_s: float, *, inline: bool) -> None:
+        """Smooth in one one-request batch's compute time. A time measured on an instance thread
+        may only lower the estimate: it includes the wait for the GIL, which the busy event
+        loop holds (measured: a 20 us model timed 100-300 us there), so it overstates the
+        model; an inline run is timed without that wait, and it alone can raise the estimate
+        (a model that turned slow is caught by its first slow inline run)."""
         single = self.single_run_s
-        self.single_run_s = run_s if single is None else single + _SINGLE_ALPHA * (run_s - single)
+        if single is None:
+            self.single_run_s = run_s
+        elif inline or run_s < single:
+            self.single_run_s = single + _SINGLE_ALPHA * (run_s - single)
 
     # -- instance threads ---------------------------------------------------------------------
 
@@ -288,7 +297,7 @@ class InstancePool:
             error = BackendError(f"model '{self.name}': inference failed: {exc}")
         end = self._clock()
         if index >= 0 and len(batch) == 1 and error is None:
-            self._measure_single(run_done - gathered)
+            self._measure_single(run_done - gathered, inline=False)
         with self._lock:
             if index < 0:
                 self.background_requests = 0
