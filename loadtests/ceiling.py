@@ -1,17 +1,21 @@
 """The Python gRPC ceiling: the least a grpc.aio KServe servicer can do per request.
 
-    python -m loadtests.ceiling [--host 127.0.0.1] [--port 0]
+    python -m loadtests.ceiling [--host 127.0.0.1] [--port 0] [--shed] [--model-dir DIR]
 
 With ``--shed``, ModelInfer instead turns every request away as Sluice sheds one (UNAVAILABLE,
 trailers ``grpc-retry-pushback-ms`` and ``sluice-shed-reason``): the least a grpc.aio server can
 spend on a request it refuses (:mod:`loadtests.reject_cost`).
 
-Implements only ModelInfer (answers a constant, pre-built ModelInferResponse shaped like
-identity's answer to a batch-1 request: OUTPUT0 FP32 [1,16]) and ModelStreamInfer (answers each
-request with that constant). Requests are deserialized by the generated handler, as in any real
-servicer, but never looked at, except that stream answers carry the request's ``id`` so a
-pipelining client can match them; those answers are built once per distinct id and cached, so the
-cost stays that of sending a constant. Every other RPC is UNIMPLEMENTED. Prints
+Implements ModelInfer (answers a constant, pre-built ModelInferResponse shaped like the model's
+answer to a batch-1 request, zeros in every output; by default identity's: OUTPUT0 FP32 [1,16])
+and ModelStreamInfer (answers each request with that constant). Requests are deserialized by the
+generated handler, as in any real servicer, but never looked at, except that stream answers carry
+the request's ``id`` so a pipelining client can match them; those answers are built once per
+distinct id and cached, so the cost stays that of sending a constant. ``--model-dir DIR`` (a
+Triton-layout model directory; default the bundled identity) names the model whose answer is
+imitated and whose ModelMetadata/ModelConfig are served (:mod:`loadtests.peer_metadata`), so
+perf_analyzer can measure the ceiling (:mod:`loadtests.peers`); those, ServerLive, ServerReady and
+ModelReady are built once at start. Every other RPC is UNIMPLEMENTED. Prints
 ``ceiling: gRPC listening on HOST:PORT`` once it accepts calls; SIGTERM or SIGINT stop it (exit 0).
 Nothing here imports ``server``: Sluice is measured against this, not with it.
 """
@@ -22,45 +26,34 @@ import argparse
 import asyncio
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
-import numpy as np
 
+from loadtests.models import MODEL_REPOSITORY
+from loadtests.peer_metadata import DescribingServicer, PeerModel
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc
-from proto.tensors import make_output
 
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+IDENTITY_DIR = MODEL_REPOSITORY / "identity"
 
 
-def constant_response() -> pb.ModelInferResponse:
-    """identity's answer to one row: OUTPUT0 FP32 [1,16] of zeros, model "identity" v1."""
-    tensor, raw = make_output("OUTPUT0", np.zeros((1, 16), np.float32))
-    response = pb.ModelInferResponse(model_name="identity", model_version="1")
-    response.outputs.append(tensor)
-    response.raw_output_contents.append(raw)
-    return response
+def constant_response(model_dir: Path = IDENTITY_DIR) -> pb.ModelInferResponse:
+    """The model's answer to one row, zeros (identity's: OUTPUT0 FP32 [1,16], "identity" v1)."""
+    return PeerModel.load(model_dir).zeros_response()
 
 
-class CeilingServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    """ModelInfer and ModelStreamInfer only, each answering a constant."""
+class CeilingServicer(DescribingServicer):
+    """ModelInfer and ModelStreamInfer each answering a constant, plus the model's description."""
 
-    def __init__(self) -> None:
-        self._response = constant_response()
+    def __init__(self, model_dir: Path = IDENTITY_DIR) -> None:
+        super().__init__(PeerModel.load(model_dir))
+        self._response = self.model.zeros_response()
         self._stream_answers: dict[str, pb.ModelStreamInferResponse] = {}
 
     async def ModelInfer(self, request, context):
         return self._response
-
-
-class SheddingServicer(CeilingServicer):
-    """ModelInfer refuses every request the way Sluice sheds one."""
-
-    _TRAILERS = (("grpc-retry-pushback-ms", "10"), ("sluice-shed-reason", "deadline"))
-
-    async def ModelInfer(self, request, context):
-        context.set_trailing_metadata(self._TRAILERS)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "shed (ceiling --shed)")
 
     def _stream_answer(self, request_id: str) -> pb.ModelStreamInferResponse:
         answer = self._stream_answers.get(request_id)
@@ -78,8 +71,22 @@ class SheddingServicer(CeilingServicer):
             yield self._stream_answer(request.id)
 
 
-async def serve(host: str, port: int, shed: bool = False) -> None:
-    """Serve until SIGTERM/SIGINT; prints the bound address first."""
+class SheddingServicer(CeilingServicer):
+    """ModelInfer refuses every request the way Sluice sheds one."""
+
+    _TRAILERS = (("grpc-retry-pushback-ms", "10"), ("sluice-shed-reason", "deadline"))
+
+    async def ModelInfer(self, request, context):
+        context.set_trailing_metadata(self._TRAILERS)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "shed (ceiling --shed)")
+
+
+async def serve_servicer(
+    servicer: grpc_service_pb2_grpc.GRPCInferenceServiceServicer, label: str, host: str, port: int
+) -> None:
+    """Serve ``servicer`` until SIGTERM/SIGINT; prints ``LABEL: gRPC listening on HOST:PORT``
+    first. Shared with :mod:`loadtests.inline_ort`, so both bare servers differ only in
+    ModelInfer."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
@@ -87,13 +94,12 @@ async def serve(host: str, port: int, shed: bool = False) -> None:
             ("grpc.so_reuseport", 0),
         ]
     )
-    servicer = SheddingServicer() if shed else CeilingServicer()
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
-        raise SystemExit(f"ceiling: could not bind {host}:{port}")
+        raise SystemExit(f"{label}: could not bind {host}:{port}")
     await server.start()
-    print(f"ceiling: gRPC listening on {host}:{bound}", flush=True)
+    print(f"{label}: gRPC listening on {host}:{bound}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -102,14 +108,23 @@ async def serve(host: str, port: int, shed: bool = False) -> None:
     await server.stop(grace=1.0)
 
 
+async def serve(host: str, port: int, shed: bool = False,
+                model_dir: Path = IDENTITY_DIR) -> None:
+    """Serve the ceiling until SIGTERM/SIGINT; prints the bound address first."""
+    servicer = SheddingServicer(model_dir) if shed else CeilingServicer(model_dir)
+    await serve_servicer(servicer, "ceiling", host, port)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.ceiling", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--shed", action="store_true",
                         help="refuse every ModelInfer with UNAVAILABLE, as Sluice sheds")
+    parser.add_argument("--model-dir", type=Path, default=IDENTITY_DIR,
+                        help="model whose answer and description are served (default identity)")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port, args.shed))
+    asyncio.run(serve(args.host, args.port, args.shed, args.model_dir))
     return 0
 
 
