@@ -18,7 +18,6 @@ package lives only in the other interpreter.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import grpc
 
 from loadtests.peer_metadata import PeerModel
+from loadtests.procs import terminate
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc
 
@@ -147,13 +147,8 @@ class MLServerProcess:
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM, wait up to ``grace_s``, then SIGKILL; removes the folder."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            terminate(self._proc, grace_s)
         if not self._log.closed:
             self._log.close()
         self._folder.cleanup()

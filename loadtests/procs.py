@@ -34,6 +34,18 @@ def _env() -> dict[str, str]:
     return env
 
 
+def terminate(proc: subprocess.Popen, grace_s: float) -> int:
+    """SIGTERM ``proc`` if it still runs, wait up to ``grace_s``, then SIGKILL; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class ServerProcess:
     """A gRPC server subprocess that prints ``... gRPC listening on HOST:PORT`` when ready.
 
@@ -102,14 +114,7 @@ class ServerProcess:
         """SIGTERM, wait up to ``grace_s``, then SIGKILL. Returns the exit code."""
         if self._proc is None or self.exit_code is not None:
             return self.exit_code
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self.exit_code = self._proc.returncode
+        self.exit_code = terminate(self._proc, grace_s)
         self._stderr.close()
         return self.exit_code
 
