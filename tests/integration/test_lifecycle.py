@@ -12,7 +12,7 @@ import numpy as np
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-from tests.support.cli_server import start_cli_server
+from tests.support.cli_server import sigterm_under_load, start_cli_server
 
 
 def test_sigterm_under_load_answers_every_admitted_request_and_exits_0():
@@ -38,16 +38,7 @@ def test_sigterm_under_load_answers_every_admitted_request_and_exits_0():
                     outcomes.append((sent, *outcome))
 
     threads = [threading.Thread(target=caller) for _ in range(16)]
-    for t in threads:
-        t.start()
-    time.sleep(1.5)
-    signalled = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(60)
-    proc.stdout.close()
-    stop.set()
-    for t in threads:
-        t.join(60)
+    code, signalled = sigterm_under_load(proc, threads, stop)
     assert code == 0
     assert sum(1 for _, status, _ in outcomes if status == "ok") > 16
     for sent, status, message in outcomes:

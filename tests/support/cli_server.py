@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 from server.app import BUNDLED_REPOSITORY
@@ -28,3 +30,21 @@ def start_cli_server(*extra: str) -> tuple[subprocess.Popen, str]:
             break
     proc.kill()
     raise AssertionError("server did not start")
+
+
+def sigterm_under_load(proc: subprocess.Popen, threads: list[threading.Thread],
+                       stop: threading.Event, load_s: float = 1.5) -> tuple[int, float]:
+    """Start the callers, let them load the server for ``load_s``, SIGTERM it, wait for its exit,
+    then stop and join the callers. (exit code, the monotonic instant of the signal)."""
+    for t in threads:
+        t.start()
+    time.sleep(load_s)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(60)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    stop.set()
+    for t in threads:
+        t.join(60)
+    return code, signalled

@@ -10,7 +10,6 @@ is set by a loop count; assertions are about statuses and counts, never about ti
 from __future__ import annotations
 
 import asyncio
-import signal
 import threading
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ from collections import Counter
 import grpc
 
 from proto import grpc_service_pb2_grpc as pb_grpc
-from tests.support.cli_server import start_cli_server
+from tests.support.cli_server import sigterm_under_load, start_cli_server
 from tests.support.overload import (
     WIDTH,
     Outcome,
@@ -124,16 +123,7 @@ def test_sigterm_during_overload_loses_no_admitted_request(tmp_path):
                     outcomes.append(outcome)
 
     threads = [threading.Thread(target=caller) for _ in range(48)]
-    for t in threads:
-        t.start()
-    time.sleep(1.5)
-    signalled = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(60)
-    proc.stdout.close()
-    stop.set()
-    for t in threads:
-        t.join(60)
+    code, signalled = sigterm_under_load(proc, threads, stop)
     assert code == 0
     statuses = Counter((o.code, o.reason) for o in outcomes)
     assert statuses[(grpc.StatusCode.OK, None)] > 0
