@@ -11,9 +11,12 @@ Requests are built once per user and model from the server's ModelMetadata (rand
 A failed metadata call is reported as ``<model> (metadata)`` and retried on the next task.
 
 Tasks are tagged with their model name: ``--tags cnn digits`` runs those two only. Extra options:
-``--sluice-timeout`` (seconds; the gRPC deadline of each call, default 10) and
-``--sluice-batch`` (rows per request, default 1). ``--host`` is ``HOST:PORT`` (a ``grpc://``
-prefix is accepted). Load goes only where ``--host`` says; point it at 127.0.0.1.
+``--sluice-timeout`` (seconds; the gRPC deadline of each call, default 10),
+``--sluice-batch`` (rows per request, default 1) and ``--sluice-requests`` (end the run once
+this many requests were reported, all users together; default 0: only ``-t`` ends it), so that a
+short check ends by work done, not by a time that a slow start may spend. ``--host`` is
+``HOST:PORT`` (a ``grpc://`` prefix is accepted). Load goes only where ``--host`` says; point it
+at 127.0.0.1.
 
 gRPC's blocking API would stall every greenlet of the process on each call, so gRPC is switched
 to gevent's loop below, after locust has monkey-patched the standard library and before any
@@ -26,6 +29,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import gevent
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, constant, events, tag, task
 
@@ -45,6 +49,9 @@ def _add_options(parser: Any) -> None:
                         help="gRPC deadline of each inference call in seconds (default 10)")
     parser.add_argument("--sluice-batch", type=int, default=1,
                         help="rows per inference request (default 1)")
+    parser.add_argument("--sluice-requests", type=int, default=0,
+                        help="end the run after this many requests, all users together "
+                             "(default 0: no limit)")
 
 
 def grpc_target(host: str) -> str:
@@ -66,6 +73,7 @@ class SluiceUser(User):
         options = self.environment.parsed_options
         self.timeout_s = float(getattr(options, "sluice_timeout", 10.0))
         self.batch = int(getattr(options, "sluice_batch", 1))
+        self.requests_limit = int(getattr(options, "sluice_requests", 0))
         self.client = Client(grpc_target(self.host or ""), timeout=self.timeout_s, retries=0)
         self.requests: dict[str, pb.ModelInferRequest] = {}
 
@@ -73,10 +81,15 @@ class SluiceUser(User):
         self.client.close()
 
     def _fire(self, name: str, began: float, length: int, error: Exception | None) -> None:
-        self.environment.events.request.fire(
+        env = self.environment
+        env.events.request.fire(
             request_type="grpc", name=name, response_time=(time.perf_counter() - began) * 1e3,
             response_length=length, exception=error, context={},
         )
+        if self.requests_limit:
+            env.sluice_reported = getattr(env, "sluice_reported", 0) + 1
+            if env.sluice_reported == self.requests_limit and env.runner is not None:
+                gevent.spawn(env.runner.quit)  # not from this user's own greenlet
 
     def _prepared(self, model: str) -> pb.ModelInferRequest | None:
         request = self.requests.get(model)
