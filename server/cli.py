@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument("--version", default="", help="model version (default: latest)")
     infer.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
                        help="an input as NAME=file.npy or NAME=<JSON array> (repeatable); "
-                       "inputs not given are random")
+                       "give every input, or none for random ones")
     infer.add_argument("--batch", type=int, default=1, help="rows of random input (default 1)")
     infer.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
 
@@ -241,51 +241,26 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
     return asyncio.run(supervisor.run())
 
 
-def _random_input(datatype: str, shape: list[int], rng: np.random.Generator) -> np.ndarray:
-    if datatype == "BYTES":
-        return np.array([b"sluice"] * int(np.prod(shape)), dtype=object).reshape(shape)
-    dtype = np.dtype({"BOOL": "bool", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}.get(
-        datatype, datatype.lower()))
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    if dtype.kind == "b":
-        return rng.integers(0, 2, shape).astype(bool)
-    return rng.integers(0, 10, shape).astype(dtype)
-
-
-def _load_value(text: str) -> np.ndarray:
-    if text.endswith(".npy"):
-        return np.load(text, allow_pickle=False)
-    return np.asarray(json.loads(text))
-
-
 def _infer(args: argparse.Namespace) -> int:
     from clients import Client, SluiceClientError
+    from server.cli_inputs import InputError, parse_inputs, request_inputs
 
-    given = {}
-    for item in args.input:
-        name, _, value = item.partition("=")
-        given[name] = _load_value(value)
-    rng = np.random.default_rng()
     try:
+        given = parse_inputs(args.input)
         with Client(args.url) as client:
             meta = client.model_metadata(args.model, version=args.version)
-            inputs = {}
-            for tensor in meta["inputs"]:
-                name = tensor["name"]
-                if name in given:
-                    inputs[name] = given[name].astype(
-                        _random_input(tensor["datatype"], [1], rng).dtype, copy=False)
-                    continue
-                shape = [args.batch if i == 0 and d == -1 else (1 if d == -1 else d)
-                         for i, d in enumerate(tensor["shape"])]
-                inputs[name] = _random_input(tensor["datatype"], shape, rng)
+            inputs = request_inputs(args.model, meta, given, args.batch, np.random.default_rng())
             outputs = client.infer(
                 args.model, inputs, version=args.version or None, timeout=args.timeout
             )
+    except InputError as exc:
+        print(f"sluice infer: {exc}", file=sys.stderr)
+        return 2
     except SluiceClientError as exc:
         print(f"sluice infer: {exc}", file=sys.stderr)
         return 1
+    if not given:
+        print(f"(random inputs: {', '.join(f'{n} {list(v.shape)}' for n, v in inputs.items())})")
     np.set_printoptions(precision=5, suppress=True, threshold=200)
     for name, value in outputs.items():
         print(f"{name} {value.dtype} {list(value.shape)}:\n{value}")
