@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from server import __version__
 from server.config.settings import ServerConfig
 
 DEFAULT_TARGET = "127.0.0.1:8001"
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="sluice",
         description="Sluice: a KServe v2 / Triton-compatible gRPC inference server.",
     )
+    parser.add_argument("--version", action="version", version=f"sluice {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -56,8 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="model to load at start with --model-control explicit (repeatable)")
     serve.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
                        help="time in-flight requests get to finish on SIGTERM (default 10)")
-    serve.add_argument("--log-level", default="INFO",
-                       choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    serve.add_argument("--log-level", default="INFO", type=str.upper,
+                       choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                       help="any case (default INFO)")
     serve.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                        help="server processes sharing the gRPC port (SO_REUSEPORT), each with "
                        "its own models and batchers, under a supervisor that restarts them and "
@@ -330,12 +333,19 @@ def _deploy_call(admin: Any, args: argparse.Namespace) -> dict[str, Any]:
             arm, sep, weight = item.partition("=")
             if not sep or not arm:
                 raise ValueError(f"expected ARM=WEIGHT, got {item!r}")
-            weights[arm] = float(weight)
+            try:
+                weights[arm] = float(weight)
+            except ValueError:
+                raise ValueError(f"routes {item!r}: WEIGHT must be a number, e.g. "
+                                 f"{arm}=90") from None
         return admin.set_routes(model, weights, reason=why)  # type: ignore[no-any-return]
     if args.action == "alias":
         name, sep, version = args.assignment.partition("=")
         if not sep or not name:
             raise ValueError(f"expected NAME=VERSION (NAME= removes it), got {args.assignment!r}")
+        if version and not version.isdigit():
+            raise ValueError(f"alias {args.assignment!r}: VERSION must be a version number, e.g. "
+                             f"{name}=2")
         return admin.set_alias(  # type: ignore[no-any-return]
             model, name, int(version) if version else None, reason=why)
     if args.action == "switch":

@@ -1,0 +1,42 @@
+"""The command line's own grammar, no server needed: ``--version``, options in any case, and
+arguments it cannot use named in one line with exit status 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from server import __version__
+from server.cli import _parser
+from server.cli import main as cli
+
+NOWHERE = ["--url", "127.0.0.1:1"]  # nothing listens: these errors come before any call
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"sluice {__version__}\n"
+
+
+@pytest.mark.parametrize("level", ["debug", "Warning", "ERROR"])
+def test_log_level_in_any_case(level):
+    assert _parser().parse_args(["serve", "--log-level", level]).log_level == level.upper()
+
+
+def test_an_unknown_log_level_is_refused(capsys):
+    with pytest.raises(SystemExit) as info:
+        _parser().parse_args(["serve", "--log-level", "loud"])
+    assert info.value.code == 2
+    assert "invalid choice: 'LOUD'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["routes", "stable=abc"], "routes 'stable=abc': WEIGHT must be a number, e.g. stable=90"),
+    (["routes", "stable"], "expected ARM=WEIGHT, got 'stable'"),
+    (["alias", "stable=two"],
+     "alias 'stable=two': VERSION must be a version number, e.g. stable=2"),
+])
+def test_a_bad_deploy_argument_is_named(capsys, args, message):
+    assert cli(["deploy", "m", *args, *NOWHERE]) == 2
+    assert capsys.readouterr().err == f"sluice deploy: {message}\n"
