@@ -6,8 +6,9 @@ recorded entry (state, rollback history, sha256 of the deployment.yaml it came f
 that runs changes one at a time, and the routing table served from the state. Promises:
 
 - **Commit** (:meth:`DeploymentLedger.commit`): validate (every version named is loaded,
-  weights > 0, samples in (0, 1], the canary record is JSON) -> persist atomically -> append the
-  audit record -> swap the table. Nothing changes when validation or persisting fails; what is
+  weights > 0, samples in (0, 1], the canary record is JSON) -> persist atomically -> record it
+  and swap the table at one instant (whoever reads the state sees what requests are routed by)
+  -> append the audit record. Nothing changes when validation or persisting fails; what is
   persisted is served even if auditing fails, since a restart would serve it. The replaced state
   goes on the persisted history (at most ``HISTORY_LIMIT``), which rollback pops.
 - **Conflicts**: under ``--workers N`` every process has its own ledger over one state
