@@ -103,7 +103,7 @@ class DeploymentLedger:
     async def commit(self, name: str, action: str, new: DeploymentState, *, caller: str,
                      reason: str, push: bool = True, digest: Any = KEEP_DIGEST
                      ) -> DeploymentState:
-        """Validate -> persist -> audit -> swap; returns ``new``. Call with :meth:`lock` held.
+        """Validate -> persist -> record and swap -> audit; returns ``new``. Hold :meth:`lock`.
         ``push`` False pops the history instead (a rollback); ``digest``: the deployment.yaml
         hash to record (by default the one recorded stays)."""
         self._validate(name, new)

@@ -14,7 +14,7 @@ arm while weights are unchanged, and changing weights moves only the keys that m
 Changes (:meth:`Router.change` and the verbs built on it: set_routes, set_alias, switch,
 rollback) compute the new state here and commit it through the router's
 :class:`~server.rollout.ledger.DeploymentLedger`, one at a time per model: validate -> persist
-atomically -> audit -> swap the table, the replaced state pushed on a persisted history stack so
+atomically -> swap the table -> audit, the replaced state pushed on a persisted history stack so
 :meth:`Router.rollback` returns to it in one call. Under ``--workers N`` a change computed from a
 state another process replaced meanwhile is refused (DeploymentConflict; the new state is
 adopted, so a retry works). The ledger also reconciles: it applies persisted or declared state
