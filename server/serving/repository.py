@@ -85,7 +85,7 @@ class ModelRepository:
         model = self._models.get(name)
         if model is None or (not model.versions and model.state != "LOADING"):
             why = f" ({model.reason})" if model is not None and model.reason else ""
-            raise ModelNotFound(f"model '{name}' is not loaded{why}")
+            raise ModelNotFound(f"model '{name}' is not loaded{why}; {self._loaded_names()}")
         if not model.versions:  # transient: worth a retry
             raise ModelNotReady(f"model '{name}' is still loading", retry_after_ms=1000)
         if not version:
@@ -112,6 +112,14 @@ class ModelRepository:
         except SluiceError:
             return False
         return True
+
+    def _loaded_names(self, most: int = 20) -> str:
+        """"loaded: a, b" (at most ``most`` names, then how many more), or "no model is loaded"."""
+        names = sorted(name for name, model in self._models.items() if model.versions)
+        if not names:
+            return "no model is loaded"
+        more = f" and {len(names) - most} more" if len(names) > most else ""
+        return "loaded: " + ", ".join(names[:most]) + more
 
     def loaded(self) -> list[ModelVersion]:
         return [v for m in self._models.values() for v in m.versions.values()]

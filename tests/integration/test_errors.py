@@ -38,8 +38,11 @@ def client(bundled_server):
 OK = np.ones((2, 16), np.float32)
 
 
-def test_unknown_model_and_version_are_not_found(client):
-    expect(client, "no_such_model", [fp32_input("INPUT0", OK)], "NOT_FOUND", "no_such_model")
+def test_unknown_model_and_version_are_not_found(client, bundled_server):
+    loaded = sorted({v.name for v in bundled_server.server.repository.loaded()})
+    assert {"digits", "identity", "cnn"} <= set(loaded)
+    expect(client, "no_such_model", [fp32_input("INPUT0", OK)], "NOT_FOUND",
+           f"model 'no_such_model' is not loaded; loaded: {', '.join(loaded)}")
     expect(client, "identity", [fp32_input("INPUT0", OK)], "NOT_FOUND", "'3'",
            model_version="3")
     expect(client, "identity", [fp32_input("INPUT0", OK)], "NOT_FOUND", "'latest'",
