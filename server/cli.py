@@ -246,6 +246,7 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _infer(args: argparse.Namespace) -> int:
     from clients import Client, SluiceClientError
+    from clients.messages import decode_response
     from server.cli_inputs import InputError, parse_inputs, request_inputs
 
     try:
@@ -253,9 +254,9 @@ def _infer(args: argparse.Namespace) -> int:
         with Client(args.url) as client:
             meta = client.model_metadata(args.model, version=args.version)
             inputs = request_inputs(args.model, meta, given, args.batch, np.random.default_rng())
-            outputs = client.infer(
-                args.model, inputs, version=args.version or None, timeout=args.timeout
-            )
+            request = client.build_request(args.model, inputs, version=args.version or None)
+            response = client.infer_request(request, timeout=args.timeout)
+            outputs = decode_response(response)
     except InputError as exc:
         print(f"sluice infer: {exc}", file=sys.stderr)
         return 2
@@ -264,6 +265,9 @@ def _infer(args: argparse.Namespace) -> int:
         return 1
     if not given:
         print(f"(random inputs: {', '.join(f'{n} {list(v.shape)}' for n, v in inputs.items())})")
+    arm = response.parameters.get("sluice_arm")
+    print(f"answered by {response.model_name} version {response.model_version}"
+          + (f" (arm {arm.string_param})" if arm is not None else ""))
     np.set_printoptions(precision=5, suppress=True, threshold=200)
     for name, value in outputs.items():
         print(f"{name} {value.dtype} {list(value.shape)}:\n{value}")

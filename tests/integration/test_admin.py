@@ -89,6 +89,8 @@ def test_cli_deploy_and_shadow_report(
     assert cli(["deploy", MODEL, "alias", "stable=1", *url]) == 0
     assert cli(["deploy", MODEL, "switch", "stable", *url, "--reason", "go"]) == 0
     assert "stable (v1) 100%" in capsys.readouterr().out
+    assert cli(["infer", MODEL, "--url", running.address]) == 0
+    assert "answered by clf version 1 (arm stable)\n" in capsys.readouterr().out
     assert cli(["deploy", MODEL, "shadow", "start", "2", "--sample", "1", *url]) == 0
     assert "v2 at 100%" in capsys.readouterr().out
 

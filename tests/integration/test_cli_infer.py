@@ -24,11 +24,11 @@ def test_given_inputs_are_sent_and_random_ones_are_announced(url, tmp_path: Path
     assert cli(["infer", "add_sub", *url, "--input", f"INPUT0={[[1.0] * 16]}",
                 "--input", f"INPUT1={tmp_path / 'B.NPY'}"]) == 0
     out = capsys.readouterr().out
-    assert "random" not in out
+    assert "random" not in out and "answered by add_sub version 1\n" in out
     assert "OUTPUT0 float32 [1, 16]" in out and "[[ 1.  2.  3." in out.replace("\n", " ")
     assert cli(["infer", "digits", *url, "--batch", "3"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("(random inputs: input [3, 64])\n")
+    assert out.startswith("(random inputs: input [3, 64])\nanswered by digits version 1\n")
     assert "probabilities float32 [3, 10]" in out
 
 
