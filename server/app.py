@@ -198,10 +198,9 @@ class Server:
         self.servicer.set_ready(True)
         for service in ("", _SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        # The addresses are printed once, by the command line (the supervisor reads them there).
         log.info(
-            "Sluice serving gRPC on %s:%d, metrics on %s; models: %s",
-            cfg.host, self.port,
-            f"{cfg.metrics_host or cfg.host}:{self.metrics.port}" if self.metrics.port else "off",
+            "Sluice ready; models: %s",
             ", ".join(f"{v.name}:{v.version}" for v in self.repository.loaded()) or "none",
         )
 

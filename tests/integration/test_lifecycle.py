@@ -67,10 +67,16 @@ def test_help_is_clear():
 
 
 def test_port_zero_prints_the_bound_port():
-    proc, address = start_cli_server()
+    output: list[str] = []
+    proc, address = start_cli_server("--log-level", "info", output=output)
     try:
         host, port = address.rsplit(":", 1)
         assert host == "127.0.0.1" and int(port) > 0
+        # said once, and nothing about metrics, which are off (--metrics-port -1)
+        assert [line for line in output if port in line] == [
+            f"sluice: gRPC listening on {address}"]
+        assert not [line for line in output if "metrics" in line]
+        assert any("Sluice ready; models: " in line for line in output)
         with tc.InferenceServerClient(address) as client:
             assert client.is_server_ready()
     finally:

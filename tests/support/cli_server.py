@@ -12,8 +12,9 @@ import time
 from server.app import BUNDLED_REPOSITORY
 
 
-def start_cli_server(*extra: str) -> tuple[subprocess.Popen, str]:
-    """Start it with ``extra`` flags; (process, gRPC address) once it listens (60 s at most)."""
+def start_cli_server(*extra: str, output: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start it with ``extra`` flags; (process, gRPC address) once it listens (60 s at most).
+    ``output`` collects the lines it printed until then (stdout and stderr)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "serve", "--grpc-port", "0", "--metrics-port", "-1",
          "--model-repository", str(BUNDLED_REPOSITORY), "--log-level", "WARNING", *extra],
@@ -23,6 +24,8 @@ def start_cli_server(*extra: str) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
+        if output is not None and line:
+            output.append(line.rstrip("\n"))
         match = re.search(r"gRPC listening on (\S+)", line)
         if match:
             return proc, match.group(1)
