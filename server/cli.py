@@ -286,8 +286,11 @@ def _stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
-    header = f"{'model':<16}{'ver':>4}{'stage':>9}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
-    print(header + f"{'requests':>10}")
+    # columns as wide as their longest entry: a long model name never shifts the others
+    width = max([len("model"), *map(len, table)]) + 2
+    ver = max([len("ver"), *(len(v) for versions in table.values() for v in versions)]) + 1
+    print(f"{'model':<{width}}{'ver':>{ver}}{'stage':>9}{'p50 ms':>10}{'p95 ms':>10}"
+          f"{'p99 ms':>10}{'requests':>10}")
     for model, versions in sorted(table.items()):
         for version, stages in sorted(versions.items()):
             for stage in ("e2e", "queue", "compute"):
@@ -295,7 +298,7 @@ def _stats(args: argparse.Namespace) -> int:
                 cells = ("-", "-", "-") if not q else tuple(
                     f"{q[p] * 1000:.3f}" for p in ("p50", "p95", "p99"))
                 count = stages.get("requests", 0) if stage == "e2e" else ""
-                print(f"{model:<16}{version:>4}{stage:>9}{cells[0]:>10}{cells[1]:>10}"
+                print(f"{model:<{width}}{version:>{ver}}{stage:>9}{cells[0]:>10}{cells[1]:>10}"
                       f"{cells[2]:>10}{count!s:>10}")
     return 0
 

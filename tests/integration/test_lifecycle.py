@@ -107,6 +107,18 @@ def test_sluice_infer_with_given_and_random_inputs(bundled_server, tmp_path):
     assert out.returncode == 1 and "nope" in out.stderr
 
 
+def test_sluice_stats_columns_line_up_whatever_the_model_names(bundled_server):
+    out = run_cli("stats", "--url", bundled_server.address)
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.splitlines()
+    names = {row.split()[0] for row in rows}
+    assert "digits_standardize" in names  # 18 characters: longer than the old fixed column
+    ends = {header.index("stage") + len("stage")}
+    ends |= {row.index(f" {row.split()[2]} ") + 1 + len(row.split()[2]) for row in rows}
+    assert len(ends) == 1  # every stage cell ends where the header's does
+    assert {len(row) for row in rows} == {len(header)}
+
+
 def test_sluice_stats_prints_the_latency_table(bundled_server):
     x = np.ones((1, 16), np.float32)
     with tc.InferenceServerClient(bundled_server.address) as client:
