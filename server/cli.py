@@ -98,9 +98,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_admin_commands(sub: Any) -> None:
     """``sluice deploy MODEL ...`` and ``sluice shadow report MODEL`` (the Admin service)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=DEFAULT_TARGET, help=f"server (default {DEFAULT_TARGET})")
-    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    reading = argparse.ArgumentParser(add_help=False)  # options of the commands that only read
+    reading.add_argument("--url", default=DEFAULT_TARGET, help=f"server (default {DEFAULT_TARGET})")
+    reading.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common = argparse.ArgumentParser(add_help=False, parents=[reading])  # ... and that change
     common.add_argument("--caller", default=None,
                         help="identity for the audit log (default: your user name)")
     common.add_argument("--reason", default="", help="why, recorded in the audit log")
@@ -112,7 +113,7 @@ def _add_admin_commands(sub: Any) -> None:
     )
     deploy.add_argument("model")
     action = deploy.add_subparsers(dest="action", required=True, metavar="ACTION")
-    action.add_parser("status", parents=[common], help="aliases, routes, shadows, canary, arms")
+    action.add_parser("status", parents=[reading], help="aliases, routes, shadows, canary, arms")
     routes = action.add_parser("routes", parents=[common],
                                help="weighted routes, e.g. 1=90 2=10 or stable=90 candidate=10")
     routes.add_argument("weights", nargs="+", metavar="ARM=WEIGHT")
@@ -157,7 +158,7 @@ def _add_admin_commands(sub: Any) -> None:
         description="Live vs shadow comparison of a model, per (live, shadow) version pair.",
     )
     report_action = report.add_subparsers(dest="shadow_command", required=True, metavar="ACTION")
-    table = report_action.add_parser("report", parents=[common], help="print the comparison")
+    table = report_action.add_parser("report", parents=[reading], help="print the comparison")
     table.add_argument("model")
 
 
@@ -310,7 +311,7 @@ def _admin(args: argparse.Namespace) -> int:
     from clients.admin import deployment_text, report_text
 
     try:
-        caller = args.caller or getpass.getuser()
+        caller = getattr(args, "caller", None) or getpass.getuser()
     except (KeyError, OSError):  # no user name in this environment: the server uses the peer
         caller = None
     try:
@@ -331,7 +332,7 @@ def _admin(args: argparse.Namespace) -> int:
 
 
 def _deploy_call(admin: Any, args: argparse.Namespace) -> dict[str, Any]:
-    model, why = args.model, args.reason
+    model, why = args.model, getattr(args, "reason", "")
     if args.action == "status":
         return admin.deployment(model)  # type: ignore[no-any-return]
     if args.action == "routes":

@@ -82,7 +82,8 @@ def test_routes_alias_switch_and_rollback(running: RunningServer, tmp_path: Path
 def test_cli_deploy_and_shadow_report(
     running: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = ["--url", running.address, "--caller", "bob"]
+    read = ["--url", running.address]  # read-only commands take no audit options
+    url = [*read, "--caller", "bob"]
     assert cli(["deploy", MODEL, "routes", "1=3", "2=1", *url]) == 0
     out = capsys.readouterr().out
     assert "v1 (v1) 75%" in out and "v2 (v2) 25%" in out
@@ -104,19 +105,19 @@ def test_cli_deploy_and_shadow_report(
             if reports and reports[0]["compared"] == 5:
                 break
             time.sleep(0.05)
-    assert cli(["shadow", "report", MODEL, "--json", *url]) == 0
+    assert cli(["shadow", "report", MODEL, "--json", *read]) == 0
     [report] = json.loads(capsys.readouterr().out)
     assert (report["live_version"], report["shadow_version"]) == (1, 2)
     assert report["mirrored"] == 5 and report["compared"] == 5
     # eye(4) rows: identity and the candidate (last column doubled) both pick the diagonal
     assert report["label_rows"] == 5 * CLASSES and report["agreement"] == 1.0
-    assert cli(["shadow", "report", MODEL, *url]) == 0
+    assert cli(["shadow", "report", MODEL, *read]) == 0
     table = capsys.readouterr().out
     assert table.startswith(f"model {MODEL}\n") and "agree" in table
 
     assert cli(["deploy", MODEL, "shadow", "stop", *url]) == 0
     assert "shadows: none" in capsys.readouterr().out
-    assert cli(["deploy", MODEL, "status", "--json", *url]) == 0
+    assert cli(["deploy", MODEL, "status", "--json", *read]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["model"] == MODEL and status["shadows"] == []
     assert {a["arm"] for a in status["arms"]} >= {"stable"}

@@ -40,3 +40,20 @@ def test_an_unknown_log_level_is_refused(capsys):
 def test_a_bad_deploy_argument_is_named(capsys, args, message):
     assert cli(["deploy", "m", *args, *NOWHERE]) == 2
     assert capsys.readouterr().err == f"sluice deploy: {message}\n"
+
+
+@pytest.mark.parametrize("command", [["deploy", "m", "status"], ["shadow", "report", "m"]])
+def test_read_only_commands_offer_no_audit_options(capsys, command):
+    with pytest.raises(SystemExit):
+        cli([*command, "--help"])
+    usage = capsys.readouterr().out
+    assert "--url" in usage and "--json" in usage
+    assert "--reason" not in usage and "--caller" not in usage
+    with pytest.raises(SystemExit) as info:
+        _parser().parse_args([*command, "--reason", "why"])
+    assert info.value.code == 2
+
+
+def test_changing_commands_take_the_audit_options():
+    args = _parser().parse_args(["deploy", "m", "switch", "2", "--reason", "go", "--caller", "x"])
+    assert (args.reason, args.caller) == ("go", "x")
