@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Sluice: a KServe v2 / Triton-compatible gRPC inference server.",
     )
     parser.add_argument("--version", action="version", version=f"sluice {__version__}")
+    _add_url(parser)
+    parser.set_defaults(url=DEFAULT_TARGET)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -76,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Send random inputs (or the given ones) to MODEL and print its outputs.",
     )
     infer.add_argument("model")
-    infer.add_argument("--url", default=DEFAULT_TARGET, help=f"server (default {DEFAULT_TARGET})")
+    _add_url(infer)
     infer.add_argument("--version", default="", help="model version (default: latest)")
     infer.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
                        help="an input as NAME=file.npy or NAME=<JSON array> (repeatable); "
@@ -90,16 +92,23 @@ def _parser() -> argparse.ArgumentParser:
         "sliding window, and request counts, per model version.",
     )
     stats.add_argument("model", nargs="?", default="", help="one model (default: all)")
-    stats.add_argument("--url", default=DEFAULT_TARGET, help=f"server (default {DEFAULT_TARGET})")
+    _add_url(stats)
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_admin_commands(sub)
     return parser
 
 
+def _add_url(parser: argparse.ArgumentParser) -> None:
+    """``--url`` at this level too: it may stand anywhere on the command line (the value given
+    last wins; SUPPRESS keeps a level where it is absent from resetting it)."""
+    parser.add_argument("--url", default=argparse.SUPPRESS,
+                        help=f"server to call (default {DEFAULT_TARGET})")
+
+
 def _add_admin_commands(sub: Any) -> None:
     """``sluice deploy MODEL ...`` and ``sluice shadow report MODEL`` (the Admin service)."""
     reading = argparse.ArgumentParser(add_help=False)  # options of the commands that only read
-    reading.add_argument("--url", default=DEFAULT_TARGET, help=f"server (default {DEFAULT_TARGET})")
+    _add_url(reading)
     reading.add_argument("--json", action="store_true", help="print JSON instead of text")
     common = argparse.ArgumentParser(add_help=False, parents=[reading])  # ... and that change
     common.add_argument("--caller", default=None,
@@ -111,6 +120,7 @@ def _add_admin_commands(sub: Any) -> None:
         description="Aliases, weighted routes, blue-green switch, rollback, shadow and canary "
         "for MODEL on a running server. Every change prints the new deployment.",
     )
+    _add_url(deploy)
     deploy.add_argument("model")
     action = deploy.add_subparsers(dest="action", required=True, metavar="ACTION")
     action.add_parser("status", parents=[reading], help="aliases, routes, shadows, canary, arms")
@@ -157,6 +167,7 @@ def _add_admin_commands(sub: Any) -> None:
         "shadow", help="shadow comparison reports",
         description="Live vs shadow comparison of a model, per (live, shadow) version pair.",
     )
+    _add_url(report)
     report_action = report.add_subparsers(dest="shadow_command", required=True, metavar="ACTION")
     table = report_action.add_parser("report", parents=[reading], help="print the comparison")
     table.add_argument("model")

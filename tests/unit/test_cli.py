@@ -57,3 +57,23 @@ def test_read_only_commands_offer_no_audit_options(capsys, command):
 def test_changing_commands_take_the_audit_options():
     args = _parser().parse_args(["deploy", "m", "switch", "2", "--reason", "go", "--caller", "x"])
     assert (args.reason, args.caller) == ("go", "x")
+
+
+@pytest.mark.parametrize("argv", [
+    ["--url", "h:1", "deploy", "m", "status"],
+    ["deploy", "--url", "h:1", "m", "status"],
+    ["deploy", "m", "status", "--url", "h:1"],
+    ["--url", "h:1", "shadow", "report", "m"],
+    ["shadow", "report", "m", "--url", "h:1"],
+    ["--url", "h:1", "infer", "digits"],
+    ["infer", "digits", "--url", "h:1"],
+    ["stats", "--url", "h:1"],
+    ["--url", "h:1", "stats"],
+])
+def test_url_may_stand_anywhere(argv):
+    assert _parser().parse_args(argv).url == "h:1"
+
+
+def test_url_defaults_to_the_local_server():
+    assert _parser().parse_args(["deploy", "m", "status"]).url == "127.0.0.1:8001"
+    assert _parser().parse_args(["stats"]).url == "127.0.0.1:8001"
