@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -54,6 +55,32 @@ log = logging.getLogger(__name__)
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 _SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 _ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether a listening socket could be bound on ``host:port`` now (SO_REUSEADDR, as gRPC
+    binds: a port held only by connections in TIME_WAIT counts as free)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return True  # let gRPC report what it makes of the address
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            return False
+    return True
+
+
+class StartError(Exception):
+    """The server cannot start as configured; the message says why and which flag to change.
+    ``usage``: the command line asked for something impossible (exit status 2, else 1)."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 def declared_state(model_dir: Path) -> tuple[DeploymentState, str] | None:
@@ -160,17 +187,13 @@ class Server:
             pending = list(failed)
 
     async def start(self) -> None:
-        """Load the models, bind and start gRPC, then report SERVING."""
+        """Bind the ports, load the models, then start gRPC and report SERVING. Raises
+        StartError, naming the flag to change, when the repository or a port is unusable: the
+        ports are bound first, so a port in use is reported at once, not after the loads."""
         cfg = self.config
         if not cfg.model_repository.is_dir():
-            raise ModelLoadError(f"model repository {cfg.model_repository} is not a directory")
-        await self.router.open()  # a corrupt state file is refused here, before any model loads
-        names = (
-            list(cfg.startup_models) if cfg.model_control == "explicit"
-            else self.repository.available_names()
-        )
-        await self._load_all(names)
-        self.follower.start()  # its first poll catches up on changes made while models loaded
+            raise StartError(f"model repository {cfg.model_repository} is not a directory "
+                             "(--model-repository)", usage=True)
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -188,13 +211,31 @@ class Server:
         reflection.enable_server_reflection(
             (_SERVICE, _ADMIN, reflection.SERVICE_NAME), self._grpc, POOL
         )
-        await self.canary.resume_all(self.router.models())  # canaries persisted or declared
-        self.port = self._grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+        busy = cfg.grpc_port and not cfg.reuse_port and not _port_free(cfg.host, cfg.grpc_port)
+        try:  # asked only when free: grpc would also log a line of its own about a busy one
+            self.port = 0 if busy else self._grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+        except RuntimeError:  # grpc's own words say only "set GRPC_VERBOSITY=debug"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind gRPC on {cfg.host}:{cfg.grpc_port}")
-        await self._grpc.start()
+            raise StartError(f"gRPC port {cfg.grpc_port} on {cfg.host} is in use or cannot be "
+                             "bound; pick another with --grpc-port (0: any free port)")
         if cfg.metrics_port is not None:
-            self.metrics.serve(cfg.metrics_host or cfg.host, cfg.metrics_port)
+            host = cfg.metrics_host or cfg.host
+            try:
+                self.metrics.serve(host, cfg.metrics_port)
+            except OSError as exc:
+                raise StartError(f"metrics port {cfg.metrics_port} on {host} cannot be bound "
+                                 f"({exc.strerror}); pick another with --metrics-port, or -1 "
+                                 "to serve no /metrics") from None
+        await self.router.open()  # a corrupt state file is refused here, before any model loads
+        names = (
+            list(cfg.startup_models) if cfg.model_control == "explicit"
+            else self.repository.available_names()
+        )
+        await self._load_all(names)
+        self.follower.start()  # its first poll catches up on changes made while models loaded
+        await self.canary.resume_all(self.router.models())  # canaries persisted or declared
+        await self._grpc.start()
         self.servicer.set_ready(True)
         for service in ("", _SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.app import run_until_signal
+    from server.app import StartError, run_until_signal
 
     worker = args.worker_id
     who = "" if worker is None else f"worker {worker} "
@@ -225,7 +225,11 @@ def _serve(args: argparse.Namespace) -> int:
         worker_id=worker,
         state_dir=args.state_dir,
     )
-    asyncio.run(run_until_signal(config))
+    try:
+        asyncio.run(run_until_signal(config))
+    except StartError as exc:
+        print(f"sluice serve: {exc}", file=sys.stderr)
+        return 2 if exc.usage else 1
     return 0
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 
 import numpy as np
+import pytest
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
@@ -89,6 +91,31 @@ def test_port_zero_prints_the_bound_port():
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True,
                           text=True, timeout=120)
+
+
+@pytest.mark.parametrize("which", ["grpc", "metrics"])
+def test_a_port_in_use_is_one_line_before_any_model_loads(which):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = (["--grpc-port", str(port), "--metrics-port", "0"] if which == "grpc"
+                 else ["--grpc-port", "0", "--metrics-port", str(port)])
+        # INFO would log each model's load: none may start before the ports are bound
+        out = run_cli("serve", *ports, "--log-level", "info")
+    assert out.returncode == 1
+    lines = (out.stdout + out.stderr).splitlines()
+    flag = "--grpc-port" if which == "grpc" else "--metrics-port"
+    assert len(lines) == 1 and lines[0].startswith(f"sluice serve: {which} port {port} on "
+                                                   "127.0.0.1 ".replace("grpc", "gRPC")), lines
+    assert f"pick another with {flag}" in lines[0]
+
+
+def test_a_missing_repository_is_a_usage_error(tmp_path):
+    out = run_cli("serve", "--model-repository", str(tmp_path / "nope"), "--grpc-port", "0")
+    assert out.returncode == 2
+    assert out.stderr == (f"sluice serve: model repository {tmp_path / 'nope'} is not a "
+                          "directory (--model-repository)\n")
 
 
 def test_sluice_infer_with_given_and_random_inputs(bundled_server, tmp_path):
