@@ -333,7 +333,13 @@ def _admin(args: argparse.Namespace) -> int:
         with AdminClient(args.url, caller=caller) as admin:
             if args.command == "shadow":
                 reports = admin.shadow_report(args.model)
-                print(json.dumps(reports, indent=2) if args.json else report_text(reports))
+                running = [] if reports or args.json else admin.deployment(args.model)["shadows"]
+                if running:  # mirroring, but no live request has come yet
+                    print(f"model {args.model}: shadow of "
+                          + ", ".join(f"v{s['version']}" for s in running)
+                          + " running; no traffic yet (comparisons appear as requests arrive)")
+                else:
+                    print(json.dumps(reports, indent=2) if args.json else report_text(reports))
                 return 0
             deployment = _deploy_call(admin, args)
     except SluiceClientError as exc:

@@ -94,6 +94,10 @@ def test_cli_deploy_and_shadow_report(
     assert "answered by clf version 1 (arm stable)\n" in capsys.readouterr().out
     assert cli(["deploy", MODEL, "shadow", "start", "2", "--sample", "1", *url]) == 0
     assert "v2 at 100%" in capsys.readouterr().out
+    assert cli(["shadow", "report", MODEL, *read]) == 0
+    assert capsys.readouterr().out == (
+        "model clf: shadow of v2 running; no traffic yet (comparisons appear as requests "
+        "arrive)\n")
 
     inputs = {"IN_x": np.eye(CLASSES, dtype=np.float32)}
     with Client(running.address) as client:
