@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from clients import AsyncClient, Client, InvalidInput, Overloaded, RetryBudget, RetryPolicy
+from clients.retry import RetryCall
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -158,7 +159,7 @@ class NoJitter(random.Random):
 
 
 @pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
-async def test_timeout_covers_every_retry(start_peer, sync):
+async def test_timeout_covers_every_retry(start_peer, sync, monkeypatch):
     peer = SheddingPeer(failures=None)
     address = await start_peer(peer)
     timeout = 0.3
@@ -170,6 +171,18 @@ async def test_timeout_covers_every_retry(start_peer, sync):
     # The peer stamps arrivals with time.monotonic in this process: the clock read here, just
     # before the client takes its own deadline, so ``deadline`` is never later than the client's.
     started = 0.0
+    # When the client sent each attempt, by the clock its deadline is kept on (the peer's
+    # arrival stamps come later by however long delivery took on a busy machine).
+    sent: list[tuple[float, float]] = []  # (sent at, the client's deadline)
+    time_left = RetryCall.time_left
+
+    def stamped(call: RetryCall) -> float | None:
+        left = time_left(call)  # raises once the deadline has passed: no attempt is sent then
+        assert left is not None and call.deadline is not None
+        sent.append((call.deadline - left, call.deadline))
+        return left
+
+    monkeypatch.setattr(RetryCall, "time_left", stamped)
 
     def infer_sync(c: Client) -> None:
         nonlocal started
@@ -187,11 +200,12 @@ async def test_timeout_covers_every_retry(start_peer, sync):
                 started = time.monotonic()
                 await c.infer("m", ECHO, timeout=timeout)
     deadline = started + timeout
-    # Every attempt reached the peer before the deadline, each after a wait of at least the
-    # pushback; so no more than 1 + timeout / pushback of them fit.
-    assert peer.arrivals and all(started < arrival < deadline for arrival in peer.arrivals), (
-        [arrival - started for arrival in peer.arrivals]
-    )
+    # Every attempt was sent before the deadline and reached the peer, each after a wait of
+    # at least the pushback (the peer's own stamps); so no more than 1 + timeout / pushback fit.
+    assert len(sent) == peer.calls and all(started <= t < end for t, end in sent), (
+        [(t - started, end - started) for t, end in sent])
+    assert {end for _, end in sent} == {sent[0][1]} and sent[0][1] >= deadline  # one deadline
+    assert all(a >= t for a, (t, _) in zip(peer.arrivals, sent, strict=True))
     assert all(gap >= pushback - SLACK_S for gap in peer.gaps()), peer.gaps()
     assert 2 <= peer.calls <= 1 + timeout / pushback
     # The deadline ran out while waiting to retry: the caller gets the last shed, not a timeout.
