@@ -192,10 +192,8 @@ class InstancePool:
             run_done = self._clock()
             if self._max_batch:
                 self._check_rows(outputs, rows)
-        except SluiceError as exc:
-            error = exc
-        except Exception as exc:
-            error = BackendError(f"model '{self.name}': inference failed: {exc}")
+        except BaseException as exc:
+            error = self._batch_error(exc)
         end = self._clock()
         with self._lock:
             self._rate.finished(0, end, error is None)
@@ -290,11 +288,8 @@ class InstancePool:
                 outputs = self._run(index, inputs)
             run_done = self._clock()
             results = self._scatter(batch, outputs, rows)
-        except SluiceError as exc:
-            error = exc
-        except BaseException as exc:  # the backend's own failure: fail this batch only (even a
-            # SystemExit raised in a model's code must not end the thread with its batch unanswered)
-            error = BackendError(f"model '{self.name}': inference failed: {exc}")
+        except BaseException as exc:
+            error = self._batch_error(exc)
         end = self._clock()
         if index >= 0 and len(batch) == 1 and error is None:
             self._measure_single(run_done - gathered, inline=False)
@@ -314,6 +309,14 @@ class InstancePool:
             failed=error is not None,
         )
         self._post(self._deliver, batch, results, error, report)
+
+    def _batch_error(self, exc: BaseException) -> SluiceError:
+        """What the members of a batch that raised ``exc`` are answered: the backend's own
+        SluiceError, else BackendError; the batch fails alone, whatever it raised (even a
+        SystemExit from a model's code must not end an instance thread, or the event loop)."""
+        if isinstance(exc, SluiceError):
+            return exc
+        return BackendError(f"model '{self.name}': inference failed: {exc}")
 
     def _post(self, fn: Callable[..., None], *args: object) -> None:
         assert self._loop is not None

@@ -30,15 +30,15 @@ class TimedBackend:
         self.cost_s = cost_s
         self.threads: list[int] = []
         self.gate: threading.Event | None = None
-        self.fail = False
+        self.fail: type[BaseException] | None = None
 
     def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.threads.append(threading.get_ident())
         if self.gate is not None:
             assert self.gate.wait(30), "test gate never opened"
         self.clock.advance(self.cost_s)
-        if self.fail:
-            raise RuntimeError("boom")
+        if self.fail is not None:
+            raise self.fail("boom")
         return {"y": inputs["x"] * 2}
 
 
@@ -116,16 +116,17 @@ async def test_without_permission_the_event_loop_never_computes(clock):
     await batcher.close()
 
 
-async def test_a_failing_inline_run_fails_only_its_request(clock):
+@pytest.mark.parametrize("raised", [RuntimeError, SystemExit])
+async def test_a_failing_inline_run_fails_only_its_request(clock, raised):
     backend = TimedBackend(clock, cost_s=INLINE_MAX_S / 6)
     reports: list[BatchReport] = []
     batcher = make(backend, clock, reports)
     await ask(batcher, 0)
-    backend.fail = True
+    backend.fail = raised  # even SystemExit from a model's code fails only its request
     with pytest.raises(BackendError, match="model 'm:1': inference failed: boom"):
         await ask(batcher, 1)
     assert backend.threads[1] == threading.get_ident()  # it was the inline run that failed
-    backend.fail = False
+    backend.fail = None
     await ask(batcher, 2)
     assert [r.failed for r in reports] == [False, True, False]
     await batcher.close()
