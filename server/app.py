@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto import admin_pb2, grpc_service_pb2, grpc_service_pb2_grpc
+from proto import admin_pb2, grpc_service_pb2
 from proto._pool import POOL
 from server.backends.base import Backend
 from server.backends.ensemble import EnsembleBackend
@@ -40,6 +40,7 @@ from server.errors import ModelLoadError, SluiceError
 from server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
 from server.protocol.admin import add_admin_service
 from server.protocol.servicer import InferenceServicer
+from server.protocol.wire import add_inference_service
 from server.rollout.canary import CanaryController
 from server.rollout.deploy_store import DeploymentStore
 from server.rollout.deployment import DeploymentState
@@ -201,9 +202,7 @@ class Server:
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
         ]
         self._grpc = grpc.aio.server(options=options)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            self.servicer, self._grpc
-        )
+        add_inference_service(self.servicer, self._grpc)
         add_admin_service(
             self._grpc, self.router, self.router.shadow, self.canary, self.follower
         )

@@ -1,18 +1,17 @@
-"""Wire messages <-> :mod:`server.types`. Plain functions; no server state."""
+"""Wire messages -> :mod:`server.types` (responses are written by :mod:`server.protocol.wire`).
+Plain functions; no server state."""
 
 from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from proto import grpc_service_pb2 as pb
 from proto import tensors
-from proto.params import param_value, set_param
+from proto.params import param_value
 from server.config.settings import RequestLimits
 from server.errors import InvalidInput, Unimplemented
 from server.serving.admission import check_request_limits
-from server.types import InferRequest, InferResponse
+from server.types import InferRequest
 
 #: Request parameters Sluice understands; others are passed through to the core untouched.
 _UNSUPPORTED_PARAMS = {
@@ -62,24 +61,6 @@ def decode_request(
         deadline=deadline,
         priority=priority,
     )
-
-
-def encode_response(response: InferResponse) -> pb.ModelInferResponse:
-    """Encode outputs as raw_output_contents (what every client reads fastest)."""
-    message = pb.ModelInferResponse(
-        model_name=response.model_name, model_version=response.model_version, id=response.id
-    )
-    raws = message.raw_output_contents
-    for name, array in response.outputs.items():
-        if not isinstance(array, np.ndarray):
-            array = np.asarray(array)
-        message.outputs.add(
-            name=name, datatype=tensors.dtype_to_datatype(array.dtype), shape=array.shape
-        )
-        raws.append(tensors.encode_raw(array, label=f"output '{name}'"))
-    for key, value in response.parameters.items():
-        set_param(message.parameters, key, value)
-    return message
 
 
 def deadline_from(time_remaining: float | None) -> float | None:

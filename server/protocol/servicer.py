@@ -28,7 +28,7 @@ from server.errors import (
     SluiceError,
     Unimplemented,
 )
-from server.protocol import codec
+from server.protocol import codec, wire
 from server.protocol.statistics import latency_table, model_statistics
 from server.protocol.status import fail, to_status
 from server.rollout.router import ARM_PARAM, STICKY_METADATA, STICKY_PARAM, Router, ShadowTarget
@@ -240,7 +240,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 request, codec.deadline_from(context.time_remaining()),
                 lambda: _metadata_sticky_key(context),
             )
-            return codec.encode_response(response)
+            return wire.encode_response(response)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -249,11 +249,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    ) -> AsyncIterator[bytes | pb.ModelStreamInferResponse]:
         """Requests are answered as they finish (each response carries its request's id); an
         error answers that one request and the stream stays open.
         """
-        done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        done: asyncio.Queue[bytes | pb.ModelStreamInferResponse | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
         tasks: set[asyncio.Task[None]] = set()
         stream_key = _metadata_sticky_key(context)  # once per stream: metadata cannot change
@@ -264,7 +264,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def answer(message: pb.ModelInferRequest) -> None:
             try:
                 response = await self._infer(message, None, metadata_key)
-                item = pb.ModelStreamInferResponse(infer_response=codec.encode_response(response))
+                item: bytes | pb.ModelStreamInferResponse = wire.encode_stream_response(response)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
