@@ -23,6 +23,8 @@ from server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_
 
 #: Response parameter naming the "model:version" that answered, on models with a fallback.
 ANSWERED_BY = "sluice_answered_by"
+#: Input signatures each version remembers as checked before it starts again (bounds memory).
+_PASSED_LIMIT = 1024
 
 
 class ModelVersion:
@@ -81,6 +83,8 @@ class ModelVersion:
         self._reshape_in = {s.name: s.reshape for s in config.inputs if s.reshape is not None}
         self._reshape_out = {s.name: s.dims for s in config.outputs if s.reshape is not None}
         self._batched = config.max_batch_size > 0
+        #: Input signatures (see InferRequest.signature) that passed the checks -> their rows.
+        self._passed: dict[tuple[tuple[str, str, tuple[int, ...]], ...], int] = {}
 
     @property
     def name(self) -> str:
@@ -106,7 +110,7 @@ class ModelVersion:
         start = self._clock()
         level = 0
         try:
-            inputs, rows = self._check_inputs(request.inputs)
+            inputs, rows = self._checked_inputs(request)
             wanted = self._check_outputs(request.requested_outputs)
             admission = self.admission
             level = admission.level(request.priority)
@@ -184,7 +188,28 @@ class ModelVersion:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _check_inputs(self, inputs: Arrays) -> tuple[Arrays, int]:
+    def _checked_inputs(self, request: InferRequest) -> tuple[Arrays, int]:
+        """The request's inputs (reshaped where the config says) and its rows, or InvalidInput.
+        A request whose decoder ``signature`` passed before skips the checks (same names,
+        datatypes and shapes: same outcome)."""
+        signature = request.signature
+        rows = self._passed.get(signature) if signature is not None else None
+        if rows is None:
+            rows = self._check_inputs(request.inputs)
+            if signature is not None:
+                if len(self._passed) >= _PASSED_LIMIT:
+                    self._passed.clear()
+                self._passed[signature] = rows
+        inputs = request.inputs
+        if self._reshape_in:
+            inputs = dict(inputs)
+            for key, dims in self._reshape_in.items():
+                if key in inputs:
+                    value = inputs[key]
+                    inputs[key] = value.reshape((value.shape[0], *dims) if self._batched else dims)
+        return inputs, rows
+
+    def _check_inputs(self, inputs: Arrays) -> int:
         name = self.config.name
         rows = 0
         for key, value in inputs.items():
@@ -224,13 +249,7 @@ class ModelVersion:
                     f"model '{name}': batch size {rows} exceeds max_batch_size "
                     f"{self.config.max_batch_size}"
                 )
-        if self._reshape_in:
-            inputs = dict(inputs)
-            for key, dims in self._reshape_in.items():
-                if key in inputs:
-                    value = inputs[key]
-                    inputs[key] = value.reshape((value.shape[0], *dims) if self._batched else dims)
-        return inputs, rows or 1
+        return rows or 1
 
     def _check_outputs(self, requested: tuple[str, ...] | None) -> tuple[str, ...]:
         if not requested:
