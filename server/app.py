@@ -47,7 +47,7 @@ from server.rollout.deployment import DeploymentState
 from server.rollout.router import Router
 from server.rollout.shadow import ShadowMirror
 from server.rollout.state_sync import DeploymentFollower
-from server.serving.admission import InflightBudget
+from server.serving.budget import InflightBudget
 from server.serving.repository import ModelRepository
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from server.serving.admission import InflightBudget
+from server.serving.budget import InflightBudget
 from server.serving.model import ModelVersion
 from server.serving.stats import CumulativeHistogram, LatencyWindow
 

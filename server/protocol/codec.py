@@ -14,7 +14,7 @@ from proto.datatypes import DATATYPES
 from proto.params import param_value
 from server.config.settings import RequestLimits
 from server.errors import InvalidInput, Unimplemented
-from server.serving.admission import check_request_limits
+from server.serving.budget import check_request_limits
 from server.types import InferRequest
 
 #: Request parameters Sluice understands; others are passed through to the core untouched.

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.config.model import ModelConfig, TimeoutAction
-from server.config.settings import RequestLimits
 from server.errors import DeadlineExceeded, InvalidInput, Overloaded, ResourceExhausted
 from server.serving.batcher import DynamicBatcher
+from server.serving.budget import InflightBudget
 from server.serving.queues import CoDel, QueueItem
 
 #: ``InferRequest.priority`` of shadow copies: the level below every configured one (N + 1).
@@ -55,50 +55,6 @@ _ERROR_MAX_S = 1.0
 #: Without answers to learn from (everything shed), the learnt error halves towards 0 every
 #: this long: a stale, pessimistic estimate must not lock a model out for good.
 _ERROR_HALF_LIFE_S = 0.25
-
-
-class InflightBudget:
-    """Server-wide bound on the input bytes of admitted requests not yet answered.
-
-    One per server, owned by the app and shared by every model version's admission; acquired
-    when a request is admitted and released when it is answered (whatever the outcome).
-    """
-
-    def __init__(self, limit_bytes: int | None) -> None:
-        #: None: no bound (the bytes are still counted).
-        self.limit_bytes = limit_bytes
-        self.bytes = 0
-        self.peak_bytes = 0
-
-    def fits(self, nbytes: int) -> bool:
-        return self.limit_bytes is None or self.bytes + nbytes <= self.limit_bytes
-
-    def acquire(self, nbytes: int) -> None:
-        self.bytes += nbytes
-        if self.bytes > self.peak_bytes:
-            self.peak_bytes = self.bytes
-
-    def release(self, nbytes: int) -> None:
-        self.bytes -= nbytes
-
-
-def check_request_limits(limits: RequestLimits, inputs: int, outputs: int, rank: int) -> None:
-    """Refuse a request with more inputs, requested outputs or input dimensions than allowed."""
-    if inputs > limits.max_inputs:
-        raise ResourceExhausted(
-            f"request has {inputs} inputs; the server allows at most {limits.max_inputs} "
-            "(max_request_inputs)"
-        )
-    if outputs > limits.max_outputs:
-        raise ResourceExhausted(
-            f"request asks for {outputs} outputs; the server allows at most "
-            f"{limits.max_outputs} (max_request_outputs)"
-        )
-    if rank > limits.max_rank:
-        raise ResourceExhausted(
-            f"an input has {rank} dimensions; the server allows at most {limits.max_rank} "
-            "(max_tensor_rank)"
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from server.backends.base import Backend
 from server.config.model import ModelConfig
 from server.errors import InvalidInput, Overloaded
-from server.serving.admission import FALLBACK_REASONS, Admission, AdmissionPolicy, InflightBudget
+from server.serving.admission import FALLBACK_REASONS, Admission, AdmissionPolicy
 from server.serving.batcher import DynamicBatcher
+from server.serving.budget import InflightBudget
 from server.serving.instances import Arrays
 from server.serving.stats import ModelStats
 from server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_of

@@ -20,7 +20,7 @@ from server.backends.base import Backend
 from server.config.model import ModelConfig, check_model_name
 from server.config.validation import complete_model_config
 from server.errors import ModelLoadError, ModelNotFound, ModelNotReady, SluiceError
-from server.serving.admission import InflightBudget
+from server.serving.budget import InflightBudget
 from server.serving.model import ModelVersion
 from server.serving.stats import ModelStats
 
