@@ -163,6 +163,11 @@ class Admission:
         #: idle model, shedding the very requests an idle model should take.
         self.error = [0.0] * len(policy.level_policies)
         self._learnt_at = [0.0] * len(policy.level_policies)
+        rules = policy.level_policies[policy.default_level]
+        #: The default level sets no queue timeout and no budget share: see :meth:`clear_inline`.
+        self._plain_default = (
+            rules.timeout_s is None and rules.budget_fraction >= 1 and rules.max_requests > 0
+        )
 
     def level(self, priority: int) -> int:
         """Triton's rule: 0 or out of range -> the default level; SHADOW_PRIORITY -> N + 1."""
@@ -259,6 +264,28 @@ class Admission:
         if budget_bytes is not None:
             budget_bytes.acquire(nbytes)
         return estimate
+
+    def clear_inline(
+        self, rows: int, nbytes: int, deadline: float | None, now: float, compute_s: float
+    ) -> bool:
+        """Whether a request at the default level with no parameters, arriving while its model
+        is idle and would compute it inline in about ``compute_s``, passes :meth:`admit` with
+        nothing in its way: no queue timeout or budget share at that level, no cap exceeded, its
+        deadline (if any) farther than the estimate :meth:`admit` would make, room in the
+        in-flight budget. Then nothing needs estimating or holding: the inline run answers
+        before anything else runs on the loop. False: take :meth:`admit`, which says why not."""
+        if not self._plain_default:
+            return False
+        policy = self.policy
+        if deadline is not None and (deadline - now) * DEADLINE_SAFETY <= compute_s + self._error(
+            policy.default_level, now
+        ):
+            return False
+        if (policy.max_queue_rows is not None and rows > policy.max_queue_rows) or (
+            policy.max_queue_bytes is not None and nbytes > policy.max_queue_bytes
+        ):
+            return False
+        return self._budget is None or self._budget.fits(nbytes)
 
     def observe(self, level: int, estimate: float | None, seconds: float, now: float) -> None:
         """An admitted request was answered ``seconds`` after arrival, at ``now``; ``estimate``

@@ -166,6 +166,13 @@ class InstancePool:
 
     # -- inline (event loop) -------------------------------------------------------------------
 
+    def inline_estimate_s(self) -> float | None:
+        """The smoothed compute time of one-request batches when it allows inline runs."""
+        single = self.single_run_s
+        if not self._inline or single is None or single >= INLINE_MAX_S:
+            return None
+        return single
+
     def try_inline(self, inputs: Arrays, rows: int, now: float) -> Arrays | None:
         """Compute one request here, on the event loop, when that is measured to be cheaper than
         handing it to an instance thread; None: queue it as usual.

@@ -84,8 +84,9 @@ class ModelVersion:
         self._reshape_in = {s.name: s.reshape for s in config.inputs if s.reshape is not None}
         self._reshape_out = {s.name: s.dims for s in config.outputs if s.reshape is not None}
         self._batched = config.max_batch_size > 0
-        #: Input signatures (see InferRequest.signature) that passed the checks -> their rows.
-        self._passed: dict[tuple[tuple[str, str, tuple[int, ...]], ...], int] = {}
+        #: Input signatures (see InferRequest.signature) that passed the checks -> their rows
+        #: and input bytes.
+        self._passed: dict[tuple[tuple[str, str, tuple[int, ...]], ...], tuple[int, int]] = {}
 
     @property
     def name(self) -> str:
@@ -111,24 +112,29 @@ class ModelVersion:
         start = self._clock()
         level = 0
         try:
-            inputs, rows = self._checked_inputs(request)
+            inputs, rows, nbytes = self._checked_inputs(request)
             wanted = self._check_outputs(request.requested_outputs)
-            admission = self.admission
-            level = admission.level(request.priority)
-            deadline, expire = admission.deadlines(
-                level, request.deadline, request.parameters.get("timeout"), start
+            outputs = None if request.parameters else self._inline(
+                inputs, rows, nbytes, request.deadline, start
             )
-            nbytes = _nbytes(inputs)
-            inputs = self.backend.prepare(inputs)
-            estimate = admission.admit(rows, nbytes, level, deadline, start)
-            try:
-                outputs = await self._batcher.submit(
-                    inputs, rows, deadline, level=level, nbytes=nbytes, expire=expire
+            if outputs is None:
+                admission = self.admission
+                level = admission.level(request.priority)
+                deadline, expire = admission.deadlines(
+                    level, request.deadline, request.parameters.get("timeout"), start
                 )
-            finally:
-                admission.release(nbytes)
-            end = self._clock()
-            admission.observe(level, estimate, end - start, end)
+                inputs = self.backend.prepare(inputs)
+                estimate = admission.admit(rows, nbytes, level, deadline, start)
+                try:
+                    outputs = await self._batcher.submit(
+                        inputs, rows, deadline, level=level, nbytes=nbytes, expire=expire
+                    )
+                finally:
+                    admission.release(nbytes)
+                end = self._clock()
+                admission.observe(level, estimate, end - start, end)
+            else:
+                end = self._clock()
         except Overloaded as exc:
             took = self._clock() - start
             self.stats.on_request(took, ok=False)
@@ -189,18 +195,34 @@ class ModelVersion:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _checked_inputs(self, request: InferRequest) -> tuple[Arrays, int]:
-        """The request's inputs (reshaped where the config says) and its rows, or InvalidInput.
-        A request whose decoder ``signature`` passed before skips the checks (same names,
-        datatypes and shapes: same outcome)."""
+    def _inline(
+        self, inputs: Arrays, rows: int, nbytes: int, deadline: float | None, now: float
+    ) -> Arrays | None:
+        """The outputs, computed right here, for a request with no parameters arriving while this
+        version is idle, when its one-request batches are measured cheaper than the hand-off to
+        a thread and admission has nothing to say (:meth:`Admission.clear_inline`); None: queue
+        it the usual way. Nothing is queued or held in the in-flight budget: no other request
+        runs on the loop before it is answered."""
+        compute_s = self._batcher.inline_estimate_s()
+        if compute_s is None or not self.admission.clear_inline(
+            rows, nbytes, deadline, now, compute_s
+        ):
+            return None
+        return self._batcher.try_inline(self.backend.prepare(inputs), rows, now)
+
+    def _checked_inputs(self, request: InferRequest) -> tuple[Arrays, int, int]:
+        """The request's inputs (reshaped where the config says), its rows and its input bytes,
+        or InvalidInput. A request whose decoder ``signature`` passed before skips the checks
+        (same names, datatypes and shapes: same outcome, same size)."""
         signature = request.signature
-        rows = self._passed.get(signature) if signature is not None else None
-        if rows is None:
-            rows = self._check_inputs(request.inputs)
+        known = self._passed.get(signature) if signature is not None else None
+        if known is None:
+            known = self._check_inputs(request.inputs), _nbytes(request.inputs)
             if signature is not None:
                 if len(self._passed) >= _PASSED_LIMIT:
                     self._passed.clear()
-                self._passed[signature] = rows
+                self._passed[signature] = known
+        rows, nbytes = known
         inputs = request.inputs
         if self._reshape_in:
             inputs = dict(inputs)
@@ -208,7 +230,7 @@ class ModelVersion:
                 if key in inputs:
                     value = inputs[key]
                     inputs[key] = value.reshape((value.shape[0], *dims) if self._batched else dims)
-        return inputs, rows
+        return inputs, rows, nbytes
 
     def _check_inputs(self, inputs: Arrays) -> int:
         name = self.config.name
