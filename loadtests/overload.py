@@ -24,8 +24,10 @@ flags (``!``) every phase in which the generator fell behind.
    it cannot finish in time.
 3. Per phase: offered and really sent rate, goodput (OK within the SLO, per s, and as a share
    of C), accepted p50/p95/p99, shed share (UNAVAILABLE) and its reasons, client-observed reject
-   latency p50/p99, other errors by code, generator lag p99 and generator-side drops; recovery
-   time after the 5x step in 100 ms windows; the issue's targets with PASS/FAIL.
+   latency p50/p99, other errors by code, generator lag p99 and generator-side drops, the
+   phase's CPU bound; recovery time after the 5x step in 100 ms windows; the issue's targets
+   with PASS/FAIL, a goodput target as a share of C and of the CPU bound, saying when this
+   machine's CPU, not Sluice, caps it (:mod:`loadtests.overload_targets`).
 
 Writes ``overload.json`` and ``overload.png`` to ``--out`` (default ``loadtests/results/``).
 Starts its own server (``python -m server serve`` on port 0, ``--server-arg`` appended) unless
@@ -50,6 +52,7 @@ from typing import Any
 
 from clients import Client
 from loadtests import overload_report as rep
+from loadtests import overload_targets
 from loadtests.bench import machine_info
 from loadtests.models import MODEL_REPOSITORY, ROOT, InputSpec
 from loadtests.procs import ServerProcess, run_load
@@ -150,7 +153,7 @@ def analyze(s: Settings, capacity: float, phases: list[dict[str, Any]],
     return {
         "phases": stats, "kinds": kinds, "phase_starts": starts, "timeline": line, "cpu": cpu,
         "recovery_s": recovery_s, "reference_good_share": reference,
-        "targets": rep.check_targets(steps, recovery_s, s.slo_ms),
+        "targets": overload_targets.check_targets(steps, recovery_s, s.slo_ms),
     }
 
 
@@ -276,7 +279,7 @@ def print_report(payload: dict[str, Any]) -> None:
           f"{max(g['max_outstanding'] for g in gen)} calls in flight")
     print(rep.cpu_lines(payload["cpu"]))
     print("targets:")
-    print(rep.target_lines(payload["targets"]))
+    print(overload_targets.target_lines(payload["targets"]))
 
 
 def parse(argv: list[str] | None) -> tuple[Settings, bool]:
