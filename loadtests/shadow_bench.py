@@ -9,8 +9,8 @@ server (``python -m server serve``, port 0) on a temporary repository in which `
 have versions 1 and 2 holding the same ONNX file (``version_policy { all { } }``): the
 candidate is the live model's twin, so agreement must be 1.0.
 
-1. **Shadow.** Routes 100% to v1, measures v1's capacity C (closed loop, concurrency 64, as
-   :mod:`loadtests.overload`; or ``--capacity``), then runs one open-loop timetable
+1. **Shadow.** Routes 100% to v1, measures v1's capacity C (closed-loop throughput at
+   concurrency 64, whatever its latency; or ``--capacity``), then runs one open-loop timetable
    (:mod:`loadtests.openloop`, one process; ``--load`` x C, default 0.5, of ``--batch``-row
    requests, default 8, so ~100-160 req/s, which the generator sends on time: see ``lag99``):
    a warm-up, then phases A, B, A, B, ... (``--rounds`` each). A: no shadow; B: shadow of v2
