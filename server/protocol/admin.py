@@ -121,8 +121,11 @@ class AdminServicer(pb_grpc.AdminServicer):
         record = self._canary.status(model) if self._canary is not None else state.canary
         if record and "state" in record:
             message.canary.CopyFrom(_canary_message(record))
-        for arm, stats in sorted(self._router.arm_stats(model).items()):
-            row = pb.ArmStatus(arm=arm, requests=stats.requests, errors=stats.errors)
+        rows = self._router.arm_stats(model)
+        for arm, version in sorted(rows, key=lambda key: (key[0], key[1] or 0)):
+            stats = rows[(arm, version)]
+            row = pb.ArmStatus(arm=arm, version=version or 0, requests=stats.requests,
+                               errors=stats.errors)
             quantiles = stats.latency.quantiles((50, 99))
             if quantiles:
                 row.p50_s, row.p99_s = quantiles[50], quantiles[99]

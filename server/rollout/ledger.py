@@ -53,16 +53,24 @@ DeclaredReader = Callable[[str], tuple[DeploymentState, str] | None]
 #: Default of DeploymentLedger.commit's ``digest``: keep the recorded deployment.yaml hash.
 KEEP_DIGEST: Any = object()
 
+#: on_swap(model name, state served until now, state served from now on).
+SwapHook = Callable[[str, DeploymentState, DeploymentState], None]
+
 
 class DeploymentLedger:
     """Owns every model's recorded deployment state and the routing tables served from it."""
 
     def __init__(self, repository: ModelRepository, store: DeploymentStore | None,
-                 declared: DeclaredReader | None = None) -> None:
-        """``store`` None keeps state in memory only; ``declared`` reads deployment.yaml."""
+                 declared: DeclaredReader | None = None, *,
+                 on_swap: SwapHook | None = None) -> None:
+        """``store`` None keeps state in memory only; ``declared`` reads deployment.yaml;
+        ``on_swap`` is called, synchronously and at the instant of the swap, whenever the state
+        a model is routed by changes (a commit, an adopted change, a load applying another);
+        what it raises is logged, never the caller's failure."""
         self._repo = repository
         self._store = store
         self._declared = declared
+        self._on_swap = on_swap
         self._entries: dict[str, StoredDeployment] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         #: model name -> the table its requests are routed by (absent: newest-version routing).
@@ -253,7 +261,14 @@ class DeploymentLedger:
                 raise InvalidInput(f"model '{name}': canary record is not JSON ({exc})") from None
 
     def _swap(self, name: str, state: DeploymentState) -> None:
+        table = self.tables.get(name)
+        old = table.state if table is not None else DeploymentState()
         if state.empty:
             self.tables.pop(name, None)
         else:
             self.tables[name] = RoutingTable(state)
+        if self._on_swap is not None and old != state:
+            try:
+                self._on_swap(name, old, state)
+            except Exception:  # our bug; the state is served all the same
+                log.exception("model '%s': deployment swap hook failed", name)

@@ -17,8 +17,9 @@ import tritonclient.grpc as tc
 import tritonclient.grpc.aio as tca
 from tritonclient.utils import InferenceServerException
 
-from clients import Client
+from clients import AdminClient, Client
 from server.rollout.router import DeploymentState, Route, rendezvous_pick
+from tests.support.metrics import scrape
 from tests.support.onnx_models import write_model
 from tests.support.routing_models import CONFIG, X, add_model
 
@@ -241,3 +242,23 @@ def test_arm_metrics_on_the_metrics_endpoint(make_server, repo):
             "5.0") in text
     assert 'sluice_arm_latency_quantile_seconds{arm="candidate",model="m",quantile="0.5",' \
         'version="2"}' in text
+
+
+def test_arm_counts_stay_with_the_version_that_answered_across_a_switch(make_server, repo):
+    """stable on v1 for 4 requests, then on v2 for 3: v1's count stays under version 1 (on
+    /metrics and in the deployment's arm table), v2's starts at its own."""
+    running = make_server(repo, metrics_port=0)
+    change(running, "switch", "m", 1)
+    with Client(running.address) as client:
+        assert [infer(client) for _ in range(4)] == [(1, "stable")] * 4
+        change(running, "switch", "m", 2)
+        assert [infer(client) for _ in range(3)] == [(2, "stable")] * 3
+    samples = scrape(running)
+    arms = {dict(key)["version"]: value for (name, key), value in samples.items()
+            if name == "sluice_arm_requests_total" and dict(key)["outcome"] == "success"
+            and dict(key)["arm"] == "stable"}
+    assert arms == {"1": 4.0, "2": 3.0}
+    with AdminClient(running.address) as admin:
+        rows = admin.deployment("m")["arms"]
+    assert [(r["arm"], r["version"], r["requests"], r["errors"]) for r in rows] == [
+        ("stable", 1, 4, 0), ("stable", 2, 3, 0)]
