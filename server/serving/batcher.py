@@ -165,7 +165,8 @@ class DynamicBatcher:
             if self._pool.closing:  # close() began since the check above
                 raise Overloaded(f"model '{self.name}' is shutting down", reason="draining")
             self.queue.push(item)
-            self._lock.notify()
+            if self._pool.sleeping:
+                self._lock.notify()
         return await future
 
     def inline_estimate_s(self) -> float | None:

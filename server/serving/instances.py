@@ -118,6 +118,9 @@ class InstancePool:
         self._observer = observer
         #: Instances computing a batch now (under the lock).
         self.busy = 0
+        #: Instance threads asleep on the lock (under the lock): a new request needs a notify
+        #: only when one is (Condition.notify costs microseconds even with nobody to wake).
+        self.sleeping = 0
         #: Requests in the background batch computing now (0: none; there is one at a time).
         self.background_requests = 0
         #: Set (under the lock) once the batcher stops accepting: threads finish what is
@@ -267,7 +270,11 @@ class InstancePool:
                 return None
             else:
                 wait_s = UNTIL_NOTIFIED
-            self._lock.wait(None if wait_s == UNTIL_NOTIFIED else wait_s)
+            self.sleeping += 1
+            try:
+                self._lock.wait(None if wait_s == UNTIL_NOTIFIED else wait_s)
+            finally:
+                self.sleeping -= 1
 
     def _is_background(self, batch: list[QueueItem]) -> bool:
         return self._background_run is not None and batch[0].level == self._queue.levels
