@@ -268,12 +268,13 @@ class Admission:
     def clear_inline(
         self, rows: int, nbytes: int, deadline: float | None, now: float, compute_s: float
     ) -> bool:
-        """Whether a request at the default level with no parameters, arriving while its model
-        is idle and would compute it inline in about ``compute_s``, passes :meth:`admit` with
-        nothing in its way: no queue timeout or budget share at that level, no cap exceeded, its
-        deadline (if any) farther than the estimate :meth:`admit` would make, room in the
-        in-flight budget. Then nothing needs estimating or holding: the inline run answers
-        before anything else runs on the loop. False: take :meth:`admit`, which says why not."""
+        """Whether a request at the default level with no ``timeout`` parameter, arriving while
+        its model is idle and would compute it inline in about ``compute_s``, passes
+        :meth:`admit` with nothing in its way: no queue timeout or budget share at that level,
+        no cap exceeded, its deadline (if any) farther than the estimate :meth:`admit` would
+        make, room in the in-flight budget. Then nothing needs estimating or holding: the
+        inline run answers before anything else runs on the loop. False: take :meth:`admit`,
+        which says why not."""
         if not self._plain_default:
             return False
         policy = self.policy

@@ -114,9 +114,10 @@ class ModelVersion:
         try:
             inputs, rows, nbytes = self._checked_inputs(request)
             wanted = self._check_outputs(request.requested_outputs)
-            outputs = None if request.parameters else self._inline(
-                inputs, rows, nbytes, request.deadline, start
-            )
+            parameters = request.parameters
+            outputs = None if parameters and (
+                request.priority or "timeout" in parameters
+            ) else self._inline(inputs, rows, nbytes, request.deadline, start)
             if outputs is None:
                 admission = self.admission
                 level = admission.level(request.priority)
@@ -198,7 +199,8 @@ class ModelVersion:
     def _inline(
         self, inputs: Arrays, rows: int, nbytes: int, deadline: float | None, now: float
     ) -> Arrays | None:
-        """The outputs, computed right here, for a request with no parameters arriving while this
+        """The outputs, computed right here, for a request at the default level with no queue
+        timeout of its own (no ``priority`` or ``timeout`` parameter) arriving while this
         version is idle, when its one-request batches are measured cheaper than the hand-off to
         a thread and admission has nothing to say (:meth:`Admission.clear_inline`); None: queue
         it the usual way. Nothing is queued or held in the in-flight budget: no other request
