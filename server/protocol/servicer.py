@@ -245,7 +245,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise
         except Exception as exc:
             fail(context, exc)
-            return pb.ModelInferResponse()
+            return b""  # the empty message, serialized (the status says what went wrong)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
