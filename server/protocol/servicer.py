@@ -30,7 +30,8 @@ from server.errors import (
 )
 from server.protocol import codec, wire
 from server.protocol.statistics import latency_table, model_statistics
-from server.protocol.status import fail, to_status
+from server.protocol.status import fail
+from server.protocol.streaming import answer_stream
 from server.rollout.router import ARM_PARAM, STICKY_METADATA, STICKY_PARAM, Router, ShadowTarget
 from server.serving.model import ModelVersion
 from server.serving.repository import ModelRepository
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Extensions (Triton's names) this server really implements.
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
-#: In-flight requests per ModelStreamInfer stream before we stop reading from it.
-STREAM_WINDOW = 256
 #: Failures that are the caller's doing: they say nothing about the arm, so arms do not count
 #: them (a canary must not be rolled back for a client's malformed requests).
 _CALLER_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED, Code.CANCELLED})
@@ -251,56 +250,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
     ) -> AsyncIterator[bytes | pb.ModelStreamInferResponse]:
         """Requests are answered as they finish (each response carries its request's id); an
-        error answers that one request and the stream stays open.
+        error answers that one request and the stream stays open (:mod:`.streaming`).
         """
-        done: asyncio.Queue[bytes | pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        window = asyncio.Semaphore(STREAM_WINDOW)
-        tasks: set[asyncio.Task[None]] = set()
         stream_key = _metadata_sticky_key(context)  # once per stream: metadata cannot change
-
-        def metadata_key() -> str | None:
-            return stream_key
-
-        async def answer(message: pb.ModelInferRequest) -> None:
-            try:
-                response = await self._infer(message, None, metadata_key)
-                item: bytes | pb.ModelStreamInferResponse = wire.encode_stream_response(response)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                code, text, _ = to_status(exc)
-                item = pb.ModelStreamInferResponse(
-                    error_message=f"[{code.name}] {text}",
-                    infer_response=pb.ModelInferResponse(
-                        model_name=message.model_name,
-                        model_version=message.model_version,
-                        id=message.id,
-                    ),
-                )
-            finally:
-                window.release()
-            done.put_nowait(item)
-
-        async def read() -> None:
-            try:
-                async for message in request_iterator:
-                    await window.acquire()
-                    task = asyncio.create_task(answer(message))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if tasks:
-                    await asyncio.gather(*list(tasks), return_exceptions=True)
-            finally:
-                done.put_nowait(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (item := await done.get()) is not None:
-                yield item
-        finally:
-            reader.cancel()
-            for task in list(tasks):
-                task.cancel()
+        async for item in answer_stream(self._infer, request_iterator, stream_key):
+            yield item
 
     # -- repository ---------------------------------------------------------------------------
 
