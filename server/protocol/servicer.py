@@ -44,6 +44,8 @@ EXTENSIONS = ("model_repository", "model_configuration", "statistics", "paramete
 #: Failures that are the caller's doing: they say nothing about the arm, so arms do not count
 #: them (a canary must not be rolled back for a client's malformed requests).
 _CALLER_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED, Code.CANCELLED})
+#: Where a request goes: (served version, arm or None on the plain path, shadow targets).
+Routed = tuple[ModelVersion, str | None, tuple[ShadowTarget, ...]]
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -175,26 +177,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ----------------------------------------------------------------------------
 
-    async def _infer(
-        self, message: pb.ModelInferRequest, deadline: float | None,
-        metadata_key: Callable[[], str | None] | None = None,
-    ) -> InferResponse:
-        """Route, infer, count. ``metadata_key`` gives the sticky key sent as gRPC metadata; it
-        is called only when weights decide and the request carries no ``sticky_key``."""
+    def _prepare(self, message: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
+        """The decoded request, or the error that refuses it (draining, a bad request)."""
         if self._draining:
             raise Overloaded("server is shutting down", reason="draining", retry_after_ms=1000)
         request = codec.decode_request(message, deadline, self._limits)
-        sticky = request.parameters.get(STICKY_PARAM)
+        sticky = request.parameters.get(STICKY_PARAM) if request.parameters else None
         if sticky is not None and not isinstance(sticky, str):
             raise InvalidInput(f"parameter '{STICKY_PARAM}' must be a string")
+        return request
+
+    def answer_now(
+        self, message: pb.ModelInferRequest, deadline: float | None,
+        metadata_key: Callable[[], str | None] | None = None,
+    ) -> tuple[InferRequest, Routed, InferResponse | None]:
+        """Decode and route ``message``, and answer it at once when the answer can be computed
+        right now on the loop (the plain path, its model idle and fast enough to run inline);
+        the answer is None otherwise: :meth:`dispatch` the request on the route, with no await
+        in between (a concurrent reload or deployment switch can never move a request that
+        already chose its version). ``metadata_key`` gives the sticky key sent as gRPC
+        metadata; it is called only when weights decide and the request carries none."""
+        request = self._prepare(message, deadline)
+        sticky = request.parameters.get(STICKY_PARAM) if request.parameters else None
+        route = self._router.route(request.model_name, request.model_version, sticky, metadata_key)
+        served, arm, _ = route
+        return request, route, served.infer_now(request) if arm is None else None
+
+    async def dispatch(self, request: InferRequest, route: Routed) -> InferResponse:
+        """Infer ``request`` on ``route`` (from :meth:`answer_now`), counted as in flight."""
         self.in_flight += 1
         self._idle.clear()
         try:
-            # No await between resolving the version and queueing on it: a concurrent reload or
-            # deployment switch can never move a request that already chose its version.
-            served, arm, shadows = self._router.route(
-                request.model_name, request.model_version, sticky, metadata_key
-            )
+            served, arm, shadows = route
             if arm is None:  # the plain path: no deployment, no alias named
                 return await served.infer(request)
             return await self._infer_routed(request, served, arm, shadows)
@@ -235,10 +249,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         try:
-            response = await self._infer(
+            decoded, route, response = self.answer_now(
                 request, codec.deadline_from(context.time_remaining()),
                 lambda: _metadata_sticky_key(context),
             )
+            if response is None:
+                response = await self.dispatch(decoded, route)
             return wire.encode_response(response)
         except asyncio.CancelledError:
             raise
@@ -253,7 +269,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         error answers that one request and the stream stays open (:mod:`.streaming`).
         """
         stream_key = _metadata_sticky_key(context)  # once per stream: metadata cannot change
-        async for item in answer_stream(self._infer, request_iterator, stream_key):
+        async for item in answer_stream(self, request_iterator, stream_key):
             yield item
 
     # -- repository ---------------------------------------------------------------------------

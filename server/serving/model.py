@@ -114,10 +114,9 @@ class ModelVersion:
         try:
             inputs, rows, nbytes = self._checked_inputs(request)
             wanted = self._check_outputs(request.requested_outputs)
-            parameters = request.parameters
-            outputs = None if parameters and (
-                request.priority or "timeout" in parameters
-            ) else self._inline(inputs, rows, nbytes, request.deadline, start)
+            outputs = self._inline(
+                inputs, rows, nbytes, request.deadline, start
+            ) if _default_rules(request) else None
             if outputs is None:
                 admission = self.admission
                 level = admission.level(request.priority)
@@ -148,22 +147,7 @@ class ModelVersion:
             self.stats.on_request(self._clock() - start, ok=False)
             raise
         else:
-            if self._reshape_out:
-                outputs = dict(outputs)
-                for name, dims in self._reshape_out.items():
-                    value = outputs[name]
-                    outputs[name] = value.reshape(
-                        (value.shape[0], *dims) if self._batched else dims
-                    )
-            self.stats.on_request(end - start, ok=True)  # the instant admission learnt from
-            return InferResponse(
-                model_name=self.config.name,
-                model_version=self._version_str,
-                outputs={name: outputs[name] for name in wanted},
-                id=request.id,
-                parameters={ANSWERED_BY: self._label}
-                if as_fallback or self._fallback is not None else {},
-            )
+            return self._answer(request, outputs, wanted, end - start, as_fallback)
         # Degraded mode: the fallback answers, under its own admission. If it cannot take the
         # request either, the caller hears about the primary's overload, not the fallback's.
         try:
@@ -174,6 +158,44 @@ class ModelVersion:
         response.model_name = self.config.name
         response.model_version = self._version_str
         return response
+
+    def infer_now(self, request: InferRequest) -> InferResponse | None:
+        """The answer, computed right now on the event loop, when :meth:`infer` would compute
+        it inline (:meth:`_inline`); None: await :meth:`infer`. Raises what :meth:`infer` would
+        for a bad request or a failing run. Saves the coroutine, and a stream its task."""
+        if not _default_rules(request):
+            return None
+        start = self._clock()
+        try:
+            inputs, rows, nbytes = self._checked_inputs(request)
+            wanted = self._check_outputs(request.requested_outputs)
+            outputs = self._inline(inputs, rows, nbytes, request.deadline, start)
+        except BaseException:
+            self.stats.on_request(self._clock() - start, ok=False)
+            raise
+        if outputs is None:
+            return None
+        return self._answer(request, outputs, wanted, self._clock() - start, False)
+
+    def _answer(
+        self, request: InferRequest, outputs: Arrays, wanted: tuple[str, ...], seconds: float,
+        as_fallback: bool,
+    ) -> InferResponse:
+        """Count the request answered after ``seconds`` and build its response."""
+        if self._reshape_out:
+            outputs = dict(outputs)
+            for name, dims in self._reshape_out.items():
+                value = outputs[name]
+                outputs[name] = value.reshape((value.shape[0], *dims) if self._batched else dims)
+        self.stats.on_request(seconds, ok=True)  # the instant admission learnt from
+        return InferResponse(
+            model_name=self.config.name,
+            model_version=self._version_str,
+            outputs={name: outputs[name] for name in wanted},
+            id=request.id,
+            parameters={ANSWERED_BY: self._label}
+            if as_fallback or self._fallback is not None else {},
+        )
 
     def _fallback_for(
         self, exc: Overloaded, level: int, as_fallback: bool
@@ -286,6 +308,12 @@ class ModelVersion:
                     f"(it has {list(self._output_names)})"
                 )
         return requested
+
+
+def _default_rules(request: InferRequest) -> bool:
+    """No ``priority`` or ``timeout`` parameter: the default level's queue rules apply."""
+    parameters = request.parameters
+    return not parameters or not (request.priority or "timeout" in parameters)
 
 
 def _nbytes(inputs: Arrays) -> int:
