@@ -98,18 +98,25 @@ class Settings:
 
 def build_repository(root: Path, models: dict[str, str]) -> Path:
     """Copies of bundled models (``{name: bundled name}``) whose version 2 is version 1's
-    files, all versions served."""
+    files, all versions served. A bundled model's own other versions (``digits`` ships a
+    different model as version 2) are left out: the candidate must be the live model's twin."""
     repo = root / "models"
+    serve_all = "version_policy { all { } }"
     for name, source in models.items():
-        shutil.copytree(MODEL_REPOSITORY / source, repo / name,
-                        ignore=shutil.ignore_patterns("*.py", "__pycache__", ".sluice-state"))
+        shutil.copytree(
+            MODEL_REPOSITORY / source, repo / name,
+            ignore=lambda folder, names: [
+                n for n in names if n in ("__pycache__", ".sluice-state") or n.endswith(".py")
+                or (n.isdigit() and n != str(LIVE))
+            ],
+        )
         shutil.copytree(repo / name / str(LIVE), repo / name / str(CANDIDATE))
         config = repo / name / "config.pbtxt"
         text = config.read_text()
-        if "version_policy" in text:
-            raise SystemExit(f"{config} already has a version_policy")
+        if "version_policy" in text and serve_all not in text:
+            raise SystemExit(f"{config} already has another version_policy")
         text = text.replace(f'name: "{source}"', f'name: "{name}"')
-        config.write_text(text + "version_policy { all { } }\n")
+        config.write_text(text if serve_all in text else f"{text}{serve_all}\n")
     return repo
 
 

@@ -9,6 +9,7 @@
                         | canary start VERSION [--steps 5,25,50,100] [--interval S] [gates]
                         | canary abort
     sluice shadow report MODEL [--json]
+    sluice repo index [--ready] [--json] | load MODEL | unload MODEL
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from server import __version__
+from server.cli_repo import add_repo_command, run_repo
 from server.config.settings import ServerConfig
 
 DEFAULT_TARGET = "127.0.0.1:8001"
@@ -95,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_url(stats)
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_admin_commands(sub)
+    add_repo_command(sub, _add_url)
     return parser
 
 
@@ -199,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         return _infer(args)
     if args.command in ("deploy", "shadow"):
         return _admin(args)
+    if args.command == "repo":
+        return run_repo(args)
     return _stats(args)
 
 

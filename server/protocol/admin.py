@@ -207,6 +207,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             await self._router.change(
                 request.model, "shadow_start", new, caller=caller,
                 reason=request.reason or f"shadow version {request.version} at {sample:g}",
+                tried=f"start a shadow of version {request.version}",
             )
             if self._shadow is not None:  # a new shadow run starts a fresh comparison
                 self._shadow.reset(request.model, request.version)

@@ -116,7 +116,9 @@ class CanaryController:
             )
             note = reason or (f"canary of version {candidate} over stable {stable}: steps "
                               f"{list(plan)} % every {interval_s:g}s")
-            await self._router.change(name, "canary_start", new, caller=caller, reason=note)
+            await self._router.change(
+                name, "canary_start", new, caller=caller, reason=note,
+                tried=f"start a canary of version {candidate} over stable version {stable}")
             self._spawn(name, record["id"])
         return self.status(name) or record
 

@@ -188,13 +188,15 @@ class Router:
     # -- changes ------------------------------------------------------------------------------
 
     async def change(self, name: str, action: str, new: DeploymentState, *, caller: str,
-                     reason: str = "") -> DeploymentState:
+                     reason: str = "", tried: str = "") -> DeploymentState:
         """Validate, persist, audit and apply ``new`` as ``name``'s state; returns it.
 
-        InvalidInput / ModelNotFound name what is wrong, and nothing changes. The replaced
-        state goes on the rollback history."""
+        InvalidInput / ModelNotFound name what is wrong (``tried``, e.g. "start a shadow of
+        version 2", says what the change does; default: from ``action``), and nothing changes.
+        The replaced state goes on the rollback history."""
         async with self._ledger.lock(name):
-            return await self._ledger.commit(name, action, new, caller=caller, reason=reason)
+            return await self._ledger.commit(name, action, new, caller=caller, reason=reason,
+                                             tried=tried)
 
     async def rollback(self, name: str, *, caller: str, reason: str = "") -> DeploymentState:
         """Go back to the state before the last change (or rollback); returns it."""
@@ -219,8 +221,10 @@ class Router:
                 routes.append(Route(arm, number, weight))
             new = DeploymentState(state.aliases, tuple(routes), state.shadows, state.canary)
             new = new.without_served_shadow()
+            tried = ("route " + " ".join(f"{r.arm}={r.weight:g}" for r in routes) if routes
+                     else "route to the newest version")
             return await self._ledger.commit(name, "set_routes", new, caller=caller,
-                                             reason=reason)
+                                             reason=reason, tried=tried)
 
     async def set_alias(self, name: str, alias: str, version: int | None, *, caller: str,
                         reason: str = "") -> DeploymentState:
@@ -243,8 +247,10 @@ class Router:
             )
             new = DeploymentState(state.aliases, routes, state.shadows, state.canary)
             new = new.without_served_shadow()
+            tried = (f"remove alias '{alias}'" if version is None
+                     else f"point alias '{alias}' at version {version}")
             return await self._ledger.commit(name, "set_alias", new, caller=caller,
-                                             reason=reason)
+                                             reason=reason, tried=tried)
 
     async def switch(self, name: str, target: str | int, *, caller: str,
                      reason: str = "") -> DeploymentState:
@@ -252,13 +258,15 @@ class Router:
         alias ``stable`` pointing at it. :meth:`rollback` undoes it in one call."""
         async with self._ledger.lock(name):
             state = self.state(name)
-            number, _ = self._target(name, state, target)
+            number, arm = self._target(name, state, target)
             state = state.with_alias("stable", number)
             new = DeploymentState(
                 state.aliases, (Route("stable", number, 1.0),), state.shadows, state.canary
             ).without_served_shadow()
-            return await self._ledger.commit(name, "switch", new, caller=caller,
-                                             reason=reason)
+            named = "" if arm == f"v{number}" else f" (alias '{arm}')"
+            return await self._ledger.commit(
+                name, "switch", new, caller=caller, reason=reason,
+                tried=f"switch all traffic to version {number}{named}")
 
     # -- state from elsewhere (reconciled by the ledger) --------------------------------------
 

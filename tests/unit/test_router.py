@@ -160,7 +160,8 @@ async def test_resolve_versions_aliases_and_weights():
 
 
 @pytest.mark.parametrize(("state", "needle"), [
-    (DeploymentState(routes=(Route("v7", 7, 1),)), "names version 7, which is not loaded"),
+    (DeploymentState(routes=(Route("v7", 7, 1),)), "route 'v7' would name version 7, which is "
+     "not loaded (loaded versions: 1, 2, 3); (how to load m version 7)"),
     (DeploymentState(routes=(Route("stable", 1, 1),)), "route arm 'stable' must be 'v1'"),
     (DeploymentState(routes=(Route("v1", 1, 1), Route("v1", 1, 2))), "appears in two routes"),
     (DeploymentState(routes=(Route("v1", 1, 0),)), "weight must be > 0"),
@@ -173,6 +174,42 @@ async def test_change_refuses_invalid_states_and_changes_nothing(state, needle):
         await router.change("m", "set", state, caller="t")
     assert needle in info.value.message
     assert router.state("m") == DeploymentState() and router.history("m") == ()
+
+
+async def test_a_version_not_loaded_is_named_with_what_the_change_tried():
+    """The alias or route that names the missing version is often the verb's own doing (switch
+    points 'stable'), so the error says what was tried, then what names which version, then
+    the repository's advice on loading it."""
+    router = make_router()
+    await router.set_alias("m", "candidate", 2, caller="t")
+    await router.set_alias("m", "old", 3, caller="t")
+    router._repo.models["m"].pop(3)  # a reload dropped version 3; alias 'old' still names it
+    loaded = "which is not loaded (loaded versions: 1, 2); (how to load m version 3)"
+    cases = [
+        (lambda: router.switch("m", "candidate", caller="t"),
+         "cannot switch all traffic to version 2 (alias 'candidate'): alias 'old'"),
+        (lambda: router.set_alias("m", "new", 1, caller="t"),
+         "cannot point alias 'new' at version 1: alias 'old'"),
+        (lambda: router.set_routes("m", {"v1": 90, "candidate": 10}, caller="t"),
+         "cannot route v1=90 candidate=10: alias 'old'"),
+        (lambda: router.change("m", "shadow_stop", router.state("m"), caller="t"),
+         "cannot stop a shadow: alias 'old'"),
+    ]
+    for call, tried in cases:
+        with pytest.raises(ModelNotFound) as info:
+            await call()
+        assert info.value.message == f"model 'm': {tried} would name version 3, {loaded}"
+    await router.set_alias("m", "old", None, caller="t")  # removing what names it is allowed
+    with pytest.raises(ModelNotFound) as info:
+        await router.rollback("m", caller="t")  # would bring 'old' back
+    assert info.value.message == (
+        f"model 'm': cannot roll back to the previous deployment: alias 'old' would name version "
+        f"3, {loaded}")
+    with pytest.raises(ModelNotFound) as info:
+        await router.switch("m", "7", caller="t")
+    assert info.value.message == (
+        "model 'm': cannot switch all traffic to version 7: alias 'stable' would name version "
+        "7, which is not loaded (loaded versions: 1, 2); (how to load m version 7)")
 
 
 async def test_switch_set_alias_and_rollback(tmp_path):
