@@ -138,6 +138,7 @@ class Server:
         )
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
+        self.final_counts = (0, 0)
 
     @property
     def shadow(self) -> ShadowMirror | None:
@@ -255,6 +256,11 @@ class Server:
             log.warning("%d requests still in flight after %.1fs", self.servicer.in_flight, grace)
         if self._grpc is not None:
             await self._grpc.stop(max(0.5, deadline - time.monotonic()))
+        versions = self.repository.loaded()
+        #: What the models did in this process's life: (answered, refused or failed).
+        self.final_counts = (
+            sum(v.stats.success_count for v in versions), sum(v.stats.fail_count for v in versions)
+        )
         await self.follower.close()
         await self.canary.close()
         if self.router.shadow is not None:
@@ -290,6 +296,8 @@ async def run_until_signal(config: ServerConfig) -> None:
                   flush=True)
         await stop.wait()
         log.info("signal received; shutting down (grace %.1fs)", config.shutdown_grace_s)
+    answered, failed = server.final_counts
+    print(f"sluice: stopped; {answered} requests answered, {failed} refused or failed", flush=True)
 
 
 def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

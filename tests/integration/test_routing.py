@@ -146,6 +146,7 @@ def test_switch_and_rollback_under_32_concurrent_callers_lose_no_request(make_se
 
     async def main() -> list[tuple[int, str]]:
         stop = asyncio.Event()
+        progress = asyncio.Event()  # set on every answer
         answers: list[tuple[int, str]] = []
 
         async def caller(client: tca.InferenceServerClient) -> None:
@@ -154,6 +155,7 @@ def test_switch_and_rollback_under_32_concurrent_callers_lose_no_request(make_se
             while not stop.is_set():
                 result = await client.infer("m", [tensor])
                 answers.append(check(result.get_response()))
+                progress.set()
 
         def flip(method: str, *args):
             router = running.server.router
@@ -165,7 +167,8 @@ def test_switch_and_rollback_under_32_concurrent_callers_lose_no_request(make_se
             # (0.15 s per phase answered 196 requests in all on a loaded one).
             target = len(answers) + more
             while len(answers) < target:
-                await asyncio.sleep(0.005)
+                progress.clear()
+                await progress.wait()
 
         async with tca.InferenceServerClient(running.address) as client:
             tasks = [asyncio.create_task(caller(client)) for _ in range(32)]
