@@ -22,6 +22,7 @@ from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from proto.tensors import decode_outputs, make_input
 from server.serving import instances
+from tests.support.bundled_inputs import newest_onnx
 
 ROWS = np.random.default_rng(11).random((6, 64), dtype=np.float32) * 16
 
@@ -65,8 +66,8 @@ def ask(client, row: np.ndarray, *, outputs: bool, parameters: dict | None = Non
 
 
 def test_requests_as_clients_send_them_run_inline_and_answer_like_onnxruntime(ran_on):
-    client, threads, loop_thread, repo, address = ran_on
-    reference = ort.InferenceSession(str(repo / "digits" / "1" / "model.onnx"))
+    client, threads, loop_thread, _, address = ran_on
+    reference = ort.InferenceSession(str(newest_onnx("digits")))  # the version that answers
     ask(client, ROWS[0], outputs=False)  # the first run on a thread measures the model
     cases = [
         {"outputs": False},
