@@ -18,7 +18,9 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,12 @@ from server.config.settings import ServerConfig
 DEFAULT_TARGET = "127.0.0.1:8001"
 
 
-def _parser() -> argparse.ArgumentParser:
+def default_url(environ: Mapping[str, str]) -> str:
+    """The server a command calls when no ``--url`` is given: $SLUICE_URL, else the default."""
+    return environ.get("SLUICE_URL") or DEFAULT_TARGET
+
+
+def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     from server.app import BUNDLED_REPOSITORY
 
     parser = argparse.ArgumentParser(
@@ -40,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sluice {__version__}")
     _add_url(parser)
-    parser.set_defaults(url=DEFAULT_TARGET)
+    parser.set_defaults(url=url)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -105,7 +112,7 @@ def _add_url(parser: argparse.ArgumentParser) -> None:
     """``--url`` at this level too: it may stand anywhere on the command line (the value given
     last wins; SUPPRESS keeps a level where it is absent from resetting it)."""
     parser.add_argument("--url", default=argparse.SUPPRESS,
-                        help=f"server to call (default {DEFAULT_TARGET})")
+                        help=f"server to call (default $SLUICE_URL, else {DEFAULT_TARGET})")
 
 
 def _add_admin_commands(sub: Any) -> None:
@@ -193,7 +200,7 @@ def _positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
+    args = _parser(default_url(os.environ)).parse_args(argv)
     if args.command == "serve" and args.workers > 1 and args.worker_id is None:
         return _supervise(args, argv)
     if args.command == "serve":

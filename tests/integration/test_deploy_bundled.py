@@ -5,7 +5,6 @@ which, followed, works."""
 
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
 
@@ -14,19 +13,18 @@ import numpy as np
 from clients import Client
 from server.app import BUNDLED_REPOSITORY
 from server.cli import main as cli
+from tests.support.readme import section_blocks
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 SERVE_ALL = "version_policy { all { } }"
 
 
 def readme_deploy_commands() -> list[list[str]]:
     """The ``sluice ...`` lines of the first bash block of the README's Deployments section,
     continuation lines joined and comments dropped."""
-    section = README.read_text().split("\n## Deployments\n", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert block is not None, "the Deployments section has no bash block"
+    blocks = section_blocks("Deployments", "bash")
+    assert blocks, "the Deployments section has no bash block"
     commands = []
-    for line in block.group(1).replace("\\\n", " ").splitlines():
+    for line in blocks[0].text.replace("\\\n", " ").splitlines():
         words = shlex.split(line, comments=True)
         if words:
             assert words[0] == "sluice", line

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from server import __version__
-from server.cli import _parser
+from server.cli import _parser, default_url
 from server.cli import main as cli
 
 NOWHERE = ["--url", "127.0.0.1:1"]  # nothing listens: these errors come before any call
@@ -85,3 +85,10 @@ def test_url_may_stand_anywhere(argv):
 def test_url_defaults_to_the_local_server():
     assert _parser().parse_args(["deploy", "m", "status"]).url == "127.0.0.1:8001"
     assert _parser().parse_args(["stats"]).url == "127.0.0.1:8001"
+
+
+def test_sluice_url_replaces_the_default_and_url_still_wins():
+    assert default_url({}) == default_url({"SLUICE_URL": ""}) == "127.0.0.1:8001"
+    assert default_url({"SLUICE_URL": "h:2"}) == "h:2"
+    assert _parser(default_url({"SLUICE_URL": "h:2"})).parse_args(["stats"]).url == "h:2"
+    assert _parser("h:2").parse_args(["repo", "index", "--url", "h:1"]).url == "h:1"
