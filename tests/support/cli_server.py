@@ -9,14 +9,14 @@ import sys
 import threading
 import time
 
-from server.app import BUNDLED_REPOSITORY
+from sluice.server.app import BUNDLED_REPOSITORY
 
 
 def start_cli_server(*extra: str, output: list[str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start it with ``extra`` flags; (process, gRPC address) once it listens (60 s at most).
     ``output`` collects the lines it printed until then (stdout and stderr)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--grpc-port", "0", "--metrics-port", "-1",
+        [sys.executable, "-m", "sluice.server", "serve", "--grpc-port", "0", "--metrics-port", "-1",
          "--model-repository", str(BUNDLED_REPOSITORY), "--log-level", "WARNING", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
