@@ -52,7 +52,9 @@ from sluice.server.serving.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 
-#: The bundled example repository (the default for ``sluice serve``).
+#: The bundled example repository (the default for ``sluice serve``). It sits beside this
+#: package both in a checkout (model_repository/ beside server/, also in an editable install) and
+#: in an installed wheel (sluice/model_repository/, package data, beside sluice/server/).
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 _SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 _ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
