@@ -28,10 +28,13 @@ from loadtests.models import ROOT, InputSpec
 _LISTENING = re.compile(r"gRPC listening on (\S+):(\d+)\s*$")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    return env
+def checkout_env() -> dict[str, str]:
+    """``os.environ`` for a subprocess that must run this checkout: its ``sluice`` (the link in
+    ``.ci/pythonpath``, see tests/support/checkout.py) and its ``loadtests`` first on
+    PYTHONPATH, ahead of any installed Sluice."""
+    first = [str(ROOT / ".ci" / "pythonpath"), str(ROOT)]
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in first]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(first + rest))
 
 
 def terminate(proc: subprocess.Popen, grace_s: float) -> int:
@@ -70,7 +73,7 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         self._proc = subprocess.Popen(
-            self._args, cwd=ROOT, env=_env(), stdin=subprocess.DEVNULL,
+            self._args, cwd=ROOT, env=checkout_env(), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=self._stderr, text=True,
         )
         threading.Thread(target=self._drain, daemon=True).start()
@@ -190,8 +193,8 @@ def run_load(
                 args = _loadgen_args(target, model, inputs, batch, share, mode, index)
                 args += ["--duration", str(duration_s), "--latencies", str(path)]
                 child = subprocess.Popen(
-                    args, cwd=ROOT, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, text=True,
+                    args, cwd=ROOT, env=checkout_env(), stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                 )
                 children.append((child, path))
             for child, _ in children:
@@ -242,6 +245,6 @@ def send_count(
     args = _loadgen_args(target, model, inputs, 1, concurrency, mode, 0)
     args += ["--count", str(count)]
     done = subprocess.run(
-        args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, check=False
+        args, cwd=ROOT, env=checkout_env(), capture_output=True, text=True, timeout=600, check=False
     )
     return _last_json(done.stdout, f"{count} {model} requests", done.stderr)

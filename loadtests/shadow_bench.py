@@ -60,7 +60,7 @@ from loadtests import overload_report as rep
 from loadtests.bench import machine_info
 from loadtests.models import MODEL_REPOSITORY, ROOT
 from loadtests.overload import input_specs, log
-from loadtests.procs import ServerProcess, run_load
+from loadtests.procs import ServerProcess, checkout_env, run_load
 from loadtests.report import write_json
 from loadtests.routing_bench import (
     CANDIDATE,
@@ -181,11 +181,6 @@ class Controller(threading.Thread):
                 admin.stop_shadow(s.model, CANDIDATE, reason="bench done")
 
 
-def _child_env() -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return dict(os.environ, PYTHONPATH=path)
-
-
 def _sleep_until(instant: float) -> None:
     time.sleep(max(0.0, instant - time.monotonic()))
 
@@ -201,7 +196,7 @@ def open_loop(s: Settings, target: str, phases: list[dict[str, Any]]) -> tuple[
             [sys.executable, "-m", "loadtests.openloop", "--target", target, "--model", s.model,
              "--batch", str(s.batch), "--phases", gen_phases, "--deadline-ms", str(s.deadline_ms),
              "--out", str(out), "--channels", str(s.channels)],
-            cwd=ROOT, env=_child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            cwd=ROOT, env=checkout_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         try:
             assert child.stdout is not None and child.stdin is not None

@@ -18,7 +18,6 @@ Promises:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import numpy as np
 
 from loadtests import overload_report as rep
 from loadtests.models import ROOT
+from loadtests.procs import checkout_env
 from sluice.clients import Client
 
 
@@ -47,8 +47,7 @@ def open_loop(
     ``max_outstanding`` calls in flight."""
     per_proc = json.dumps([{**p, "rate": p["rate"] / procs} for p in phases])
     total_s = sum(p["duration_s"] for p in phases)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    env = checkout_env()
     with tempfile.TemporaryDirectory(prefix="sluice-overload-") as tmp, ExitStack() as stack:
         children = []
         for k in range(procs):

@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from sluice.server.app import BUNDLED_REPOSITORY
-from sluice.server.config.settings import ServerConfig
-from tests.support.running import RunningServer, start_server
+from tests.support.checkout import use_this_checkout
+
+# Before anything imports sluice: the checkout under test, not an installed Sluice, answers
+# `import sluice.server` here and in every process the tests start.
+use_this_checkout()
+
+from sluice.server.app import BUNDLED_REPOSITORY  # noqa: E402
+from sluice.server.config.settings import ServerConfig  # noqa: E402
+from tests.support.running import RunningServer, start_server  # noqa: E402
 
 
 @pytest.fixture

@@ -21,13 +21,15 @@ main() {
     echo "== GPU"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
         || echo "nvidia-smi failed or is missing"
+    # .ci/pythonpath/sluice links to this checkout: `import sluice.server` is its server/
+    # (tests/support/checkout.py); the root itself is for tests/ and loadtests/.
     if compgen -G ".whl/*.whl" >/dev/null; then
         echo "== installing $(ls .whl/*.whl | wc -l) wheels from .whl into /tmp/site"
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site .whl/*.whl || return 1
-        export PYTHONPATH="/tmp/site:$PWD"
+        export PYTHONPATH="/tmp/site:$PWD/.ci/pythonpath:$PWD"
     else
-        export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+        export PYTHONPATH="$PWD/.ci/pythonpath:$PWD${PYTHONPATH:+:$PYTHONPATH}"
     fi
     python3 - <<'EOF' || return 1
 import importlib, sys

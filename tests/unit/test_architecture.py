@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The names the packages had before they moved under sluice (issue 12, item 8).
+OLD_NAMES = ("server", "proto", "kernels", "clients")
 
 
 def _tool(name: str) -> str:
@@ -22,7 +25,10 @@ def _tool(name: str) -> str:
 
 
 def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(root)}  # loadtests/ is not an installed package
+    # sluice.* from root (through the link in .ci/pythonpath, see tests/support/checkout.py),
+    # and loadtests/, which is not an installed package.
+    pythonpath = os.pathsep.join([str(root / ".ci" / "pythonpath"), str(root)])
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     return subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=root, capture_output=True,
                           text=True, timeout=120, env=env)
 
@@ -56,6 +62,8 @@ def test_a_broken_rule_fails_the_check(tmp_path: Path, module: str, line: str, c
         shutil.copytree(ROOT / name, tmp_path / name,
                         ignore=shutil.ignore_patterns("__pycache__", "results"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / ".ci" / "pythonpath").mkdir(parents=True)
+    (tmp_path / ".ci" / "pythonpath" / "sluice").symlink_to(Path("..", ".."))
     assert _lint_imports(tmp_path).returncode == 0  # the copy itself is clean
     target = tmp_path / module
     target.write_text(target.read_text() + f"\n{line}  # the rule this test breaks\n")
@@ -64,6 +72,49 @@ def test_a_broken_rule_fails_the_check(tmp_path: Path, module: str, line: str, c
     summary = " ".join(out.stdout[out.stdout.index("Contracts"):].split())  # names wrap
     verdict = re.search(r" (KEPT|BROKEN)\b", summary[summary.index(contract):])
     assert verdict is not None and verdict.group(1) == "BROKEN", summary[-3000:]
+
+
+def _sources(*suffixes: str) -> list[Path]:
+    """Files of the checkout with these suffixes, outside hidden, build and result folders."""
+    skip = {"build", "dist", "results", "__pycache__"}
+    return sorted(
+        path for path in ROOT.rglob("*")
+        if path.suffix in suffixes and path.is_file()
+        and not any(part.startswith(".") or part in skip or part.endswith(".egg-info")
+                    for part in path.relative_to(ROOT).parts[:-1])
+    )
+
+
+_OLD = "|".join(OLD_NAMES)
+_OLD_RUN = re.compile(rf"""-m(\s+|["']\s*,\s*["'])({_OLD})\b(?!-)""")
+_OLD_IMPORT_LINE = re.compile(rf"^\s*(from\s+({_OLD})(\.\w+)*\s+import|import\s+({_OLD})\b)",
+                              re.MULTILINE)
+
+
+def test_nothing_uses_the_old_top_level_names():
+    """server, proto, kernels and clients are sluice.server, sluice.proto, ... (proto alone is
+    proto-plus's name). In a checkout the old names still import (the root is on the path), so
+    an import or a ``python -m`` run of an old name that a merge brings back would pass every
+    other test here and only break an installed Sluice."""
+    found = []
+    for path in _sources(".py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: import {name}" for name in names
+                      if name.split(".")[0] in OLD_NAMES]
+    for path in _sources(".py", ".md", ".toml", ".sh", ".gpu", ".ini"):
+        text = path.read_text(encoding="utf-8")
+        pattern_hits = [*_OLD_RUN.finditer(text)]
+        if path.suffix == ".md":
+            pattern_hits += [*_OLD_IMPORT_LINE.finditer(text)]
+        found += [f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, hit.start()) + 1}: "
+                  f"{hit.group(0).strip()}" for hit in pattern_hits]
+    assert not found, "\n".join(found)
 
 
 def test_ruff_is_clean():
