@@ -2,9 +2,11 @@
 
 Promises:
 
-* Runs ``grpc_tools.protoc`` in-process with ``-I <repo root>`` so generated imports read
-  ``from sluice.proto import model_config_pb2``, writing ``*_pb2.py``, ``*_pb2.pyi`` and, for files
-  that declare a service, ``*_pb2_grpc.py``.
+* Runs ``grpc_tools.protoc`` in-process with ``-I <repo root>``, writing ``*_pb2.py``,
+  ``*_pb2.pyi`` and, for files that declare a service, ``*_pb2_grpc.py``. protoc names the
+  modules after the folder it sees (``proto.x_pb2``, and their imports of each other too);
+  every generated file is rewritten to the import name, ``sluice.proto`` (pyproject.toml
+  installs the folder under it), keeping the descriptors' own file names (``proto/x.proto``).
 * Rewrites every ``*_pb2.py`` to register its descriptors in :data:`sluice.proto._pool.POOL` instead
   of protobuf's default pool (see ``proto/_pool.py`` for why).
 * The output depends only on the .proto files and the installed grpcio-tools, so ``--check``
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 import tempfile
 from importlib import resources
@@ -24,6 +27,8 @@ from pathlib import Path
 PROTO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_DIR.parent
 PACKAGE = PROTO_DIR.name
+#: What the generated modules import this package as (not the folder name protoc sees).
+IMPORT_NAME = f"sluice.{PACKAGE}"
 
 _DEFAULT_POOL = "_descriptor_pool.Default()"
 _POOL_IMPORT = "from sluice.proto._pool import POOL as _SLUICE_POOL\n"
@@ -45,6 +50,23 @@ def use_private_pool(source: str, filename: str) -> str:
         raise RuntimeError(f"{filename}: unexpected protoc output, cannot redirect the pool")
     source = source.replace(_POOL_MARKER, _POOL_MARKER + _POOL_IMPORT, 1)
     return source.replace(_DEFAULT_POOL, "_SLUICE_POOL", 1)
+
+
+def in_import_name(source: str, filename: str) -> str:
+    """Return generated text whose imports of this package, and a ``*_pb2.py``'s own module
+    name, read :data:`IMPORT_NAME` instead of the folder name protoc used.
+
+    Raises RuntimeError when a ``*_pb2.py`` does not name its module the expected way (a protoc
+    upgrade changed it), rather than leaving classes whose ``__module__`` does not import.
+    """
+    source = re.sub(rf"^from {PACKAGE}(\.\w+)? import ", rf"from {IMPORT_NAME}\1 import ", source,
+                    flags=re.MULTILINE)
+    if filename.endswith("_pb2.py"):
+        call = "_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, '"
+        if source.count(f"{call}{PACKAGE}.") != 1:
+            raise RuntimeError(f"{filename}: unexpected protoc output, cannot rename the module")
+        source = source.replace(f"{call}{PACKAGE}.", f"{call}{IMPORT_NAME}.", 1)
+    return source
 
 
 def _has_service(grpc_module: str) -> bool:
@@ -82,7 +104,8 @@ def generate(out_dir: Path) -> list[Path]:
             path.unlink()
             continue
         if path.name.endswith("_pb2.py"):
-            path.write_text(use_private_pool(text, path.name), encoding="utf-8")
+            text = use_private_pool(text, path.name)
+        path.write_text(in_import_name(text, path.name), encoding="utf-8")
         written.append(path)
     return written
 
