@@ -98,7 +98,7 @@ class AdminClient:
     # -- deployments --------------------------------------------------------------------------
 
     def deployment(self, model: str) -> dict[str, Any]:
-        """The model's aliases, routes, shadows, canary and per-arm counters."""
+        """The model's aliases, routes, shadows, canary and counters per arm and version."""
         return self._deployment("GetDeployment", pb.GetDeploymentRequest(model=model))
 
     def set_routes(
@@ -214,10 +214,12 @@ def deployment_text(d: dict[str, Any]) -> str:
             f"  canary:  {c['state']}: v{c['candidate_version']} over v{c['stable_version']}, "
             f"step {c['step'] + 1}/{len(c['steps'])} ({c['percent']:g}%), "
             f"every {c['interval_s']:g}s" + (f"; {c['reason']}" if c["reason"] else ""))
-    if d["arms"]:
-        lines.append(f"  {'arm':<16}{'requests':>10}{'errors':>8}{'p50 ms':>10}{'p99 ms':>10}")
-        lines += [f"  {a['arm']:<16}{a['requests']:>10}{a['errors']:>8}"
-                  f"{_ms(a['p50_s']):>10}{_ms(a['p99_s']):>10}" for a in d["arms"]]
+    if d["arms"]:  # a row per arm and version that answered it
+        lines.append(f"  {'arm':<16}{'version':>8}{'requests':>10}{'errors':>8}{'p50 ms':>10}"
+                     f"{'p99 ms':>10}")
+        lines += [f"  {a['arm']:<16}{a.get('version') or '-':>8}{a['requests']:>10}"
+                  f"{a['errors']:>8}{_ms(a['p50_s']):>10}{_ms(a['p99_s']):>10}"
+                  for a in d["arms"]]
     return "\n".join(lines)
 
 

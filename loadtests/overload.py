@@ -7,14 +7,18 @@ Default workload: ``cnn``, 8 rows per request. The generator must be able to off
 time, on the same two cores as the server. At batch 1, C is ~1,000-1,300 req/s (the gRPC and
 Python cost per request dominates), so 5x is 5-6.5k req/s: two Python generator processes fell
 ~0.5 s behind their timetable and took CPU the server needed, so the 5x step measured the
-generator. At batch 8, C is ~200 req/s (~1,700 rows/s, compute-bound like a real model), 5x is
-~1,100 req/s, which one generator process sends on time. ``--batch 1`` still works; the table
+generator. At batch 8, the closed loop saturates at ~200 req/s (~1,700 rows/s, compute-bound
+like a real model; C, within the SLO, is at most that), so 5x is at most ~1,100 req/s, which one
+generator process sends on time. ``--batch 1`` still works; the table
 flags (``!``) every phase in which the generator fell behind.
 
-1. Capacity C: closed-loop saturation throughput on the model (:func:`loadtests.procs.run_load`,
-   concurrency 64, one generator process, 3 s after a 1 s warm-up; 2 s with ``--quick``), or
-   ``--capacity`` to reuse a C measured before (compare runs before and after a change at the
-   same C).
+1. Capacity C: the best goodput *within the SLO* (:mod:`loadtests.capacity`). Closed-loop
+   probes (:func:`loadtests.procs.run_load`, one generator process, 2 s after a 1 s warm-up;
+   1 s with ``--quick``) at concurrency 8, doubling (up to 64) while the p99 is within the SLO,
+   halving while not, then bisecting; C is the highest goodput (OK within the SLO, per s) of a
+   probe whose p99 is within the SLO. When none is, the report says so and C is the best
+   goodput of any probe. Or ``--capacity`` to reuse a C measured before (compare runs before
+   and after a change at the same C).
 2. One open-loop timetable (:mod:`loadtests.openloop` generators, run by
    :mod:`loadtests.timetable`; constant arrival rate, sent whether or not earlier requests were
    answered): a 1 s warm-up at 0.5x C, steps at 1x, 2x, 3x, 5x C (5 s each, 2 s with
@@ -24,15 +28,17 @@ flags (``!``) every phase in which the generator fell behind.
    it cannot finish in time.
 3. Per phase: offered and really sent rate, goodput (OK within the SLO, per s, and as a share
    of C), accepted p50/p95/p99, shed share (UNAVAILABLE) and its reasons, client-observed reject
-   latency p50/p99, other errors by code, generator lag p99 and generator-side drops; recovery
-   time after the 5x step in 100 ms windows; the issue's targets with PASS/FAIL.
+   latency p50/p99, other errors by code, generator lag p99 and generator-side drops, the
+   phase's CPU bound; recovery time after the 5x step in 100 ms windows; the issue's targets
+   with PASS/FAIL, a goodput target as a share of C and of the CPU bound, saying when this
+   machine's CPU, not Sluice, caps it (:mod:`loadtests.overload_targets`).
 
 Writes ``overload.json`` and ``overload.png`` to ``--out`` (default ``loadtests/results/``).
 Starts its own server (``python -m server serve`` on port 0, ``--server-arg`` appended) unless
 ``--target`` names a running one; load goes only to the loopback interface. Exit status 0 when
 the harness ran (1 with ``--check`` when a target failed); the generator's health is part of
 the report: when ``sent/s`` falls short of ``offered/s`` or lag p99 is large, the generator,
-not the server, was the limit. A run takes about 45 s (20 s with ``--quick``).
+not the server, was the limit. A run takes about a minute (45 s with ``--quick``).
 """
 
 from __future__ import annotations
@@ -49,7 +55,9 @@ from pathlib import Path
 from typing import Any
 
 from clients import Client
+from loadtests import capacity as cap
 from loadtests import overload_report as rep
+from loadtests import overload_targets
 from loadtests.bench import machine_info
 from loadtests.models import MODEL_REPOSITORY, ROOT, InputSpec
 from loadtests.procs import ServerProcess, run_load
@@ -74,8 +82,10 @@ class Settings:
     warmup_s: float
     priority_multiple: float
     p1_share: float
+    #: Seconds measured per capacity probe (after a 1 s warm-up).
     capacity_s: float
-    capacity_concurrency: int
+    #: Highest concurrency a capacity probe may use.
+    capacity_max_concurrency: int
     capacity: float | None
     procs: int | None
     channels: int
@@ -150,7 +160,7 @@ def analyze(s: Settings, capacity: float, phases: list[dict[str, Any]],
     return {
         "phases": stats, "kinds": kinds, "phase_starts": starts, "timeline": line, "cpu": cpu,
         "recovery_s": recovery_s, "reference_good_share": reference,
-        "targets": rep.check_targets(steps, recovery_s, s.slo_ms),
+        "targets": overload_targets.check_targets(steps, recovery_s, s.slo_ms),
     }
 
 
@@ -197,20 +207,10 @@ def run(s: Settings) -> dict[str, Any]:
         target = server.target if server else str(s.target)
         log(f"server {target}" + (f" (pid {server.pid})" if server else " (given)"))
         specs = input_specs(target, s.model)
-        capacity_run = None
+        measured: dict[str, Any] = {"given": s.capacity is not None, "probes": [], "runs": []}
         capacity = s.capacity
         if capacity is None:
-            result = run_load(
-                label="capacity", target=target, model=s.model, inputs=specs, batch=s.batch,
-                concurrency=s.capacity_concurrency, procs=1, duration_s=s.capacity_s,
-                warmup_s=1.0,
-            )
-            capacity_run = dataclasses.asdict(result)
-            if result.errors or not result.count:
-                raise RuntimeError(f"capacity run failed: {result.first_error}")
-            capacity = result.req_s
-            log(f"capacity C = {capacity:,.0f} req/s (closed loop, c={s.capacity_concurrency}, "
-                f"p50 {result.p50_ms:.1f} p99 {result.p99_ms:.1f} ms)")
+            measured, capacity = measure_capacity(s, target, specs)
         phases = plan(s, capacity)
         peak = max(p["rate"] for p in phases)
         procs = s.procs or (1 if peak <= _RATE_PER_PROCESS else 2)
@@ -231,7 +231,7 @@ def run(s: Settings) -> dict[str, Any]:
         "machine": info,
         "target": target,
         "capacity_req_s": capacity,
-        "capacity_run": capacity_run,
+        "capacity": measured,
         "plan": phases,
         "generator": {"procs": procs, "summaries": summaries},
         "server": {
@@ -242,6 +242,36 @@ def run(s: Settings) -> dict[str, Any]:
     }
     payload["machine"]["load_average_at_end"] = os.getloadavg()
     return payload
+
+
+def measure_capacity(
+    s: Settings, target: str, specs: tuple[InputSpec, ...]
+) -> tuple[dict[str, Any], float]:
+    """Probe closed loop until :func:`loadtests.capacity.search` is done; what the payload keeps
+    of it, and C. RuntimeError when no probe answered anything within the SLO."""
+    runs: list[dict[str, Any]] = []
+
+    def measure(concurrency: int) -> cap.Probe:
+        result = run_load(
+            label=f"capacity c={concurrency}", target=target, model=s.model, inputs=specs,
+            batch=s.batch, concurrency=concurrency, procs=1, duration_s=s.capacity_s,
+            warmup_s=1.0, slo_ms=s.slo_ms,
+        )
+        runs.append(dataclasses.asdict(result))
+        probe = cap.Probe(concurrency, result.req_s, result.extra["good_req_s"],
+                          result.p50_ms, result.p99_ms, result.errors)
+        log(f"capacity probe {cap.probe_line(probe, s.slo_ms)}"
+            + (f" ({result.first_error})" if result.errors else ""))
+        return probe
+
+    probes = cap.search(measure, s.slo_ms, limit=s.capacity_max_concurrency)
+    chosen = cap.choose_capacity(probes, s.slo_ms)
+    if chosen.probe is None:
+        raise RuntimeError(cap.capacity_lines(chosen, probes, s.slo_ms))
+    log(cap.capacity_lines(chosen, [], s.slo_ms))
+    return {"given": False, "within_slo": chosen.within_slo,
+            "concurrency": chosen.probe.concurrency,
+            "probes": [dataclasses.asdict(p) for p in probes], "runs": runs}, chosen.req_s
 
 
 def _cpu_s(server: ServerProcess | None) -> float | None:
@@ -258,6 +288,10 @@ def print_report(payload: dict[str, Any]) -> None:
     print(f"\nOpen-loop overload on {s['model']} b{s['batch']}: C = "
           f"{payload['capacity_req_s']:,.0f} req/s, SLO {s['slo_ms']:g} ms, deadline "
           f"{s['deadline_ms']:g} ms, {payload['generator']['procs']} generator process(es)")
+    measured = payload["capacity"]
+    probes = [cap.Probe(**p) for p in measured["probes"]]
+    chosen = None if measured["given"] else cap.choose_capacity(probes, s["slo_ms"])
+    print(cap.capacity_lines(chosen, probes, s["slo_ms"], payload["capacity_req_s"]))
     print("latencies in ms (client-observed); goodput = OK within the SLO; shed = UNAVAILABLE")
     print(rep.table(payload["phases"]))
     rec = payload["recovery_s"]
@@ -276,7 +310,7 @@ def print_report(payload: dict[str, Any]) -> None:
           f"{max(g['max_outstanding'] for g in gen)} calls in flight")
     print(rep.cpu_lines(payload["cpu"]))
     print("targets:")
-    print(rep.target_lines(payload["targets"]))
+    print(overload_targets.target_lines(payload["targets"]))
 
 
 def parse(argv: list[str] | None) -> tuple[Settings, bool]:
@@ -311,8 +345,8 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
         deadline_ms=args.deadline_ms or args.slo_ms,
         multiples=tuple(float(m) for m in args.multiples.split(",")),
         step_s=2.0 if quick else 5.0, recovery_s=3.0 if quick else 5.0, warmup_s=1.0,
-        priority_multiple=3.0, p1_share=0.2, capacity_s=2.0 if quick else 3.0,
-        capacity_concurrency=64, capacity=args.capacity, procs=args.procs,
+        priority_multiple=3.0, p1_share=0.2, capacity_s=1.0 if quick else 2.0,
+        capacity_max_concurrency=cap.MAX_CONCURRENCY, capacity=args.capacity, procs=args.procs,
         channels=args.channels, max_outstanding=args.max_outstanding, target=args.target,
         server_args=tuple(args.server_arg), out=args.out, quick=quick,
         priority_levels=args.priority_levels, model_repository=args.model_repository,

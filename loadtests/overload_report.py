@@ -1,6 +1,7 @@
-"""Reading an open-loop run: per-phase figures, recovery time, a 100 ms timeline, the targets,
-the printed table and ``overload.png``. Pure functions over the merged per-request records of
-:mod:`loadtests.openloop`; nothing here sends a request.
+"""Reading an open-loop run: per-phase figures, recovery time, a 100 ms timeline, the CPU bound,
+the printed table and ``overload.png`` (the targets: :mod:`loadtests.overload_targets`). Pure
+functions over the merged per-request records of :mod:`loadtests.openloop`; nothing here sends a
+request.
 
 Definitions (times are client-observed, ``time.perf_counter`` in the generator processes):
 
@@ -259,32 +260,6 @@ def reject_quantiles(
     return out
 
 
-def check_targets(
-    steps: dict[str, dict[str, Any]], recovery_s: float | None, slo_ms: float
-) -> list[dict[str, Any]]:
-    """The issue's targets, each with the measured value and a verdict (None: not measured)."""
-
-    def get(phase: str, key: str) -> Any:
-        return steps.get(phase, {}).get(key)
-
-    def row(name: str, value: Any, passed: bool | None) -> dict[str, Any]:
-        return {"target": name, "value": value, "pass": passed}
-
-    g3, g5 = get("3x", "goodput_of_capacity"), get("5x", "goodput_of_capacity")
-    p99, rej = get("3x", "accepted_p99_ms"), get("3x", "server_reject_p99_ms")
-    p1 = get("3x p1=20%", "p1_success")
-    return [
-        row("3x: goodput >= 90% of C", g3, None if g3 is None else g3 >= 0.90),
-        row(f"3x: accepted p99 <= {slo_ms:g} ms", p99, None if p99 is None else p99 <= slo_ms),
-        row("3x: server-side reject p99 < 1 ms (bucket bound)", rej,
-            None if rej is None else rej <= 1.0),
-        row("5x: goodput >= 85% of C", g5, None if g5 is None else g5 >= 0.85),
-        row("recovery to 1x behaviour <= 2 s", recovery_s,
-            recovery_s is not None and recovery_s <= 2.0),
-        row("3x, 20% priority 1: p1 success >= 99.5%", p1, None if p1 is None else p1 >= 0.995),
-    ]
-
-
 def table(steps: dict[str, dict[str, Any]]) -> str:
     head = (f"{'phase':<10} {'offered/s':>9} {'sent/s':>7} {'goodput/s':>9} {'%C':>5} "
             f"{'p50':>7} {'p95':>7} {'p99':>7} {'shed%':>6} {'rej50':>6} {'rej99':>6} {'srv99':>6} "
@@ -319,15 +294,6 @@ def table(steps: dict[str, dict[str, Any]]) -> str:
 
 def _percent(share: float | None) -> float | None:
     return None if share is None else 100 * share
-
-
-def target_lines(targets: list[dict[str, Any]]) -> str:
-    verdicts = {True: "PASS", False: "FAIL", None: "n/a "}
-    return "\n".join(
-        f"  {verdicts[t['pass']]}  {t['target']}: "
-        f"{'-' if t['value'] is None else format(t['value'], '.3g')}"
-        for t in targets
-    )
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:

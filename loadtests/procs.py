@@ -197,11 +197,13 @@ def _last_json(stdout: str, who: str, stderr: str) -> dict[str, Any]:
 def run_load(
     *, label: str, target: str, model: str, inputs: tuple[InputSpec, ...], batch: int,
     concurrency: int, mode: str = "unary", procs: int = 1, duration_s: float, warmup_s: float,
+    slo_ms: float | None = None,
 ) -> LoadResult:
     """Measure one point with ``procs`` generator processes sharing ``concurrency`` workers.
 
     All processes start measuring at the same monotonic instant, after they are connected and
-    have warmed up for ``warmup_s``; latencies are merged before taking percentiles.
+    have warmed up for ``warmup_s``; latencies are merged before taking percentiles. With
+    ``slo_ms``, ``extra["good_req_s"]`` is the OK answers within it per second (goodput).
     """
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         children: list[tuple[subprocess.Popen[str], Path]] = []
@@ -241,6 +243,9 @@ def run_load(
     count = int(merged.size)
     p50, p95, p99 = (np.percentile(merged, [50, 95, 99]) * 1e3) if count else (np.nan,) * 3
     req_s = count / duration_s
+    extra: dict[str, Any] = {"total": sum(int(s.get("total", 0)) for s in summaries)}
+    if slo_ms is not None:
+        extra["good_req_s"] = int(np.count_nonzero(merged <= slo_ms / 1e3)) / duration_s
     return LoadResult(
         target=label, model=model, mode=mode, concurrency=concurrency, batch=batch,
         procs=len(children), duration_s=duration_s, count=count,
@@ -248,7 +253,7 @@ def run_load(
         first_error=next((s["first_error"] for s in summaries if s["first_error"]), ""),
         req_s=req_s, rows_s=req_s * batch,
         p50_ms=float(p50), p95_ms=float(p95), p99_ms=float(p99),
-        extra={"total": sum(int(s.get("total", 0)) for s in summaries)},
+        extra=extra,
     )
 
 

@@ -9,8 +9,8 @@ server (``python -m server serve``, port 0) on a temporary repository in which `
 have versions 1 and 2 holding the same ONNX file (``version_policy { all { } }``): the
 candidate is the live model's twin, so agreement must be 1.0.
 
-1. **Shadow.** Routes 100% to v1, measures v1's capacity C (closed loop, concurrency 64, as
-   :mod:`loadtests.overload`; or ``--capacity``), then runs one open-loop timetable
+1. **Shadow.** Routes 100% to v1, measures v1's capacity C (closed-loop throughput at
+   concurrency 64, whatever its latency; or ``--capacity``), then runs one open-loop timetable
    (:mod:`loadtests.openloop`, one process; ``--load`` x C, default 0.5, of ``--batch``-row
    requests, default 8, so ~100-160 req/s, which the generator sends on time: see ``lag99``):
    a warm-up, then phases A, B, A, B, ... (``--rounds`` each). A: no shadow; B: shadow of v2
@@ -98,18 +98,25 @@ class Settings:
 
 def build_repository(root: Path, models: dict[str, str]) -> Path:
     """Copies of bundled models (``{name: bundled name}``) whose version 2 is version 1's
-    files, all versions served."""
+    files, all versions served. A bundled model's own other versions (``digits`` ships a
+    different model as version 2) are left out: the candidate must be the live model's twin."""
     repo = root / "models"
+    serve_all = "version_policy { all { } }"
     for name, source in models.items():
-        shutil.copytree(MODEL_REPOSITORY / source, repo / name,
-                        ignore=shutil.ignore_patterns("*.py", "__pycache__", ".sluice-state"))
+        shutil.copytree(
+            MODEL_REPOSITORY / source, repo / name,
+            ignore=lambda folder, names: [
+                n for n in names if n in ("__pycache__", ".sluice-state") or n.endswith(".py")
+                or (n.isdigit() and n != str(LIVE))
+            ],
+        )
         shutil.copytree(repo / name / str(LIVE), repo / name / str(CANDIDATE))
         config = repo / name / "config.pbtxt"
         text = config.read_text()
-        if "version_policy" in text:
-            raise SystemExit(f"{config} already has a version_policy")
+        if "version_policy" in text and serve_all not in text:
+            raise SystemExit(f"{config} already has another version_policy")
         text = text.replace(f'name: "{source}"', f'name: "{name}"')
-        config.write_text(text + "version_policy { all { } }\n")
+        config.write_text(text if serve_all in text else f"{text}{serve_all}\n")
     return repo
 
 

@@ -2,20 +2,24 @@
 
     python model_repository/build_models.py [--repo DIR]
 
-Writes, for every model, ``<repo>/<model>/config.pbtxt`` and ``<repo>/<model>/1/model.onnx``
-(overwriting them), plus ``<repo>/digits/test_split.npz``, then loads every model with
-onnxruntime (CPUExecutionProvider) and runs it at batch 1 and at its max_batch_size.
+Writes, for every model, ``<repo>/<model>/config.pbtxt`` and
+``<repo>/<model>/<version>/model.onnx`` (overwriting them), plus ``<repo>/digits/test_split.npz``,
+then loads every model with onnxruntime (CPUExecutionProvider) and runs it at batch 1 and at its
+max_batch_size.
 
 Everything is deterministic: fixed seeds, fixed ONNX opset/IR version and a fixed zip timestamp
-for the .npz, so re-running the script reproduces the committed files.
+for the .npz, so re-running the script with the same library versions reproduces the committed
+files (other scikit-learn or BLAS builds move trained weights in the last digits).
 
 Models:
-  digits    StandardScaler + LogisticRegression trained on scikit-learn's bundled digits data
-            (stratified 80/20 split), exported with skl2onnx (zipmap=False).
+  digits    versions 1 (StandardScaler + LogisticRegression) and 2 (StandardScaler + a small
+            MLP), trained on scikit-learn's bundled digits data (stratified 80/20 split),
+            exported with skl2onnx (zipmap=False); built by build_digits.py.
   cnn       small random-weight CNN (~58 MFLOP/image) built with onnx.helper, for throughput.
   identity  INPUT0 -> Identity -> OUTPUT0, the server-overhead probe.
   add_sub   OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1; its config.pbtxt omits the
             input/output blocks, so the server must derive them from the ONNX model.
+  (build_pipeline.py adds the tree model and the digits pipeline.)
 
 Needs the ``models`` extra (onnx, scikit-learn, skl2onnx) plus numpy and onnxruntime.
 """
@@ -37,7 +41,6 @@ REPO_DIR = Path(__file__).resolve().parent
 
 OPSET = 17
 IR_VERSION = 8  # loadable by onnxruntime >= 1.14, so comfortably by our floor of 1.18
-ML_OPSET = 3  # ai.onnx.ml upper bound for skl2onnx (digits ends up needing only v1)
 BATCH_DIM = "batch"
 SEED = 20240607
 MAX_ONNX_BYTES = 1_000_000
@@ -45,42 +48,6 @@ MAX_ONNX_BYTES = 1_000_000
 # ---------------------------------------------------------------------------------------------
 # config.pbtxt files (protobuf text format, Triton ModelConfig field names)
 # ---------------------------------------------------------------------------------------------
-
-DIGITS_CONFIG = """\
-name: "digits"
-platform: "onnxruntime_onnx"
-max_batch_size: 256
-input [
-  {
-    name: "input"
-    data_type: TYPE_FP32
-    dims: [ 64 ]
-  }
-]
-output [
-  {
-    # The ONNX output is 1-D ([batch]): one class id per row. Triton requires non-empty dims,
-    # so, as Triton's own ONNX auto-complete does, declare [1] and reshape it to [] (no
-    # non-batch dims) for the model.
-    name: "label"
-    data_type: TYPE_INT64
-    dims: [ 1 ]
-    reshape: { shape: [ ] }
-  },
-  {
-    name: "probabilities"
-    data_type: TYPE_FP32
-    dims: [ 10 ]
-  }
-]
-dynamic_batching { }
-instance_group [
-  {
-    count: 1
-    kind: KIND_CPU
-  }
-]
-"""
 
 CNN_CONFIG = """\
 name: "cnn"
@@ -159,6 +126,9 @@ def _finalize(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     seen: dict[str, int] = {}
     for opset in model.opset_import:
         seen[opset.domain] = max(seen.get(opset.domain, 0), opset.version)
+    # skl2onnx declares the lowest opset its operators need (16 for an MLP): every bundled
+    # model states the same one, OPSET.
+    seen[""] = max(seen.get("", 0), OPSET)
     del model.opset_import[:]
     for domain in sorted(seen):
         model.opset_import.append(helper.make_opsetid(domain, seen[domain]))
@@ -170,11 +140,13 @@ def _finalize(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return model
 
 
-def _write_model(repo: Path, name: str, model: onnx.ModelProto, config: str) -> Path:
+def _write_model(
+    repo: Path, name: str, model: onnx.ModelProto, config: str, version: int = 1
+) -> Path:
     model_dir = repo / name
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(config)
-    path = model_dir / "1" / "model.onnx"
+    path = model_dir / str(version) / "model.onnx"
     data = model.SerializeToString()
     if len(data) >= MAX_ONNX_BYTES:
         raise SystemExit(f"{path}: {len(data)} bytes, over the {MAX_ONNX_BYTES} byte budget")
@@ -196,61 +168,6 @@ def _write_npz(path: Path, **arrays: np.ndarray) -> None:
 
 def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-# ---------------------------------------------------------------------------------------------
-# digits: a real scikit-learn classifier
-# ---------------------------------------------------------------------------------------------
-
-
-def build_digits(repo: Path) -> Path:
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x, y = load_digits(return_X_y=True)
-    x = x.astype(np.float32)
-    y = y.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.2, stratify=y, random_state=SEED % (2**32)
-    )
-    pipeline = Pipeline(
-        [
-            ("scaler", StandardScaler()),
-            ("clf", LogisticRegression(C=0.1, max_iter=5000, random_state=0)),
-        ]
-    )
-    pipeline.fit(x_train, y_train)
-
-    model = convert_sklearn(
-        pipeline,
-        name="digits",
-        initial_types=[("input", FloatTensorType([None, 64]))],
-        options={id(pipeline.named_steps["clf"]): {"zipmap": False}},
-        target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
-    )
-    model = _finalize(model, "digits")
-    output_names = [o.name for o in model.graph.output]
-    if output_names != ["label", "probabilities"]:
-        raise SystemExit(f"digits: unexpected skl2onnx output names {output_names}")
-    path = _write_model(repo, "digits", model, DIGITS_CONFIG)
-    _write_npz(repo / "digits" / "test_split.npz", X=x_test, y=y_test)
-
-    label, probabilities = _session(path).run(["label", "probabilities"], {"input": x_test})
-    accuracy = float(np.mean(label == y_test))
-    agree = bool(np.array_equal(np.argmax(probabilities, axis=1), label))
-    print(
-        f"digits: train={len(y_train)} test={len(y_test)} "
-        f"held-out accuracy (onnxruntime)={accuracy:.4f} "
-        f"sklearn={pipeline.score(x_test, y_test):.4f} argmax(probabilities)==label: {agree}"
-    )
-    if accuracy < 0.9 or not agree:
-        raise SystemExit("digits: accuracy below 0.9 or label/probabilities disagree")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,8 +278,11 @@ def main() -> None:
     args = parser.parse_args()
     repo: Path = args.repo.resolve()
 
+    import build_digits  # both versions of digits
+
+    digits = build_digits.build_digits(repo)
     paths = {
-        "digits": build_digits(repo),
+        **{f"digits/{version}": path for version, path in digits.items()},
         "cnn": build_cnn(repo),
         "identity": build_identity(repo),
         "add_sub": build_add_sub(repo),

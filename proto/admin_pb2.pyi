@@ -69,18 +69,20 @@ class Canary(_message.Message):
     def __init__(self, state: _Optional[str] = ..., stable_version: _Optional[int] = ..., candidate_version: _Optional[int] = ..., steps: _Optional[_Iterable[float]] = ..., step: _Optional[int] = ..., percent: _Optional[float] = ..., interval_s: _Optional[float] = ..., gates: _Optional[_Union[CanaryGates, _Mapping]] = ..., reason: _Optional[str] = ..., extensions: _Optional[int] = ...) -> None: ...
 
 class ArmStatus(_message.Message):
-    __slots__ = ("arm", "requests", "errors", "p50_s", "p99_s")
+    __slots__ = ("arm", "requests", "errors", "p50_s", "p99_s", "version")
     ARM_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     P50_S_FIELD_NUMBER: _ClassVar[int]
     P99_S_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     arm: str
     requests: int
     errors: int
     p50_s: float
     p99_s: float
-    def __init__(self, arm: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_s: _Optional[float] = ..., p99_s: _Optional[float] = ...) -> None: ...
+    version: int
+    def __init__(self, arm: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_s: _Optional[float] = ..., p99_s: _Optional[float] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Deployment(_message.Message):
     __slots__ = ("model", "aliases", "routes", "shadows", "canary", "arms")

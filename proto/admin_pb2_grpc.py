@@ -90,7 +90,8 @@ class AdminServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetDeployment(self, request, context):
-        """The model's current deployment: aliases, routes, shadows, canary, per-arm counters.
+        """The model's current deployment: aliases, routes, shadows, canary, counters per arm
+        and version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -28,7 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto import admin_pb2, grpc_service_pb2, grpc_service_pb2_grpc
+from proto import admin_pb2, grpc_service_pb2
 from proto._pool import POOL
 from server.backends.base import Backend
 from server.backends.ensemble import EnsembleBackend
@@ -42,13 +42,14 @@ from server.errors import ModelLoadError, SluiceError
 from server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
 from server.protocol.admin import add_admin_service
 from server.protocol.servicer import InferenceServicer
+from server.protocol.wire import add_inference_service
 from server.rollout.canary import CanaryController
 from server.rollout.deploy_store import DeploymentStore
 from server.rollout.deployment import DeploymentState
 from server.rollout.router import Router
 from server.rollout.shadow import ShadowMirror
 from server.rollout.state_sync import DeploymentFollower
-from server.serving.admission import InflightBudget
+from server.serving.budget import InflightBudget
 from server.serving.loading import load_in_order
 from server.serving.repository import ModelRepository
 
@@ -149,6 +150,7 @@ class Server:
         )
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
+        self.final_counts = (0, 0)
 
     @property
     def shadow(self) -> ShadowMirror | None:
@@ -221,9 +223,7 @@ class Server:
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
         ]
         self._grpc = grpc.aio.server(options=options)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            self.servicer, self._grpc
-        )
+        add_inference_service(self.servicer, self._grpc)
         add_admin_service(
             self._grpc, self.router, self.router.shadow, self.canary, self.follower
         )
@@ -294,6 +294,11 @@ class Server:
             log.warning("%d requests still in flight after %.1fs", self.servicer.in_flight, grace)
         if self._grpc is not None:
             await self._grpc.stop(max(0.5, deadline - time.monotonic()))
+        versions = self.repository.loaded()
+        #: What the models did in this process's life: (answered, refused or failed).
+        self.final_counts = (
+            sum(v.stats.success_count for v in versions), sum(v.stats.fail_count for v in versions)
+        )
         await self.follower.close()
         await self.canary.close()
         if self.router.shadow is not None:
@@ -332,9 +337,11 @@ async def run_until_signal(config: ServerConfig) -> None:
             print(f"sluice: metrics on http://{host}:{server.metrics.port}/metrics",
                   flush=True)
 
-    async with serve(config, listening):
+    async with serve(config, listening) as server:
         await stop.wait()
         log.info("signal received; shutting down (grace %.1fs)", config.shutdown_grace_s)
+    answered, failed = server.final_counts
+    print(f"sluice: stopped; {answered} requests answered, {failed} refused or failed", flush=True)
 
 
 def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from server.serving.admission import InflightBudget
+from server.serving.budget import InflightBudget
 from server.serving.model import ModelVersion
 from server.serving.stats import CumulativeHistogram, LatencyWindow
 
@@ -116,7 +116,8 @@ class ArmReading(Protocol):
     latency: LatencyWindow
 
 class ArmCollector(Collector):
-    """Per-arm requests (by outcome) and window latency quantiles, labelled model, version, arm.
+    """Per-arm requests (by outcome) and window latency quantiles, labelled model, version, arm;
+    the version is the one that answered (an arm that moved keeps a series per version).
 
     ``arms`` yields (model, arm, stats) — ``Router.all_arm_stats``. Only routed traffic has
     arms: models with a deployment, and requests that named an alias."""

@@ -77,6 +77,9 @@ class InferRequest:
     deadline: float | None = None
     #: Triton priority level, 1 = highest; 0 = the model's default.
     priority: int = 0
+    #: (name, datatype, shape) of each raw input, when the decoder took its short path (the
+    #: same tuple means the same checks pass); None otherwise.
+    signature: tuple[tuple[str, str, tuple[int, ...]], ...] | None = None
 
 
 @dataclass(slots=True)

@@ -121,8 +121,11 @@ class AdminServicer(pb_grpc.AdminServicer):
         record = self._canary.status(model) if self._canary is not None else state.canary
         if record and "state" in record:
             message.canary.CopyFrom(_canary_message(record))
-        for arm, stats in sorted(self._router.arm_stats(model).items()):
-            row = pb.ArmStatus(arm=arm, requests=stats.requests, errors=stats.errors)
+        rows = self._router.arm_stats(model)
+        for arm, version in sorted(rows, key=lambda key: (key[0], key[1] or 0)):
+            stats = rows[(arm, version)]
+            row = pb.ArmStatus(arm=arm, version=version or 0, requests=stats.requests,
+                               errors=stats.errors)
             quantiles = stats.latency.quantiles((50, 99))
             if quantiles:
                 row.p50_s, row.p99_s = quantiles[50], quantiles[99]
@@ -204,6 +207,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             await self._router.change(
                 request.model, "shadow_start", new, caller=caller,
                 reason=request.reason or f"shadow version {request.version} at {sample:g}",
+                tried=f"start a shadow of version {request.version}",
             )
             if self._shadow is not None:  # a new shadow run starts a fresh comparison
                 self._shadow.reset(request.model, request.version)

@@ -28,9 +28,10 @@ from server.errors import (
     SluiceError,
     Unimplemented,
 )
-from server.protocol import codec
+from server.protocol import codec, wire
 from server.protocol.statistics import latency_table, model_statistics
-from server.protocol.status import fail, to_status
+from server.protocol.status import fail
+from server.protocol.streaming import answer_stream
 from server.rollout.router import ARM_PARAM, STICKY_METADATA, STICKY_PARAM, Router, ShadowTarget
 from server.serving.model import ModelVersion
 from server.serving.repository import ModelRepository
@@ -40,11 +41,11 @@ log = logging.getLogger(__name__)
 
 #: Extensions (Triton's names) this server really implements.
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
-#: In-flight requests per ModelStreamInfer stream before we stop reading from it.
-STREAM_WINDOW = 256
 #: Failures that are the caller's doing: they say nothing about the arm, so arms do not count
 #: them (a canary must not be rolled back for a client's malformed requests).
 _CALLER_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED, Code.CANCELLED})
+#: Where a request goes: (served version, arm or None on the plain path, shadow targets).
+Routed = tuple[ModelVersion, str | None, tuple[ShadowTarget, ...]]
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -176,26 +177,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ----------------------------------------------------------------------------
 
-    async def _infer(
-        self, message: pb.ModelInferRequest, deadline: float | None,
-        metadata_key: Callable[[], str | None] | None = None,
-    ) -> InferResponse:
-        """Route, infer, count. ``metadata_key`` gives the sticky key sent as gRPC metadata; it
-        is called only when weights decide and the request carries no ``sticky_key``."""
+    def _prepare(self, message: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
+        """The decoded request, or the error that refuses it (draining, a bad request)."""
         if self._draining:
             raise Overloaded("server is shutting down", reason="draining", retry_after_ms=1000)
         request = codec.decode_request(message, deadline, self._limits)
-        sticky = request.parameters.get(STICKY_PARAM)
+        sticky = request.parameters.get(STICKY_PARAM) if request.parameters else None
         if sticky is not None and not isinstance(sticky, str):
             raise InvalidInput(f"parameter '{STICKY_PARAM}' must be a string")
+        return request
+
+    def answer_now(
+        self, message: pb.ModelInferRequest, deadline: float | None,
+        metadata_key: Callable[[], str | None] | None = None,
+    ) -> tuple[InferRequest, Routed, InferResponse | None]:
+        """Decode and route ``message``, and answer it at once when the answer can be computed
+        right now on the loop (the plain path, its model idle and fast enough to run inline);
+        the answer is None otherwise: :meth:`dispatch` the request on the route, with no await
+        in between (a concurrent reload or deployment switch can never move a request that
+        already chose its version). ``metadata_key`` gives the sticky key sent as gRPC
+        metadata; it is called only when weights decide and the request carries none."""
+        request = self._prepare(message, deadline)
+        sticky = request.parameters.get(STICKY_PARAM) if request.parameters else None
+        route = self._router.route(request.model_name, request.model_version, sticky, metadata_key)
+        served, arm, _ = route
+        return request, route, served.infer_now(request) if arm is None else None
+
+    async def dispatch(self, request: InferRequest, route: Routed) -> InferResponse:
+        """Infer ``request`` on ``route`` (from :meth:`answer_now`), counted as in flight."""
         self.in_flight += 1
         self._idle.clear()
         try:
-            # No await between resolving the version and queueing on it: a concurrent reload or
-            # deployment switch can never move a request that already chose its version.
-            served, arm, shadows = self._router.route(
-                request.model_name, request.model_version, sticky, metadata_key
-            )
+            served, arm, shadows = route
             if arm is None:  # the plain path: no deployment, no alias named
                 return await served.infer(request)
             return await self._infer_routed(request, served, arm, shadows)
@@ -236,71 +249,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         try:
-            response = await self._infer(
+            decoded, route, response = self.answer_now(
                 request, codec.deadline_from(context.time_remaining()),
                 lambda: _metadata_sticky_key(context),
             )
-            return codec.encode_response(response)
+            if response is None:
+                response = await self.dispatch(decoded, route)
+            return wire.encode_response(response)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             fail(context, exc)
-            return pb.ModelInferResponse()
+            return b""  # the empty message, serialized (the status says what went wrong)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    ) -> AsyncIterator[bytes | pb.ModelStreamInferResponse]:
         """Requests are answered as they finish (each response carries its request's id); an
-        error answers that one request and the stream stays open.
+        error answers that one request and the stream stays open (:mod:`.streaming`).
         """
-        done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        window = asyncio.Semaphore(STREAM_WINDOW)
-        tasks: set[asyncio.Task[None]] = set()
         stream_key = _metadata_sticky_key(context)  # once per stream: metadata cannot change
-
-        def metadata_key() -> str | None:
-            return stream_key
-
-        async def answer(message: pb.ModelInferRequest) -> None:
-            try:
-                response = await self._infer(message, None, metadata_key)
-                item = pb.ModelStreamInferResponse(infer_response=codec.encode_response(response))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                code, text, _ = to_status(exc)
-                item = pb.ModelStreamInferResponse(
-                    error_message=f"[{code.name}] {text}",
-                    infer_response=pb.ModelInferResponse(
-                        model_name=message.model_name,
-                        model_version=message.model_version,
-                        id=message.id,
-                    ),
-                )
-            finally:
-                window.release()
-            done.put_nowait(item)
-
-        async def read() -> None:
-            try:
-                async for message in request_iterator:
-                    await window.acquire()
-                    task = asyncio.create_task(answer(message))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if tasks:
-                    await asyncio.gather(*list(tasks), return_exceptions=True)
-            finally:
-                done.put_nowait(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (item := await done.get()) is not None:
-                yield item
-        finally:
-            reader.cancel()
-            for task in list(tasks):
-                task.cancel()
+        async for item in answer_stream(self, request_iterator, stream_key):
+            yield item
 
     # -- repository ---------------------------------------------------------------------------
 

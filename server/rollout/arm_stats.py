@@ -43,7 +43,8 @@ class ArmStats:
 
     def __init__(self, version: int | None = None, *, window_s: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        #: The version this arm served while these numbers were taken.
+        #: The version that answered these requests (the router keeps one ArmStats per arm
+        #: and version).
         self.version = version
         self.requests = 0
         self.errors = 0

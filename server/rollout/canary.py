@@ -8,8 +8,8 @@ and shadow agreement when a shadow of the candidate reported. A step with fewer 
 judged on no data. The error-rate gate is also checked every ``check_every_s`` within a step, so
 a broken candidate is rolled back within seconds. A breach sends all traffic back to the stable
 version (action ``canary_rollback``, reason naming the gate and its numbers); passing the last
-step promotes the candidate: alias ``stable`` -> candidate, all traffic to it
-(``canary_promote``).
+step promotes the candidate: alias ``stable`` -> candidate, all traffic to it, and a shadow of it
+ends (``canary_promote``). The step numbers are the arms' as their versions answered them.
 
 The deployment state is the truth: progress lives in ``DeploymentState.canary`` (a JSON record,
 see :func:`new_record`), persisted and audited by the router with every step. A driver task
@@ -116,7 +116,9 @@ class CanaryController:
             )
             note = reason or (f"canary of version {candidate} over stable {stable}: steps "
                               f"{list(plan)} % every {interval_s:g}s")
-            await self._router.change(name, "canary_start", new, caller=caller, reason=note)
+            await self._router.change(
+                name, "canary_start", new, caller=caller, reason=note,
+                tried=f"start a canary of version {candidate} over stable version {stable}")
             self._spawn(name, record["id"])
         return self.status(name) or record
 
@@ -264,7 +266,7 @@ class CanaryController:
             current = self._record(name, cid)
             if current is None or current["step"] != record["step"]:
                 return None
-            candidate, stable = self._epochs(name)
+            candidate, stable = self._epochs(name, record)
             # Early error gate: no need to wait out the step to see a broken candidate.
             if candidate.requests >= gates.min_requests and (breach := error_gate(candidate,
                                                                                    gates)):
@@ -321,7 +323,7 @@ class CanaryController:
         new = dataclasses.replace(
             state.with_alias("stable", winner), routes=(Route("stable", winner, 100.0),),
             canary={**record, "state": outcome, "reason": why},
-        )
+        ).without_served_shadow()  # a promoted candidate's shadow has nothing left to compare
         await self._router.change(name, action, new, caller=caller, reason=why)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -349,9 +351,12 @@ class CanaryController:
                 "(or switch to one version) before starting a canary")
         return versions.pop() if versions else self._router.resolve(name, "", None)[0].version
 
-    def _epochs(self, name: str) -> tuple[EpochStats, EpochStats]:
-        """(candidate, stable) numbers of the current step."""
+    def _epochs(self, name: str, record: Mapping[str, Any]) -> tuple[EpochStats, EpochStats]:
+        """(candidate, stable) numbers of the current step: each arm as its version answered
+        it (not another version the arm served before)."""
         arms = self._router.arm_stats(name)
         empty = EpochStats(0, 0, 0.0, None, None, 0.0)
-        return (arms["candidate"].epoch() if "candidate" in arms else empty,
-                arms["stable"].epoch() if "stable" in arms else empty)
+        candidate = arms.get(("candidate", int(record["candidate"])))
+        stable = arms.get(("stable", int(record["stable"])))
+        return (candidate.epoch() if candidate is not None else empty,
+                stable.epoch() if stable is not None else empty)

@@ -62,6 +62,20 @@ class DeploymentState:
         """True when nothing differs from Triton's default routing."""
         return not (self.aliases or self.routes or self.shadows or self.canary)
 
+    def sole_version(self) -> int | None:
+        """The version every routed request goes to; None without routes or with several."""
+        versions = {route.version for route in self.routes}
+        return versions.pop() if len(versions) == 1 else None
+
+    def without_served_shadow(self) -> DeploymentState:
+        """A copy without the shadow of :meth:`sole_version`: once a version answers every
+        request there is no live answer left to compare it with (a promotion ends its shadow)."""
+        served = self.sole_version()
+        kept = tuple(s for s in self.shadows if s.version != served)
+        if len(kept) == len(self.shadows):
+            return self
+        return DeploymentState(self.aliases, self.routes, kept, self.canary)
+
     def with_alias(self, name: str, version: int | None) -> DeploymentState:
         """A copy with alias ``name`` pointing at ``version`` (None removes it)."""
         kept = {a: v for a, v in self.aliases if a != name}

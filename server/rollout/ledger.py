@@ -6,7 +6,9 @@ recorded entry (state, rollback history, sha256 of the deployment.yaml it came f
 that runs changes one at a time, and the routing table served from the state. Promises:
 
 - **Commit** (:meth:`DeploymentLedger.commit`): validate (every version named is loaded,
-  weights > 0, samples in (0, 1], the canary record is JSON) -> persist atomically -> record it
+  weights > 0, samples in (0, 1], the canary record is JSON; a version that is not loaded is
+  refused with what the change tried, which alias, route or shadow names it, and the
+  repository's advice on loading it) -> persist atomically -> record it
   and swap the table at one instant (whoever reads the state sees what requests are routed by)
   -> append the audit record. Nothing changes when validation or persisting fails; what is
   persisted is served even if auditing fails, since a restart would serve it. The replaced state
@@ -53,16 +55,43 @@ DeclaredReader = Callable[[str], tuple[DeploymentState, str] | None]
 #: Default of DeploymentLedger.commit's ``digest``: keep the recorded deployment.yaml hash.
 KEEP_DIGEST: Any = object()
 
+#: on_swap(model name, state served until now, state served from now on).
+SwapHook = Callable[[str, DeploymentState, DeploymentState], None]
+
+#: What an action tries, for errors when the caller gives no more precise words.
+_TRIED = {
+    "set_routes": "change the routes", "set_alias": "change an alias", "switch": "switch",
+    "rollback": "roll back to the previous deployment", "shadow_start": "start a shadow",
+    "shadow_stop": "stop a shadow", "canary_start": "start a canary",
+    "canary_step": "move the canary to its next step",
+    "canary_promote": "promote the canary's candidate", "canary_rollback": "roll the canary back",
+    "canary_abort": "abort the canary", "apply_deployment_yaml": "apply its deployment.yaml",
+}
+
+
+class _VersionNotLoaded(ModelNotFound):
+    """A state names a version that is not loaded (``what``: the alias, route or shadow)."""
+
+    def __init__(self, name: str, version: int, what: str) -> None:
+        super().__init__(f"model '{name}': {what} names version {version}, which is not loaded")
+        self.version = version
+        self.what = what
+
 
 class DeploymentLedger:
     """Owns every model's recorded deployment state and the routing tables served from it."""
 
     def __init__(self, repository: ModelRepository, store: DeploymentStore | None,
-                 declared: DeclaredReader | None = None) -> None:
-        """``store`` None keeps state in memory only; ``declared`` reads deployment.yaml."""
+                 declared: DeclaredReader | None = None, *,
+                 on_swap: SwapHook | None = None) -> None:
+        """``store`` None keeps state in memory only; ``declared`` reads deployment.yaml;
+        ``on_swap`` is called, synchronously and at the instant of the swap, whenever the state
+        a model is routed by changes (a commit, an adopted change, a load applying another);
+        what it raises is logged, never the caller's failure."""
         self._repo = repository
         self._store = store
         self._declared = declared
+        self._on_swap = on_swap
         self._entries: dict[str, StoredDeployment] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         #: model name -> the table its requests are routed by (absent: newest-version routing).
@@ -101,12 +130,13 @@ class DeploymentLedger:
     # -- committing ---------------------------------------------------------------------------
 
     async def commit(self, name: str, action: str, new: DeploymentState, *, caller: str,
-                     reason: str, push: bool = True, digest: Any = KEEP_DIGEST
-                     ) -> DeploymentState:
+                     reason: str, push: bool = True, digest: Any = KEEP_DIGEST,
+                     tried: str = "") -> DeploymentState:
         """Validate -> persist -> record and swap -> audit; returns ``new``. Hold :meth:`lock`.
         ``push`` False pops the history instead (a rollback); ``digest``: the deployment.yaml
-        hash to record (by default the one recorded stays)."""
-        self._validate(name, new)
+        hash to record (by default the one recorded stays). ``tried`` says what the change
+        does, for errors (e.g. "switch all traffic to version 2"; default: from ``action``)."""
+        await self._check(name, new, tried or _TRIED.get(action, action.replace("_", " ")))
         entry = self._entries.get(name) or StoredDeployment(DeploymentState())
         old = entry.state
         history = (old, *entry.history) if push else entry.history[1:]
@@ -156,7 +186,7 @@ class DeploymentLedger:
                     declared = await asyncio.to_thread(self._declared, name)
                 digest = declared[1] if declared is not None else None
                 if entry is not None and entry.yaml_sha256 == digest:
-                    self._validate(name, entry.state)
+                    await self._check(name, entry.state, "restore its saved deployment")
                     self._swap(name, entry.state)
                 elif declared is not None or entry is not None:
                     new = declared[0] if declared is not None else DeploymentState()
@@ -206,13 +236,26 @@ class DeploymentLedger:
                 return
         self.tables.pop(name, None)
 
+    async def _check(self, name: str, state: DeploymentState, tried: str) -> None:
+        """:meth:`_validate`, with what was ``tried`` and how to load a missing version in the
+        error: the version an alias names is often one the caller never typed (``switch 2``
+        points ``stable`` at 2)."""
+        try:
+            self._validate(name, state)
+        except _VersionNotLoaded as exc:
+            how = await asyncio.to_thread(self._repo.version_hint, name, exc.version)
+            loaded = ", ".join(map(str, self._repo.versions(name))) or "none"
+            raise ModelNotFound(
+                f"model '{name}': cannot {tried}: {exc.what} would name version {exc.version}, "
+                f"which is not loaded (loaded versions: {loaded}); {how}"
+            ) from None
+
     def _validate(self, name: str, state: DeploymentState) -> None:
         self._repo.get(name)  # ModelNotFound / ModelNotReady when the model is not serving
 
         def loaded(version: int, what: str) -> None:
             if not self._repo.ready(name, str(version)):
-                raise ModelNotFound(f"model '{name}': {what} names version {version}, which is "
-                                    "not loaded")
+                raise _VersionNotLoaded(name, version, what)
 
         for alias, version in state.aliases:
             try:
@@ -239,7 +282,7 @@ class DeploymentLedger:
             seen_arms.add(route.arm)
         shadowed: set[int] = set()
         for target in state.shadows:
-            loaded(target.version, "shadow")
+            loaded(target.version, "the shadow")
             if not 0 < target.sample <= 1:
                 raise InvalidInput(f"model '{name}': shadow of version {target.version}: sample "
                                    f"must be in (0, 1], not {target.sample}")
@@ -253,7 +296,14 @@ class DeploymentLedger:
                 raise InvalidInput(f"model '{name}': canary record is not JSON ({exc})") from None
 
     def _swap(self, name: str, state: DeploymentState) -> None:
+        table = self.tables.get(name)
+        old = table.state if table is not None else DeploymentState()
         if state.empty:
             self.tables.pop(name, None)
         else:
             self.tables[name] = RoutingTable(state)
+        if self._on_swap is not None and old != state:
+            try:
+                self._on_swap(name, old, state)
+            except Exception:  # our bug; the state is served all the same
+                log.exception("model '%s': deployment swap hook failed", name)

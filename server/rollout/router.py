@@ -20,6 +20,13 @@ state another process replaced meanwhile is refused (DeploymentConflict; the new
 adopted, so a retry works). The ledger also reconciles: it applies persisted or declared state
 when a model loads (:meth:`Router.model_loaded`) and adopts other processes' changes
 (:meth:`Router.adopt`, driven by :mod:`server.rollout.state_sync`).
+
+**Arm statistics** are kept per (arm, version that answered): when an arm moves to another
+version (a switch, a promotion), the old version's counts stay under its own label and the new
+version's start at zero, even for requests admitted before the move that finish after it. A
+version that takes all of a model's traffic stops being a shadow: the verbs that send it there
+(switch, set_routes, set_alias, a canary's end) drop its shadow target, and the mirror forgets
+the comparisons of a shadow so retired, in whichever process sees the new state.
 """
 
 from __future__ import annotations
@@ -69,13 +76,15 @@ class Router:
     ) -> None:
         """``store`` None keeps state in memory only; ``declared`` reads deployment.yaml."""
         self._repo = repository
-        self._ledger = DeploymentLedger(repository, store, declared)
+        self._ledger = DeploymentLedger(repository, store, declared,
+                                        on_swap=self._served_changed)
         self._tables = self._ledger.tables  # one dict for the ledger's life
         self.shadow = shadow
         self._uniform = (rng or random.Random()).random
         self._window_s = window_s
         self._clock = clock
-        self._stats: dict[str, dict[str, ArmStats]] = {}
+        #: model -> (arm, version that answered) -> its statistics.
+        self._stats: dict[str, dict[tuple[str, int | None], ArmStats]] = {}
 
     @property
     def revision(self) -> int:
@@ -137,13 +146,15 @@ class Router:
 
     def record(self, name: str, arm: str, seconds: float, ok: bool, *,
                version: int | None = None) -> None:
-        """Count one request of ``arm`` (stats restart when the arm's version changes)."""
+        """Count one request of ``arm`` answered by ``version`` (each version of an arm has
+        its own counts)."""
         arms = self._stats.get(name)
         if arms is None:
             arms = self._stats[name] = {}
-        stats = arms.get(arm)
-        if stats is None or (version is not None and stats.version != version):
-            stats = arms[arm] = ArmStats(version, window_s=self._window_s, clock=self._clock)
+        stats = arms.get((arm, version))
+        if stats is None:
+            stats = arms[(arm, version)] = ArmStats(version, window_s=self._window_s,
+                                                     clock=self._clock)
         stats.record(seconds, ok)
 
     # -- reading state ------------------------------------------------------------------------
@@ -163,25 +174,29 @@ class Router:
         """Raise ModelNotFound (or ModelNotReady) unless ``name`` is being served."""
         self._repo.get(name)
 
-    def arm_stats(self, name: str) -> dict[str, ArmStats]:
+    def arm_stats(self, name: str) -> dict[tuple[str, int | None], ArmStats]:
+        """(arm, version that answered) -> statistics, for every pair that had a request."""
         return dict(self._stats.get(name, {}))
 
     def all_arm_stats(self) -> Iterator[tuple[str, str, ArmStats]]:
-        """(model, arm, stats) for every arm that served a request (for /metrics)."""
+        """(model, arm, stats) for every arm and version that served a request (for /metrics;
+        ``stats.version`` is the version)."""
         for name, arms in list(self._stats.items()):
-            for arm, stats in list(arms.items()):
+            for (arm, _), stats in list(arms.items()):
                 yield name, arm, stats
 
     # -- changes ------------------------------------------------------------------------------
 
     async def change(self, name: str, action: str, new: DeploymentState, *, caller: str,
-                     reason: str = "") -> DeploymentState:
+                     reason: str = "", tried: str = "") -> DeploymentState:
         """Validate, persist, audit and apply ``new`` as ``name``'s state; returns it.
 
-        InvalidInput / ModelNotFound name what is wrong, and nothing changes. The replaced
-        state goes on the rollback history."""
+        InvalidInput / ModelNotFound name what is wrong (``tried``, e.g. "start a shadow of
+        version 2", says what the change does; default: from ``action``), and nothing changes.
+        The replaced state goes on the rollback history."""
         async with self._ledger.lock(name):
-            return await self._ledger.commit(name, action, new, caller=caller, reason=reason)
+            return await self._ledger.commit(name, action, new, caller=caller, reason=reason,
+                                             tried=tried)
 
     async def rollback(self, name: str, *, caller: str, reason: str = "") -> DeploymentState:
         """Go back to the state before the last change (or rollback); returns it."""
@@ -205,8 +220,11 @@ class Router:
                 number, arm = self._target(name, state, target)
                 routes.append(Route(arm, number, weight))
             new = DeploymentState(state.aliases, tuple(routes), state.shadows, state.canary)
+            new = new.without_served_shadow()
+            tried = ("route " + " ".join(f"{r.arm}={r.weight:g}" for r in routes) if routes
+                     else "route to the newest version")
             return await self._ledger.commit(name, "set_routes", new, caller=caller,
-                                             reason=reason)
+                                             reason=reason, tried=tried)
 
     async def set_alias(self, name: str, alias: str, version: int | None, *, caller: str,
                         reason: str = "") -> DeploymentState:
@@ -228,8 +246,11 @@ class Router:
                 for r in state.routes
             )
             new = DeploymentState(state.aliases, routes, state.shadows, state.canary)
+            new = new.without_served_shadow()
+            tried = (f"remove alias '{alias}'" if version is None
+                     else f"point alias '{alias}' at version {version}")
             return await self._ledger.commit(name, "set_alias", new, caller=caller,
-                                             reason=reason)
+                                             reason=reason, tried=tried)
 
     async def switch(self, name: str, target: str | int, *, caller: str,
                      reason: str = "") -> DeploymentState:
@@ -237,19 +258,27 @@ class Router:
         alias ``stable`` pointing at it. :meth:`rollback` undoes it in one call."""
         async with self._ledger.lock(name):
             state = self.state(name)
-            number, _ = self._target(name, state, target)
+            number, arm = self._target(name, state, target)
             state = state.with_alias("stable", number)
             new = DeploymentState(
                 state.aliases, (Route("stable", number, 1.0),), state.shadows, state.canary
-            )
-            return await self._ledger.commit(name, "switch", new, caller=caller,
-                                             reason=reason)
+            ).without_served_shadow()
+            named = "" if arm == f"v{number}" else f" (alias '{arm}')"
+            return await self._ledger.commit(
+                name, "switch", new, caller=caller, reason=reason,
+                tried=f"switch all traffic to version {number}{named}")
 
     # -- state from elsewhere (reconciled by the ledger) --------------------------------------
 
     async def model_loaded(self, name: str) -> None:
         """Apply ``name``'s persisted or declared deployment after the repository (re)loaded it;
-        see :meth:`DeploymentLedger.model_loaded` for the precedence and what failure leaves."""
+        see :meth:`DeploymentLedger.model_loaded` for the precedence and what failure leaves.
+        Arm statistics of versions no longer loaded are dropped."""
+        arms = self._stats.get(name)
+        if arms:
+            for key in [k for k in arms if k[1] is not None
+                        and not self._repo.ready(name, str(k[1]))]:
+                del arms[key]
         await self._ledger.model_loaded(name)
 
     def adopt(self, name: str, entry: StoredDeployment | None) -> None:
@@ -258,6 +287,17 @@ class Router:
         self._ledger.adopt(name, entry)
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _served_changed(self, name: str, old: DeploymentState, new: DeploymentState) -> None:
+        """The ledger's swap hook: a shadow that ``new`` ended by sending all traffic to its
+        version has no comparisons left to make; forget the ones it made."""
+        served = new.sole_version()
+        if self.shadow is None or served is None:
+            return
+        if any(s.version == served for s in old.shadows) and not any(
+            s.version == served for s in new.shadows
+        ):
+            self.shadow.reset(name, served)
 
     def _target(self, name: str, state: DeploymentState, target: str | int) -> tuple[int, str]:
         """(version, arm label) for a version number or an alias of ``state``."""

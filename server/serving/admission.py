@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.config.model import ModelConfig, TimeoutAction
-from server.config.settings import RequestLimits
 from server.errors import DeadlineExceeded, InvalidInput, Overloaded, ResourceExhausted
 from server.serving.batcher import DynamicBatcher
+from server.serving.budget import InflightBudget
 from server.serving.queues import CoDel, QueueItem
 
 #: ``InferRequest.priority`` of shadow copies: the level below every configured one (N + 1).
@@ -55,50 +55,6 @@ _ERROR_MAX_S = 1.0
 #: Without answers to learn from (everything shed), the learnt error halves towards 0 every
 #: this long: a stale, pessimistic estimate must not lock a model out for good.
 _ERROR_HALF_LIFE_S = 0.25
-
-
-class InflightBudget:
-    """Server-wide bound on the input bytes of admitted requests not yet answered.
-
-    One per server, owned by the app and shared by every model version's admission; acquired
-    when a request is admitted and released when it is answered (whatever the outcome).
-    """
-
-    def __init__(self, limit_bytes: int | None) -> None:
-        #: None: no bound (the bytes are still counted).
-        self.limit_bytes = limit_bytes
-        self.bytes = 0
-        self.peak_bytes = 0
-
-    def fits(self, nbytes: int) -> bool:
-        return self.limit_bytes is None or self.bytes + nbytes <= self.limit_bytes
-
-    def acquire(self, nbytes: int) -> None:
-        self.bytes += nbytes
-        if self.bytes > self.peak_bytes:
-            self.peak_bytes = self.bytes
-
-    def release(self, nbytes: int) -> None:
-        self.bytes -= nbytes
-
-
-def check_request_limits(limits: RequestLimits, inputs: int, outputs: int, rank: int) -> None:
-    """Refuse a request with more inputs, requested outputs or input dimensions than allowed."""
-    if inputs > limits.max_inputs:
-        raise ResourceExhausted(
-            f"request has {inputs} inputs; the server allows at most {limits.max_inputs} "
-            "(max_request_inputs)"
-        )
-    if outputs > limits.max_outputs:
-        raise ResourceExhausted(
-            f"request asks for {outputs} outputs; the server allows at most "
-            f"{limits.max_outputs} (max_request_outputs)"
-        )
-    if rank > limits.max_rank:
-        raise ResourceExhausted(
-            f"an input has {rank} dimensions; the server allows at most {limits.max_rank} "
-            "(max_tensor_rank)"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +163,11 @@ class Admission:
         #: idle model, shedding the very requests an idle model should take.
         self.error = [0.0] * len(policy.level_policies)
         self._learnt_at = [0.0] * len(policy.level_policies)
+        rules = policy.level_policies[policy.default_level]
+        #: The default level sets no queue timeout and no budget share: see :meth:`clear_inline`.
+        self._plain_default = (
+            rules.timeout_s is None and rules.budget_fraction >= 1 and rules.max_requests > 0
+        )
 
     def level(self, priority: int) -> int:
         """Triton's rule: 0 or out of range -> the default level; SHADOW_PRIORITY -> N + 1."""
@@ -303,6 +264,29 @@ class Admission:
         if budget_bytes is not None:
             budget_bytes.acquire(nbytes)
         return estimate
+
+    def clear_inline(
+        self, rows: int, nbytes: int, deadline: float | None, now: float, compute_s: float
+    ) -> bool:
+        """Whether a request at the default level with no ``timeout`` parameter, arriving while
+        its model is idle and would compute it inline in about ``compute_s``, passes
+        :meth:`admit` with nothing in its way: no queue timeout or budget share at that level,
+        no cap exceeded, its deadline (if any) farther than the estimate :meth:`admit` would
+        make, room in the in-flight budget. Then nothing needs estimating or holding: the
+        inline run answers before anything else runs on the loop. False: take :meth:`admit`,
+        which says why not."""
+        if not self._plain_default:
+            return False
+        policy = self.policy
+        if deadline is not None and (deadline - now) * DEADLINE_SAFETY <= compute_s + self._error(
+            policy.default_level, now
+        ):
+            return False
+        if (policy.max_queue_rows is not None and rows > policy.max_queue_rows) or (
+            policy.max_queue_bytes is not None and nbytes > policy.max_queue_bytes
+        ):
+            return False
+        return self._budget is None or self._budget.fits(nbytes)
 
     def observe(self, level: int, estimate: float | None, seconds: float, now: float) -> None:
         """An admitted request was answered ``seconds`` after arrival, at ``now``; ``estimate``

@@ -165,8 +165,24 @@ class DynamicBatcher:
             if self._pool.closing:  # close() began since the check above
                 raise Overloaded(f"model '{self.name}' is shutting down", reason="draining")
             self.queue.push(item)
-            self._lock.notify()
+            if self._pool.sleeping:
+                self._lock.notify()
         return await future
+
+    def inline_estimate_s(self) -> float | None:
+        """Seconds a one-request batch computes in, when a live request arriving now would be
+        computed inline (:meth:`try_inline`); None when it would be queued."""
+        pool = self._pool
+        if pool.closing or self.queue.requests or pool.busy:
+            return None
+        return pool.inline_estimate_s()
+
+    def try_inline(self, inputs: Arrays, rows: int, now: float) -> Arrays | None:
+        """Compute a live request at once on the event loop, as :meth:`submit` would when the
+        model is idle (admission cleared it); None: it must be submitted."""
+        if self._pool.closing:
+            return None
+        return self._pool.try_inline(inputs, rows, now)
 
     def stats(self) -> dict[str, float]:
         """Queue depth, its high-water marks, what is computing and throughput now."""

@@ -118,6 +118,9 @@ class InstancePool:
         self._observer = observer
         #: Instances computing a batch now (under the lock).
         self.busy = 0
+        #: Instance threads asleep on the lock (under the lock): a new request needs a notify
+        #: only when one is (Condition.notify costs microseconds even with nobody to wake).
+        self.sleeping = 0
         #: Requests in the background batch computing now (0: none; there is one at a time).
         self.background_requests = 0
         #: Set (under the lock) once the batcher stops accepting: threads finish what is
@@ -165,6 +168,13 @@ class InstancePool:
             self._background.close()
 
     # -- inline (event loop) -------------------------------------------------------------------
+
+    def inline_estimate_s(self) -> float | None:
+        """The smoothed compute time of one-request batches when it allows inline runs."""
+        single = self.single_run_s
+        if not self._inline or single is None or single >= INLINE_MAX_S:
+            return None
+        return single
 
     def try_inline(self, inputs: Arrays, rows: int, now: float) -> Arrays | None:
         """Compute one request here, on the event loop, when that is measured to be cheaper than
@@ -260,7 +270,11 @@ class InstancePool:
                 return None
             else:
                 wait_s = UNTIL_NOTIFIED
-            self._lock.wait(None if wait_s == UNTIL_NOTIFIED else wait_s)
+            self.sleeping += 1
+            try:
+                self._lock.wait(None if wait_s == UNTIL_NOTIFIED else wait_s)
+            finally:
+                self.sleeping -= 1
 
     def _is_background(self, batch: list[QueueItem]) -> bool:
         return self._background_run is not None and batch[0].level == self._queue.levels

@@ -15,14 +15,17 @@ from collections.abc import Callable
 from server.backends.base import Backend
 from server.config.model import ModelConfig
 from server.errors import InvalidInput, Overloaded
-from server.serving.admission import FALLBACK_REASONS, Admission, AdmissionPolicy, InflightBudget
+from server.serving.admission import FALLBACK_REASONS, Admission, AdmissionPolicy
 from server.serving.batcher import DynamicBatcher
+from server.serving.budget import InflightBudget
 from server.serving.instances import Arrays
 from server.serving.stats import ModelStats
 from server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_of
 
 #: Response parameter naming the "model:version" that answered, on models with a fallback.
 ANSWERED_BY = "sluice_answered_by"
+#: Input signatures each version remembers as checked before it starts again (bounds memory).
+_PASSED_LIMIT = 1024
 
 
 class ModelVersion:
@@ -81,6 +84,9 @@ class ModelVersion:
         self._reshape_in = {s.name: s.reshape for s in config.inputs if s.reshape is not None}
         self._reshape_out = {s.name: s.dims for s in config.outputs if s.reshape is not None}
         self._batched = config.max_batch_size > 0
+        #: Input signatures (see InferRequest.signature) that passed the checks -> their rows
+        #: and input bytes.
+        self._passed: dict[tuple[tuple[str, str, tuple[int, ...]], ...], tuple[int, int]] = {}
 
     @property
     def name(self) -> str:
@@ -106,24 +112,29 @@ class ModelVersion:
         start = self._clock()
         level = 0
         try:
-            inputs, rows = self._check_inputs(request.inputs)
+            inputs, rows, nbytes = self._checked_inputs(request)
             wanted = self._check_outputs(request.requested_outputs)
-            admission = self.admission
-            level = admission.level(request.priority)
-            deadline, expire = admission.deadlines(
-                level, request.deadline, request.parameters.get("timeout"), start
-            )
-            nbytes = _nbytes(inputs)
-            inputs = self.backend.prepare(inputs)
-            estimate = admission.admit(rows, nbytes, level, deadline, start)
-            try:
-                outputs = await self._batcher.submit(
-                    inputs, rows, deadline, level=level, nbytes=nbytes, expire=expire
+            outputs = self._inline(
+                inputs, rows, nbytes, request.deadline, start
+            ) if _default_rules(request) else None
+            if outputs is None:
+                admission = self.admission
+                level = admission.level(request.priority)
+                deadline, expire = admission.deadlines(
+                    level, request.deadline, request.parameters.get("timeout"), start
                 )
-            finally:
-                admission.release(nbytes)
-            end = self._clock()
-            admission.observe(level, estimate, end - start, end)
+                inputs = self.backend.prepare(inputs)
+                estimate = admission.admit(rows, nbytes, level, deadline, start)
+                try:
+                    outputs = await self._batcher.submit(
+                        inputs, rows, deadline, level=level, nbytes=nbytes, expire=expire
+                    )
+                finally:
+                    admission.release(nbytes)
+                end = self._clock()
+                admission.observe(level, estimate, end - start, end)
+            else:
+                end = self._clock()
         except Overloaded as exc:
             took = self._clock() - start
             self.stats.on_request(took, ok=False)
@@ -136,22 +147,7 @@ class ModelVersion:
             self.stats.on_request(self._clock() - start, ok=False)
             raise
         else:
-            if self._reshape_out:
-                outputs = dict(outputs)
-                for name, dims in self._reshape_out.items():
-                    value = outputs[name]
-                    outputs[name] = value.reshape(
-                        (value.shape[0], *dims) if self._batched else dims
-                    )
-            self.stats.on_request(end - start, ok=True)  # the instant admission learnt from
-            return InferResponse(
-                model_name=self.config.name,
-                model_version=self._version_str,
-                outputs={name: outputs[name] for name in wanted},
-                id=request.id,
-                parameters={ANSWERED_BY: self._label}
-                if as_fallback or self._fallback is not None else {},
-            )
+            return self._answer(request, outputs, wanted, end - start, as_fallback)
         # Degraded mode: the fallback answers, under its own admission. If it cannot take the
         # request either, the caller hears about the primary's overload, not the fallback's.
         try:
@@ -162,6 +158,44 @@ class ModelVersion:
         response.model_name = self.config.name
         response.model_version = self._version_str
         return response
+
+    def infer_now(self, request: InferRequest) -> InferResponse | None:
+        """The answer, computed right now on the event loop, when :meth:`infer` would compute
+        it inline (:meth:`_inline`); None: await :meth:`infer`. Raises what :meth:`infer` would
+        for a bad request or a failing run. Saves the coroutine, and a stream its task."""
+        if not _default_rules(request):
+            return None
+        start = self._clock()
+        try:
+            inputs, rows, nbytes = self._checked_inputs(request)
+            wanted = self._check_outputs(request.requested_outputs)
+            outputs = self._inline(inputs, rows, nbytes, request.deadline, start)
+        except BaseException:
+            self.stats.on_request(self._clock() - start, ok=False)
+            raise
+        if outputs is None:
+            return None
+        return self._answer(request, outputs, wanted, self._clock() - start, False)
+
+    def _answer(
+        self, request: InferRequest, outputs: Arrays, wanted: tuple[str, ...], seconds: float,
+        as_fallback: bool,
+    ) -> InferResponse:
+        """Count the request answered after ``seconds`` and build its response."""
+        if self._reshape_out:
+            outputs = dict(outputs)
+            for name, dims in self._reshape_out.items():
+                value = outputs[name]
+                outputs[name] = value.reshape((value.shape[0], *dims) if self._batched else dims)
+        self.stats.on_request(seconds, ok=True)  # the instant admission learnt from
+        return InferResponse(
+            model_name=self.config.name,
+            model_version=self._version_str,
+            outputs={name: outputs[name] for name in wanted},
+            id=request.id,
+            parameters={ANSWERED_BY: self._label}
+            if as_fallback or self._fallback is not None else {},
+        )
 
     def _fallback_for(
         self, exc: Overloaded, level: int, as_fallback: bool
@@ -184,7 +218,45 @@ class ModelVersion:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _check_inputs(self, inputs: Arrays) -> tuple[Arrays, int]:
+    def _inline(
+        self, inputs: Arrays, rows: int, nbytes: int, deadline: float | None, now: float
+    ) -> Arrays | None:
+        """The outputs, computed right here, for a request at the default level with no queue
+        timeout of its own (no ``priority`` or ``timeout`` parameter) arriving while this
+        version is idle, when its one-request batches are measured cheaper than the hand-off to
+        a thread and admission has nothing to say (:meth:`Admission.clear_inline`); None: queue
+        it the usual way. Nothing is queued or held in the in-flight budget: no other request
+        runs on the loop before it is answered."""
+        compute_s = self._batcher.inline_estimate_s()
+        if compute_s is None or not self.admission.clear_inline(
+            rows, nbytes, deadline, now, compute_s
+        ):
+            return None
+        return self._batcher.try_inline(self.backend.prepare(inputs), rows, now)
+
+    def _checked_inputs(self, request: InferRequest) -> tuple[Arrays, int, int]:
+        """The request's inputs (reshaped where the config says), its rows and its input bytes,
+        or InvalidInput. A request whose decoder ``signature`` passed before skips the checks
+        (same names, datatypes and shapes: same outcome, same size)."""
+        signature = request.signature
+        known = self._passed.get(signature) if signature is not None else None
+        if known is None:
+            known = self._check_inputs(request.inputs), _nbytes(request.inputs)
+            if signature is not None:
+                if len(self._passed) >= _PASSED_LIMIT:
+                    self._passed.clear()
+                self._passed[signature] = known
+        rows, nbytes = known
+        inputs = request.inputs
+        if self._reshape_in:
+            inputs = dict(inputs)
+            for key, dims in self._reshape_in.items():
+                if key in inputs:
+                    value = inputs[key]
+                    inputs[key] = value.reshape((value.shape[0], *dims) if self._batched else dims)
+        return inputs, rows, nbytes
+
+    def _check_inputs(self, inputs: Arrays) -> int:
         name = self.config.name
         rows = 0
         for key, value in inputs.items():
@@ -224,13 +296,7 @@ class ModelVersion:
                     f"model '{name}': batch size {rows} exceeds max_batch_size "
                     f"{self.config.max_batch_size}"
                 )
-        if self._reshape_in:
-            inputs = dict(inputs)
-            for key, dims in self._reshape_in.items():
-                if key in inputs:
-                    value = inputs[key]
-                    inputs[key] = value.reshape((value.shape[0], *dims) if self._batched else dims)
-        return inputs, rows or 1
+        return rows or 1
 
     def _check_outputs(self, requested: tuple[str, ...] | None) -> tuple[str, ...]:
         if not requested:
@@ -242,6 +308,12 @@ class ModelVersion:
                     f"(it has {list(self._output_names)})"
                 )
         return requested
+
+
+def _default_rules(request: InferRequest) -> bool:
+    """No ``priority`` or ``timeout`` parameter: the default level's queue rules apply."""
+    parameters = request.parameters
+    return not parameters or not (request.priority or "timeout" in parameters)
 
 
 def _nbytes(inputs: Arrays) -> int:

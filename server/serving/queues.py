@@ -173,17 +173,20 @@ class ServiceRate:
         #: Per instance: (start instant, rows) of the batch it is running, or None. A list
         #: assigned in place, so a reader on another thread never sees it change size.
         self._running: list[tuple[float, int] | None] = [None] * self._instances
-
-    @property
-    def known(self) -> bool:
-        """Whether any batch has completed yet."""
-        return any(self._rows)
+        #: Entries of ``_running`` that are not None (admission asks on every request).
+        self._running_count = 0
+        #: Whether any batch has completed yet.
+        self.known = False
 
     def started(self, instance: int, now: float, rows: int) -> None:
+        if self._running[instance] is None:
+            self._running_count += 1
         self._running[instance] = (now, rows)
 
     def finished(self, instance: int, now: float, ok: bool) -> None:
         start, rows = self._running[instance] or (now, 0)
+        if self._running[instance] is not None:
+            self._running_count -= 1
         self._running[instance] = None
         seconds = now - start
         if not ok or seconds <= 0 or rows <= 0:
@@ -191,6 +194,7 @@ class ServiceRate:
         k = min(rows.bit_length(), len(self._seconds) - 1)
         if not self._rows[k]:
             self._seconds[k], self._rows[k] = seconds, float(rows)
+            self.known = True
         else:
             a = self._alpha
             self._seconds[k] += a * (seconds - self._seconds[k])
@@ -217,6 +221,8 @@ class ServiceRate:
         fewer take as long as the largest of them)."""
         if rows <= 0:
             return 0.0
+        if rows <= self._max_rows:  # one batch
+            return self.batch_s(rows)
         full, rest = divmod(rows, self._max_rows)
         if full + (1 if rest else 0) <= self._instances:
             return self.batch_s(min(rows, self._max_rows))
@@ -225,9 +231,9 @@ class ServiceRate:
 
     def free_in_s(self, now: float) -> float:
         """Expected seconds until an instance is free to start the next batch."""
-        running = [batch for batch in self._running if batch is not None]
-        if len(running) < self._instances:
+        if self._running_count < self._instances:
             return 0.0
+        running = [batch for batch in self._running if batch is not None]
         return min(max(0.0, self.batch_s(rows) - (now - start)) for start, rows in running)
 
     @property

@@ -20,7 +20,7 @@ from server.backends.base import Backend
 from server.config.model import ModelConfig, check_model_name
 from server.config.validation import complete_model_config
 from server.errors import ModelLoadError, ModelNotFound, ModelNotReady, SluiceError
-from server.serving.admission import InflightBudget
+from server.serving.budget import InflightBudget
 from server.serving.model import ModelVersion
 from server.serving.stats import ModelStats
 
@@ -123,6 +123,37 @@ class ModelRepository:
 
     def loaded(self) -> list[ModelVersion]:
         return [v for m in self._models.values() for v in m.versions.values()]
+
+    def versions(self, name: str) -> list[int]:
+        """The version numbers of ``name`` being served, ascending ([] when none)."""
+        model = self._models.get(name)
+        return sorted(model.versions) if model is not None else []
+
+    def version_hint(self, name: str, version: int) -> str:
+        """How to get version ``version`` of ``name`` served, for an error that needs it (it
+        is not loaded): what the repository holds, what the config selects, which call loads
+        it. Blocking (lists the model directory and reads its config)."""
+        load = f"then load it with `sluice repo load {name}` (RepositoryModelLoad)"
+        model_dir = self.root / name
+        available = _version_dirs(model_dir) if model_dir.is_dir() else []
+        try:
+            policy = self._read_config(model_dir, name)[0].version_policy
+        except SluiceError as exc:
+            return f"the model's config does not load ({exc.message}): fix it, {load}"
+        except OSError:  # the directory went away meanwhile
+            return f"the repository has no model directory {name}: add it, {load}"
+        serve_all = f"set version_policy {{ all {{ }} }} in {name}/config.pbtxt"
+        if version not in available:
+            keep = "" if policy.kind == "all" else f", {serve_all} to serve it beside the others"
+            return f"the repository has no version directory {name}/{version}: add it{keep}, {load}"
+        if version not in policy.select(sorted(available)):
+            chosen = (f"latest {policy.num_versions}" if policy.kind == "latest"
+                      else f"specific {list(policy.versions)}")
+            return f"its version_policy ({chosen}) does not select it: {serve_all}, {load}"
+        model = self._models.get(name)
+        failed = f" (its last load failed: {model.reason})" if model and model.reason else ""
+        return (f"it is in the repository{failed}: load it with `sluice repo load {name}` "
+                "(RepositoryModelLoad)")
 
     def available_names(self) -> list[str]:
         """Model directories under the root (whether loaded or not)."""

@@ -3,7 +3,7 @@
 #     bash tests/gpu/run.sh
 # Needs python3 with numba (+ numba-cuda) and numpy. When a .whl folder is at the repository
 # root (wheels for what that machine lacks: grpcio, grpcio-health-checking, grpcio-reflection,
-# protobuf, hdrhistogram, pbr), they are installed into /tmp/site first; nothing else is
+# protobuf), they are installed into /tmp/site first; nothing else is
 # installed. Steps, each run even when an earlier one failed, with a summary at the end:
 #   1. tests/gpu with pytest when pytest is there (else each test file runs itself): the CUDA
 #      kernels against the CPU kernels, and a real server serving breast_cancer on KIND_GPU and
@@ -32,7 +32,7 @@ main() {
     python3 - <<'EOF' || return 1
 import importlib, sys
 print("== python", sys.version.split()[0], sys.executable)
-for name in ("numpy", "numba", "numba_cuda", "grpc", "google.protobuf", "hdrh", "pytest"):
+for name in ("numpy", "numba", "numba_cuda", "grpc", "google.protobuf", "pytest"):
     try:
         module = importlib.import_module(name)
         print(f"   {name} {getattr(module, '__version__', '?')}  {getattr(module, '__file__', '')}")

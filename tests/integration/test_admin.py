@@ -18,6 +18,7 @@ import pytest
 
 from clients import AdminClient, Client, InvalidInput, ModelNotFound, ServerError
 from server.cli import main as cli
+from tests.support.metrics import labels, scrape
 from tests.support.running import RunningServer
 from tests.support.shadow_models import CLASSES, FAULT_TABLE, classifier_repo
 
@@ -173,3 +174,52 @@ def test_a_failing_canary_rolls_back_on_its_own(running: RunningServer, tmp_path
     assert last["reason"] == canary["reason"]
     assert last["after"]["canary"]["state"] == "rolled_back"
     assert [r["action"] for r in audit(tmp_path)] == ["switch", "canary_start", "canary_rollback"]
+
+
+def test_a_promoted_shadow_is_listed_nowhere_and_arms_count_by_version(
+    make_server: Callable[..., RunningServer], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Shadow v2 compares 3 requests of v1, then a switch promotes v2: deploy status, shadow
+    report and /metrics no longer show a shadow of v2, and the arm table keeps v1's 3 requests
+    apart from v2's 2. A rollback brings the shadow back."""
+    running = make_server(classifier_repo(tmp_path / "models"), state_dir=tmp_path / "state",
+                          metrics_port=0)
+    inputs = {"IN_x": np.eye(CLASSES, dtype=np.float32)}
+    with AdminClient(running.address) as admin, Client(running.address) as client:
+        admin.switch(MODEL, 1)
+        admin.start_shadow(MODEL, 2, sample=1.0)
+        for _ in range(3):
+            client.infer(MODEL, inputs)
+        for _ in range(200):  # comparisons happen off the request path
+            if [r["compared"] for r in admin.shadow_report(MODEL)] == [3]:
+                break
+            time.sleep(0.05)
+        pair = labels(live_version="1", model="clf", shadow_version="2")
+        assert scrape(running)[("sluice_shadow_compared_total", pair)] == 3.0
+
+        assert admin.switch(MODEL, 2)["shadows"] == []
+        assert admin.shadow_report(MODEL) == []
+        for _ in range(2):
+            client.infer(MODEL, inputs)
+        state = admin.deployment(MODEL)
+    assert state["shadows"] == []
+    assert [(a["arm"], a["version"], a["requests"]) for a in state["arms"]] == [
+        ("stable", 1, 3), ("stable", 2, 2)]
+    samples = scrape(running)
+    assert not [name for name, _ in samples if name.startswith("sluice_shadow_")]
+    arms = {key: value for (name, key), value in samples.items()
+            if name == "sluice_arm_requests_total" and dict(key)["outcome"] == "success"}
+    assert arms == {labels(arm="stable", model="clf", outcome="success", version="1"): 3.0,
+                    labels(arm="stable", model="clf", outcome="success", version="2"): 2.0}
+
+    read = ["--url", running.address]
+    assert cli(["deploy", MODEL, "status", *read]) == 0
+    status = capsys.readouterr().out
+    assert "shadows: none" in status
+    assert [line.split()[:3] for line in status.splitlines()[-3:]] == [
+        ["arm", "version", "requests"], ["stable", "1", "3"], ["stable", "2", "2"]]
+    assert cli(["shadow", "report", MODEL, *read]) == 0
+    assert capsys.readouterr().out.startswith("no shadow comparisons")
+    assert cli(["deploy", MODEL, "rollback", *read, "--caller", "bob"]) == 0
+    assert "shadows: v2 at 100%" in capsys.readouterr().out

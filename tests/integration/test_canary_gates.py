@@ -18,7 +18,7 @@ from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from proto.tensors import decode_outputs, make_input
 from server.rollout.canary import CanaryController
-from server.rollout.canary_plan import CANARY_CALLER, ROLLED_BACK, CanaryGates
+from server.rollout.canary_plan import CANARY_CALLER, PROMOTED, ROLLED_BACK, CanaryGates
 from server.rollout.router import DeploymentState, Route, ShadowTarget
 from tests.support.shadow_deploy import deploy_shadow, with_mirror
 from tests.support.shadow_models import classifier_repo
@@ -46,15 +46,14 @@ def send(address: str, version: str, batches: list[np.ndarray]) -> list[str]:
         return answered
 
 
-def test_low_shadow_agreement_rolls_the_canary_back_naming_the_gate(make_server, tmp_path):
-    running = make_server(classifier_repo(tmp_path))
+def canary_over_shadow(running, rows: np.ndarray) -> list[list[str]]:
+    """Live v1 with every request mirrored to v2, then a canary of v2 (steps 50, 100; one tick
+    of 1 s each) whose ticks send ``rows`` (2 per request) through the stable arm; the versions
+    that answered, per tick and arm. The mirror is closed at the end (its reports stay)."""
     router, mirror = running.server.router, with_mirror(running)
     # Live v1, every request mirrored to v2; the canary keeps the shadow running.
     deploy_shadow(running, "clf", live=1, shadow=2)
-    # 20 requests of 2 rows: 34 rows both versions label 0, 6 rows the candidate labels 3.
-    rows = np.array([AGREE] * 40, np.float32)
-    rows[[3, 9, 16, 22, 30, 37]] = FLIP
-    compared_rows = np.split(rows, 20)
+    compared_rows = np.split(rows, len(rows) // 2)
     now = [0.0]
     answered: list[list[str]] = []
 
@@ -81,12 +80,22 @@ def test_low_shadow_agreement_rolls_the_canary_back_naming_the_gate(make_server,
         running.call(run_canary())
     finally:
         running.call(mirror.close())
+    return answered
+
+
+def test_low_shadow_agreement_rolls_the_canary_back_naming_the_gate(make_server, tmp_path):
+    running = make_server(classifier_repo(tmp_path))
+    router, mirror = running.server.router, running.server.shadow
+    # 20 requests of 2 rows: 34 rows both versions label 0, 6 rows the candidate labels 3.
+    rows = np.array([AGREE] * 40, np.float32)
+    rows[[3, 9, 16, 22, 30, 37]] = FLIP
+    answered = canary_over_shadow(running, rows)
 
     reason = "gate agreement: shadow agreement 0.8500 < 0.95 over 20 comparisons"
     state = router.state("clf")
     assert state.canary["state"] == ROLLED_BACK and state.canary["reason"] == reason
-    # One tick, judged at its end: rolled back on the agreement gate alone.
-    assert now[0] == 1.0
+    # One tick (stable's requests, then candidate's), judged at its end: rolled back on the
+    # agreement gate alone.
     assert answered == [["1"] * 20, ["2"] * 5]
     assert state == DeploymentState(
         aliases=(("candidate", 2), ("stable", 1)), routes=(Route("stable", 1, 100.0),),
@@ -103,3 +112,20 @@ def test_low_shadow_agreement_rolls_the_canary_back_naming_the_gate(make_server,
     assert (report.mirrored, report.compared, report.shed, report.candidate_errors) == (
         20, 20, 0, 0)
     assert (report.label_rows, report.agreement, report.flips) == (40, 34 / 40, {"0->3": 6})
+
+
+def test_a_promoted_candidate_is_no_longer_shadowed_and_its_comparisons_go(make_server,
+                                                                            tmp_path):
+    """The shadow of v2 held up (every row agreed) and the canary promoted v2: v2 answers
+    everything, so the state no longer shadows it and the mirror no longer reports it."""
+    running = make_server(classifier_repo(tmp_path))
+    router = running.server.router
+    answered = canary_over_shadow(running, np.array([AGREE] * 8, np.float32))
+    state = router.state("clf")
+    assert state.canary["state"] == PROMOTED
+    assert (state.routes, state.shadows) == ((Route("stable", 2, 100.0),), ())
+    assert running.server.shadow.report("clf") == []
+    # Tick 1 at 50 %, tick 2 at 100 %: "stable" is v1 until the promotion.
+    assert answered == [["1"] * 4, ["2"] * 5] * 2
+    counts = {key: s.requests for key, s in router.arm_stats("clf").items()}
+    assert counts == {("stable", 1): 8, ("candidate", 2): 10}

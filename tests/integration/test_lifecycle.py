@@ -40,20 +40,19 @@ def test_sigterm_under_load_answers_every_admitted_request_and_exits_0():
                     outcomes.append((sent, *outcome))
 
     threads = [threading.Thread(target=caller) for _ in range(16)]
-    code, signalled = sigterm_under_load(proc, threads, stop)
+    code, _, answered = sigterm_under_load(proc, threads, stop)
     assert code == 0
-    assert sum(1 for _, status, _ in outcomes if status == "ok") > 16
-    for sent, status, message in outcomes:
+    ok = sum(1 for _, status, _ in outcomes if status == "ok")
+    assert ok > 16
+    # A request admitted earlier must never fail: every answer the server gave arrived.
+    assert ok == answered, (ok, answered)
+    for _, status, message in outcomes:
         if status == "ok":
             continue
         # After SIGTERM new requests are refused explicitly: UNAVAILABLE while draining or
         # once the listener is closed; a call racing the listener's close may be CANCELLED by
-        # gRPC before it reaches Sluice. A request admitted earlier must never fail.
+        # gRPC before it reaches Sluice.
         assert status in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"), (status, message)
-        if status == "StatusCode.CANCELLED":
-            assert sent >= signalled, message
-        elif sent < signalled:
-            assert "shutting down" in message or "connect" in message, message
 
 
 def test_help_is_clear():

@@ -17,8 +17,9 @@ import tritonclient.grpc as tc
 import tritonclient.grpc.aio as tca
 from tritonclient.utils import InferenceServerException
 
-from clients import Client
+from clients import AdminClient, Client
 from server.rollout.router import DeploymentState, Route, rendezvous_pick
+from tests.support.metrics import scrape
 from tests.support.onnx_models import write_model
 from tests.support.routing_models import CONFIG, X, add_model
 
@@ -145,6 +146,7 @@ def test_switch_and_rollback_under_32_concurrent_callers_lose_no_request(make_se
 
     async def main() -> list[tuple[int, str]]:
         stop = asyncio.Event()
+        progress = asyncio.Event()  # set on every answer
         answers: list[tuple[int, str]] = []
 
         async def caller(client: tca.InferenceServerClient) -> None:
@@ -153,26 +155,34 @@ def test_switch_and_rollback_under_32_concurrent_callers_lose_no_request(make_se
             while not stop.is_set():
                 result = await client.infer("m", [tensor])
                 answers.append(check(result.get_response()))
+                progress.set()
 
         def flip(method: str, *args):
             router = running.server.router
             coro = getattr(router, method)(*args, caller="test")
             return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, running.loop))
 
+        async def answered(more: int) -> None:
+            # Counted, not timed: each phase sees its answers however slow the machine is
+            # (0.15 s per phase answered 196 requests in all on a loaded one).
+            target = len(answers) + more
+            while len(answers) < target:
+                progress.clear()
+                await progress.wait()
+
         async with tca.InferenceServerClient(running.address) as client:
             tasks = [asyncio.create_task(caller(client)) for _ in range(32)]
             for _ in range(3):
-                await asyncio.sleep(0.15)
+                await asyncio.wait_for(answered(40), 60)
                 await flip("switch", "m", 2)
-                await asyncio.sleep(0.15)
+                await asyncio.wait_for(answered(40), 60)
                 await flip("rollback", "m")
-            await asyncio.sleep(0.1)
+            await asyncio.wait_for(answered(20), 60)
             stop.set()
             await asyncio.gather(*tasks)  # any failed request fails the test here
         return answers
 
     answers = asyncio.run(main())
-    assert len(answers) > 200
     assert set(answers) == {(1, "stable"), (2, "stable")}
     assert running.server.router.state("m").alias("stable") == 1  # the last rollback held
     with Client(running.address) as client:
@@ -241,3 +251,23 @@ def test_arm_metrics_on_the_metrics_endpoint(make_server, repo):
             "5.0") in text
     assert 'sluice_arm_latency_quantile_seconds{arm="candidate",model="m",quantile="0.5",' \
         'version="2"}' in text
+
+
+def test_arm_counts_stay_with_the_version_that_answered_across_a_switch(make_server, repo):
+    """stable on v1 for 4 requests, then on v2 for 3: v1's count stays under version 1 (on
+    /metrics and in the deployment's arm table), v2's starts at its own."""
+    running = make_server(repo, metrics_port=0)
+    change(running, "switch", "m", 1)
+    with Client(running.address) as client:
+        assert [infer(client) for _ in range(4)] == [(1, "stable")] * 4
+        change(running, "switch", "m", 2)
+        assert [infer(client) for _ in range(3)] == [(2, "stable")] * 3
+    samples = scrape(running)
+    arms = {dict(key)["version"]: value for (name, key), value in samples.items()
+            if name == "sluice_arm_requests_total" and dict(key)["outcome"] == "success"
+            and dict(key)["arm"] == "stable"}
+    assert arms == {"1": 4.0, "2": 3.0}
+    with AdminClient(running.address) as admin:
+        rows = admin.deployment("m")["arms"]
+    assert [(r["arm"], r["version"], r["requests"], r["errors"]) for r in rows] == [
+        ("stable", 1, 4, 0), ("stable", 2, 3, 0)]

@@ -44,7 +44,7 @@ def test_model_ready_and_metadata(client):
     assert not client.is_model_ready("identity", "7")
     assert not client.is_model_ready("no_such_model")
     meta = client.get_model_metadata("digits", as_json=True)
-    assert meta["versions"] == ["1"]
+    assert meta["versions"] == ["1", "2"]  # version_policy { all { } }
     assert meta["platform"] == "onnxruntime_onnx"
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "64"]}]
     assert {o["name"]: o["shape"] for o in meta["outputs"]} == {

@@ -1,5 +1,6 @@
 """Inputs for the bundled models (model_repository/): each model's input names and non-batch
-shapes, and random float32 batches for them."""
+shapes, random float32 batches for them, and the ONNX file that answers a request naming no
+version."""
 
 from __future__ import annotations
 
@@ -22,3 +23,10 @@ def random_inputs(model: str, batch: int, rng: np.random.Generator) -> dict[str,
         name: rng.standard_normal((batch, *shape)).astype(np.float32)
         for name, shape in MODEL_INPUTS[model].items()
     }
+
+
+def newest_onnx(model: str) -> Path:
+    """The ONNX file of ``model``'s highest version: the one that answers a request naming no
+    version while the model has no deployment (Triton's rule; ``digits`` serves 1 and 2)."""
+    versions = [int(p.name) for p in (REPO / model).iterdir() if p.name.isdigit()]
+    return REPO / model / str(max(versions)) / "model.onnx"

@@ -54,9 +54,10 @@ def wait_ready(address: str, proc: subprocess.Popen, timeout_s: float = 60) -> b
 
 
 def sigterm_under_load(proc: subprocess.Popen, threads: list[threading.Thread],
-                       stop: threading.Event, load_s: float = 1.5) -> tuple[int, float]:
+                       stop: threading.Event, load_s: float = 1.5) -> tuple[int, float, int]:
     """Start the callers, let them load the server for ``load_s``, SIGTERM it, wait for its exit,
-    then stop and join the callers. (exit code, the monotonic instant of the signal)."""
+    then stop and join the callers. (exit code, the monotonic instant of the signal, the number
+    of requests the server says it answered in all: its last line)."""
     for t in threads:
         t.start()
     time.sleep(load_s)
@@ -64,8 +65,11 @@ def sigterm_under_load(proc: subprocess.Popen, threads: list[threading.Thread],
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(60)
     assert proc.stdout is not None
+    output = proc.stdout.read()
     proc.stdout.close()
     stop.set()
     for t in threads:
         t.join(60)
-    return code, signalled
+    match = re.search(r"sluice: stopped; (\d+) requests answered", output)
+    assert match, output[-2000:]
+    return code, signalled, int(match.group(1))

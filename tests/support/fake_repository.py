@@ -39,3 +39,9 @@ class FakeRepository:
         except ModelNotFound:
             return False
         return True
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self.models.get(name, {}))
+
+    def version_hint(self, name: str, version: int) -> str:
+        return f"(how to load {name} version {version})"

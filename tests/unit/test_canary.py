@@ -29,7 +29,7 @@ from server.rollout.canary_plan import (
     routes_for,
 )
 from server.rollout.deploy_store import DeploymentStore
-from server.rollout.router import DeploymentState, Route, Router
+from server.rollout.router import DeploymentState, Route, Router, ShadowTarget
 from tests.support.fake_repository import FakeRepository
 
 MODEL = "m"
@@ -124,6 +124,29 @@ async def test_steps_advance_and_the_candidate_is_promoted(tmp_path: Path) -> No
     # Each step spent its interval: three steps of 10 s.
     assert 30.0 <= rig.traffic.now < 31.0
     await rig.canary.close()
+
+
+async def test_promotion_ends_the_candidates_shadow_and_an_abort_keeps_it(
+    tmp_path: Path,
+) -> None:
+    """A shadow of the candidate compares stable's requests through every step (the 100 % step
+    included: a rollback there must find it still running); promotion ends it, since the
+    candidate now answers everything. Other shadows stay, and so does all of it on abort."""
+    shadows = (ShadowTarget(2, 1.0), ShadowTarget(3, 0.5))
+    for outcome in (PROMOTED, ABORTED):
+        rig = await make_rig(tmp_path / outcome, rate=50)
+        state = dataclasses.replace(rig.router.state(MODEL), shadows=shadows)
+        await rig.router.change(MODEL, "shadow_start", state, caller="test")
+        await rig.canary.start(MODEL, 2, steps=(50, 100), interval_s=10.0)
+        if outcome == ABORTED:
+            await rig.canary.abort(MODEL)
+        final = await rig.finished()
+        assert final["state"] == outcome
+        steps = [r["after"] for r in rig.store.read_audit() if r["action"] == "canary_step"]
+        assert all(len(after["shadows"]) == 2 for after in steps)
+        kept = (ShadowTarget(3, 0.5),) if outcome == PROMOTED else shadows
+        assert rig.router.state(MODEL).shadows == kept
+        await rig.canary.close()
 
 
 async def test_a_conflicting_change_from_another_worker_is_followed_not_rolled_back(

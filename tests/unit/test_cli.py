@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from server import __version__
-from server.cli import _parser
+from server.cli import _parser, default_url
 from server.cli import main as cli
 
 NOWHERE = ["--url", "127.0.0.1:1"]  # nothing listens: these errors come before any call
@@ -42,12 +42,17 @@ def test_a_bad_deploy_argument_is_named(capsys, args, message):
     assert capsys.readouterr().err == f"sluice deploy: {message}\n"
 
 
-@pytest.mark.parametrize("command", [["deploy", "m", "status"], ["shadow", "report", "m"]])
-def test_read_only_commands_offer_no_audit_options(capsys, command):
+@pytest.mark.parametrize(("command", "reads"), [
+    (["deploy", "m", "status"], True), (["shadow", "report", "m"], True),
+    (["repo", "index"], True),
+    # loads and unloads change what is served, but no audit log records them
+    (["repo", "load", "m"], False), (["repo", "unload", "m"], False),
+])
+def test_commands_nothing_audits_offer_no_audit_options(capsys, command, reads):
     with pytest.raises(SystemExit):
         cli([*command, "--help"])
     usage = capsys.readouterr().out
-    assert "--url" in usage and "--json" in usage
+    assert "--url" in usage and ("--json" in usage) == reads
     assert "--reason" not in usage and "--caller" not in usage
     with pytest.raises(SystemExit) as info:
         _parser().parse_args([*command, "--reason", "why"])
@@ -69,6 +74,9 @@ def test_changing_commands_take_the_audit_options():
     ["infer", "digits", "--url", "h:1"],
     ["stats", "--url", "h:1"],
     ["--url", "h:1", "stats"],
+    ["repo", "index", "--url", "h:1"],
+    ["repo", "--url", "h:1", "load", "m"],
+    ["--url", "h:1", "repo", "unload", "m"],
 ])
 def test_url_may_stand_anywhere(argv):
     assert _parser().parse_args(argv).url == "h:1"
@@ -77,3 +85,10 @@ def test_url_may_stand_anywhere(argv):
 def test_url_defaults_to_the_local_server():
     assert _parser().parse_args(["deploy", "m", "status"]).url == "127.0.0.1:8001"
     assert _parser().parse_args(["stats"]).url == "127.0.0.1:8001"
+
+
+def test_sluice_url_replaces_the_default_and_url_still_wins():
+    assert default_url({}) == default_url({"SLUICE_URL": ""}) == "127.0.0.1:8001"
+    assert default_url({"SLUICE_URL": "h:2"}) == "h:2"
+    assert _parser(default_url({"SLUICE_URL": "h:2"})).parse_args(["stats"]).url == "h:2"
+    assert _parser("h:2").parse_args(["repo", "index", "--url", "h:1"]).url == "h:1"

@@ -4,6 +4,7 @@ rollback, deployment.yaml precedence — over a fake repository (no models, no s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import math
 import random
@@ -16,6 +17,7 @@ from server.errors import InvalidInput, ModelLoadError, ModelNotFound
 from server.rollout.arm_stats import ArmStats
 from server.rollout.deploy_store import DeploymentStore
 from server.rollout.router import DeploymentState, Route, Router, ShadowTarget, rendezvous_pick
+from server.rollout.shadow import ShadowMirror
 from tests.support.fake_repository import FakeRepository
 
 KEYS = [f"user-{i}" for i in range(20_000)]
@@ -158,7 +160,8 @@ async def test_resolve_versions_aliases_and_weights():
 
 
 @pytest.mark.parametrize(("state", "needle"), [
-    (DeploymentState(routes=(Route("v7", 7, 1),)), "names version 7, which is not loaded"),
+    (DeploymentState(routes=(Route("v7", 7, 1),)), "route 'v7' would name version 7, which is "
+     "not loaded (loaded versions: 1, 2, 3); (how to load m version 7)"),
     (DeploymentState(routes=(Route("stable", 1, 1),)), "route arm 'stable' must be 'v1'"),
     (DeploymentState(routes=(Route("v1", 1, 1), Route("v1", 1, 2))), "appears in two routes"),
     (DeploymentState(routes=(Route("v1", 1, 0),)), "weight must be > 0"),
@@ -171,6 +174,42 @@ async def test_change_refuses_invalid_states_and_changes_nothing(state, needle):
         await router.change("m", "set", state, caller="t")
     assert needle in info.value.message
     assert router.state("m") == DeploymentState() and router.history("m") == ()
+
+
+async def test_a_version_not_loaded_is_named_with_what_the_change_tried():
+    """The alias or route that names the missing version is often the verb's own doing (switch
+    points 'stable'), so the error says what was tried, then what names which version, then
+    the repository's advice on loading it."""
+    router = make_router()
+    await router.set_alias("m", "candidate", 2, caller="t")
+    await router.set_alias("m", "old", 3, caller="t")
+    router._repo.models["m"].pop(3)  # a reload dropped version 3; alias 'old' still names it
+    loaded = "which is not loaded (loaded versions: 1, 2); (how to load m version 3)"
+    cases = [
+        (lambda: router.switch("m", "candidate", caller="t"),
+         "cannot switch all traffic to version 2 (alias 'candidate'): alias 'old'"),
+        (lambda: router.set_alias("m", "new", 1, caller="t"),
+         "cannot point alias 'new' at version 1: alias 'old'"),
+        (lambda: router.set_routes("m", {"v1": 90, "candidate": 10}, caller="t"),
+         "cannot route v1=90 candidate=10: alias 'old'"),
+        (lambda: router.change("m", "shadow_stop", router.state("m"), caller="t"),
+         "cannot stop a shadow: alias 'old'"),
+    ]
+    for call, tried in cases:
+        with pytest.raises(ModelNotFound) as info:
+            await call()
+        assert info.value.message == f"model 'm': {tried} would name version 3, {loaded}"
+    await router.set_alias("m", "old", None, caller="t")  # removing what names it is allowed
+    with pytest.raises(ModelNotFound) as info:
+        await router.rollback("m", caller="t")  # would bring 'old' back
+    assert info.value.message == (
+        f"model 'm': cannot roll back to the previous deployment: alias 'old' would name version "
+        f"3, {loaded}")
+    with pytest.raises(ModelNotFound) as info:
+        await router.switch("m", "7", caller="t")
+    assert info.value.message == (
+        "model 'm': cannot switch all traffic to version 7: alias 'stable' would name version "
+        "7, which is not loaded (loaded versions: 1, 2); (how to load m version 7)")
 
 
 async def test_switch_set_alias_and_rollback(tmp_path):
@@ -289,3 +328,75 @@ def test_arm_stats_epochs_restart():
     stats.start_epoch()
     assert stats.epoch().requests == 0 and stats.epoch().p50_s is None
     assert stats.requests == 100 and stats.errors == 10
+
+
+async def test_arms_count_by_the_version_that_answered():
+    """A request admitted on v1 can finish after ``stable`` moved to v2: each request counts
+    for the version that answered it, and neither version's counts restart for the other's."""
+    router = make_router()
+    for version, ok in ((1, True), (1, False), (2, True), (1, True), (2, True), (2, True)):
+        router.record("m", "stable", 0.001, ok, version=version)
+    router.record("m", "candidate", 0.001, True, version=2)
+    counts = {key: (s.version, s.requests, s.errors) for key, s in router.arm_stats("m").items()}
+    assert counts == {("stable", 1): (1, 3, 1), ("stable", 2): (2, 3, 0),
+                      ("candidate", 2): (2, 1, 0)}
+    listed = sorted((model, arm, s.version, s.requests) for model, arm, s
+                    in router.all_arm_stats())
+    assert listed == [("m", "candidate", 2, 1), ("m", "stable", 1, 3), ("m", "stable", 2, 3)]
+
+
+async def test_arm_counts_of_a_version_no_longer_loaded_go_when_the_model_reloads():
+    router = make_router()
+    for version in (1, 2):
+        router.record("m", "stable", 0.001, True, version=version)
+    del router._repo.models["m"][1]  # the reload dropped version 1
+    await router.model_loaded("m")
+    assert list(router.arm_stats("m")) == [("stable", 2)]
+    assert [(arm, s.version) for _, arm, s in router.all_arm_stats()] == [("stable", 2)]
+
+
+async def test_a_version_that_takes_all_traffic_is_no_longer_shadowed():
+    """Switch, routes or an alias that send every request to a shadowed version end that shadow
+    (nothing is left to compare it with); rollback brings it back, and a shadow of a version
+    that shares the traffic with another keeps comparing the other's requests."""
+    router = make_router()
+    both = (ShadowTarget(2, 1.0), ShadowTarget(3, 0.5))
+    await router.change("m", "shadow_start", DeploymentState(
+        aliases=(("stable", 1),), routes=(Route("stable", 1, 1.0),), shadows=both), caller="t")
+    await router.set_routes("m", {"stable": 90, 2: 10}, caller="t")
+    assert router.state("m").shadows == both
+    await router.switch("m", 2, caller="t")
+    assert router.state("m").shadows == (ShadowTarget(3, 0.5),)
+    await router.rollback("m", caller="t")
+    assert router.state("m").shadows == both
+    await router.set_routes("m", {"v2": 1}, caller="t")
+    assert router.state("m").shadows == (ShadowTarget(3, 0.5),)
+    await router.rollback("m", caller="t")
+    await router.set_routes("m", {"stable": 1}, caller="t")
+    await router.set_alias("m", "stable", 3, caller="t")  # its route follows: all traffic to 3
+    assert router.state("m").shadows == (ShadowTarget(2, 1.0),)
+
+
+async def test_a_promoted_shadows_comparisons_are_dropped_here_and_in_other_workers(tmp_path):
+    """The mirror forgets the comparisons of a shadow that became the served version, whether
+    this process promoted it or adopted another worker's promotion; a shadow stopped without
+    a promotion keeps its final report."""
+    mirrors = [ShadowMirror(lambda name, version: None) for _ in range(2)]
+    here, other = (Router(FakeRepository({"m": [1, 2, 3]}), DeploymentStore(tmp_path),
+                          shadow=mirror) for mirror in mirrors)
+    for router in (here, other):
+        await router.open()
+    state = DeploymentState(routes=(Route("v1", 1, 1.0),),
+                            shadows=(ShadowTarget(2, 1.0), ShadowTarget(3, 1.0)))
+    await here.change("m", "shadow_start", state, caller="t")
+    other.adopt("m", DeploymentStore(tmp_path).load_all()["m"])
+    for mirror in mirrors:  # what mirrored requests leave behind
+        mirror._pairing("m", 1, 2).mirrored = mirror._pairing("m", 1, 3).mirrored = 5
+    stopped = dataclasses.replace(state, shadows=(ShadowTarget(2, 1.0),))
+    await here.change("m", "shadow_stop", stopped, caller="t")  # 3 stops, unpromoted
+    await here.switch("m", 2, caller="t")
+    other.adopt("m", DeploymentStore(tmp_path).load_all()["m"])
+    for router, mirror in zip((here, other), mirrors, strict=True):
+        assert router.state("m").shadows == ()
+        assert [(r.live_version, r.shadow_version, r.mirrored)
+                for r in mirror.report("m")] == [(1, 3, 5)]

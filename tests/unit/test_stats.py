@@ -29,6 +29,19 @@ def test_window_quantiles_match_numpy_within_hdr_precision():
         assert abs(got[p] - expected) / expected < 0.02, (p, got[p], expected)
 
 
+def test_window_quantiles_are_the_value_at_hdr_rank():
+    window = LatencyWindow(60.0, clock=Clock())
+    for us in range(100, 0, -1):  # below 256 us every microsecond is its own bucket
+        window.record(us / 1e6)
+    window.record(0.0)  # counted as 1 us
+    got = window.quantiles((1, 50, 95, 99, 100))
+    # 101 values: 1, 1, 2, ..., 100; rank = max(1, round(p% of 101))
+    assert got == {1: 1e-6, 50: 50e-6, 95: 95e-6, 99: 99e-6, 100: 100e-6}
+    big = LatencyWindow(60.0, clock=Clock())
+    big.record(0.0012345)  # 1234 us (11 bits): 8-us buckets, [1232, 1239]; its top reported
+    assert big.quantiles((50,)) == {50: 1239e-6}
+
+
 def test_window_forgets_old_samples():
     clock = Clock()
     window = LatencyWindow(60.0, slots=6, clock=clock)

@@ -40,8 +40,8 @@ async def test_async_health_and_metadata(aclient):
     assert "statistics" in (await aclient.server_metadata())["extensions"]
 
 
-# HdrHistogram reports the highest value of the bucket holding a quantile; with 2 significant
-# digits a bucket is at most 1/128 as wide as the values in it (the server rounds down first).
+# The server reports the highest value of the bucket holding a quantile; with 8 significant
+# bits a bucket is at most 1/128 as wide as the values in it (the server rounds down first).
 HDR_ROUNDING = 1 + 1 / 128
 
 
@@ -51,7 +51,7 @@ def check_latency(table: dict, model: str, requests_before: int, client_s: list[
 
     Each request's server e2e lies inside the client's call, so the server's k-th smallest e2e
     is at most the client's k-th smallest time: each server quantile is bounded by the client's
-    value at the same rank (HdrHistogram's rank), up to the histogram's rounding. The window
+    value at the same rank, up to the bucket's rounding. The window
     must hold only these requests (a fresh server). No lower bound from the client side holds:
     the server's e2e leaves out the wire and the client's own encoding (about 0.3 ms of ~1.3 ms).
     """

@@ -14,20 +14,21 @@ import onnxruntime as ort
 import pytest
 
 from clients import InvalidInput, ModelNotFound
-from tests.support.bundled_inputs import MODEL_INPUTS, REPO, random_inputs
+from tests.support.bundled_inputs import MODEL_INPUTS, newest_onnx, random_inputs
 
 BATCH_SIZES = (1, 7, 64)
 
 
 @pytest.fixture(scope="module")
 def reference() -> Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """onnxruntime run directly on the bundled .onnx file: model, inputs -> outputs by name."""
+    """onnxruntime run directly on the bundled .onnx file of the version that answers a request
+    naming none (the highest): model, inputs -> outputs by name."""
     sessions: dict[str, ort.InferenceSession] = {}
 
     def run(model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if model not in sessions:
             sessions[model] = ort.InferenceSession(
-                str(REPO / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+                str(newest_onnx(model)), providers=["CPUExecutionProvider"]
             )
         session = sessions[model]
         names = [o.name for o in session.get_outputs()]

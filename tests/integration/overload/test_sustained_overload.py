@@ -80,7 +80,10 @@ async def test_overload_without_deadlines_answers_everyone_once_and_queues_stay_
     slow_repo(tmp_path, ms=8, batching="default_queue_policy { max_queue_size: 40 }",
               params={"max_queue_rows": "24", "max_queue_bytes": str(20 * WIDTH * 4)})
     running = make_server(tmp_path, max_inflight_bytes=64 * WIDTH * 4)
-    rate = 3 * await calibrate(running.address, "slow")
+    # 3x the measured capacity, and never less than 3x what one 8 ms instance can do on a quiet
+    # machine: on a loaded one the closed-loop calibration can measure the client, not the model
+    # (run 2 of a stress loop measured 3.7 req/s, sent 22 requests and none was shed).
+    rate = 3 * max(await calibrate(running.address, "slow"), 1000 / 8)
     sent = int(rate * 2.0)
     before = served(running, "slow").stats
     answered_before = before.success_count + before.fail_count
@@ -123,18 +126,19 @@ def test_sigterm_during_overload_loses_no_admitted_request(tmp_path):
                     outcomes.append(outcome)
 
     threads = [threading.Thread(target=caller) for _ in range(48)]
-    code, signalled = sigterm_under_load(proc, threads, stop)
+    code, _, answered = sigterm_under_load(proc, threads, stop)
     assert code == 0
     statuses = Counter((o.code, o.reason) for o in outcomes)
     assert statuses[(grpc.StatusCode.OK, None)] > 0
     assert statuses[(grpc.StatusCode.UNAVAILABLE, "queue_full")] > 0, statuses
+    # An admitted request never fails: every answer the server gave reached its caller.
+    assert statuses[(grpc.StatusCode.OK, None)] == answered, (statuses, answered)
     for o in outcomes:
         if o.code == grpc.StatusCode.OK:
             continue
-        # Shed explicitly (queue full before the signal, draining after), or refused by a
-        # closed listener after the signal. An admitted request never fails.
+        # Shed explicitly (queue full before the signal, draining after), or never read by
+        # the server: refused by its closed listener, or cut off in the socket when it closed
+        # (a request sent just before the signal, on a loaded machine).
         assert o.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), o
-        if o.reason is None:
-            assert o.sent >= signalled, o
-        else:
+        if o.reason is not None:
             assert o.reason in ("queue_full", "draining"), o

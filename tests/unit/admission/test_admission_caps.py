@@ -18,7 +18,7 @@ import pytest
 from server.config.model import OverloadPolicy, QueuePolicy
 from server.config.settings import RequestLimits
 from server.errors import Overloaded, ResourceExhausted
-from server.serving.admission import InflightBudget, check_request_limits
+from server.serving.budget import InflightBudget, check_request_limits
 from tests.support.admission_model import (
     Model,
     computing,

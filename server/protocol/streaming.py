@@ -1,0 +1,97 @@
+"""ModelStreamInfer: requests of one stream answered as they finish, each by its own id.
+
+Reading stops while ``STREAM_WINDOW`` requests of the stream are unanswered. An error answers
+its one request (``error_message`` "[CODE] text", the request's model, version and id) and the
+stream stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from proto import grpc_service_pb2 as pb
+from server.protocol import wire
+from server.protocol.status import to_status
+from server.types import InferRequest, InferResponse
+
+#: In-flight requests per ModelStreamInfer stream before we stop reading from it.
+STREAM_WINDOW = 256
+
+class Answerer(Protocol):
+    """What a stream needs of the servicer (``servicer.InferenceServicer``)."""
+
+    def answer_now(
+        self, message: pb.ModelInferRequest, deadline: float | None,
+        metadata_key: Callable[[], str | None] | None,
+    ) -> tuple[InferRequest, Any, InferResponse | None]: ...
+
+    def dispatch(self, request: InferRequest, route: Any) -> Awaitable[InferResponse]: ...
+
+
+def _error_item(message: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
+    code, text, _ = to_status(exc)
+    return pb.ModelStreamInferResponse(
+        error_message=f"[{code.name}] {text}",
+        infer_response=pb.ModelInferResponse(
+            model_name=message.model_name, model_version=message.model_version, id=message.id
+        ),
+    )
+
+
+async def answer_stream(
+    servicer: Answerer, request_iterator: AsyncIterator[pb.ModelInferRequest],
+    stream_key: str | None,
+) -> AsyncIterator[bytes | pb.ModelStreamInferResponse]:
+    """The answers to ``request_iterator``'s requests, as they finish. ``stream_key``: the
+    sticky key the stream's metadata carries (metadata cannot change within a stream). A
+    request answered at once on the loop (:meth:`Answerer.answer_now`) needs no task."""
+    done: asyncio.Queue[bytes | pb.ModelStreamInferResponse | None] = asyncio.Queue()
+    window = asyncio.Semaphore(STREAM_WINDOW)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def metadata_key() -> str | None:
+        return stream_key
+
+    async def answer(message: pb.ModelInferRequest, request: InferRequest, route: Any) -> None:
+        try:
+            response = await servicer.dispatch(request, route)
+            item: bytes | pb.ModelStreamInferResponse = wire.encode_stream_response(response)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            item = _error_item(message, exc)
+        finally:
+            window.release()
+        done.put_nowait(item)
+
+    async def read() -> None:
+        try:
+            async for message in request_iterator:
+                await window.acquire()  # before routing: no await between routing and queueing
+                try:
+                    request, route, response = servicer.answer_now(message, None, metadata_key)
+                    item = None if response is None else wire.encode_stream_response(response)
+                except Exception as exc:
+                    item = _error_item(message, exc)
+                if item is not None:
+                    window.release()
+                    done.put_nowait(item)
+                    continue
+                task = asyncio.create_task(answer(message, request, route))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+        finally:
+            done.put_nowait(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (item := await done.get()) is not None:
+            yield item
+    finally:
+        reader.cancel()
+        for task in list(tasks):
+            task.cancel()
