@@ -3,14 +3,14 @@
 
 Client and AsyncClient speak the KServe v2 / Triton gRPC protocol, send and receive raw
 tensors, honour deadlines, retry only UNAVAILABLE (honouring the server's pushback, within a 10%
-retry budget) and raise typed :class:`SluiceClientError` subclasses. All import :mod:`proto`
+retry budget) and raise typed :class:`SluiceClientError` subclasses. All import :mod:`sluice.proto`
 only, never the server.
 """
 
-from clients.admin import AdminClient
-from clients.async_client import AsyncClient
-from clients.client import Client
-from clients.errors import (
+from sluice.clients.admin import AdminClient
+from sluice.clients.async_client import AsyncClient
+from sluice.clients.client import Client
+from sluice.clients.errors import (
     DeadlineExceeded,
     InvalidInput,
     ModelNotFound,
@@ -21,8 +21,8 @@ from clients.errors import (
     Unimplemented,
     error_from_rpc,
 )
-from clients.messages import StreamResult
-from clients.retry import RetryBudget, RetryPolicy
+from sluice.clients.messages import StreamResult
+from sluice.clients.retry import RetryBudget, RetryPolicy
 
 __all__ = [
     "AdminClient",

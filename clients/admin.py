@@ -7,8 +7,8 @@ canaries.
 
 Every mutating method returns the model's deployment after the change, as a plain dict (see
 :func:`message_dict`; int64 fields stay ints, unset optional fields are None). Failures raise a
-:class:`~clients.errors.SluiceClientError` subclass: ``InvalidInput`` / ``ModelNotFound`` naming
-the field, model, version or alias; ``ServerError`` (FAILED_PRECONDITION) when the change
+:class:`~sluice.clients.errors.SluiceClientError` subclass: ``InvalidInput`` / ``ModelNotFound``
+naming the field, model, version or alias; ``ServerError`` (FAILED_PRECONDITION) when the change
 conflicts with a running canary. ``caller`` is sent as metadata ``x-sluice-caller`` and recorded
 in the server's audit log (without it the server records the peer address).
 """
@@ -22,10 +22,10 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from clients.errors import error_from_rpc
-from clients.messages import channel_options as make_channel_options
-from proto import admin_pb2 as pb
-from proto import admin_pb2_grpc as pb_grpc
+from sluice.clients.errors import error_from_rpc
+from sluice.clients.messages import channel_options as make_channel_options
+from sluice.proto import admin_pb2 as pb
+from sluice.proto import admin_pb2_grpc as pb_grpc
 
 __all__ = ["CALLER_KEY", "AdminClient", "deployment_text", "message_dict", "report_text"]
 

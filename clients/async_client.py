@@ -9,7 +9,7 @@
 The channel is created on first use, inside the running event loop, and belongs to that loop:
 use one AsyncClient per loop. Cancelling a task awaiting a method cancels the RPC in flight (or
 the backoff wait) and raises CancelledError; nothing is retried after that. Every method raises
-a :class:`~clients.errors.SluiceClientError` subclass on failure.
+a :class:`~sluice.clients.errors.SluiceClientError` subclass on failure.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients.errors import error_from_rpc
-from clients.messages import (
+from sluice.clients.errors import error_from_rpc
+from sluice.clients.messages import (
     ParameterValue,
     StreamResult,
     build_request,
@@ -32,12 +32,12 @@ from clients.messages import (
     repository_index_list,
     server_metadata_dict,
 )
-from clients.messages import channel_options as make_channel_options
-from clients.retry import RetryBudget, RetryPolicy
-from clients.streaming import run_stream
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto import model_config_pb2
+from sluice.clients.messages import channel_options as make_channel_options
+from sluice.clients.retry import RetryBudget, RetryPolicy
+from sluice.clients.streaming import run_stream
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.proto import model_config_pb2
 
 __all__ = ["AsyncClient"]
 
@@ -246,7 +246,7 @@ class AsyncClient:
 
     async def latency(self, model: str = "", *, timeout: float | None = None) -> dict[str, Any]:
         """p50/p95/p99 in seconds per model, version and stage over the server's window; see
-        :func:`clients.messages.latency_from_trailers` for the layout ({} if not Sluice).
+        :func:`sluice.clients.messages.latency_from_trailers` for the layout ({} if not Sluice).
         """
         request = pb.ModelStatisticsRequest(name=model)
         try:

@@ -4,7 +4,7 @@
         outputs = client.infer("identity", {"INPUT0": np.ones((4, 16), np.float32)})
 
 Thread-safe: one client (one channel) may serve many threads, which is how load generators
-should use it. Every method raises a :class:`~clients.errors.SluiceClientError` subclass on
+should use it. Every method raises a :class:`~sluice.clients.errors.SluiceClientError` subclass on
 failure. Works against any KServe v2 / Triton gRPC server; :meth:`Client.latency` needs Sluice.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients.errors import error_from_rpc
-from clients.messages import (
+from sluice.clients.errors import error_from_rpc
+from sluice.clients.messages import (
     ParameterValue,
     build_request,
     decode_response,
@@ -27,11 +27,11 @@ from clients.messages import (
     repository_index_list,
     server_metadata_dict,
 )
-from clients.messages import channel_options as make_channel_options
-from clients.retry import RetryBudget, RetryPolicy
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto import model_config_pb2
+from sluice.clients.messages import channel_options as make_channel_options
+from sluice.clients.retry import RetryBudget, RetryPolicy
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.proto import model_config_pb2
 
 __all__ = ["Client"]
 
@@ -42,7 +42,7 @@ class Client:
     ``timeout`` (seconds, None: none) is the default deadline of every call; a per-call
     ``timeout`` replaces it. For inference it covers every attempt and every backoff wait.
     ``retries``, ``backoff_base_s``, ``backoff_max_s`` and ``retry_budget`` configure the
-    :class:`~clients.retry.RetryPolicy` (only inference is retried, only on UNAVAILABLE).
+    :class:`~sluice.clients.retry.RetryPolicy` (only inference is retried, only on UNAVAILABLE).
     ``channel_options`` are extra gRPC channel arguments (message limits default to 256 MiB).
     """
 
@@ -203,7 +203,7 @@ class Client:
 
     def latency(self, model: str = "", *, timeout: float | None = None) -> dict[str, Any]:
         """p50/p95/p99 in seconds per model, version and stage over the server's window; see
-        :func:`clients.messages.latency_from_trailers` for the layout ({} if not Sluice).
+        :func:`sluice.clients.messages.latency_from_trailers` for the layout ({} if not Sluice).
         """
         request = pb.ModelStatisticsRequest(name=model)
         try:

@@ -14,10 +14,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients.errors import InvalidInput, ServerError, SluiceClientError
-from proto import grpc_service_pb2 as pb
-from proto import tensors
-from proto.params import ParameterValue, set_param
+from sluice.clients.errors import InvalidInput, ServerError, SluiceClientError
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import tensors
+from sluice.proto.params import ParameterValue, set_param
 
 __all__ = [
     "LATENCY_KEY",

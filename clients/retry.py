@@ -6,8 +6,8 @@ either "wait this many seconds and send again" or raises the error to give up.
 
 Rules (all times in seconds unless the name says otherwise):
 
-* Only UNAVAILABLE (:class:`~clients.errors.Overloaded`) is retried; every other error is raised
-  at once, after exactly one attempt.
+* Only UNAVAILABLE (:class:`~sluice.clients.errors.Overloaded`) is retried; every other error is
+  raised at once, after exactly one attempt.
 * Full-jitter exponential backoff: retry *k* (0-based) waits ``uniform(0, min(max, base * 2**k))``.
   When the server sent ``grpc-retry-pushback-ms``, the wait is at least that, jittered up to
   +20% so that shed clients do not come back in lockstep. A negative pushback means "do not
@@ -16,8 +16,8 @@ Rules (all times in seconds unless the name says otherwise):
   or after the deadline; the last Overloaded is raised instead.
 * A deadline that passes during a wait anyway (the sleep overslept) also raises the last
   Overloaded, with its pushback and attempt count: the caller learns why it waited, not that a
-  timer ran late. :class:`~clients.errors.DeadlineExceeded` means only that the deadline passed
-  before any attempt failed, or that an attempt itself ran out of time on the wire.
+  timer ran late. :class:`~sluice.clients.errors.DeadlineExceeded` means only that the deadline
+  passed before any attempt failed, or that an attempt itself ran out of time on the wire.
 * A :class:`RetryBudget` caps retries at a fraction (10%) of first attempts, so that retries
   can never multiply the load on an overloaded server.
 """
@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import grpc
 
-from clients.errors import DeadlineExceeded, Overloaded, SluiceClientError
+from sluice.clients.errors import DeadlineExceeded, Overloaded, SluiceClientError
 
 __all__ = ["RetryBudget", "RetryCall", "RetryPolicy"]
 

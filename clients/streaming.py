@@ -16,14 +16,14 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients.errors import (
+from sluice.clients.errors import (
     ServerError,
     SluiceClientError,
     error_from_rpc,
     error_from_stream_message,
 )
-from clients.messages import StreamResult, decode_response
-from proto import grpc_service_pb2 as pb
+from sluice.clients.messages import StreamResult, decode_response
+from sluice.proto import grpc_service_pb2 as pb
 
 __all__ = ["run_stream"]
 

@@ -22,7 +22,7 @@ everything compiled twice), so the kernels are shaped to compile little:
 - a backend warms only the kernels its model uses (:func:`warmup` compiles them all, for
   tests and benchmarks).
 
-Numba's cache is keyed on this file only: after editing :mod:`kernels.scalar`, delete
+Numba's cache is keyed on this file only: after editing :mod:`sluice.kernels.scalar`, delete
 ``kernels/__pycache__/*.nbi`` and ``*.nbc`` (a fresh checkout has none).
 """
 
@@ -35,9 +35,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels import scalar
-from kernels.forest import MISSING_ZERO, ZERO_THRESHOLD, Forest
-from kernels.scalar import SIGMOID, SOFTMAX, TRANSFORM_CODES
+from sluice.kernels import scalar
+from sluice.kernels.forest import MISSING_ZERO, ZERO_THRESHOLD, Forest
+from sluice.kernels.scalar import SIGMOID, SOFTMAX, TRANSFORM_CODES
 
 _tree_leaf = njit(inline="always")(scalar.tree_leaf)
 _compact_step = njit(inline="always")(scalar.compact_step)
@@ -139,7 +139,7 @@ def predict_forest(feature, threshold, left, right, default_left, missing_type, 
                    groups, base_score, transform, sigmoid_scale, n_features, x, out):
     """out[i] = transform(base_score + the leaves row i of x reaches, summed per group).
 
-    Node arrays as in :class:`kernels.forest.Forest` (validated); ``transform`` a code from
+    Node arrays as in :class:`sluice.kernels.forest.Forest` (validated); ``transform`` a code from
     ``TRANSFORM_CODES``; x float32 [n, n_features]; out float [n, n_groups] (other widths
     raise ValueError). Blocks of ``BLOCK_ROWS`` rows run in parallel.
     """
@@ -166,7 +166,7 @@ def predict_forest_serial(feature, threshold, left, right, default_left, missing
 @njit(parallel=True, nogil=True, cache=True)
 def predict_compact(code, threshold, left, value, roots, depth, groups, base_score, transform,
                     sigmoid_scale, n_copies, n_features, x, out):
-    """:func:`predict_forest` over a :class:`kernels.forest.CompactForest` (its ``code``,
+    """:func:`predict_forest` over a :class:`sluice.kernels.forest.CompactForest` (its ``code``,
     ``threshold``, ``left``, ``value``, ``roots``, ``depth``, ``n_copies``); the forest must
     have no +inf threshold (``has_inf_threshold``)."""
     n = _checked_rows(n_features, base_score, x, out)

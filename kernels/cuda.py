@@ -3,8 +3,8 @@
 Importing this module touches no GPU and compiles nothing: ``cuda.jit`` without a signature
 compiles a kernel at its first launch (:meth:`ForestGPU.warmup` makes that launch at model
 load). Every kernel walks rows with a grid-stride loop, one thread per row, and clamps its
-extents to the arrays it is given. The math is :mod:`kernels.scalar`'s, the same functions the
-CPU kernels compile. Everything runs under ``NUMBA_ENABLE_CUDASIM=1`` (slowly: a Python thread
+extents to the arrays it is given. The math is :mod:`sluice.kernels.scalar`'s, the same functions
+the CPU kernels compile. Everything runs under ``NUMBA_ENABLE_CUDASIM=1`` (slowly: a Python thread
 per CUDA thread), which is how the tests cover it on machines without a GPU.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from numba import config, cuda, float32
 
-from kernels import scalar
-from kernels.forest import Forest
-from kernels.scalar import SIGMOID, SOFTMAX, TRANSFORM_CODES
+from sluice.kernels import scalar
+from sluice.kernels.forest import Forest
+from sluice.kernels.scalar import SIGMOID, SOFTMAX, TRANSFORM_CODES
 
 _tree_leaf = cuda.jit(device=True)(scalar.tree_leaf)
 _compact_leaf = cuda.jit(device=True)(scalar.compact_leaf)
@@ -74,7 +74,7 @@ def _finish_row(out, row, transform, sigmoid_scale):
 def predict_forest(feature, threshold, left, right, default_left, missing_type, value, roots,
                    groups, base_score, transform, sigmoid_scale, x, out):
     """out[i] = transform(base_score + leaves reached by row i), node arrays as in
-    :class:`kernels.forest.Forest`; x float32 [n, n_features]; out float64 [n, n_groups]."""
+    :class:`sluice.kernels.forest.Forest`; x float32 [n, n_features]; out float64 [n, n_groups]."""
     n = _lesser(x.shape[0], out.shape[0])
     for row in range(cuda.grid(1), n, cuda.gridsize(1)):
         for g in range(out.shape[1]):
@@ -89,7 +89,7 @@ def predict_forest(feature, threshold, left, right, default_left, missing_type, 
 @cuda.jit
 def predict_compact(code, threshold, left, value, roots, depth, groups, base_score, transform,
                     sigmoid_scale, n_features, x, out):
-    """:func:`predict_forest` over a :class:`kernels.forest.CompactForest`: every thread of a
+    """:func:`predict_forest` over a :class:`sluice.kernels.forest.CompactForest`: every thread of a
     warp takes the same number of steps per tree, so the walk does not diverge. Reads x
     column-major best (neighbouring threads read neighbouring rows of one feature)."""
     n = _lesser(x.shape[0], out.shape[0])
@@ -131,7 +131,7 @@ def to_column_major(src, dst):
             dst[row0 + tx, col0 + c] = tile[tx, c]
 
 
-# --- pre- and post-processing: one thread per row, same contracts as kernels.cpu -------------
+# --- pre- and post-processing: one thread per row, same contracts as sluice.kernels.cpu -----------
 
 
 @cuda.jit

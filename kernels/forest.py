@@ -1,7 +1,7 @@
 """A tree ensemble as flat arrays: built once at model load, read by the CPU and CUDA kernels.
 
 Every node of every tree lives in one set of parallel arrays; a tree is its root's index. The
-layout is library-neutral: the loaders in ``kernels.formats`` translate XGBoost's
+layout is library-neutral: the loaders in ``sluice.kernels.formats`` translate XGBoost's
 and LightGBM's split rules into the single rule below, exactly, so one kernel reproduces both.
 
 The decision at an inner node ``i`` for a row ``x`` of float32 features:

@@ -1,10 +1,10 @@
-"""Tree-ensemble model files -> :class:`kernels.forest.Forest`, checked once at model load.
+"""Tree-ensemble model files -> :class:`sluice.kernels.forest.Forest`, checked once at model load.
 
 Two formats, both the libraries' own text formats: XGBoost's JSON model (``Booster.save_model``
 to ``model.json`` / ``xgboost.json``) and LightGBM's text model (``Booster.save_model`` to
 ``model.txt``). The loaders translate each library's split rule into the Forest's single rule
-(see :mod:`kernels.forest`) so the kernels reproduce ``Booster.predict`` exactly, NaN included.
-Every failure is a :class:`FormatError` whose message names the file and the problem.
+(see :mod:`sluice.kernels.forest`) so the kernels reproduce ``Booster.predict`` exactly, NaN
+included. Every failure is a :class:`FormatError` whose message names the file and the problem.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.forest import MISSING_NAN, ZERO_THRESHOLD, Forest
+from sluice.kernels.forest import MISSING_NAN, ZERO_THRESHOLD, Forest
 
 
 class FormatError(ValueError):

@@ -1,20 +1,20 @@
 """Scalar and per-row math shared by the CPU and the CUDA kernels, written once as plain Python.
 
-:mod:`kernels.cpu` compiles these with ``numba.njit(inline="always")`` and :mod:`kernels.cuda`
-with ``numba.cuda.jit(device=True)``. So that both compilers take them, each function is
-self-contained: it calls no other function of this module (to Numba a plain-Python callee is an
-untyped global), only ``math`` and module constants, which Numba freezes at compile time. Row
-functions read row ``r`` of a 2-d array and write row ``r`` of their out-params; they allocate
-nothing (CUDA threads cannot).
+:mod:`sluice.kernels.cpu` compiles these with ``numba.njit(inline="always")`` and
+:mod:`sluice.kernels.cuda` with ``numba.cuda.jit(device=True)``. So that both compilers take them,
+each function is self-contained: it calls no other function of this module (to Numba a plain-Python
+callee is an untyped global), only ``math`` and module constants, which Numba freezes at compile
+time. Row functions read row ``r`` of a 2-d array and write row ``r`` of their out-params; they
+allocate nothing (CUDA threads cannot).
 """
 
 from __future__ import annotations
 
 import math
 
-from kernels.forest import MISSING_NONE, MISSING_ZERO, ZERO_THRESHOLD
+from sluice.kernels.forest import MISSING_NONE, MISSING_ZERO, ZERO_THRESHOLD
 
-#: Codes of :attr:`kernels.forest.Forest.transform` as the kernels take them.
+#: Codes of :attr:`sluice.kernels.forest.Forest.transform` as the kernels take them.
 IDENTITY, SIGMOID, SOFTMAX = 0, 1, 2
 TRANSFORM_CODES = {"identity": IDENTITY, "sigmoid": SIGMOID, "softmax": SOFTMAX}
 
@@ -22,8 +22,9 @@ TRANSFORM_CODES = {"identity": IDENTITY, "sigmoid": SIGMOID, "softmax": SOFTMAX}
 def tree_leaf(x, row, node, feature, threshold, left, right, default_left, missing_type):
     """Walk row ``row`` of ``x`` from ``node`` down to a leaf and return the leaf's index.
 
-    The decision at each node is the one :mod:`kernels.forest` documents. The caller guarantees
-    a validated forest (children in range, no cycles) and ``x`` at least ``n_features`` wide.
+    The decision at each node is the one :mod:`sluice.kernels.forest` documents. The caller
+    guarantees a validated forest (children in range, no cycles) and ``x`` at least ``n_features``
+    wide.
     """
     f = feature[node]
     while f >= 0:
@@ -47,7 +48,7 @@ def tree_leaf(x, row, node, feature, threshold, left, right, default_left, missi
 
 
 def compact_leaf(x, row, root, depth, code, threshold, left, n_features):
-    """Walk row ``row`` of ``x`` down a tree of a :class:`kernels.forest.CompactForest` from
+    """Walk row ``row`` of ``x`` down a tree of a :class:`sluice.kernels.forest.CompactForest` from
     ``root`` (exactly ``depth`` steps, no leaf tests); returns the leaf's index."""
     k = root
     for _ in range(depth):

@@ -1,5 +1,5 @@
 """Load tests and benchmarks for Sluice. Clients of the server only: nothing here imports
-``server``; servers run as subprocesses and are reached over gRPC (through :mod:`clients`).
+``server``; servers run as subprocesses and are reached over gRPC (through :mod:`sluice.clients`).
 
 * ``python -m loadtests.bench``: the benchmark (ORT in-process ceiling, Python gRPC ceiling,
   Sluice unary and streaming, memory growth, perf_analyzer when installed).

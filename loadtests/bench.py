@@ -9,7 +9,7 @@ Measures, on this machine, side by side in one run:
     in every round right before Sluice's cnn batch-8 point it is compared with;
 (b) the Python gRPC ceiling: :mod:`loadtests.ceiling`, a grpc.aio servicer answering a constant,
     unary at concurrency 1/8/64 and streaming at 64;
-(c) Sluice (``python -m server serve`` in a subprocess) on identity and cnn at concurrency
+(c) Sluice (``python -m sluice.server serve`` in a subprocess) on identity and cnn at concurrency
     1/8/64 with batch-1 and batch-8 requests, unary, and identity at 64 over ModelStreamInfer;
 (d) Sluice's RSS: at start, idle after the first round (the warm-up), and idle after 100k more
     identity requests (20k with ``--quick``), growth in % over the warm baseline;
@@ -244,7 +244,7 @@ def machine_info() -> dict[str, Any]:
 
 def _sluice_args() -> list[str]:
     return [
-        "-m", "server", "serve", "--model-repository", str(MODEL_REPOSITORY),
+        "-m", "sluice.server", "serve", "--model-repository", str(MODEL_REPOSITORY),
         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
         "--log-level", "WARNING",
     ]

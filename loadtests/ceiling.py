@@ -32,8 +32,8 @@ import grpc
 
 from loadtests.models import MODEL_REPOSITORY
 from loadtests.peer_metadata import DescribingServicer, PeerModel
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc
 
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 IDENTITY_DIR = MODEL_REPOSITORY / "identity"

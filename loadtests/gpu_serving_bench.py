@@ -28,7 +28,7 @@ from google.protobuf import text_format
 
 from loadtests.models import MODEL_REPOSITORY, InputSpec
 from loadtests.procs import LoadResult, ServerProcess, run_load
-from proto import model_config_pb2
+from sluice.proto import model_config_pb2
 
 SOURCE_MODEL = "breast_cancer"
 TREES = (InputSpec("input__0", "float32", (30,)),)
@@ -63,7 +63,7 @@ def write_repository(
 def gpu_visible() -> bool:
     """Whether Numba sees a real CUDA GPU here (the simulator does not count)."""
     try:
-        from kernels.cuda import gpu_available, simulator_enabled
+        from sluice.kernels.cuda import gpu_available, simulator_enabled
     except Exception:  # numba missing or broken: then the server cannot use a GPU either
         return False
     return gpu_available() and not simulator_enabled()
@@ -71,7 +71,8 @@ def gpu_visible() -> bool:
 
 def _sluice_args(repository: Path) -> list[str]:
     return [
-        "-m", "server", "serve", "--model-repository", str(repository), "--host", "127.0.0.1",
+        "-m", "sluice.server", "serve", "--model-repository", str(repository), "--host",
+        "127.0.0.1",
         "--grpc-port", "0", "--metrics-port", "-1", "--log-level", "WARNING",
     ]
 

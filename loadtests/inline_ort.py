@@ -23,8 +23,8 @@ import onnxruntime as ort
 
 from loadtests.ceiling import serve_servicer
 from loadtests.peer_metadata import DescribingServicer, PeerModel, datatype
-from proto import grpc_service_pb2 as pb
-from proto.tensors import datatype_to_dtype
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto.tensors import datatype_to_dtype
 
 
 class InlineOrtServicer(DescribingServicer):

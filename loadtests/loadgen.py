@@ -38,10 +38,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients import AsyncClient, SluiceClientError
-from clients.messages import build_request, channel_options
 from loadtests.models import InputSpec, make_inputs
-from proto import grpc_service_pb2 as pb
+from sluice.clients import AsyncClient, SluiceClientError
+from sluice.clients.messages import build_request, channel_options
+from sluice.proto import grpc_service_pb2 as pb
 
 _STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 _CALL_TIMEOUT_S = 30.0

@@ -33,10 +33,10 @@ import gevent
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, constant, events, tag, task
 
-from clients import Client, SluiceClientError
-from clients.messages import decode_response
 from loadtests.models import inputs_from_metadata
-from proto import grpc_service_pb2 as pb
+from sluice.clients import Client, SluiceClientError
+from sluice.clients.messages import decode_response
+from sluice.proto import grpc_service_pb2 as pb
 
 grpc_gevent.init_gevent()
 

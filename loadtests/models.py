@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import text_format
 
-from proto import model_config_pb2, tensors
+from sluice.proto import model_config_pb2, tensors
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root (the working directory of every subprocess the benchmark starts)."""

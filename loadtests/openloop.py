@@ -14,7 +14,7 @@ share f of the requests carries the parameter ``priority`` = 1 and the rest ``pr
 in other phases no priority is sent.
 
 Every call carries the gRPC deadline ``--deadline-ms``. Requests are built once from the
-server's ModelMetadata with :func:`clients.messages.build_request` and sent as bytes on
+server's ModelMetadata with :func:`sluice.clients.messages.build_request` and sent as bytes on
 ``--channels`` channels, each its own TCP connection (so ``--workers`` servers behind one
 SO_REUSEPORT port all get traffic); answers are not parsed, only their status is kept.
 
@@ -38,10 +38,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients import AsyncClient, SluiceClientError
-from clients.errors import SHED_REASON_KEY
-from clients.messages import build_request, channel_options
 from loadtests.models import inputs_from_metadata
+from sluice.clients import AsyncClient, SluiceClientError
+from sluice.clients.errors import SHED_REASON_KEY
+from sluice.clients.messages import build_request, channel_options
 
 _METHOD = "/inference.GRPCInferenceService/ModelInfer"
 _CONNECT_TIMEOUT_S = 15.0

@@ -34,9 +34,9 @@ flags (``!``) every phase in which the generator fell behind.
    machine's CPU, not Sluice, caps it (:mod:`loadtests.overload_targets`).
 
 Writes ``overload.json`` and ``overload.png`` to ``--out`` (default ``loadtests/results/``).
-Starts its own server (``python -m server serve`` on port 0, ``--server-arg`` appended) unless
-``--target`` names a running one; load goes only to the loopback interface. Exit status 0 when
-the harness ran (1 with ``--check`` when a target failed); the generator's health is part of
+Starts its own server (``python -m sluice.server serve`` on port 0, ``--server-arg`` appended)
+unless ``--target`` names a running one; load goes only to the loopback interface. Exit status 0
+when the harness ran (1 with ``--check`` when a target failed); the generator's health is part of
 the report: when ``sent/s`` falls short of ``offered/s`` or lag p99 is large, the generator,
 not the server, was the limit. A run takes about a minute (45 s with ``--quick``).
 """
@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clients import Client
 from loadtests import capacity as cap
 from loadtests import overload_report as rep
 from loadtests import overload_targets
@@ -63,6 +62,7 @@ from loadtests.models import MODEL_REPOSITORY, ROOT, InputSpec
 from loadtests.procs import ServerProcess, run_load
 from loadtests.report import write_json
 from loadtests.timetable import open_loop
+from sluice.clients import Client
 
 # One asyncio generator process keeps its timetable up to about this rate on the 2-core box
 # (measured against the constant-answer ceiling server); above it the load is split in two.
@@ -121,7 +121,7 @@ def plan(s: Settings, capacity: float) -> list[dict[str, Any]]:
 
 def input_specs(target: str, model: str) -> tuple[InputSpec, ...]:
     """The model's inputs as the closed-loop generator wants them, from ModelMetadata."""
-    from proto.datatypes import datatype_to_dtype
+    from sluice.proto.datatypes import datatype_to_dtype
 
     with Client(target, timeout=15.0) as client:
         metadata = client.model_metadata(model)
@@ -200,7 +200,7 @@ def run(s: Settings) -> dict[str, Any]:
                     s.priority_levels,
                 )
             server = stack.enter_context(ServerProcess("sluice", [
-                "-m", "server", "serve", "--model-repository", str(repository),
+                "-m", "sluice.server", "serve", "--model-repository", str(repository),
                 "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
                 "--log-level", "WARNING", *s.server_args,
             ]))

@@ -19,9 +19,9 @@ import grpc
 import numpy as np
 from google.protobuf import text_format
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc, model_config_pb2
-from proto.tensors import datatype_to_dtype, make_output
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc, model_config_pb2
+from sluice.proto.tensors import datatype_to_dtype, make_output
 
 # onnxruntime's element type strings -> config data types, for inputs the config leaves out.
 _ORT_TYPES = {

@@ -29,8 +29,8 @@ import grpc
 
 from loadtests.peer_metadata import PeerModel
 from loadtests.procs import terminate
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc
 
 _RUNTIME = '''"""Written by loadtests.peer_mlserver: one onnxruntime call per request."""
 import onnxruntime as ort

@@ -9,7 +9,7 @@ Servers, each in its own subprocess on 127.0.0.1, started for one point and stop
    model's answer (plus the ModelMetadata/ModelConfig perf_analyzer asks for);
 2. **inline-ORT**: :mod:`loadtests.inline_ort`, one onnxruntime call per request on the event
    loop, one intra-op thread, no batching;
-3. **Sluice**: ``python -m server serve`` on a repository holding only the measured model;
+3. **Sluice**: ``python -m sluice.server serve`` on a repository holding only the measured model;
 4. **MLServer** 1.7.1 (:mod:`loadtests.peer_mlserver`), only with ``--mlserver-python PATH`` to
    an interpreter that has it (skipped, with a note, otherwise; nothing is installed here).
 
@@ -81,7 +81,7 @@ def starters(
         "inline_ort": lambda: ServerProcess("inline-ort", [
             "-m", "loadtests.inline_ort", "--port", "0", "--model-dir", str(model_dir)]),
         "sluice": lambda: ServerProcess("sluice", [
-            "-m", "server", "serve", "--model-repository", str(repository),
+            "-m", "sluice.server", "serve", "--model-repository", str(repository),
             "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
             "--log-level", "WARNING"]),
     }

@@ -25,8 +25,8 @@ import grpc
 import numpy as np
 
 from loadtests.models import ROOT, InputSpec
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc
 
 _LISTENING = re.compile(r"gRPC listening on (\S+):(\d+)\s*$")
 

@@ -10,7 +10,7 @@ one open-loop rate, interleaved per round, medians over rounds:
 - **floor**: :mod:`loadtests.ceiling` ``--shed``, a grpc.aio servicer whose ModelInfer only
   sets Sluice's shed trailers and aborts with UNAVAILABLE (the request is still deserialized by
   the generated handler, as in any servicer);
-- **sluice**: ``python -m server serve`` on the bundled repository, every request carrying
+- **sluice**: ``python -m sluice.server serve`` on the bundled repository, every request carrying
   Triton's ``timeout`` parameter of 1 ms (the gRPC deadline stays long, so every request reaches
   the server), which admission cannot meet: each is shed at arrival for its deadline, after
   decoding, validation, routing and admission, as under overload. A few requests without the
@@ -47,7 +47,7 @@ _CHANNELS = 4
 
 def payloads(model: str, batch: int) -> tuple[bytes, bytes]:
     """(warm-up request, request with a 1 ms ``timeout`` parameter), serialized."""
-    from clients.messages import build_request
+    from sluice.clients.messages import build_request
 
     inputs = make_inputs(load_spec(model).inputs, batch)
     plain = build_request(model, inputs).SerializeToString()
@@ -132,7 +132,7 @@ def measure(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
 #: The two servers compared: name -> interpreter arguments.
 SERVERS = {
     "floor": ["-m", "loadtests.ceiling", "--shed"],
-    "sluice": ["-m", "server", "serve", "--model-repository", str(MODEL_REPOSITORY),
+    "sluice": ["-m", "sluice.server", "serve", "--model-repository", str(MODEL_REPOSITORY),
                "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
                "--log-level", "WARNING"],
 }

@@ -16,11 +16,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients import AdminClient, Client
-from clients.messages import build_request, channel_options
 from loadtests.models import inputs_from_metadata
 from loadtests.shadow_report import ROUTING_LIMIT_US
-from proto import grpc_service_pb2 as pb
+from sluice.clients import AdminClient, Client
+from sluice.clients.messages import build_request, channel_options
+from sluice.proto import grpc_service_pb2 as pb
 
 #: The two versions of each copied model (the same file).
 LIVE, CANDIDATE = 1, 2

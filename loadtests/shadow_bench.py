@@ -4,7 +4,7 @@
 
 Targets: with shadow at 100% sampling to a same-size candidate at 50% of capacity, the live p50
 and p99 rise by at most 10% over no shadow; routing adds at most 20 us p50 per request. One
-server (``python -m server serve``, port 0) on a temporary repository in which ``--model``
+server (``python -m sluice.server serve``, port 0) on a temporary repository in which ``--model``
 (default ``cnn``) and ``--routing-model`` (default ``identity``, plus a copy ``identity_routed``)
 have versions 1 and 2 holding the same ONNX file (``version_policy { all { } }``): the
 candidate is the live model's twin, so agreement must be 1.0.
@@ -15,7 +15,7 @@ candidate is the live model's twin, so agreement must be 1.0.
    requests, default 8, so ~100-160 req/s, which the generator sends on time: see ``lag99``):
    a warm-up, then phases A, B, A, B, ... (``--rounds`` each). A: no shadow; B: shadow of v2
    at sample 1.0. A controller thread starts and stops the shadow through
-   :class:`clients.admin.AdminClient` at each phase start; the first ``settle`` s of a phase
+   :class:`sluice.clients.admin.AdminClient` at each phase start; the first ``settle`` s of a phase
    are not counted. Per phase: client-observed p50/p95/p99 of successes, goodput (OK within
    ``--slo-ms``), errors, generator lag; v1's server-side mean e2e/queue/compute from
    ModelStatistics' cumulative counters over the counted window; per B phase the shadow report.
@@ -56,8 +56,6 @@ from typing import Any
 
 import numpy as np
 
-from clients import Client
-from clients.admin import AdminClient
 from loadtests import overload_report as rep
 from loadtests.bench import machine_info
 from loadtests.models import MODEL_REPOSITORY, ROOT
@@ -73,6 +71,8 @@ from loadtests.routing_bench import (
     routing_bench,
 )
 from loadtests.shadow_report import RATIO_LIMIT, print_report
+from sluice.clients import Client
+from sluice.clients.admin import AdminClient
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ def run(s: Settings) -> dict[str, Any]:
                                             s.routing_model + ROUTED_SUFFIX: s.routing_model,
                                             s.routing_model + ONE_ARM_SUFFIX: s.routing_model})
         server = stack.enter_context(ServerProcess("sluice", [
-            "-m", "server", "serve", "--model-repository", str(repository),
+            "-m", "sluice.server", "serve", "--model-repository", str(repository),
             "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
             "--log-level", "WARNING",
         ]))

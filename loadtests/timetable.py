@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from clients import Client
 from loadtests import overload_report as rep
 from loadtests.models import ROOT
+from sluice.clients import Client
 
 
 def open_loop(

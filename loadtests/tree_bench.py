@@ -3,7 +3,7 @@
     python -m loadtests.tree_bench [--gpu] [--quick] [--repeats R]
 
 CPU (needs xgboost): an XGBoost binary:logistic model, 200 trees of depth 6, trained here on
-synthetic data with 50 features (5% NaN), run by :func:`kernels.cpu.forest_predict` and by
+synthetic data with 50 features (5% NaN), run by :func:`sluice.kernels.cpu.forest_predict` and by
 ``Booster.inplace_predict`` on the same float32 rows, both on 2 threads (Numba threads 2,
 xgboost nthread 2), at batch 1, 64, 1024 and 16384, on rows without NaN and with 5% NaN
 (XGBoost's predictor slows down on missing values; ours does not). Both are OpenMP programs
@@ -12,13 +12,13 @@ phases a short sleep apart, alternating, ``--repeats`` times; a figure is the me
 repeats and the ratio is the median of the per-repeat ratios.
 
 GPU (``--gpu``; needs only numba and numpy): a synthetic forest (500 trees, depth 8, 100
-features) at batch 65536: :class:`kernels.cuda.ForestGPU` end to end (copies included) and its
-kernel alone (CUDA events), against the CPU kernel on every core. The bandwidth is an
+features) at batch 65536: :class:`sluice.kernels.cuda.ForestGPU` end to end (copies included) and
+its kernel alone (CUDA events), against the CPU kernel on every core. The bandwidth is an
 estimate: per row, 12 bytes of node data per step plus the leaf value for every tree, plus the
 row's input and output bytes, over the kernel time; as a fraction of the card's peak when Numba
 reports its memory clock and bus width.
 
-The model file is read by :mod:`kernels.formats`, the loader the server itself uses.
+The model file is read by :mod:`sluice.kernels.formats`, the loader the server itself uses.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels import cpu
-from kernels.forest import Forest, synthetic_forest
-from kernels.formats import load_xgboost_json
+from sluice.kernels import cpu
+from sluice.kernels.forest import Forest, synthetic_forest
+from sluice.kernels.formats import load_xgboost_json
 
 CPU_BATCHES = (1, 64, 1024, 16384)
 GPU_BATCH = 65536
@@ -129,7 +129,7 @@ def gpu_vs_cpu(repeats: int, budget_s: float) -> None:
     import numba
     from numba import cuda
 
-    from kernels.cuda import ForestGPU, gpu_available, simulator_enabled
+    from sluice.kernels.cuda import ForestGPU, gpu_available, simulator_enabled
 
     if not gpu_available() or simulator_enabled():
         print("no CUDA GPU: GPU comparison skipped")

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         servers = {
             n: stack.enter_context(ServerProcess(f"sluice-w{n}", [
-                "-m", "server", "serve", "--model-repository", str(MODEL_REPOSITORY),
+                "-m", "sluice.server", "serve", "--model-repository", str(MODEL_REPOSITORY),
                 "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
                 "--log-level", "WARNING", "--workers", str(n),
             ]))

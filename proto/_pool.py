@@ -2,7 +2,7 @@
 
 tritonclient registers messages with the same full names (`inference.ModelInferRequest`, ...) in
 protobuf's default pool, and one pool cannot hold two files defining the same symbol. Our
-generated modules therefore register into this pool instead (``python -m proto.generate``
+generated modules therefore register into this pool instead (``python -m sluice.proto.generate``
 rewrites them to do so), which lets Sluice and tritonclient live in one process. Both sets of
 messages share the wire format, so bytes produced by one parse with the other.
 """

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import admin_pb2 as proto_dot_admin__pb2
+from sluice.proto import admin_pb2 as proto_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__

@@ -3,7 +3,7 @@
 Which numpy dtype stands for each KServe datatype name and back, which typed
 ``InferTensorContents`` field carries it (and the dtype its values arrive in), and the error
 every tensor function raises. The wire rules themselves (raw layout, BYTES length prefixes) are
-:mod:`proto.tensors`'s.
+:mod:`sluice.proto.tensors`'s.
 
 Promises:
 

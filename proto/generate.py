@@ -1,12 +1,12 @@
-"""Regenerate the Python modules of proto/*.proto: ``python -m proto.generate [--check]``.
+"""Regenerate the Python modules of proto/*.proto: ``python -m sluice.proto.generate [--check]``.
 
 Promises:
 
 * Runs ``grpc_tools.protoc`` in-process with ``-I <repo root>`` so generated imports read
-  ``from proto import model_config_pb2``, writing ``*_pb2.py``, ``*_pb2.pyi`` and, for files that
-  declare a service, ``*_pb2_grpc.py``.
-* Rewrites every ``*_pb2.py`` to register its descriptors in :data:`proto._pool.POOL` instead of
-  protobuf's default pool (see ``proto/_pool.py`` for why).
+  ``from sluice.proto import model_config_pb2``, writing ``*_pb2.py``, ``*_pb2.pyi`` and, for files
+  that declare a service, ``*_pb2_grpc.py``.
+* Rewrites every ``*_pb2.py`` to register its descriptors in :data:`sluice.proto._pool.POOL` instead
+  of protobuf's default pool (see ``proto/_pool.py`` for why).
 * The output depends only on the .proto files and the installed grpcio-tools, so ``--check``
   regenerates into a temporary directory and exits 1, listing every file that differs from (or
   is missing in) proto/, or 0 when the committed files are current. It never writes to proto/.
@@ -26,7 +26,7 @@ REPO_ROOT = PROTO_DIR.parent
 PACKAGE = PROTO_DIR.name
 
 _DEFAULT_POOL = "_descriptor_pool.Default()"
-_POOL_IMPORT = "from proto._pool import POOL as _SLUICE_POOL\n"
+_POOL_IMPORT = "from sluice.proto._pool import POOL as _SLUICE_POOL\n"
 _POOL_MARKER = "from google.protobuf import descriptor_pool as _descriptor_pool\n"
 
 
@@ -36,7 +36,7 @@ def proto_sources() -> list[Path]:
 
 
 def use_private_pool(source: str, filename: str) -> str:
-    """Return generated ``*_pb2.py`` text rewritten to register into ``proto._pool.POOL``.
+    """Return generated ``*_pb2.py`` text rewritten to register into ``sluice.proto._pool.POOL``.
 
     Raises RuntimeError when the generated code does not have the expected shape (a protoc
     upgrade changed it), rather than silently leaving the default pool in place.
@@ -112,7 +112,7 @@ def regenerate() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     summary = (__doc__ or "").splitlines()[0]
-    parser = argparse.ArgumentParser(prog="python -m proto.generate", description=summary)
+    parser = argparse.ArgumentParser(prog="python -m sluice.proto.generate", description=summary)
     parser.add_argument(
         "--check",
         action="store_true",
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in stale:
             print(f"out of date: proto/{name}", file=sys.stderr)
         if stale:
-            print("run `python -m proto.generate` to regenerate", file=sys.stderr)
+            print("run `python -m sluice.proto.generate` to regenerate", file=sys.stderr)
             return 1
         print("proto: generated files are up to date")
         return 0

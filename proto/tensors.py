@@ -5,7 +5,7 @@ a BYTES element is a 4-byte little-endian length followed by that many bytes; FP
 travel only as raw. Typed contents use one InferTensorContents field per datatype.
 
 The datatype table (KServe name <-> numpy dtype, which contents field carries each) and
-:class:`TensorError` are :mod:`proto.datatypes`'s; ``DATATYPES``, ``TensorError``,
+:class:`TensorError` are :mod:`sluice.proto.datatypes`'s; ``DATATYPES``, ``TensorError``,
 ``datatype_to_dtype`` and ``dtype_to_datatype`` are part of this codec's interface too, so a
 caller needs one import.
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from proto.datatypes import (
+from sluice.proto.datatypes import (
     CONTENTS_FIELD,
     DATATYPES,
     NARROW,
@@ -41,7 +41,7 @@ from proto.datatypes import (
     dtype_for,
     dtype_to_datatype,
 )
-from proto.grpc_service_pb2 import (
+from sluice.proto.grpc_service_pb2 import (
     InferTensorContents,
     ModelInferRequest,
     ModelInferResponse,

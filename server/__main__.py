@@ -1,6 +1,6 @@
-"""``python -m server`` is the ``sluice`` command."""
+"""``python -m sluice.server`` is the ``sluice`` command."""
 
-from server.cli import main
+from sluice.server.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

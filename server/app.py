@@ -28,30 +28,30 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto import admin_pb2, grpc_service_pb2
-from proto._pool import POOL
-from server.backends.base import Backend
-from server.backends.ensemble import EnsembleBackend
-from server.backends.numba_backend import load_numba_backend
-from server.backends.ort import OrtBackend
-from server.config.deployment_file import read_deployment
-from server.config.model import ModelConfig, check_model_name
-from server.config.pbtxt import read_model_config
-from server.config.settings import ServerConfig
-from server.errors import ModelLoadError, SluiceError
-from server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
-from server.protocol.admin import add_admin_service
-from server.protocol.servicer import InferenceServicer
-from server.protocol.wire import add_inference_service
-from server.rollout.canary import CanaryController
-from server.rollout.deploy_store import DeploymentStore
-from server.rollout.deployment import DeploymentState
-from server.rollout.router import Router
-from server.rollout.shadow import ShadowMirror
-from server.rollout.state_sync import DeploymentFollower
-from server.serving.budget import InflightBudget
-from server.serving.loading import load_in_order
-from server.serving.repository import ModelRepository
+from sluice.proto import admin_pb2, grpc_service_pb2
+from sluice.proto._pool import POOL
+from sluice.server.backends.base import Backend
+from sluice.server.backends.ensemble import EnsembleBackend
+from sluice.server.backends.numba_backend import load_numba_backend
+from sluice.server.backends.ort import OrtBackend
+from sluice.server.config.deployment_file import read_deployment
+from sluice.server.config.model import ModelConfig, check_model_name
+from sluice.server.config.pbtxt import read_model_config
+from sluice.server.config.settings import ServerConfig
+from sluice.server.errors import ModelLoadError, SluiceError
+from sluice.server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
+from sluice.server.protocol.admin import add_admin_service
+from sluice.server.protocol.servicer import InferenceServicer
+from sluice.server.protocol.wire import add_inference_service
+from sluice.server.rollout.canary import CanaryController
+from sluice.server.rollout.deploy_store import DeploymentStore
+from sluice.server.rollout.deployment import DeploymentState
+from sluice.server.rollout.router import Router
+from sluice.server.rollout.shadow import ShadowMirror
+from sluice.server.rollout.state_sync import DeploymentFollower
+from sluice.server.serving.budget import InflightBudget
+from sluice.server.serving.loading import load_in_order
+from sluice.server.serving.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from server import __version__
-from server.cli_admin import add_admin_commands, run_admin
-from server.cli_repo import add_repo_command, run_repo
-from server.config.settings import ServerConfig
+from sluice.server import __version__
+from sluice.server.cli_admin import add_admin_commands, run_admin
+from sluice.server.cli_repo import add_repo_command, run_repo
+from sluice.server.config.settings import ServerConfig
 
 DEFAULT_TARGET = "127.0.0.1:8001"
 
@@ -40,7 +40,7 @@ def default_url(environ: Mapping[str, str]) -> str:
 
 
 def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
-    from server.app import BUNDLED_REPOSITORY
+    from sluice.server.app import BUNDLED_REPOSITORY
 
     parser = argparse.ArgumentParser(
         prog="sluice",
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.app import StartError, run_until_signal
+    from sluice.server.app import StartError, run_until_signal
 
     worker = args.worker_id
     who = "" if worker is None else f"worker {worker} "
@@ -171,8 +171,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
-    """``serve --workers N``: run N ``serve`` processes under :mod:`server.workers.supervisor`."""
-    from server.workers.supervisor import Supervisor, SupervisorConfig
+    """``serve --workers N``: run N ``serve`` processes under
+    :mod:`sluice.server.workers.supervisor`."""
+    from sluice.server.workers.supervisor import Supervisor, SupervisorConfig
 
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s supervisor %(name)s: %(message)s"
@@ -182,7 +183,7 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
     def worker_argv(worker: int, grpc_port: int) -> list[str]:
         # Our own command line with the overrides last (the last value of a flag wins), so
         # every serve flag, present or future, reaches the workers unchanged.
-        return [sys.executable, "-m", "server", *argv, "--grpc-port", str(grpc_port),
+        return [sys.executable, "-m", "sluice.server", *argv, "--grpc-port", str(grpc_port),
                 "--metrics-port", "0" if metrics_on else "-1", "--workers", "1",
                 "--worker-id", str(worker)]
 
@@ -198,9 +199,9 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from clients import Client, SluiceClientError
-    from clients.messages import decode_response
-    from server.cli_inputs import InputError, parse_inputs, request_inputs
+    from sluice.clients import Client, SluiceClientError
+    from sluice.clients.messages import decode_response
+    from sluice.server.cli_inputs import InputError, parse_inputs, request_inputs
 
     try:
         given = parse_inputs(args.input)
@@ -228,7 +229,7 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from clients import Client, SluiceClientError
+    from sluice.clients import Client, SluiceClientError
 
     try:
         with Client(args.url) as client:

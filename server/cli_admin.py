@@ -1,5 +1,5 @@
 """``sluice deploy MODEL ...`` and ``sluice shadow report MODEL``: the Admin service from the
-command line (parsing and running; :mod:`server.cli` registers them)."""
+command line (parsing and running; :mod:`sluice.server.cli` registers them)."""
 
 from __future__ import annotations
 
@@ -89,8 +89,8 @@ def _percent_list(text: str) -> tuple[float, ...]:
 def run_admin(args: argparse.Namespace) -> int:
     import getpass
 
-    from clients import AdminClient, SluiceClientError
-    from clients.admin import deployment_text, report_text
+    from sluice.clients import AdminClient, SluiceClientError
+    from sluice.clients.admin import deployment_text, report_text
 
     try:
         caller = getattr(args, "caller", None) or getpass.getuser()

@@ -44,9 +44,9 @@ def add_repo_command(sub: Any, add_url: Callable[[argparse.ArgumentParser], None
 
 
 def run_repo(args: argparse.Namespace) -> int:
-    from clients import Client, SluiceClientError
-    from server.config.model import check_model_name
-    from server.errors import SluiceError
+    from sluice.clients import Client, SluiceClientError
+    from sluice.server.config.model import check_model_name
+    from sluice.server.errors import SluiceError
 
     if args.repo_action != "index":
         try:

@@ -1,4 +1,5 @@
-"""Sluice's error tree. Transport-free: ``server.protocol.status`` maps :class:`Code` to gRPC.
+"""Sluice's error tree. Transport-free: ``sluice.server.protocol.status`` maps :class:`Code` to
+gRPC.
 
 Every message names the offending thing (model, version, input, field) so that a caller can fix
 the request without reading server logs.

@@ -1,7 +1,7 @@
 """Prometheus metrics for one server, on its own registry (no globals).
 
 Nothing is observed per request here: a collector reads each model version's
-:class:`~server.serving.stats.ModelStats` when /metrics is scraped. Histograms are cumulative
+:class:`~sluice.server.serving.stats.ModelStats` when /metrics is scraped. Histograms are cumulative
 buckets, so they sum correctly across replicas; the window quantiles are gauges for humans.
 """
 
@@ -19,9 +19,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from server.serving.budget import InflightBudget
-from server.serving.model import ModelVersion
-from server.serving.stats import CumulativeHistogram, LatencyWindow
+from sluice.server.serving.budget import InflightBudget
+from sluice.server.serving.model import ModelVersion
+from sluice.server.serving.stats import CumulativeHistogram, LatencyWindow
 
 _LABELS = ["model", "version"]
 

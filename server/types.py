@@ -1,7 +1,7 @@
 """The server's own request and response types: numpy arrays in, numpy arrays out.
 
-The transport layer (``server.protocol``) decodes wire messages into these; the core never sees
-protobuf.
+The transport layer (``sluice.server.protocol``) decodes wire messages into these; the core never
+sees protobuf.
 """
 
 from __future__ import annotations

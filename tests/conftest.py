@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from server.app import BUNDLED_REPOSITORY
-from server.config.settings import ServerConfig
+from sluice.server.app import BUNDLED_REPOSITORY
+from sluice.server.config.settings import ServerConfig
 from tests.support.running import RunningServer, start_server
 
 

@@ -11,8 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
-from server.config.model import ModelConfig, ModelIO
-from server.types import DATATYPE_DTYPES
+from sluice.server.config.model import ModelConfig, ModelIO
+from sluice.server.types import DATATYPE_DTYPES
 
 
 class Backend(Protocol):

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from server.backends.base import Backend, InstancesBackend, warmup_inputs
-from server.config.model import ModelConfig, ModelIO
-from server.errors import ModelLoadError
-from server.types import TensorSpec
+from sluice.server.backends.base import Backend, InstancesBackend, warmup_inputs
+from sluice.server.config.model import ModelConfig, ModelIO
+from sluice.server.errors import ModelLoadError
+from sluice.server.types import TensorSpec
 
 #: lookup(model_name, version or -1 for the newest) -> (that version's backend, its config).
 StepLookup = Callable[[str, int], tuple[Backend, ModelConfig]]

@@ -39,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from kernels import cpu
-from kernels.forest import Forest
-from kernels.formats import FormatError, load_tree_model
-from server.backends.base import InstancesBackend
-from server.config.model import InstanceKind, ModelConfig, ModelIO
-from server.errors import ModelLoadError
-from server.types import TensorSpec
+from sluice.kernels import cpu
+from sluice.kernels.forest import Forest
+from sluice.kernels.formats import FormatError, load_tree_model
+from sluice.server.backends.base import InstancesBackend
+from sluice.server.config.model import InstanceKind, ModelConfig, ModelIO
+from sluice.server.errors import ModelLoadError
+from sluice.server.types import TensorSpec
 
 FIL_PARAMETERS = frozenset({"model_type", "output_class", "predict_proba", "threshold"})
 KERNELS = ("standardize", "minmax_scale", "softmax", "sigmoid", "argmax", "threshold", "topk")
@@ -90,7 +90,7 @@ def _wants_gpu(config: ModelConfig, where: str) -> bool:
     kinds = {g.kind for g in config.instance_groups}
     if InstanceKind.GPU not in kinds and InstanceKind.AUTO not in kinds:
         return False
-    from kernels.cuda import gpu_available  # imported only when a GPU is asked for
+    from sluice.kernels.cuda import gpu_available  # imported only when a GPU is asked for
 
     if gpu_available():
         return True
@@ -131,7 +131,7 @@ class TreeBackend(InstancesBackend):
             width = forest.n_groups
         self._gpu = None
         if _wants_gpu(config, where):
-            from kernels.cuda import ForestGPU
+            from sluice.kernels.cuda import ForestGPU
 
             self._gpu = ForestGPU(forest)
             self.notes = ("trees run on the GPU (Numba CUDA)",)

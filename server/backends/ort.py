@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from server.backends.base import warmup_inputs
-from server.config.model import InstanceKind, ModelConfig, ModelIO
-from server.errors import InvalidInput, ModelLoadError
-from server.types import TensorSpec
+from sluice.server.backends.base import warmup_inputs
+from sluice.server.config.model import InstanceKind, ModelConfig, ModelIO
+from sluice.server.errors import InvalidInput, ModelLoadError
+from sluice.server.types import TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -10,16 +10,17 @@
       candidate: 10
     shadows:          # version or alias -> fraction of live requests mirrored, in (0, 1]
       v3: 0.25
-    canary: {...}     # passed through untouched to the canary controller (server.rollout.canary)
+    canary: {...}     # passed through untouched to the canary controller
+                      # (sluice.server.rollout.canary)
 
 Every key is optional; an unknown key is an error naming it and the file. Versions are checked
 against what is loaded when the state is applied (``Router.model_loaded``), not here.
 
 The reader resolves what is particular to the YAML form (aliases as route targets, ``v3``) and
 returns the declaration in the shape of ``DeploymentState.to_json`` (plain, JSON-clean data), which
-``DeploymentState.from_json`` in ``server.rollout.deployment`` turns into the state the router
-serves: configuration sits below the deployment machinery and does not import it. The rule for
-alias names lives here too (``check_alias``), since it is part of what a declaration may say.
+``DeploymentState.from_json`` in ``sluice.server.rollout.deployment`` turns into the state the
+router serves: configuration sits below the deployment machinery and does not import it. The rule
+for alias names lives here too (``check_alias``), since it is part of what a declaration may say.
 
 Precedence (see ``Router.model_loaded``): the state persisted in the state directory wins over
 this file, unless the file changed since that state was persisted (its sha256 is stored with the
@@ -38,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from server.errors import ModelLoadError
+from sluice.server.errors import ModelLoadError
 
 FILENAME = "deployment.yaml"
 _KEYS = ("aliases", "routes", "shadows", "canary")

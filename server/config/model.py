@@ -1,8 +1,8 @@
 """Frozen model configuration: what each model is and how it is served.
 
-Model configs come from Triton's ``config.pbtxt`` (parsed in ``server.config.pbtxt``); here they
-are plain frozen dataclasses, normalized and then validated once at model load. Validation errors
-name the model and the field. Optional features are ``None`` when off.
+Model configs come from Triton's ``config.pbtxt`` (parsed in ``sluice.server.config.pbtxt``); here
+they are plain frozen dataclasses, normalized and then validated once at model load. Validation
+errors name the model and the field. Optional features are ``None`` when off.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from server.errors import ModelLoadError
-from server.types import TensorSpec
+from sluice.server.errors import ModelLoadError
+from sluice.server.types import TensorSpec
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 

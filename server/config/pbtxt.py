@@ -1,4 +1,4 @@
-"""Triton's ``config.pbtxt`` <-> :class:`server.config.model.ModelConfig`.
+"""Triton's ``config.pbtxt`` <-> :class:`sluice.server.config.model.ModelConfig`.
 
 Parsing is strict: a field Sluice does not implement is a load error naming the field, never
 silently ignored, so a Triton repository either behaves as written or says why not.
@@ -13,8 +13,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from proto import model_config_pb2 as mc
-from server.config.model import (
+from sluice.proto import model_config_pb2 as mc
+from sluice.server.config.model import (
     OVERLOAD_PARAMETERS,
     DynamicBatching,
     EnsembleStep,
@@ -27,8 +27,8 @@ from server.config.model import (
     VersionPolicy,
     check_model_name,
 )
-from server.errors import ModelLoadError
-from server.types import TensorSpec
+from sluice.server.errors import ModelLoadError
+from sluice.server.types import TensorSpec
 
 #: Field paths (repeated and map fields by their name) that Sluice implements.
 SUPPORTED_FIELDS = frozenset({

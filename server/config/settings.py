@@ -1,6 +1,6 @@
 """The server's own settings: how one ``sluice serve`` process runs (``ServerConfig``) and the
 size caps every request is checked against before it is decoded (``RequestLimits``). Built by the
-command line (``server.cli``) or by tests; frozen once built."""
+command line (``sluice.server.cli``) or by tests; frozen once built."""
 
 from __future__ import annotations
 

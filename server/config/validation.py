@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from server.config.model import (
+from sluice.server.config.model import (
     DynamicBatching,
     ModelConfig,
     ModelIO,
     check_model_name,
 )
-from server.errors import ModelLoadError
-from server.types import DATATYPE_DTYPES, TensorSpec
+from sluice.server.errors import ModelLoadError
+from sluice.server.types import DATATYPE_DTYPES, TensorSpec
 
 
 def complete_model_config(

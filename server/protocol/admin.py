@@ -3,7 +3,7 @@ controller.
 
 Each method reads the request, calls the core, and answers with the model's deployment after
 the change. The caller's identity for the audit log is gRPC metadata ``x-sluice-caller`` when
-present, else the peer address. Errors go through :func:`server.protocol.status.fail`:
+present, else the peer address. Errors go through :func:`sluice.server.protocol.status.fail`:
 INVALID_ARGUMENT / NOT_FOUND naming the model, version, alias or field, FAILED_PRECONDITION when
 a change conflicts with a running canary.
 """
@@ -18,16 +18,16 @@ from typing import Any
 
 import grpc
 
-from proto import admin_pb2 as pb
-from proto import admin_pb2_grpc as pb_grpc
-from server.errors import InvalidInput, ModelNotFound, Unimplemented
-from server.protocol.status import fail
-from server.rollout.canary import CanaryController
-from server.rollout.canary_plan import DEFAULT_STEPS, CanaryConflict, CanaryGates, is_running
-from server.rollout.deployment import DeploymentState, ShadowTarget
-from server.rollout.router import Router
-from server.rollout.shadow import ShadowMirror
-from server.rollout.state_sync import DeploymentFollower
+from sluice.proto import admin_pb2 as pb
+from sluice.proto import admin_pb2_grpc as pb_grpc
+from sluice.server.errors import InvalidInput, ModelNotFound, Unimplemented
+from sluice.server.protocol.status import fail
+from sluice.server.rollout.canary import CanaryController
+from sluice.server.rollout.canary_plan import DEFAULT_STEPS, CanaryConflict, CanaryGates, is_running
+from sluice.server.rollout.deployment import DeploymentState, ShadowTarget
+from sluice.server.rollout.router import Router
+from sluice.server.rollout.shadow import ShadowMirror
+from sluice.server.rollout.state_sync import DeploymentFollower
 
 #: Metadata key naming the caller in the audit log.
 CALLER_KEY = "x-sluice-caller"

@@ -1,5 +1,5 @@
-"""Wire messages -> :mod:`server.types` (responses are written by :mod:`server.protocol.wire`).
-Plain functions; no server state."""
+"""Wire messages -> :mod:`sluice.server.types` (responses are written by
+:mod:`sluice.server.protocol.wire`). Plain functions; no server state."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from proto import grpc_service_pb2 as pb
-from proto import tensors
-from proto.datatypes import DATATYPES
-from proto.params import param_value
-from server.config.settings import RequestLimits
-from server.errors import InvalidInput, Unimplemented
-from server.serving.budget import check_request_limits
-from server.types import InferRequest
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import tensors
+from sluice.proto.datatypes import DATATYPES
+from sluice.proto.params import param_value
+from sluice.server.config.settings import RequestLimits
+from sluice.server.errors import InvalidInput, Unimplemented
+from sluice.server.serving.budget import check_request_limits
+from sluice.server.types import InferRequest
 
 #: Request parameters Sluice understands; others are passed through to the core untouched.
 _UNSUPPORTED_PARAMS = {

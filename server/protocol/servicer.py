@@ -1,8 +1,8 @@
 """``inference.GRPCInferenceService``: thin RPC methods over the model repository.
 
 Each method decodes into our types, calls the core, encodes the reply. Errors go through
-:func:`server.protocol.status.fail`, so every failure is one precise status whose message names
-the offending thing.
+:func:`sluice.server.protocol.status.fail`, so every failure is one precise status whose message
+names the offending thing.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from server import __version__
-from server.config.pbtxt import to_proto
-from server.config.settings import RequestLimits
-from server.errors import (
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.server import __version__
+from sluice.server.config.pbtxt import to_proto
+from sluice.server.config.settings import RequestLimits
+from sluice.server.errors import (
     Code,
     InvalidInput,
     ModelNotFound,
@@ -28,14 +28,20 @@ from server.errors import (
     SluiceError,
     Unimplemented,
 )
-from server.protocol import codec, wire
-from server.protocol.statistics import latency_table, model_statistics
-from server.protocol.status import fail
-from server.protocol.streaming import answer_stream
-from server.rollout.router import ARM_PARAM, STICKY_METADATA, STICKY_PARAM, Router, ShadowTarget
-from server.serving.model import ModelVersion
-from server.serving.repository import ModelRepository
-from server.types import InferRequest, InferResponse
+from sluice.server.protocol import codec, wire
+from sluice.server.protocol.statistics import latency_table, model_statistics
+from sluice.server.protocol.status import fail
+from sluice.server.protocol.streaming import answer_stream
+from sluice.server.rollout.router import (
+    ARM_PARAM,
+    STICKY_METADATA,
+    STICKY_PARAM,
+    Router,
+    ShadowTarget,
+)
+from sluice.server.serving.model import ModelVersion
+from sluice.server.serving.repository import ModelRepository
+from sluice.server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from proto import grpc_service_pb2 as pb
-from server.serving.model import ModelVersion
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.server.serving.model import ModelVersion
 
 PERCENTILES = (50, 95, 99)
 

@@ -7,8 +7,8 @@ import uuid
 
 import grpc
 
-from proto.tensors import TensorError
-from server.errors import Code, Overloaded, SluiceError
+from sluice.proto.tensors import TensorError
+from sluice.server.errors import Code, Overloaded, SluiceError
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from proto import grpc_service_pb2 as pb
-from server.protocol import wire
-from server.protocol.status import to_status
-from server.types import InferRequest, InferResponse
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.server.protocol import wire
+from sluice.server.protocol.status import to_status
+from sluice.server.types import InferRequest, InferResponse
 
 #: In-flight requests per ModelStreamInfer stream before we stop reading from it.
 STREAM_WINDOW = 256

@@ -7,7 +7,7 @@ trip through the protobuf runtime, then ``SerializeToString``). The response's s
 always the same for a model, so the bytes of each output's description (name, datatype, shape)
 and of the model name and version are built once and cached; a response is then their
 concatenation with the request id and the raw output bytes. What comes out parses to exactly
-the message :func:`server.protocol.codec.encode_response` builds (the tests check that); a
+the message :func:`sluice.server.protocol.codec.encode_response` builds (the tests check that); a
 parameters map, rare on the hot path, is serialized by protobuf itself and concatenated, which
 protobuf defines as merging.
 
@@ -25,11 +25,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto import tensors
-from proto.params import set_param
-from server.types import InferResponse
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.proto import tensors
+from sluice.proto.params import set_param
+from sluice.server.types import InferResponse
 
 _SERVICE = "inference.GRPCInferenceService"
 #: Tags (field number << 3 | 2, length-delimited) of the fields written here.

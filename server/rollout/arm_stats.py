@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from server.serving.stats import LatencyWindow
+from sluice.server.serving.stats import LatencyWindow
 
 
 @dataclass(frozen=True, slots=True)

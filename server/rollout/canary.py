@@ -27,8 +27,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from server.errors import InvalidInput, SluiceError
-from server.rollout.canary_plan import (
+from sluice.server.errors import InvalidInput, SluiceError
+from sluice.server.rollout.canary_plan import (
     ABORTED,
     CANARY_CALLER,
     DEFAULT_STEPS,
@@ -43,13 +43,13 @@ from server.rollout.canary_plan import (
     new_record,
     routes_for,
 )
-from server.rollout.deploy_store import DeploymentConflict
-from server.rollout.deployment import DeploymentState, Route
-from server.rollout.router import EpochStats
+from sluice.server.rollout.deploy_store import DeploymentConflict
+from sluice.server.rollout.deployment import DeploymentState, Route
+from sluice.server.rollout.router import EpochStats
 
 if TYPE_CHECKING:
-    from server.rollout.router import Router
-    from server.rollout.shadow import ShadowMirror
+    from sluice.server.rollout.router import Router
+    from sluice.server.rollout.shadow import ShadowMirror
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A canary's plan and gates: the record kept in the deployment state, and the pure checks.
 
-No tasks and no I/O here: :mod:`server.rollout.canary` drives canaries with these.
+No tasks and no I/O here: :mod:`sluice.server.rollout.canary` drives canaries with these.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import Code, InvalidInput, SluiceError
-from server.rollout.arm_stats import EpochStats
-from server.rollout.deployment import DeploymentState, Route
+from sluice.server.errors import Code, InvalidInput, SluiceError
+from sluice.server.rollout.arm_stats import EpochStats
+from sluice.server.rollout.deployment import DeploymentState, Route
 
 RUNNING, PROMOTED, ROLLED_BACK, ABORTED = "running", "promoted", "rolled_back", "aborted"
 #: The identity the controller's own changes carry in the audit log.

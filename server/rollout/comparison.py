@@ -1,7 +1,7 @@
 """Comparing a live answer with a shadow answer: pure numpy, no server state.
 
-Runs on the shadow mirror's comparison thread (see :mod:`server.rollout.shadow`); each call turns
-one pair of answers into a :class:`Delta` of totals that the event loop merges.
+Runs on the shadow mirror's comparison thread (see :mod:`sluice.server.rollout.shadow`); each call
+turns one pair of answers into a :class:`Delta` of totals that the event loop merges.
 """
 
 from __future__ import annotations

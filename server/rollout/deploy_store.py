@@ -26,7 +26,7 @@ process has replaced meanwhile. Readers take no lock (the file is only ever repl
 except to set a corrupt file aside, so two processes never both "restore" it. Audit records are
 appended under the same lock, each as one ``write`` to an ``O_APPEND`` descriptor. Other
 processes notice saves through :meth:`DeploymentStore.signature` (see
-:mod:`server.rollout.state_sync`).
+:mod:`sluice.server.rollout.state_sync`).
 
 Every method blocks on file I/O: call them through ``asyncio.to_thread`` from the event loop.
 """
@@ -47,8 +47,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from server.errors import Code, SluiceError
-from server.rollout.deployment import DeploymentState
+from sluice.server.errors import Code, SluiceError
+from sluice.server.rollout.deployment import DeploymentState
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,8 @@ class DeploymentStore:
     def signature(self) -> tuple[int, int, int] | None:
         """(inode, size, mtime in ns) of ``deployments.json``, None when it does not exist.
         Every save replaces the file, so a save by any process changes it (mtime has the file
-        system's coarse granularity: see :mod:`server.rollout.state_sync` for the racy case)."""
+        system's coarse granularity: see :mod:`sluice.server.rollout.state_sync` for the racy
+        case)."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:

@@ -3,7 +3,7 @@
 These are the values the router serves from, the store persists and the audit log records.
 ``to_json`` / ``from_json`` round-trip exactly; ``from_json`` refuses anything malformed with a
 ValueError naming the field (``routes[1].weight: must be > 0``), so a hand-edited or damaged file
-never becomes a half-read routing table. ``server.rollout.router`` re-exports these names.
+never becomes a half-read routing table. ``sluice.server.rollout.router`` re-exports these names.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.config.deployment_file import check_alias
+from sluice.server.config.deployment_file import check_alias
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,8 @@ class DeploymentState:
     #: Weighted arms; () routes to the newest ready version.
     routes: tuple[Route, ...] = ()
     shadows: tuple[ShadowTarget, ...] = ()
-    #: Opaque JSON object owned by ``server.rollout.canary``; None when no canary is recorded.
+    #: Opaque JSON object owned by ``sluice.server.rollout.canary``; None when no canary is
+    #: recorded.
     canary: Mapping[str, Any] | None = None
 
     def alias(self, name: str) -> int | None:

@@ -1,7 +1,7 @@
 """Every model's recorded deployment state, how a new one is committed, and how it is reconciled.
 
-The :class:`~server.rollout.router.Router` resolves requests and offers the change verbs; this
-module keeps what those verbs produce and decides what is served. It owns, per model, the
+The :class:`~sluice.server.rollout.router.Router` resolves requests and offers the change verbs;
+this module keeps what those verbs produce and decides what is served. It owns, per model, the
 recorded entry (state, rollback history, sha256 of the deployment.yaml it came from), the lock
 that runs changes one at a time, and the routing table served from the state. Promises:
 
@@ -19,8 +19,8 @@ that runs changes one at a time, and the routing table served from the state. Pr
 - **Reconciling** state that did not come from a commit here: on model load
   (:meth:`DeploymentLedger.model_loaded`) the persisted state wins unless the model's
   deployment.yaml changed since it was persisted; another process's change
-  (:meth:`DeploymentLedger.adopt`, called by :mod:`server.rollout.state_sync`) is served when it
-  can be served here, else logged and the old state kept serving.
+  (:meth:`DeploymentLedger.adopt`, called by :mod:`sluice.server.rollout.state_sync`) is served when
+  it can be served here, else logged and the old state kept serving.
 - ``tables`` is one dict for the ledger's life (entries are replaced, the dict never is), so the
   router reads it on the request path without a lock; ``revision`` moves whenever an entry is
   replaced.
@@ -35,16 +35,16 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from server.errors import InvalidInput, ModelNotFound, SluiceError
-from server.rollout.deploy_store import (
+from sluice.server.errors import InvalidInput, ModelNotFound, SluiceError
+from sluice.server.rollout.deploy_store import (
     HISTORY_LIMIT,
     DeploymentConflict,
     DeploymentStore,
     StoredDeployment,
 )
-from server.rollout.deployment import DeploymentState, check_alias
-from server.rollout.routing_table import RoutingTable
-from server.serving.repository import ModelRepository
+from sluice.server.rollout.deployment import DeploymentState, check_alias
+from sluice.server.rollout.routing_table import RoutingTable
+from sluice.server.serving.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 

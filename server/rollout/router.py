@@ -8,18 +8,18 @@ finishes on the version that admitted it even if a switch lands meanwhile, and s
 version has its own batcher no batch ever mixes versions.
 
 **Sticky assignment** (request parameter ``sticky_key`` or metadata ``x-sluice-sticky-key``)
-uses weighted rendezvous hashing (:mod:`server.rollout.routing_table`): the same key gets the same
-arm while weights are unchanged, and changing weights moves only the keys that must move.
+uses weighted rendezvous hashing (:mod:`sluice.server.rollout.routing_table`): the same key gets the
+same arm while weights are unchanged, and changing weights moves only the keys that must move.
 
 Changes (:meth:`Router.change` and the verbs built on it: set_routes, set_alias, switch,
 rollback) compute the new state here and commit it through the router's
-:class:`~server.rollout.ledger.DeploymentLedger`, one at a time per model: validate -> persist
-atomically -> swap the table -> audit, the replaced state pushed on a persisted history stack so
-:meth:`Router.rollback` returns to it in one call. Under ``--workers N`` a change computed from a
-state another process replaced meanwhile is refused (DeploymentConflict; the new state is
+:class:`~sluice.server.rollout.ledger.DeploymentLedger`, one at a time per model: validate ->
+persist atomically -> swap the table -> audit, the replaced state pushed on a persisted history
+stack so :meth:`Router.rollback` returns to it in one call. Under ``--workers N`` a change computed
+from a state another process replaced meanwhile is refused (DeploymentConflict; the new state is
 adopted, so a retry works). The ledger also reconciles: it applies persisted or declared state
 when a model loads (:meth:`Router.model_loaded`) and adopts other processes' changes
-(:meth:`Router.adopt`, driven by :mod:`server.rollout.state_sync`).
+(:meth:`Router.adopt`, driven by :mod:`sluice.server.rollout.state_sync`).
 
 **Arm statistics** are kept per (arm, version that answered): when an arm moves to another
 version (a switch, a promotion), the old version's counts stay under its own label and the new
@@ -36,14 +36,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from server.errors import InvalidInput, ModelNotFound
-from server.rollout.arm_stats import ArmStats, EpochStats
-from server.rollout.deploy_store import DeploymentStore, StoredDeployment
-from server.rollout.deployment import DeploymentState, Route, ShadowTarget, check_alias
-from server.rollout.ledger import DeclaredReader, DeploymentLedger
-from server.rollout.routing_table import rendezvous_pick
-from server.serving.model import ModelVersion
-from server.serving.repository import ModelRepository
+from sluice.server.errors import InvalidInput, ModelNotFound
+from sluice.server.rollout.arm_stats import ArmStats, EpochStats
+from sluice.server.rollout.deploy_store import DeploymentStore, StoredDeployment
+from sluice.server.rollout.deployment import DeploymentState, Route, ShadowTarget, check_alias
+from sluice.server.rollout.ledger import DeclaredReader, DeploymentLedger
+from sluice.server.rollout.routing_table import rendezvous_pick
+from sluice.server.serving.model import ModelVersion
+from sluice.server.serving.repository import ModelRepository
 
 __all__ = [
     "ARM_PARAM", "STICKY_METADATA", "STICKY_PARAM", "ArmStats", "DeploymentState", "EpochStats",
@@ -67,7 +67,8 @@ class Router:
         self,
         repository: ModelRepository,
         store: DeploymentStore | None,
-        shadow: Any = None,  # ShadowMirror | None (server.rollout.shadow); see the servicer's hook
+        shadow: Any = None,  # ShadowMirror | None (sluice.server.rollout.shadow); see the
+        # servicer's hook
         rng: random.Random | None = None,
         *,
         declared: DeclaredReader | None = None,

@@ -24,7 +24,7 @@ import hashlib
 import math
 from collections.abc import Callable
 
-from server.rollout.deployment import DeploymentState
+from sluice.server.rollout.deployment import DeploymentState
 
 _INV_2_64 = 1.0 / 2.0**64
 

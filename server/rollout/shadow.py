@@ -10,7 +10,8 @@ inference) only stores the live outcome. When both halves of a pair are in, the 
 bounded backlog that one comparator task drains in chunks onto one dedicated thread (numpy over
 large outputs must not stall the event loop); only the small per-chunk totals are merged back, on
 the loop, so the accumulators need no lock. The accumulators and the report they read as are
-:mod:`server.rollout.shadow_stats`; the comparison itself is :mod:`server.rollout.comparison`.
+:mod:`sluice.server.rollout.shadow_stats`; the comparison itself is
+:mod:`sluice.server.rollout.comparison`.
 
 Everything here but the comparison thread runs on the event loop thread.
 """
@@ -25,14 +26,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from server.errors import DeadlineExceeded, Overloaded
-from server.rollout.comparison import Arrays, compare_all, mismatch
-from server.rollout.deployment import ShadowTarget
-from server.rollout.shadow_stats import PairingStats, ShadowReport
-from server.serving.admission import SHADOW_PRIORITY
-from server.serving.instance_thread import InstanceThread
-from server.serving.model import ModelVersion
-from server.types import InferRequest, InferResponse
+from sluice.server.errors import DeadlineExceeded, Overloaded
+from sluice.server.rollout.comparison import Arrays, compare_all, mismatch
+from sluice.server.rollout.deployment import ShadowTarget
+from sluice.server.rollout.shadow_stats import PairingStats, ShadowReport
+from sluice.server.serving.admission import SHADOW_PRIORITY
+from sluice.server.serving.instance_thread import InstanceThread
+from sluice.server.serving.model import ModelVersion
+from sluice.server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.rollout.comparison import Delta
-from server.serving.stats import LatencyWindow
+from sluice.server.rollout.comparison import Delta
+from sluice.server.serving.stats import LatencyWindow
 
 #: Distinct "live->shadow" flip keys kept per pair of versions; the rest count under "other".
 MAX_FLIP_KEYS = 1024
@@ -28,8 +28,8 @@ class ShadowReport:
     Only pairs whose live request succeeded are judged: ``compared`` pairs had both answers and
     comparable outputs; ``candidate_errors`` / ``candidate_error_rate`` count failures (outputs
     of another shape or kind included) among candidate answers judged. ``agreement`` is over
-    ``label_rows`` rows (see :func:`server.rollout.comparison.compare`; None: no label output);
-    the diffs cover every element of every float output (None: none compared);
+    ``label_rows`` rows (see :func:`sluice.server.rollout.comparison.compare`; None: no label
+    output); the diffs cover every element of every float output (None: none compared);
     ``within_tolerance`` is the fraction of rows whose largest difference is <= ``tolerance``;
     ``flips`` maps "live_label->shadow_label" to rows (disagreements only). Latency quantiles
     (seconds) cover the last ``window_s`` of mirrored requests: live is the caller's latency,

@@ -1,9 +1,10 @@
 """Keeps a router in step with deployment changes other processes persist to its state directory.
 
-Under ``sluice serve --workers N`` every worker has its own :class:`~server.rollout.router.Router`,
-and an Admin RPC lands on one of them (the kernel picks a process per connection). That worker
-validates, persists and audits the change; every other worker's :class:`DeploymentFollower`
-notices within about ``interval_s`` and serves it too, without persisting or auditing it again.
+Under ``sluice serve --workers N`` every worker has its own
+:class:`~sluice.server.rollout.router.Router`, and an Admin RPC lands on one of them (the kernel
+picks a process per connection). That worker validates, persists and audits the change; every other
+worker's :class:`DeploymentFollower` notices within about ``interval_s`` and serves it too, without
+persisting or auditing it again.
 
 Each poll costs one ``os.stat`` of ``deployments.json`` (inode, size, mtime in ns): a save, by
 any process, replaces the file. Only when that changed is the file read and parsed, on a worker
@@ -31,9 +32,9 @@ import logging
 import time
 from collections.abc import Mapping
 
-from server.errors import SluiceError
-from server.rollout.deploy_store import DeploymentStore, StoredDeployment
-from server.rollout.router import Router
+from sluice.server.errors import SluiceError
+from sluice.server.rollout.deploy_store import DeploymentStore, StoredDeployment
+from sluice.server.rollout.router import Router
 
 log = logging.getLogger(__name__)
 

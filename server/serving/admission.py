@@ -8,8 +8,8 @@ queueing, with no await in between; the answer is synchronous and O(priority lev
    bytes) -> RESOURCE_EXHAUSTED naming the limit; a deadline already passed -> DEADLINE_EXCEEDED;
 3. deadline feasibility: the time to finish is estimated from the rows queued at the request's
    level or above plus its own, cut into batches and timed by the measured batch durations (see
-   :class:`~server.serving.queues.ServiceRate`), plus the time until an instance is free, then
-   scaled by the level's measured estimate error (:meth:`Admission.observe`, a running p90).
+   :class:`~sluice.server.serving.queues.ServiceRate`), plus the time until an instance is free,
+   then scaled by the level's measured estimate error (:meth:`Admission.observe`, a running p90).
    If it cannot finish within ``DEADLINE_SAFETY`` of the time to its deadline -> UNAVAILABLE
    ``deadline``; if it would use more than its
    level's share of the budget (the time to its deadline, else the model's
@@ -21,7 +21,7 @@ queueing, with no await in between; the answer is synchronous and O(priority lev
    making room by evicting the last-served requests of lower levels (they get ``priority``)
    when that suffices, else ``queue_full``; the server's in-flight bytes -> ``queue_full``.
 
-Every shed raises :class:`~server.errors.Overloaded` with ``retry_after_ms``: the estimated
+Every shed raises :class:`~sluice.server.errors.Overloaded` with ``retry_after_ms``: the estimated
 time for the queue ahead to drain, jittered by +-25% so that shed clients do not return in step.
 Nothing here logs: rejecting must stay cheaper than serving.
 """
@@ -32,11 +32,11 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from server.config.model import ModelConfig, TimeoutAction
-from server.errors import DeadlineExceeded, InvalidInput, Overloaded, ResourceExhausted
-from server.serving.batcher import DynamicBatcher
-from server.serving.budget import InflightBudget
-from server.serving.queues import CoDel, QueueItem
+from sluice.server.config.model import ModelConfig, TimeoutAction
+from sluice.server.errors import DeadlineExceeded, InvalidInput, Overloaded, ResourceExhausted
+from sluice.server.serving.batcher import DynamicBatcher
+from sluice.server.serving.budget import InflightBudget
+from sluice.server.serving.queues import CoDel, QueueItem
 
 #: ``InferRequest.priority`` of shadow copies: the level below every configured one (N + 1).
 SHADOW_PRIORITY = -1

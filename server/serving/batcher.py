@@ -2,7 +2,7 @@
 
 Requests are queued with their rows; each model instance has its own thread that, whenever it is
 free, cuts the next batch from the head of the queue (by rows, up to ``max_batch_size``),
-gathers it, runs it and splits the outputs back (:mod:`server.serving.instances`, which also
+gathers it, runs it and splits the outputs back (:mod:`sluice.server.serving.instances`, which also
 says why none of this waits for the event loop). Nothing waits when an instance is idle: while
 one batch computes, the queue grows into the next one, so batch size follows load by itself.
 ``max_queue_delay_s`` bounds an optional wait for a preferred (or full) batch, as Triton
@@ -10,14 +10,14 @@ defines it. The event loop only queues requests (:meth:`DynamicBatcher.submit`) 
 their futures, one ``call_soon_threadsafe`` per batch; except that a live request arriving
 while nothing is queued or computing is computed right there on the loop when the backend
 allows it and one-request batches of this model are measured cheaper than the hand-off to a
-thread (:meth:`~server.serving.instances.InstancePool.try_inline`; tens of microseconds).
+thread (:meth:`~sluice.server.serving.instances.InstancePool.try_inline`; tens of microseconds).
 
-The queue has one FIFO lane per priority level (see :mod:`server.serving.queues`); which requests
-make a batch is :mod:`server.serving.cutting`'s policy (level 1 first; it drops the dead and, with
-CoDel on, sheds from the lowest level while a standing queue persists). Admission
-(:mod:`server.serving.admission`) decides before a request is queued; the batcher only enforces its
-request bound. The queue, the service-rate meter and the busy count change only under the
-batcher's lock; admission reads their counters without it (a count one request stale is fine
+The queue has one FIFO lane per priority level (see :mod:`sluice.server.serving.queues`); which
+requests make a batch is :mod:`sluice.server.serving.cutting`'s policy (level 1 first; it drops the
+dead and, with CoDel on, sheds from the lowest level while a standing queue persists). Admission
+(:mod:`sluice.server.serving.admission`) decides before a request is queued; the batcher only
+enforces its request bound. The queue, the service-rate meter and the busy count change only under
+the batcher's lock; admission reads their counters without it (a count one request stale is fine
 for an estimate).
 
 Promises:
@@ -34,11 +34,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from server.errors import DeadlineExceeded, InvalidInput, Overloaded
-from server.serving.cutting import BatchCutter
-from server.serving.instance_thread import settle
-from server.serving.instances import Arrays, BackgroundFn, InstancePool, Observer, RunFn
-from server.serving.queues import CoDel, PriorityQueue, QueueItem, ServiceRate
+from sluice.server.errors import DeadlineExceeded, InvalidInput, Overloaded
+from sluice.server.serving.cutting import BatchCutter
+from sluice.server.serving.instance_thread import settle
+from sluice.server.serving.instances import Arrays, BackgroundFn, InstancePool, Observer, RunFn
+from sluice.server.serving.queues import CoDel, PriorityQueue, QueueItem, ServiceRate
 
 
 class DynamicBatcher:

@@ -3,8 +3,8 @@ limits of one request (checked before anything is decoded)."""
 
 from __future__ import annotations
 
-from server.config.settings import RequestLimits
-from server.errors import ResourceExhausted
+from sluice.server.config.settings import RequestLimits
+from sluice.server.errors import ResourceExhausted
 
 
 class InflightBudget:

@@ -1,12 +1,12 @@
 """Which queued requests make the next batch: the batching policy, apart from the threads.
 
-:class:`BatchCutter` takes a batch from the head of a :class:`~server.serving.queues.PriorityQueue`
-(level 1 first, FIFO within a level) by rows, up to ``max_batch_size``, of one input signature,
-and applies Triton's ``preferred_batch_size`` and ``max_queue_delay_microseconds``, the rule that
-lower-priority rows never make a higher level's batch late, and CoDel against a standing queue.
-Requests found dead on the way (caller gone, deadline passed) are dropped; DELAY-expired ones
-move behind their level. The caller (an instance thread of
-:class:`~server.serving.instances.InstancePool`) holds the batcher's lock around
+:class:`BatchCutter` takes a batch from the head of a
+:class:`~sluice.server.serving.queues.PriorityQueue` (level 1 first, FIFO within a level) by rows,
+up to ``max_batch_size``, of one input signature, and applies Triton's ``preferred_batch_size`` and
+``max_queue_delay_microseconds``, the rule that lower-priority rows never make a higher level's
+batch late, and CoDel against a standing queue. Requests found dead on the way (caller gone,
+deadline passed) are dropped; DELAY-expired ones move behind their level. The caller (an instance
+thread of :class:`~sluice.server.serving.instances.InstancePool`) holds the batcher's lock around
 :meth:`BatchCutter.cut`; the failures it reports are answered on the event loop.
 """
 
@@ -16,8 +16,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from server.errors import DeadlineExceeded, Overloaded
-from server.serving.queues import CoDel, PriorityQueue, QueueItem, ServiceRate
+from sluice.server.errors import DeadlineExceeded, Overloaded
+from sluice.server.serving.queues import CoDel, PriorityQueue, QueueItem, ServiceRate
 
 #: Requests to fail, each with its exception (the caller settles them on the event loop).
 Failures = list[tuple[QueueItem, BaseException]]

@@ -2,10 +2,10 @@
 
 :class:`InstancePool` starts one thread per model instance. Whenever its instance is free, a
 thread cuts the next batch from the head of the queue (with
-:class:`~server.serving.cutting.BatchCutter`, under the batcher's lock), gathers it, runs it,
+:class:`~sluice.server.serving.cutting.BatchCutter`, under the batcher's lock), gathers it, runs it,
 splits the outputs back by rows, and asks the event loop to settle the members' futures. Batches
 made only of the lowest level (shadow copies), when a ``background_run`` is given, go to one
-background :class:`~server.serving.instance_thread.InstanceThread` instead, one at a time.
+background :class:`~sluice.server.serving.instance_thread.InstanceThread` instead, one at a time.
 
 The event loop only settles futures, one ``call_soon_threadsafe`` per batch; cutting, gathering,
 computing and splitting never wait for it. The one exception is :meth:`InstancePool.try_inline`:
@@ -18,8 +18,8 @@ loop between two batches and, at 5x capacity, computed only 18-46% of the time w
 was full (py-spy).
 
 The pool shares the batcher's lock, queue and service-rate meter
-(:class:`~server.serving.batcher.DynamicBatcher` queues requests; the pool takes them out). Its
-busy counts and ``closing`` change only under that lock.
+(:class:`~sluice.server.serving.batcher.DynamicBatcher` queues requests; the pool takes them out).
+Its busy counts and ``closing`` change only under that lock.
 
 Promises:
 - Every batch taken from the queue answers each of its members exactly once: its own rows of
@@ -39,10 +39,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.errors import BackendError, SluiceError
-from server.serving.cutting import UNTIL_NOTIFIED, BatchCutter, Failures
-from server.serving.instance_thread import InstanceThread, settle
-from server.serving.queues import PriorityQueue, QueueItem, ServiceRate
+from sluice.server.errors import BackendError, SluiceError
+from sluice.server.serving.cutting import UNTIL_NOTIFIED, BatchCutter, Failures
+from sluice.server.serving.instance_thread import InstanceThread, settle
+from sluice.server.serving.queues import PriorityQueue, QueueItem, ServiceRate
 
 Arrays = dict[str, np.ndarray]
 #: run(instance_index, batched_inputs) -> outputs (every output's first dim = batch rows); called

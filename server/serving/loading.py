@@ -1,8 +1,8 @@
 """Loading many models at once: side by side, each one waiting only for the models it names.
 
 At start the server loads every startup model this way while it already answers (see
-:meth:`server.app.Server.start`). A load runs on a loader thread (the repository's), so one slow
-load, a Numba compile on a cold start, holds back only the models that name it (a pipeline's
+:meth:`sluice.server.app.Server.start`). A load runs on a loader thread (the repository's), so one
+slow load, a Numba compile on a cold start, holds back only the models that name it (a pipeline's
 steps, a ``fallback_model``), and every model serves as soon as its own load ends.
 
 Promises:
@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
-from server.errors import SluiceError
+from sluice.server.errors import SluiceError
 
 log = logging.getLogger(__name__)
 

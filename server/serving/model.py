@@ -12,15 +12,15 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from server.backends.base import Backend
-from server.config.model import ModelConfig
-from server.errors import InvalidInput, Overloaded
-from server.serving.admission import FALLBACK_REASONS, Admission, AdmissionPolicy
-from server.serving.batcher import DynamicBatcher
-from server.serving.budget import InflightBudget
-from server.serving.instances import Arrays
-from server.serving.stats import ModelStats
-from server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_of
+from sluice.server.backends.base import Backend
+from sluice.server.config.model import ModelConfig
+from sluice.server.errors import InvalidInput, Overloaded
+from sluice.server.serving.admission import FALLBACK_REASONS, Admission, AdmissionPolicy
+from sluice.server.serving.batcher import DynamicBatcher
+from sluice.server.serving.budget import InflightBudget
+from sluice.server.serving.instances import Arrays
+from sluice.server.serving.stats import ModelStats
+from sluice.server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_of
 
 #: Response parameter naming the "model:version" that answered, on models with a fallback.
 ANSWERED_BY = "sluice_answered_by"

@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.backends.base import Backend
-from server.config.model import ModelConfig, check_model_name
-from server.config.validation import complete_model_config
-from server.errors import ModelLoadError, ModelNotFound, ModelNotReady, SluiceError
-from server.serving.budget import InflightBudget
-from server.serving.model import ModelVersion
-from server.serving.stats import ModelStats
+from sluice.server.backends.base import Backend
+from sluice.server.config.model import ModelConfig, check_model_name
+from sluice.server.config.validation import complete_model_config
+from sluice.server.errors import ModelLoadError, ModelNotFound, ModelNotReady, SluiceError
+from sluice.server.serving.budget import InflightBudget
+from sluice.server.serving.model import ModelVersion
+from sluice.server.serving.stats import ModelStats
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from server.serving.instances import BatchReport
+from sluice.server.serving.instances import BatchReport
 
 #: Bucket bounds (seconds) of the cumulative latency histograms exported to Prometheus.
 LATENCY_BUCKETS_S: tuple[float, ...] = (

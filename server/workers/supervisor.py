@@ -10,7 +10,8 @@ The supervisor:
 * binds the port first (SO_REUSEPORT, not listening; ``--grpc-port 0`` picks it here) and
   holds it while it runs, so every worker, and every restarted worker, gets the same port;
 * prints ``sluice: gRPC listening on HOST:PORT`` once, when every worker is serving, and serves
-  the merged /metrics of all workers (:mod:`server.workers.merged_metrics`) on ``--metrics-port``;
+  the merged /metrics of all workers (:mod:`sluice.server.workers.merged_metrics`) on
+  ``--metrics-port``;
 * restarts a worker that exits, after a backoff that doubles while it keeps dying young, and
   counts it (``sluice_worker_restarts_total``); a worker that fails before the first time all
   were serving fails the start instead (exit status 1);
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from server.workers.merged_metrics import WorkerMetrics
+from sluice.server.workers.merged_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from kernels import cpu
-from kernels import cuda as gpu
-from kernels.forest import MISSING_ZERO, Forest, synthetic_forest
+from sluice.kernels import cpu
+from sluice.kernels import cuda as gpu
+from sluice.kernels.forest import MISSING_ZERO, Forest, synthetic_forest
 
 THREADS = 32
 rng = np.random.default_rng(0)
@@ -99,7 +99,7 @@ def test_to_column_major():
 
 def test_lightgbm_model_on_the_gpu(tmp_path):
     lgb = pytest.importorskip("lightgbm")
-    from kernels.formats import load_lightgbm_text
+    from sluice.kernels.formats import load_lightgbm_text
 
     x = _rows(300, 5)
     y = (np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 1]) > 0).astype(float)

@@ -10,9 +10,9 @@ import dataclasses
 
 import numpy as np
 
-from kernels import cpu
-from kernels import cuda as gpu
-from kernels.forest import synthetic_forest
+from sluice.kernels import cpu
+from sluice.kernels import cuda as gpu
+from sluice.kernels.forest import synthetic_forest
 
 try:
     import pytest

@@ -5,8 +5,8 @@ bundled ``breast_cancer`` (XGBoost, Triton FIL layout): ``breast_cancer_gpu`` wi
 ``instance_group [{ kind: KIND_GPU }]`` and ``breast_cancer_cpu`` with ``KIND_CPU``,
 ``max_batch_size`` raised to 32768. Answers over gRPC, at batch sizes from 1 to 32768 and from
 concurrent clients (so the dynamic batcher merges and splits requests on the GPU path), are
-checked against :func:`kernels.cpu.forest_predict` on the same forest (read by
-:mod:`kernels.formats`) and against the CPU-served copy; ModelConfig must report the GPU.
+checked against :func:`sluice.kernels.cpu.forest_predict` on the same forest (read by
+:mod:`sluice.kernels.formats`) and against the CPU-served copy; ModelConfig must report the GPU.
 
 Skipped unless Numba sees a CUDA device and the simulator is off; without pytest this file runs
 itself (``tests/gpu/run.sh``). To test the harness without a GPU: ``SLUICE_GPU_SERVING=cpu``
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from clients import Client
-from kernels import cpu
-from kernels import cuda as gpu
-from kernels.formats import load_tree_model
 from loadtests.gpu_serving_bench import write_repository
 from loadtests.models import MODEL_REPOSITORY
-from proto import model_config_pb2
+from sluice.clients import Client
+from sluice.kernels import cpu
+from sluice.kernels import cuda as gpu
+from sluice.kernels.formats import load_tree_model
+from sluice.proto import model_config_pb2
 
 try:
     import pytest
@@ -74,7 +74,7 @@ class _Served:
     """A server over a temporary repository, run on a fresh event loop in a daemon thread."""
 
     def __init__(self) -> None:
-        from server.config.settings import ServerConfig  # the server only where a test runs
+        from sluice.server.config.settings import ServerConfig  # the server only where a test runs
         from tests.support.running import start_server
 
         self._tmp = tempfile.mkdtemp(prefix="sluice-gpu-serving-")
@@ -174,8 +174,8 @@ def test_served_gpu_matches_cpu_reference_and_cpu_served_copy():
         expected = served.expected(x)
         on_gpu = served.infer(GPU_MODEL, x)
         on_cpu = served.infer(CPU_MODEL, x)
-        _check(on_cpu, expected, f"CPU-served vs kernels.cpu, batch {n}")
-        _check(on_gpu, expected, f"GPU-served vs kernels.cpu, batch {n}")
+        _check(on_cpu, expected, f"CPU-served vs sluice.kernels.cpu, batch {n}")
+        _check(on_gpu, expected, f"GPU-served vs sluice.kernels.cpu, batch {n}")
         _check(on_gpu, on_cpu, f"GPU-served vs CPU-served, batch {n}")
         assert np.isfinite(on_gpu).all()
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients import AdminClient, Client, InvalidInput, ModelNotFound, ServerError
-from server.cli import main as cli
+from sluice.clients import AdminClient, Client, InvalidInput, ModelNotFound, ServerError
+from sluice.server.cli import main as cli
 from tests.support.metrics import labels, scrape
 from tests.support.running import RunningServer
 from tests.support.shadow_models import CLASSES, FAULT_TABLE, classifier_repo

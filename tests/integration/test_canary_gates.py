@@ -14,12 +14,12 @@ import asyncio
 import grpc
 import numpy as np
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto.tensors import decode_outputs, make_input
-from server.rollout.canary import CanaryController
-from server.rollout.canary_plan import CANARY_CALLER, PROMOTED, ROLLED_BACK, CanaryGates
-from server.rollout.router import DeploymentState, Route, ShadowTarget
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.proto.tensors import decode_outputs, make_input
+from sluice.server.rollout.canary import CanaryController
+from sluice.server.rollout.canary_plan import CANARY_CALLER, PROMOTED, ROLLED_BACK, CanaryGates
+from sluice.server.rollout.router import DeploymentState, Route, ShadowTarget
 from tests.support.shadow_deploy import deploy_shadow, with_mirror
 from tests.support.shadow_models import classifier_repo
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.cli import main as cli
+from sluice.server.cli import main as cli
 
 
 @pytest.fixture

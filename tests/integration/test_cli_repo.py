@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients import Client
-from server.cli import main as cli
+from sluice.clients import Client
+from sluice.server.cli import main as cli
 from tests.support.bundled_inputs import random_inputs
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clients import Client
-from server.app import BUNDLED_REPOSITORY
-from server.cli import main as cli
+from sluice.clients import Client
+from sluice.server.app import BUNDLED_REPOSITORY
+from sluice.server.cli import main as cli
 from tests.support.readme import section_blocks
 
 SERVE_ALL = "version_policy { all { } }"

@@ -9,9 +9,9 @@ import pytest
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto.tensors import make_input
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.proto.tensors import make_input
 from tests.support.onnx_models import identity_model, write_model
 
 

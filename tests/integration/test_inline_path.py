@@ -18,10 +18,10 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto.tensors import decode_outputs, make_input
-from server.serving import instances
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.proto.tensors import decode_outputs, make_input
+from sluice.server.serving import instances
 from tests.support.bundled_inputs import newest_onnx
 
 ROWS = np.random.default_rng(11).random((6, 64), dtype=np.float32) * 16

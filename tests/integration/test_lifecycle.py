@@ -57,11 +57,11 @@ def test_sigterm_under_load_answers_every_admitted_request_and_exits_0():
 
 def test_help_is_clear():
     for args in ([], ["serve"], ["infer"], ["stats"]):
-        out = subprocess.run([sys.executable, "-m", "server", *args, "--help"],
+        out = subprocess.run([sys.executable, "-m", "sluice.server", *args, "--help"],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0
         assert "usage: sluice" in out.stdout
-    serve_help = subprocess.run([sys.executable, "-m", "server", "serve", "--help"],
+    serve_help = subprocess.run([sys.executable, "-m", "sluice.server", "serve", "--help"],
                                 capture_output=True, text=True, timeout=60).stdout
     for flag in ("--model-repository", "--host", "--grpc-port", "--metrics-port", "--log-level"):
         assert flag in serve_help
@@ -88,7 +88,7 @@ def test_port_zero_prints_the_bound_port_before_any_model_loads():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "sluice.server", *args], capture_output=True,
                           text=True, timeout=120)
 
 

@@ -11,8 +11,8 @@ import tritonclient.grpc as tc
 import xgboost as xgb
 from tritonclient.utils import InferenceServerException
 
-from kernels import cpu
-from server.app import BUNDLED_REPOSITORY
+from sluice.kernels import cpu
+from sluice.server.app import BUNDLED_REPOSITORY
 
 
 def fp32(name: str, value: np.ndarray) -> tc.InferInput:
@@ -172,7 +172,7 @@ def test_bad_tree_models_fail_the_load_and_the_server_keeps_serving(
 
 
 def test_gpu_kinds_without_a_gpu(make_server, tmp_path):
-    from kernels.cuda import gpu_available
+    from sluice.kernels.cuda import gpu_available
 
     if gpu_available():
         pytest.skip("a GPU is present")

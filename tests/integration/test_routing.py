@@ -17,8 +17,8 @@ import tritonclient.grpc as tc
 import tritonclient.grpc.aio as tca
 from tritonclient.utils import InferenceServerException
 
-from clients import AdminClient, Client
-from server.rollout.router import DeploymentState, Route, rendezvous_pick
+from sluice.clients import AdminClient, Client
+from sluice.server.rollout.router import DeploymentState, Route, rendezvous_pick
 from tests.support.metrics import scrape
 from tests.support.onnx_models import write_model
 from tests.support.routing_models import CONFIG, X, add_model

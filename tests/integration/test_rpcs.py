@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from server.app import BUNDLED_REPOSITORY
+from sluice.server.app import BUNDLED_REPOSITORY
 from tests.support.metrics import labels, moved, scrape
 
 BUNDLED = {p.name for p in BUNDLED_REPOSITORY.iterdir() if (p / "config.pbtxt").is_file()}
@@ -92,8 +92,8 @@ def test_latency_quantiles_travel_with_statistics(bundled_server, client):
     inp.set_data_from_numpy(x)
     for _ in range(20):
         client.infer("identity", [inp])
-    from proto import grpc_service_pb2 as pb
-    from proto import grpc_service_pb2_grpc as pb_grpc
+    from sluice.proto import grpc_service_pb2 as pb
+    from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(bundled_server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)

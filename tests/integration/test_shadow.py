@@ -14,10 +14,10 @@ import grpc
 import numpy as np
 import pytest
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto.tensors import decode_outputs, make_input
-from server.rollout.router import DeploymentState, Route
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.proto.tensors import decode_outputs, make_input
+from sluice.server.rollout.router import DeploymentState, Route
 from tests.support.shadow_deploy import deploy_shadow, with_mirror
 from tests.support.shadow_models import (
     CANDIDATE_SCALE,

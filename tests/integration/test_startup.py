@@ -20,10 +20,10 @@ import tritonclient.grpc as tc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from server.app import Server
-from server.backends.base import Backend
-from server.config.model import ModelConfig
-from server.config.settings import ServerConfig
+from sluice.server.app import Server
+from sluice.server.backends.base import Backend
+from sluice.server.config.model import ModelConfig
+from sluice.server.config.settings import ServerConfig
 from tests.support.onnx_models import identity_model, write_model
 from tests.support.running import RunningServer, start_server
 

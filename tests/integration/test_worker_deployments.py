@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from clients import Client
-from clients.admin import AdminClient
+from sluice.clients import Client
+from sluice.clients.admin import AdminClient
 from tests.support.onnx_models import write_model
 from tests.support.routing_models import CONFIG, X, add_model
 from tests.support.supervised import Supervised, scrape

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import tritonclient.grpc as tc
 
-from server.workers.supervisor import Supervisor, SupervisorConfig, reserve_port
+from sluice.server.workers.supervisor import Supervisor, SupervisorConfig, reserve_port
 from tests.support.supervised import Supervised, scrape
 
 pytestmark = pytest.mark.timeout(300)
@@ -140,14 +140,14 @@ def test_a_killed_worker_is_restarted_and_service_continues(supervised):
 
 def test_a_worker_that_cannot_start_fails_the_start(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "server", "serve", "--workers", "2", "--grpc-port", "0",
+        [sys.executable, "-m", "sluice.server", "serve", "--workers", "2", "--grpc-port", "0",
          "--metrics-port", "-1", "--model-repository", str(tmp_path / "missing")],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1
     assert "gRPC listening" not in proc.stdout
     assert "before it was serving" in proc.stderr
-    bad = subprocess.run([sys.executable, "-m", "server", "serve", "--workers", "0"],
+    bad = subprocess.run([sys.executable, "-m", "sluice.server", "serve", "--workers", "0"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--workers" in bad.stderr
 
@@ -217,7 +217,8 @@ async def test_crashing_workers_are_restarted_with_backoff(tmp_path, caplog):
     assert restarts == len(lives_s)
     # what the supervisor says it waits, each after the death of the worker the journal names
     said = [m.groups() for r in caplog.records
-            if r.name == "server.workers.supervisor" and (m := _RESTARTING.match(r.getMessage()))]
+            if r.name == "sluice.server.workers.supervisor"
+            and (m := _RESTARTING.match(r.getMessage()))]
     assert [int(pid) for pid, _ in said] == [pid for pid, _ in exits]
     assert [float(wait) for _, wait in said] == scheduled_s, notes
     # ... and that it did wait: each worker's exit to the next one's start spans the wait plus
@@ -248,6 +249,7 @@ def test_the_port_is_reserved_for_workers_and_a_busy_port_is_refused():
         with pytest.raises(OSError):
             reserve_port("127.0.0.1", port)
         busy = subprocess.run(
-            [sys.executable, "-m", "server", "serve", "--workers", "2", "--grpc-port", str(port),
+            [sys.executable, "-m", "sluice.server", "serve", "--workers", "2", "--grpc-port",
+             str(port),
              "--metrics-port", "-1"], capture_output=True, text=True, timeout=60)
     assert busy.returncode == 1 and f"cannot serve gRPC on 127.0.0.1:{port}" in busy.stderr

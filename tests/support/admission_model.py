@@ -14,10 +14,10 @@ import threading
 
 import numpy as np
 
-from server.config.model import DynamicBatching, ModelConfig, OverloadPolicy, QueuePolicy
-from server.serving.admission import Admission, AdmissionPolicy
-from server.serving.batcher import DynamicBatcher
-from server.serving.budget import InflightBudget
+from sluice.server.config.model import DynamicBatching, ModelConfig, OverloadPolicy, QueuePolicy
+from sluice.server.serving.admission import Admission, AdmissionPolicy
+from sluice.server.serving.batcher import DynamicBatcher
+from sluice.server.serving.budget import InflightBudget
 from tests.support.fake_clock import FakeClock
 from tests.support.threads import until
 

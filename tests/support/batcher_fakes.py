@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from server.serving.batcher import DynamicBatcher
+from sluice.server.serving.batcher import DynamicBatcher
 from tests.support.threads import until
 
 

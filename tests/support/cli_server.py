@@ -11,7 +11,7 @@ import time
 
 import tritonclient.grpc as tc
 
-from server.app import BUNDLED_REPOSITORY
+from sluice.server.app import BUNDLED_REPOSITORY
 
 
 def start_cli_server(*extra: str, output: list[str] | None = None) -> tuple[subprocess.Popen, str]:
@@ -19,7 +19,7 @@ def start_cli_server(*extra: str, output: list[str] | None = None) -> tuple[subp
     once; ServerReady turns true once its models are loaded; 60 s for each at most).
     ``output`` collects the lines it printed until it listened (stdout and stderr)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--grpc-port", "0", "--metrics-port", "-1",
+        [sys.executable, "-m", "sluice.server", "serve", "--grpc-port", "0", "--metrics-port", "-1",
          "--model-repository", str(BUNDLED_REPOSITORY), "--log-level", "WARNING", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.errors import ModelNotFound
+from sluice.server.errors import ModelNotFound
 
 
 @dataclass

@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from proto import grpc_service_pb2 as pb
-from proto.tensors import make_input
-from server.backends.ort import OrtBackend
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto.tensors import make_input
+from sluice.server.backends.ort import OrtBackend
 from tests.support.onnx_models import slow_model, write_model
 from tests.support.threads import block_until
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from server.app import Server
-from server.config.settings import ServerConfig
+from sluice.server.app import Server
+from sluice.server.config.settings import ServerConfig
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from server.rollout.router import DeploymentState, Route, ShadowTarget
-from server.rollout.shadow import ShadowMirror
+from sluice.server.rollout.router import DeploymentState, Route, ShadowTarget
+from sluice.server.rollout.shadow import ShadowMirror
 from tests.support.running import RunningServer
 
 

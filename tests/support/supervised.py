@@ -11,7 +11,7 @@ import urllib.request
 
 import psutil
 
-from server.app import BUNDLED_REPOSITORY
+from sluice.server.app import BUNDLED_REPOSITORY
 
 
 class Supervised:
@@ -19,7 +19,7 @@ class Supervised:
 
     def __init__(self, *extra: str, workers: int = 2) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--workers", str(workers),
+            [sys.executable, "-m", "sluice.server", "serve", "--workers", str(workers),
              "--grpc-port", "0", "--metrics-port", "0", "--log-level", "WARNING",
              "--model-repository", str(BUNDLED_REPOSITORY), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from server.errors import InvalidInput, ModelNotFound
-from server.rollout.canary import CanaryController
-from server.rollout.canary_plan import (
+from sluice.server.errors import InvalidInput, ModelNotFound
+from sluice.server.rollout.canary import CanaryController
+from sluice.server.rollout.canary_plan import (
     ABORTED,
     PROMOTED,
     ROLLED_BACK,
@@ -28,8 +28,8 @@ from server.rollout.canary_plan import (
     CanaryGates,
     routes_for,
 )
-from server.rollout.deploy_store import DeploymentStore
-from server.rollout.router import DeploymentState, Route, Router, ShadowTarget
+from sluice.server.rollout.deploy_store import DeploymentStore
+from sluice.server.rollout.router import DeploymentState, Route, Router, ShadowTarget
 from tests.support.fake_repository import FakeRepository
 
 MODEL = "m"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from server import __version__
-from server.cli import _parser, default_url
-from server.cli import main as cli
+from sluice.server import __version__
+from sluice.server.cli import _parser, default_url
+from sluice.server.cli import main as cli
 
 NOWHERE = ["--url", "127.0.0.1:1"]  # nothing listens: these errors come before any call
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from proto import grpc_service_pb2 as pb
-from proto import tensors
-from server.config.settings import RequestLimits
-from server.errors import ResourceExhausted
-from server.protocol import codec
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import tensors
+from sluice.server.config.settings import RequestLimits
+from sluice.server.errors import ResourceExhausted
+from sluice.server.protocol import codec
 
 LIMITS = RequestLimits(max_inputs=4, max_outputs=4, max_rank=3)
 

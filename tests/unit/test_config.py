@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.config.model import (
+from sluice.server.config.model import (
     InstanceKind,
     ModelConfig,
     ModelIO,
@@ -13,10 +13,10 @@ from server.config.model import (
     VersionPolicy,
     check_model_name,
 )
-from server.config.pbtxt import from_proto, parse_model_config, to_proto
-from server.config.validation import complete_model_config
-from server.errors import ModelLoadError
-from server.types import TensorSpec
+from sluice.server.config.pbtxt import from_proto, parse_model_config, to_proto
+from sluice.server.config.validation import complete_model_config
+from sluice.server.errors import ModelLoadError
+from sluice.server.types import TensorSpec
 
 TRITON_CONFIG = """
 name: "resnet"

@@ -11,12 +11,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from server.errors import ModelNotFound
-from server.rollout import deploy_store
-from server.rollout.deploy_store import DeploymentConflict, DeploymentStateError, DeploymentStore
-from server.rollout.deployment import DeploymentState, Route
-from server.rollout.router import Router
-from server.rollout.state_sync import DeploymentFollower
+from sluice.server.errors import ModelNotFound
+from sluice.server.rollout import deploy_store
+from sluice.server.rollout.deploy_store import (
+    DeploymentConflict,
+    DeploymentStateError,
+    DeploymentStore,
+)
+from sluice.server.rollout.deployment import DeploymentState, Route
+from sluice.server.rollout.router import Router
+from sluice.server.rollout.state_sync import DeploymentFollower
 
 A = DeploymentState(aliases=(("stable", 1),), routes=(Route("stable", 1, 1.0),))
 B = DeploymentState(aliases=(("stable", 2),), routes=(Route("stable", 2, 1.0),))

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from kernels import cpu
-from kernels.forest import (
+from sluice.kernels import cpu
+from sluice.kernels.forest import (
     MISSING_NAN,
     MISSING_NONE,
     MISSING_ZERO,

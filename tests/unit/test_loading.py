@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from server.errors import ModelLoadError
-from server.serving.loading import load_in_order
+from sluice.server.errors import ModelLoadError
+from sluice.server.serving.loading import load_in_order
 
 
 class Loads:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
-from server.workers.merged_metrics import (
+from sluice.server.workers.merged_metrics import (
     WorkerMetrics,
     cumulative_part,
     merge_families,

@@ -11,14 +11,14 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from clients.messages import build_request
 from loadtests.ceiling import CeilingServicer, constant_response
 from loadtests.inline_ort import InlineOrtServicer
 from loadtests.peer_metadata import PeerModel
 from loadtests.peer_models import build_repository, config_text, mlp_model
-from proto import grpc_service_pb2 as pb
-from proto import model_config_pb2
-from proto.tensors import decode_outputs
+from sluice.clients.messages import build_request
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import model_config_pb2
+from sluice.proto.tensors import decode_outputs
 
 INPUTS = {"mlp": ("features", (64,)), "cnn28": ("image", (1, 28, 28))}
 

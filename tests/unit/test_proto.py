@@ -13,7 +13,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from tritonclient.grpc import model_config_pb2 as triton_config
 from tritonclient.grpc import service_pb2 as triton_service
 
-from proto import _pool, grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
+from sluice.proto import _pool, grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,9 +131,9 @@ def test_ours_live_in_a_private_pool_beside_tritonclient() -> None:
 
 def test_importing_in_either_order_in_a_fresh_process_works() -> None:
     script = (
-        "import proto.grpc_service_pb2_grpc, proto.tensors\n"
+        "import sluice.proto.grpc_service_pb2_grpc, sluice.proto.tensors\n"
         "import tritonclient.grpc, tritonclient.grpc.aio\n"
-        "import proto.model_config_pb2\n"
+        "import sluice.proto.model_config_pb2\n"
     )
     for code in (script, "\n".join(reversed(script.splitlines()))):
         subprocess.run(
@@ -143,7 +143,7 @@ def test_importing_in_either_order_in_a_fresh_process_works() -> None:
 
 def test_generated_files_are_up_to_date() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "proto.generate", "--check"],
+        [sys.executable, "-m", "sluice.proto.generate", "--check"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

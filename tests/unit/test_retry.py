@@ -12,8 +12,8 @@ import random
 import grpc
 import pytest
 
-from clients.errors import DeadlineExceeded, Overloaded
-from clients.retry import RetryBudget, RetryPolicy
+from sluice.clients.errors import DeadlineExceeded, Overloaded
+from sluice.clients.retry import RetryBudget, RetryPolicy
 from tests.support.fake_clock import FakeClock
 
 

@@ -12,12 +12,18 @@ import threading
 
 import pytest
 
-from server.config.deployment_file import parse_deployment
-from server.errors import InvalidInput, ModelLoadError, ModelNotFound
-from server.rollout.arm_stats import ArmStats
-from server.rollout.deploy_store import DeploymentStore
-from server.rollout.router import DeploymentState, Route, Router, ShadowTarget, rendezvous_pick
-from server.rollout.shadow import ShadowMirror
+from sluice.server.config.deployment_file import parse_deployment
+from sluice.server.errors import InvalidInput, ModelLoadError, ModelNotFound
+from sluice.server.rollout.arm_stats import ArmStats
+from sluice.server.rollout.deploy_store import DeploymentStore
+from sluice.server.rollout.router import (
+    DeploymentState,
+    Route,
+    Router,
+    ShadowTarget,
+    rendezvous_pick,
+)
+from sluice.server.rollout.shadow import ShadowMirror
 from tests.support.fake_repository import FakeRepository
 
 KEYS = [f"user-{i}" for i in range(20_000)]

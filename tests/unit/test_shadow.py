@@ -16,15 +16,15 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from server.backends.ort import OrtBackend
-from server.config.pbtxt import read_model_config
-from server.errors import Overloaded, SluiceError
-from server.rollout.comparison import compare, mismatch
-from server.rollout.shadow import ShadowMirror
-from server.serving.admission import SHADOW_PRIORITY
-from server.serving.model import ModelVersion
-from server.serving.repository import ModelRepository
-from server.types import InferRequest, InferResponse
+from sluice.server.backends.ort import OrtBackend
+from sluice.server.config.pbtxt import read_model_config
+from sluice.server.errors import Overloaded, SluiceError
+from sluice.server.rollout.comparison import compare, mismatch
+from sluice.server.rollout.shadow import ShadowMirror
+from sluice.server.serving.admission import SHADOW_PRIORITY
+from sluice.server.serving.model import ModelVersion
+from sluice.server.serving.repository import ModelRepository
+from sluice.server.types import InferRequest, InferResponse
 from tests.support.shadow_models import (
     CANDIDATE_SCALE,
     CLASSES,
@@ -35,7 +35,7 @@ from tests.support.shadow_models import (
 )
 
 
-class Target(NamedTuple):  # duck-types server.rollout.deployment.ShadowTarget
+class Target(NamedTuple):  # duck-types sluice.server.rollout.deployment.ShadowTarget
     version: int
     sample: float
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.serving.instances import BatchReport
-from server.serving.stats import CumulativeHistogram, LatencyWindow, ModelStats
+from sluice.server.serving.instances import BatchReport
+from sluice.server.serving.stats import CumulativeHistogram, LatencyWindow, ModelStats
 
 
 class Clock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from server.workers.supervisor import RestartBackoff
+from sluice.server.workers.supervisor import RestartBackoff
 
 
 def waits(backoff: RestartBackoff, lives_s: list[float]) -> list[float]:

@@ -13,9 +13,9 @@ from tritonclient.grpc import service_pb2 as triton_service
 from tritonclient.grpc._utils import _get_inference_request
 from tritonclient.utils import deserialize_bytes_tensor
 
-from proto import tensors
-from proto.grpc_service_pb2 import InferTensorContents, ModelInferRequest, ModelInferResponse
-from proto.tensors import TensorError, decode_tensor
+from sluice.proto import tensors
+from sluice.proto.grpc_service_pb2 import InferTensorContents, ModelInferRequest, ModelInferResponse
+from sluice.proto.tensors import TensorError, decode_tensor
 
 NUMERIC = {
     "BOOL": np.array([[True, False, True], [False, False, True]]),

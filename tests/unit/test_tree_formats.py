@@ -16,9 +16,9 @@ import pytest
 import xgboost as xgb
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
-from kernels.cpu import forest_predict
-from kernels.forest import MISSING_NONE, MISSING_ZERO
-from kernels.formats import (
+from sluice.kernels.cpu import forest_predict
+from sluice.kernels.forest import MISSING_NONE, MISSING_ZERO
+from sluice.kernels.formats import (
     FormatError,
     check_feature_count,
     load_lightgbm_text,

@@ -1,4 +1,4 @@
-"""server.protocol.wire: hand-written response bytes parse to the message protobuf builds."""
+"""sluice.server.protocol.wire: hand-written response bytes parse to the message protobuf builds."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from proto import grpc_service_pb2 as pb
-from proto import tensors
-from proto.params import set_param
-from server.protocol import wire
-from server.types import InferResponse
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import tensors
+from sluice.proto.params import set_param
+from sluice.server.protocol import wire
+from sluice.server.types import InferResponse
 
 
 def reference(response: InferResponse) -> pb.ModelInferResponse:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from clients import AsyncClient, Client
+from sluice.clients import AsyncClient, Client
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from clients import AsyncClient, Client, ModelNotFound
+from sluice.clients import AsyncClient, Client, ModelNotFound
 from tests.support.bundled_inputs import REPO, random_inputs
 
 # -- metadata, health, statistics --------------------------------------------------------------

@@ -9,8 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
-from clients import InvalidInput, ModelNotFound, Overloaded, SluiceClientError
-from clients.errors import error_from_stream_message
+from sluice.clients import InvalidInput, ModelNotFound, Overloaded, SluiceClientError
+from sluice.clients.errors import error_from_stream_message
 
 
 def bad_requests() -> list[tuple[str, str, dict[str, np.ndarray], str]]:

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from clients import InvalidInput, ModelNotFound
+from sluice.clients import InvalidInput, ModelNotFound
 from tests.support.bundled_inputs import MODEL_INPUTS, newest_onnx, random_inputs
 
 BATCH_SIZES = (1, 7, 64)

@@ -15,11 +15,11 @@ import grpc
 import numpy as np
 import pytest
 
-from clients import AsyncClient, Client, InvalidInput, Overloaded, RetryBudget, RetryPolicy
-from clients.errors import DeadlineExceeded
-from clients.retry import RetryCall
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.clients import AsyncClient, Client, InvalidInput, Overloaded, RetryBudget, RetryPolicy
+from sluice.clients.errors import DeadlineExceeded
+from sluice.clients.retry import RetryCall
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 
 PUSHBACK_MS = 50
 

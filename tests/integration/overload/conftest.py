@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.backends.ort import OrtBackend
+from sluice.server.backends.ort import OrtBackend
 from tests.support.overload import Hold
 
 

@@ -13,9 +13,9 @@ import grpc
 import numpy as np
 import pytest
 
-from proto import grpc_service_pb2_grpc as pb_grpc
-from server.errors import DeadlineExceeded
-from server.types import InferRequest
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.server.errors import DeadlineExceeded
+from sluice.server.types import InferRequest
 from tests.support.metrics import labels, moved, scrape
 from tests.support.overload import (
     WIDTH,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.support.metrics import labels, moved, scrape
 from tests.support.onnx_models import identity_model, write_model
 from tests.support.overload import (

@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.support.metrics import labels, moved, scrape
 from tests.support.onnx_models import identity_model, write_model
 from tests.support.overload import (

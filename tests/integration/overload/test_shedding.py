@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto import model_config_pb2 as mc
-from proto.tensors import make_input
-from server.config.model import OVERLOAD_PARAMETERS
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.proto import model_config_pb2 as mc
+from sluice.proto.tensors import make_input
+from sluice.server.config.model import OVERLOAD_PARAMETERS
 from tests.support.metrics import labels, moved, scrape
 from tests.support.onnx_models import identity_model, write_model
 from tests.support.overload import (

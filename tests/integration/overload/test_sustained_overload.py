@@ -16,7 +16,7 @@ from collections import Counter
 
 import grpc
 
-from proto import grpc_service_pb2_grpc as pb_grpc
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.support.cli_server import sigterm_under_load, start_cli_server
 from tests.support.overload import (
     WIDTH,

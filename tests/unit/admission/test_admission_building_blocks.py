@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from server.serving.queues import PriorityQueue, QueueItem, ServiceRate
+from sluice.server.serving.queues import PriorityQueue, QueueItem, ServiceRate
 
 
 def _item(level: int, rows: int = 1, nbytes: int = 0) -> QueueItem:

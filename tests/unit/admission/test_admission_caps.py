@@ -15,10 +15,10 @@ import threading
 
 import pytest
 
-from server.config.model import OverloadPolicy, QueuePolicy
-from server.config.settings import RequestLimits
-from server.errors import Overloaded, ResourceExhausted
-from server.serving.budget import InflightBudget, check_request_limits
+from sluice.server.config.model import OverloadPolicy, QueuePolicy
+from sluice.server.config.settings import RequestLimits
+from sluice.server.errors import Overloaded, ResourceExhausted
+from sluice.server.serving.budget import InflightBudget, check_request_limits
 from tests.support.admission_model import (
     Model,
     computing,

@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from server.errors import DeadlineExceeded, Overloaded
+from sluice.server.errors import DeadlineExceeded, Overloaded
 from tests.support.admission_model import (
     Model,
     TimedBackend,

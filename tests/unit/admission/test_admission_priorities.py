@@ -15,9 +15,9 @@ import threading
 
 import pytest
 
-from server.config.model import OverloadPolicy
-from server.errors import Overloaded
-from server.serving.admission import SHADOW_PRIORITY
+from sluice.server.config.model import OverloadPolicy
+from sluice.server.errors import Overloaded
+from sluice.server.serving.admission import SHADOW_PRIORITY
 from tests.support.admission_model import (
     Model,
     computing,

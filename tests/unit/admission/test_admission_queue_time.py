@@ -15,9 +15,9 @@ import threading
 
 import pytest
 
-from server.config.model import OverloadPolicy, QueuePolicy, TimeoutAction
-from server.errors import DeadlineExceeded, InvalidInput, Overloaded
-from server.serving.queues import CoDel
+from sluice.server.config.model import OverloadPolicy, QueuePolicy, TimeoutAction
+from sluice.server.errors import DeadlineExceeded, InvalidInput, Overloaded
+from sluice.server.serving.queues import CoDel
 from tests.support.admission_model import (
     Model,
     TimedBackend,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.config.model import OverloadPolicy, QueuePolicy
-from server.errors import Overloaded, ResourceExhausted
-from server.serving.budget import InflightBudget
+from sluice.server.config.model import OverloadPolicy, QueuePolicy
+from sluice.server.errors import Overloaded, ResourceExhausted
+from sluice.server.serving.budget import InflightBudget
 from tests.support.admission_model import Model, measure
 
 COMPUTE_S = 0.01  # one row's fake time: what the pool's inline estimate would say

@@ -81,7 +81,7 @@ async def test_a_background_batch_does_not_hold_an_instance(backend):
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
 def test_a_background_thread_runs_at_the_lowest_os_priority():
-    from server.serving.instance_thread import InstanceThread
+    from sluice.server.serving.instance_thread import InstanceThread
 
     async def main():
         thread = InstanceThread("bg", background=True)

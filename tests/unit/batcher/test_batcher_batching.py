@@ -14,7 +14,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from server.errors import InvalidInput
+from sluice.server.errors import InvalidInput
 from tests.support.batcher_fakes import computing, make, queued, rows
 from tests.support.threads import block_until
 

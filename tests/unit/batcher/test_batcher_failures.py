@@ -14,8 +14,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from server.errors import BackendError, DeadlineExceeded, Overloaded
-from server.serving.batcher import DynamicBatcher
+from sluice.server.errors import BackendError, DeadlineExceeded, Overloaded
+from sluice.server.serving.batcher import DynamicBatcher
 from tests.support.batcher_fakes import computing, make, queued, rows
 from tests.support.fake_clock import FakeClock
 from tests.support.threads import until

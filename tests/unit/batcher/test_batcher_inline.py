@@ -14,9 +14,9 @@ import threading
 import numpy as np
 import pytest
 
-from server.errors import BackendError
-from server.serving.batcher import DynamicBatcher
-from server.serving.instances import INLINE_MAX_S, BatchReport
+from sluice.server.errors import BackendError
+from sluice.server.serving.batcher import DynamicBatcher
+from sluice.server.serving.instances import INLINE_MAX_S, BatchReport
 from tests.support.batcher_fakes import rows
 from tests.support.fake_clock import FakeClock
 from tests.support.threads import until

@@ -14,8 +14,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from server.errors import Overloaded
-from server.serving.instances import BatchReport
+from sluice.server.errors import Overloaded
+from sluice.server.serving.instances import BatchReport
 from tests.support.batcher_fakes import computing, make, queued, rows
 from tests.support.threads import until
 
