@@ -1,18 +1,35 @@
 """CPU kernels: ``@njit(nogil=True, cache=True)`` functions over arrays, writing into out-params.
 
 Nothing compiles at import: a kernel compiles on its first call for the argument types it gets
-(or loads from Numba's on-disk cache beside this file), and :func:`warmup` makes those calls at
-model load. Every kernel releases the GIL, so executor threads run them side by side. The
-forest kernels come in a ``parallel=True`` form (rows split over Numba's thread pool) and a
-serial form for small batches; calling a parallel kernel from several threads at once needs a
-thread-safe Numba threading layer (``omp`` or ``tbb``; Numba picks one when installed), so
-:func:`forest_predict` stays serial if Numba fell back to ``workqueue``.
+(or loads from Numba's on-disk cache beside this file), and a backend's warm-up makes the calls
+its model needs at model load. Every kernel releases the GIL, so executor threads run them side
+by side. The forest kernels come in a ``parallel=True`` form (rows split over Numba's thread
+pool) and a serial form for small batches; calling a parallel kernel from several threads at
+once needs a thread-safe Numba threading layer (``omp`` or ``tbb``; Numba picks one when
+installed), so :func:`forest_predict` stays serial if Numba fell back to ``workqueue``.
+
+Compiling is what a cold start waits for (tens of seconds on a busy two-core machine, when
+everything compiled twice), so the kernels are shaped to compile little:
+
+- each specialisation is compiled once: the row arrays a kernel reads are passed read-only
+  (:func:`readonly`; a request's tensors arrive read-only, a batch cut from several is
+  writable, and Numba compiles the two apart), and parameters with the dtypes the backends
+  pass;
+- the block walkers are ordinary functions, called once per block of rows instead of inlined
+  into each kernel: compiled once, they serve both the serial and the parallel form, which
+  took the parallel form's compile from about 8 to about 3 CPU-seconds (a call per 32 rows
+  costs nothing measurable: 1 and 32 rows of breast_cancer take as long as before);
+- a backend warms only the kernels its model uses (:func:`warmup` compiles them all, for
+  tests and benchmarks).
 
 Numba's cache is keyed on this file only: after editing :mod:`sluice.kernels.scalar`, delete
 ``kernels/__pycache__/*.nbi`` and ``*.nbc`` (a fresh checkout has none).
 """
 
 from __future__ import annotations
+
+import threading
+from typing import Any
 
 import numba
 import numpy as np
@@ -36,7 +53,7 @@ _topk_row = njit(inline="always")(scalar.topk_row)
 BLOCK_ROWS = 32
 
 
-@njit(inline="always")
+@njit(nogil=True)
 def _start_block(base_score, nb):
     acc = np.empty((nb, base_score.shape[0]), dtype=np.float64)
     for r in range(nb):
@@ -45,7 +62,7 @@ def _start_block(base_score, nb):
     return acc
 
 
-@njit(inline="always")
+@njit(nogil=True)
 def _finish_block(acc, lo, transform, sigmoid_scale, out):
     for r in range(acc.shape[0]):
         if transform == SIGMOID:
@@ -57,7 +74,7 @@ def _finish_block(acc, lo, transform, sigmoid_scale, out):
             out[lo + r, g] = acc[r, g]
 
 
-@njit(inline="always")
+@njit(nogil=True)
 def _general_block(lo, hi, feature, thr, left, right, default_left, missing_type, value, roots,
                    groups, base_score, transform, sigmoid_scale, x, out):
     acc = _start_block(base_score, hi - lo)
@@ -71,7 +88,7 @@ def _general_block(lo, hi, feature, thr, left, right, default_left, missing_type
     _finish_block(acc, lo, transform, sigmoid_scale, out)
 
 
-@njit(inline="always")
+@njit(nogil=True)
 def _compact_block(lo, hi, code, thr, left, value, roots, depth, groups, base_score, transform,
                    sigmoid_scale, n_copies, x, out):
     # Copy i of a row holds its values with the ones variant i treats as missing written as
@@ -110,7 +127,7 @@ def _compact_block(lo, hi, code, thr, left, value, roots, depth, groups, base_sc
     _finish_block(acc, lo, transform, sigmoid_scale, out)
 
 
-@njit(inline="always")
+@njit(nogil=True)
 def _checked_rows(n_features, base_score, x, out):
     if x.shape[1] != n_features or out.shape[1] != base_score.shape[0]:
         raise ValueError("x must have n_features columns and out n_groups columns")
@@ -177,7 +194,7 @@ def forest_predict(forest: Forest, x: np.ndarray, out: np.ndarray | None = None)
     compact layout (:attr:`Forest.compact`) unless a threshold is +inf; batches of more than
     ``BLOCK_ROWS`` rows use Numba's thread pool.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = readonly(np.ascontiguousarray(x, dtype=np.float32))
     if x.ndim != 2 or x.shape[1] != forest.n_features:
         raise ValueError(f"expected input of shape [n, {forest.n_features}], got "
                          f"{list(x.shape)}")
@@ -188,30 +205,55 @@ def forest_predict(forest: Forest, x: np.ndarray, out: np.ndarray | None = None)
         raise ValueError(f"out must be a C-contiguous float32 array of shape {list(shape)}")
     if x.shape[0] == 0:
         return out
-    parallel = x.shape[0] > BLOCK_ROWS and _pool_is_thread_safe()
+    parallel = x.shape[0] > BLOCK_ROWS
+    layer = _threading_layer() if parallel else None  # asking costs a microsecond
+    parallel = parallel and layer != "workqueue"
     transform = TRANSFORM_CODES[forest.transform]
     scale = float(forest.sigmoid_scale)
     compact = forest.compact
     if not compact.has_inf_threshold:
-        fast = predict_compact if parallel else predict_compact_serial
-        fast(compact.code, compact.threshold, compact.left, compact.value, compact.roots,
-             compact.depth, forest.groups, forest.base_score, transform, scale,
-             compact.n_copies, forest.n_features, x, out)
+        kernel = predict_compact if parallel else predict_compact_serial
+        args = (compact.code, compact.threshold, compact.left, compact.value, compact.roots,
+                compact.depth, forest.groups, forest.base_score, transform, scale,
+                compact.n_copies, forest.n_features, x, out)
     else:
-        general = predict_forest if parallel else predict_forest_serial
-        general(forest.feature, forest.threshold, forest.left, forest.right,
+        kernel = predict_forest if parallel else predict_forest_serial
+        args = (forest.feature, forest.threshold, forest.left, forest.right,
                 forest.default_left, forest.missing_type, forest.value, forest.roots,
                 forest.groups, forest.base_score, transform, scale, forest.n_features, x, out)
+    if parallel and layer is None:
+        with _FIRST_PARALLEL:  # models warm up side by side; see _FIRST_PARALLEL
+            kernel(*args)
+    else:
+        kernel(*args)
     return out
 
 
-def _pool_is_thread_safe() -> bool:
-    """False once Numba has settled on its ``workqueue`` threading layer, which aborts the
-    process when two threads enter parallel code at once; the serial kernels are used then."""
+def readonly(x: np.ndarray) -> np.ndarray:
+    """``x`` when it is read-only, else a read-only view of it (no copy). The kernels take the
+    rows they read read-only: a request's tensors arrive so (views over the wire bytes), a batch
+    cut from several requests is writable, and Numba would compile each kernel for both."""
+    if not x.flags.writeable:
+        return x
+    view = x.view()
+    view.flags.writeable = False
+    return view
+
+
+#: Held around a parallel run made before Numba has picked its threading layer: the first run
+#: picks it, and should it pick ``workqueue`` (no ``omp`` or ``tbb`` installed), two first runs
+#: at once, from two models warming up side by side, would abort the process.
+_FIRST_PARALLEL = threading.Lock()
+
+
+def _threading_layer() -> str | None:
+    """Numba's threading layer, or None while no parallel kernel has run. With ``workqueue``,
+    which aborts the process when two threads enter parallel code at once, the serial kernels
+    are used."""
     try:
-        return numba.threading_layer() != "workqueue"
-    except ValueError:  # no parallel kernel has run yet: the warm-up's call will pick the layer
-        return True
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return None
 
 
 # --- pre- and post-processing: one row at a time, extents clamped to every array given -------
@@ -280,15 +322,16 @@ def threshold(x, t, out):
 
 
 def warmup() -> None:
-    """Call every kernel once on tiny arrays of the types the backend passes (float32 data
-    and parameters, float32 outputs, int64 labels/indices), so no request pays for compiling.
-    With ``cache=True`` a later process loads the machine code from disk instead."""
+    """Call every kernel once on tiny arrays of the types the backends pass (read-only float32
+    rows, float64 parameter arrays, float32 outputs, int64 labels/indices), so none of them pays
+    for compiling later. With ``cache=True`` a later process loads the machine code from disk
+    instead. A backend warms only the kernels its model uses; this is for tests and benchmarks."""
     for forest in (_tiny_forest(np.inf), _tiny_forest(0.5)):
         for rows in (1, BLOCK_ROWS + 1):
             forest_predict(forest, np.zeros((rows, forest.n_features), dtype=np.float32))
-    x = np.array([[0.5, -1.0, 2.0]], dtype=np.float32)
-    p = np.ones(3, dtype=np.float32)
-    f32 = np.empty_like(x)
+    x = readonly(np.array([[0.5, -1.0, 2.0]], dtype=np.float32))
+    p = np.ones(3)
+    f32 = np.empty(x.shape, dtype=np.float32)
     standardize(x, p, p, f32)
     minmax_scale(x, p - 1, p, f32)
     softmax(x, f32)
@@ -296,6 +339,17 @@ def warmup() -> None:
     argmax(x, np.empty(1, dtype=np.int64))
     topk(x, 2, np.empty((1, 2), dtype=np.float32), np.empty((1, 2), dtype=np.int64))
     threshold(x, 0.5, np.empty(x.shape, dtype=np.int64))
+
+
+def compile_counts(kernels: tuple[Any, ...]) -> tuple[int, int]:
+    """(specialisations of ``kernels`` this process holds, how many of them came from Numba's
+    on-disk cache): the difference across a warm-up says what it compiled and what it read."""
+    return (sum(len(k.signatures) for k in kernels),
+            sum(sum(k.stats.cache_hits.values()) for k in kernels))
+
+
+#: The kernels :func:`forest_predict` may call.
+FOREST_KERNELS = (predict_forest, predict_forest_serial, predict_compact, predict_compact_serial)
 
 
 def _tiny_forest(split: float) -> Forest:

@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from loadtests.models import ROOT, InputSpec
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc
 
 _LISTENING = re.compile(r"gRPC listening on (\S+):(\d+)\s*$")
 
@@ -50,7 +53,8 @@ def terminate(proc: subprocess.Popen, grace_s: float) -> int:
 
 
 class ServerProcess:
-    """A gRPC server subprocess that prints ``... gRPC listening on HOST:PORT`` when ready.
+    """A gRPC server subprocess that prints ``... gRPC listening on HOST:PORT`` once it listens
+    and is ready once its ServerReady says so (Sluice listens before its models load).
 
     Use as a context manager; ``target`` is ``HOST:PORT``, ``pid`` the server's own pid (the
     command is the interpreter itself, no shell), ``rss()`` its resident memory in bytes.
@@ -93,6 +97,10 @@ class ServerProcess:
             match = _LISTENING.search(line)
             if match:
                 self.target = f"{match.group(1)}:{match.group(2)}"
+        if not _wait_ready(self.target, deadline, self._proc):
+            tail = self.stderr_tail()
+            self.stop()
+            raise RuntimeError(f"{self.name}: not ready after {self._start_timeout_s}s: {tail}")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -120,6 +128,21 @@ class ServerProcess:
         self.exit_code = terminate(self._proc, grace_s)
         self._stderr.close()
         return self.exit_code
+
+
+def _wait_ready(target: str, deadline: float, proc: subprocess.Popen) -> bool:
+    """Whether ``target`` answered ServerReady true before ``deadline`` (monotonic) while
+    ``proc`` ran."""
+    with grpc.insecure_channel(target) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if stub.ServerReady(pb.ServerReadyRequest(), timeout=1.0).ready:
+                    return True
+            except grpc.RpcError:
+                pass  # not answering yet
+            time.sleep(0.05)
+    return False
 
 
 @dataclass

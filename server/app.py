@@ -5,8 +5,10 @@ The only module that names concrete backends. Lifecycle::
     async with serve(ServerConfig(model_repository=path, grpc_port=0)) as server:
         ... server.port ...
 
-Shutdown order: health NOT_SERVING, stop accepting RPCs, let in-flight requests finish within
-the grace period, drain and close the batchers and backends, stop /metrics.
+Start order: bind the ports, listen (health NOT_SERVING, ServerReady false), load the startup
+models side by side (each serves once loaded), then SERVING. Shutdown order: health
+NOT_SERVING, stop accepting RPCs, let in-flight requests finish within the grace period, drain
+and close the batchers and backends, stop /metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -33,7 +35,7 @@ from sluice.server.backends.ensemble import EnsembleBackend
 from sluice.server.backends.numba_backend import load_numba_backend
 from sluice.server.backends.ort import OrtBackend
 from sluice.server.config.deployment_file import read_deployment
-from sluice.server.config.model import ModelConfig
+from sluice.server.config.model import ModelConfig, check_model_name
 from sluice.server.config.pbtxt import read_model_config
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import ModelLoadError, SluiceError
@@ -48,6 +50,7 @@ from sluice.server.rollout.router import Router
 from sluice.server.rollout.shadow import ShadowMirror
 from sluice.server.rollout.state_sync import DeploymentFollower
 from sluice.server.serving.budget import InflightBudget
+from sluice.server.serving.loading import load_in_order
 from sluice.server.serving.repository import ModelRepository
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,15 @@ log = logging.getLogger(__name__)
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 _SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 _ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
+_NUMBA = ("compiling Numba kernels on the first start, seconds each; reading them from Numba's "
+          "cache after; then warming up")
+#: What a model's load does, by backend (logged as it starts: a cold start is slow here).
+_LOADING = {
+    "onnxruntime": "creating ONNX Runtime sessions, then warming up",
+    "numba": _NUMBA,
+    "fil": _NUMBA,
+    "ensemble": "linking its steps",
+}
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -149,6 +161,8 @@ class Server:
 
     def _make_backend(self, config: ModelConfig, version_dir: Path) -> Backend:
         """The backend named by ``config.backend`` (runs on a loader thread)."""
+        log.info("model '%s' version %s: loading (%s)", config.name, version_dir.name,
+                 _LOADING.get(config.backend, "starting its backend"))
         if config.backend == "onnxruntime":
             return OrtBackend(config, version_dir)
         if config.backend in ("numba", "fil"):
@@ -161,39 +175,45 @@ class Server:
         served = self.repository.get(name, str(version) if version > 0 else "")
         return served.backend, served.config
 
-    def _is_pipeline(self, name: str) -> bool:
+    def _needs(self, names: list[str]) -> dict[str, frozenset[str]]:
+        """The models each of ``names`` names in its config (pipeline steps, fallback_model),
+        which load before it. Blocking (reads the configs)."""
+        needs: dict[str, frozenset[str]] = {}
+        for name in names:
+            try:
+                check_model_name(name)  # before any path is built from it
+                config, _ = read_model_config(self.repository.root / name, name)
+            except (SluiceError, OSError):
+                continue  # its own load reports why
+            fallback = config.overload.fallback_model
+            steps = [step.model_name for step in config.ensemble_steps]
+            needs[name] = frozenset(steps + [fallback] if fallback else steps)
+        return needs
+
+    async def _load(self, name: str) -> None:
+        """Load ``name``, then apply its deployment (one that fails is logged: the model
+        serves without it)."""
+        await self.repository.load(name)
         try:
-            config, _ = read_model_config(self.config.model_repository / name, name)
-        except (SluiceError, OSError):
-            return False  # its own load reports why
-        return config.backend == "ensemble"
+            await self.router.model_loaded(name)
+        except SluiceError as exc:
+            log.error("model '%s': deployment not applied: %s", name, exc.message)
 
-    async def _load_all(self, names: list[str]) -> None:
-        """Load ``names``; a model that fails is retried after the others loaded (a pipeline
-        loads after its steps), until a pass makes no progress."""
-        pending = sorted(names, key=self._is_pipeline)  # stable: pipelines after their steps
-        while pending:
-            failed: dict[str, str] = {}
-            for name in pending:
-                try:
-                    await self.repository.load(name)
-                except SluiceError as exc:
-                    failed[name] = exc.message
-                    continue
-                try:
-                    await self.router.model_loaded(name)
-                except SluiceError as exc:  # the model serves; its deployment did not apply
-                    log.error("model '%s': deployment not applied: %s", name, exc.message)
-            if len(failed) == len(pending):
-                for name, message in failed.items():  # one bad model keeps no other down
-                    log.error("model '%s' not loaded: %s", name, message)
-                return
-            pending = list(failed)
+    async def start(self, listening: Callable[[], None] | None = None) -> None:
+        """Bind the ports and listen, load the startup models, then report SERVING; returns
+        once every startup model has loaded or failed.
 
-    async def start(self) -> None:
-        """Bind the ports, load the models, then start gRPC and report SERVING. Raises
-        StartError, naming the flag to change, when the repository or a port is unusable: the
-        ports are bound first, so a port in use is reported at once, not after the loads."""
+        gRPC answers before any model loads: ServerLive true, ServerReady false and health
+        NOT_SERVING until the loads end, each startup model UNAVAILABLE "still loading" until
+        its own load ends (models load side by side, each serving as soon as it is ready), so
+        a cold start that compiles kernels reads as "starting", not as a refused port. A worker
+        of ``--workers`` listens only once its models are loaded: its siblings share the port,
+        and the kernel hands every listening worker its share of new connections.
+        ``listening`` is called once gRPC listens (the command line prints the addresses then).
+
+        Raises StartError, naming the flag to change, when the repository or a port is
+        unusable: the ports are bound first, so that is reported before any load."""
+        started = time.perf_counter()
         cfg = self.config
         if not cfg.model_repository.is_dir():
             raise StartError(f"model repository {cfg.model_repository} is not a directory "
@@ -234,18 +254,36 @@ class Server:
             list(cfg.startup_models) if cfg.model_control == "explicit"
             else self.repository.available_names()
         )
-        await self._load_all(names)
+        self.repository.mark_loading(names)
+        for service in ("", _SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if not cfg.reuse_port:
+            await self._listen(listening, started)
+        failed = await load_in_order(
+            names, self._load, await asyncio.to_thread(self._needs, names)
+        )
+        for name, message in failed.items():  # one bad model keeps no other down
+            log.error("model '%s' not loaded: %s", name, message)
         self.follower.start()  # its first poll catches up on changes made while models loaded
         await self.canary.resume_all(self.router.models())  # canaries persisted or declared
-        await self._grpc.start()
+        if cfg.reuse_port:
+            await self._listen(listening, started)
         self.servicer.set_ready(True)
         for service in ("", _SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        # The addresses are printed once, by the command line (the supervisor reads them there).
         log.info(
-            "Sluice ready; models: %s",
+            "Sluice ready; models: %s (%.1fs after start)",
             ", ".join(f"{v.name}:{v.version}" for v in self.repository.loaded()) or "none",
+            time.perf_counter() - started,
         )
+
+    async def _listen(self, listening: Callable[[], None] | None, started: float) -> None:
+        assert self._grpc is not None
+        await self._grpc.start()
+        # The addresses are printed once, by the command line (the supervisor reads them there).
+        log.info("gRPC listening (%.1fs after start)", time.perf_counter() - started)
+        if listening is not None:
+            listening()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop gracefully within ``grace_s``: report NOT_SERVING, answer new inference requests
@@ -272,11 +310,14 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def serve(config: ServerConfig) -> AsyncIterator[Server]:
-    """Start a server, yield it, stop it gracefully on exit."""
+async def serve(
+    config: ServerConfig, listening: Callable[[Server], None] | None = None
+) -> AsyncIterator[Server]:
+    """Start a server (``listening(server)`` is called once it listens, before its models
+    load), yield it once they have loaded, stop it gracefully on exit."""
     server = Server(config)
     try:
-        await server.start()
+        await server.start(None if listening is None else lambda: listening(server))
         yield server
     finally:
         await server.stop()
@@ -290,12 +331,15 @@ async def run_until_signal(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     if config.worker_id is not None:
         _stop_when_stdin_closes(loop, stop)
-    async with serve(config) as server:
+
+    def listening(server: Server) -> None:  # printed once, here (the supervisor reads them)
         print(f"sluice: gRPC listening on {config.host}:{server.port}", flush=True)
         if server.metrics.port is not None:
             host = config.metrics_host or config.host
             print(f"sluice: metrics on http://{host}:{server.metrics.port}/metrics",
                   flush=True)
+
+    async with serve(config, listening) as server:
         await stop.wait()
         log.info("signal received; shutting down (grace %.1fs)", config.shutdown_grace_s)
     answered, failed = server.final_counts

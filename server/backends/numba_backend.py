@@ -29,7 +29,11 @@ falls back to the CPU.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,8 @@ from sluice.server.types import TensorSpec
 FIL_PARAMETERS = frozenset({"model_type", "output_class", "predict_proba", "threshold"})
 KERNELS = ("standardize", "minmax_scale", "softmax", "sigmoid", "argmax", "threshold", "topk")
 _KERNEL_PARAMETERS = frozenset({"kernel", "k", "threshold"})
+
+log = logging.getLogger(__name__)
 
 
 def _flag(params: dict[str, str], key: str, default: bool, where: str) -> bool:
@@ -101,7 +107,7 @@ class TreeBackend(InstancesBackend):
 
     def __init__(self, config: ModelConfig, version_dir: Path) -> None:
         super().__init__(config.instance_count)
-        where = f"model '{config.name}' version {version_dir.name}"
+        where = self._where = f"model '{config.name}' version {version_dir.name}"
         params = _parameters(config, FIL_PARAMETERS, where, "the numba/fil backend")
         try:
             self.forest: Forest = load_tree_model(version_dir, params.get("model_type"))
@@ -159,10 +165,11 @@ class TreeBackend(InstancesBackend):
         return scores.argmax(axis=1).astype(np.float32)[:, None]
 
     def warmup(self, config: ModelConfig) -> None:
-        cpu.warmup()
-        for rows in sorted({1, max(config.max_batch_size, 1)}):
-            for x in _writable_and_readonly(np.zeros((rows, self.forest.n_features), np.float32)):
-                self.run(0, {"input__0": x})
+        """Run the kernels this model uses (serial, and parallel when batches can exceed one
+        block), compiling them or reading them from Numba's cache."""
+        with _kernel_log(self._where, cpu.FOREST_KERNELS):
+            for rows in sorted({1, max(config.max_batch_size, 1)}):
+                self.run(0, {"input__0": np.zeros((rows, self.forest.n_features), np.float32)})
 
     def close(self) -> None:
         self._gpu = None
@@ -175,7 +182,7 @@ class KernelBackend(InstancesBackend):
 
     def __init__(self, config: ModelConfig, version_dir: Path) -> None:
         super().__init__(config.instance_count)
-        where = f"model '{config.name}' version {version_dir.name}"
+        where = self._where = f"model '{config.name}' version {version_dir.name}"
         params = _parameters(config, _KERNEL_PARAMETERS, where, "kernels")
         self.kernel = params["kernel"]
         if self.kernel not in KERNELS:
@@ -225,7 +232,7 @@ class KernelBackend(InstancesBackend):
         return (TensorSpec("OUTPUT0", "FP32", (-1, width)),)
 
     def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = np.ascontiguousarray(inputs["INPUT0"], dtype=np.float32)
+        x = cpu.readonly(np.ascontiguousarray(inputs["INPUT0"], dtype=np.float32))
         n = x.shape[0]
         kernel = self.kernel
         if kernel == "argmax":
@@ -256,23 +263,31 @@ class KernelBackend(InstancesBackend):
         return {"OUTPUT0": out_f}
 
     def warmup(self, config: ModelConfig) -> None:
-        cpu.warmup()
+        """Run this model's kernel, compiling it or reading it from Numba's cache."""
         width = config.inputs[0].dims[-1] if config.inputs else -1
         cols = max(width, self._k, 1) if width == -1 else width
-        for rows in sorted({1, max(config.max_batch_size, 1)}):
-            for x in _writable_and_readonly(np.zeros((rows, cols), np.float32)):
-                self.run(0, {"INPUT0": x})
+        with _kernel_log(self._where, (getattr(cpu, self.kernel),)):
+            for rows in sorted({1, max(config.max_batch_size, 1)}):
+                self.run(0, {"INPUT0": np.zeros((rows, cols), np.float32)})
 
     def close(self) -> None:
         self._arrays = {}
 
 
-def _writable_and_readonly(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` and a read-only view of it: a request's tensors arrive as read-only views over the
-    wire bytes, and Numba compiles read-only arrays separately, so warm-up must see both."""
-    view = x.view()
-    view.flags.writeable = False
-    return x, view
+@contextlib.contextmanager
+def _kernel_log(where: str, kernels: tuple[Any, ...]) -> Iterator[None]:
+    """Log what the warm-up inside cost in ``kernels``: compiled now (a cold start: seconds
+    each), or read from Numba's cache (a later start); nothing when this process had them
+    already. A model warming up the same kernels at the same time is counted in both."""
+    specs, hits = cpu.compile_counts(kernels)
+    started = time.perf_counter()
+    yield
+    new_specs, new_hits = cpu.compile_counts(kernels)
+    cached = new_hits - hits
+    compiled = new_specs - specs - cached
+    if compiled or cached:
+        log.info("%s: %d Numba kernel specialisation(s) compiled, %d read from Numba's cache, "
+                 "in %.1fs", where, max(compiled, 0), cached, time.perf_counter() - started)
 
 
 def load_numba_backend(config: ModelConfig, version_dir: Path) -> TreeBackend | KernelBackend:

@@ -179,6 +179,21 @@ class ModelRepository:
 
     # -- load / unload ------------------------------------------------------------------------
 
+    def mark_loading(self, names: list[str]) -> None:
+        """Report each of ``names`` that has no version yet as LOADING (requests: UNAVAILABLE,
+        "still loading") until its load ends: the server's startup models, from the instant it
+        listens, though each load starts in its turn. A name that is no model directory is left
+        for its load to report."""
+        for name in names:
+            try:
+                check_model_name(name)
+            except SluiceError:
+                continue
+            if (self.root / name).is_dir():
+                model = self._models.setdefault(name, _Model())
+                if not model.versions:
+                    model.state, model.reason = "LOADING", ""
+
     async def load(self, name: str) -> None:
         """Load (or reload) every selected version of ``name``, then swap them in at once."""
         check_model_name(name)
@@ -186,6 +201,7 @@ class ModelRepository:
         if not model_dir.is_dir():
             raise ModelNotFound(f"model '{name}' is not in the repository")
         model = self._models.setdefault(name, _Model())
+        started = time.perf_counter()
         async with model.lock:
             model.state = "LOADING" if not model.versions else model.state
             try:
@@ -205,7 +221,8 @@ class ModelRepository:
             model.state, model.reason = "READY", ""
             for served in old.values():
                 self._retire(served)
-            log.info("model '%s' ready, versions %s", name, sorted(versions))
+            log.info("model '%s' ready, versions %s (load took %.1fs)", name, sorted(versions),
+                     time.perf_counter() - started)
 
     async def unload(self, name: str) -> None:
         """Stop routing to ``name``; in-flight requests finish, then its resources are freed."""

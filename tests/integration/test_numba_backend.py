@@ -11,6 +11,7 @@ import tritonclient.grpc as tc
 import xgboost as xgb
 from tritonclient.utils import InferenceServerException
 
+from sluice.kernels import cpu
 from sluice.server.app import BUNDLED_REPOSITORY
 
 
@@ -221,6 +222,23 @@ def test_pipeline_equals_its_steps_by_hand(bundled_server):
     notes = config["parameters"]["sluice.notes"]["string_value"]
     assert "digits_standardize -> digits_linear -> digits_top3" in notes
     assert (order[:, 0] == split["y"][:50]).mean() > 0.9  # it is a real classifier
+
+
+def test_requests_compile_nothing_once_the_models_are_loaded(bundled_server):
+    """The load compiled each kernel once, for read-only rows: requests (read-only views over
+    the wire bytes) and batches cut from several (writable) of any size reuse it."""
+    kernels = cpu.FOREST_KERNELS + (cpu.standardize, cpu.topk)
+    before = cpu.compile_counts(kernels)[0]
+    rng = np.random.default_rng(3)
+    with tc.InferenceServerClient(bundled_server.address) as client:
+        for rows in (1, 7, 33, 256):
+            client.infer("breast_cancer", [fp32("input__0", rng.normal(size=(rows, 30)))])
+            client.infer("digits_pipeline", [fp32("pixels", rng.normal(size=(rows, 64)))])
+    repo = bundled_server.server.repository
+    for rows in (1, 40):  # writable rows straight to the loaded backends
+        repo.get("breast_cancer").backend.run(0, {"input__0": np.ones((rows, 30), np.float32)})
+        repo.get("digits_top3").backend.run(0, {"INPUT0": np.ones((rows, 10), np.float32)})
+    assert cpu.compile_counts(kernels)[0] == before
 
 
 def test_pipeline_with_a_missing_step_fails_clearly(make_server, tmp_path):

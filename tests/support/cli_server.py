@@ -9,12 +9,15 @@ import sys
 import threading
 import time
 
+import tritonclient.grpc as tc
+
 from sluice.server.app import BUNDLED_REPOSITORY
 
 
 def start_cli_server(*extra: str, output: list[str] | None = None) -> tuple[subprocess.Popen, str]:
-    """Start it with ``extra`` flags; (process, gRPC address) once it listens (60 s at most).
-    ``output`` collects the lines it printed until then (stdout and stderr)."""
+    """Start it with ``extra`` flags; (process, gRPC address) once it is ready (it listens at
+    once; ServerReady turns true once its models are loaded; 60 s for each at most).
+    ``output`` collects the lines it printed until it listened (stdout and stderr)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice.server", "serve", "--grpc-port", "0", "--metrics-port", "-1",
          "--model-repository", str(BUNDLED_REPOSITORY), "--log-level", "WARNING", *extra],
@@ -28,11 +31,26 @@ def start_cli_server(*extra: str, output: list[str] | None = None) -> tuple[subp
             output.append(line.rstrip("\n"))
         match = re.search(r"gRPC listening on (\S+)", line)
         if match:
-            return proc, match.group(1)
+            address = match.group(1)
+            if wait_ready(address, proc):
+                return proc, address
+            break
         if not line and proc.poll() is not None:
             break
     proc.kill()
     raise AssertionError("server did not start")
+
+
+def wait_ready(address: str, proc: subprocess.Popen, timeout_s: float = 60) -> bool:
+    """Whether the server at ``address`` reported ServerReady within ``timeout_s`` (polled, as
+    a Triton client waits for a server; False at once if ``proc`` exits)."""
+    deadline = time.monotonic() + timeout_s
+    with tc.InferenceServerClient(address) as client:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if client.is_server_ready():
+                return True
+            time.sleep(0.05)
+    return False
 
 
 def sigterm_under_load(proc: subprocess.Popen, threads: list[threading.Thread],

@@ -253,7 +253,8 @@ def test_general_and_compact_kernels_agree_on_a_random_forest():
     out = np.empty_like(got)
     f = forest
     cpu.predict_forest(f.feature, f.threshold, f.left, f.right, f.default_left, f.missing_type,
-                       f.value, f.roots, f.groups, f.base_score, 2, 1.0, f.n_features, x, out)
+                       f.value, f.roots, f.groups, f.base_score, 2, 1.0, f.n_features,
+                       cpu.readonly(x), out)
     np.testing.assert_allclose(out, got, rtol=1e-6, atol=1e-7)
 
 
@@ -271,7 +272,7 @@ def test_forest_predict_out_param_and_shapes():
     with pytest.raises(ValueError, match="n_features columns"):  # the kernel checks too
         cpu.predict_forest_serial(*(getattr(forest, a) for a in (
             "feature", "threshold", "left", "right", "default_left", "missing_type", "value",
-            "roots", "groups", "base_score")), 2, 1.0, 3, x[:, :2].copy(), out)
+            "roots", "groups", "base_score")), 2, 1.0, 3, cpu.readonly(x[:, :2].copy()), out)
 
 
 def test_compact_layout():
@@ -314,3 +315,20 @@ def test_forest_predict_from_several_threads_at_once():
         results = list(pool.map(lambda x: cpu.forest_predict(forest, x), batches * 3))
     for got, want in zip(results, expected * 3, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_forest_kernels_are_compiled_for_read_only_rows_only():
+    """forest_predict hands the kernels read-only rows whatever it is given: one
+    specialisation each serves requests (read-only views over the wire bytes) and batches cut
+    from several requests (writable). Last in this file, so it sees every compile above."""
+    forest = synthetic_forest(5, 3, 4, seed=2)
+    x = _x((cpu.BLOCK_ROWS + 3, 4))
+    for rows in (x[:2], x):  # serial, parallel
+        np.testing.assert_array_equal(cpu.forest_predict(forest, rows.copy()),
+                                      cpu.forest_predict(forest, cpu.readonly(rows)))
+    for kernel in cpu.FOREST_KERNELS:
+        for signature in kernel.signatures:
+            assert not signature[-2].mutable, (kernel.__name__, signature)  # x
+    view = cpu.readonly(x)
+    assert not view.flags.writeable and x.flags.writeable and np.shares_memory(view, x)
+    assert cpu.readonly(view) is view
