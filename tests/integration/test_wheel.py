@@ -168,6 +168,9 @@ def test_the_installed_sluice_serves_the_bundled_repository(installed: dict) -> 
         rng = np.random.default_rng(8)
         pixels = rng.uniform(0, 16, (5, 64)).astype(np.float32)
         with tc.InferenceServerClient(address) as client:
+            while not client.is_server_ready():  # it listens before its models load
+                assert time.monotonic() < deadline and proc.poll() is None, "never ready"
+                time.sleep(0.2)
             index = client.get_model_repository_index(as_json=True)["models"]
             ready = {m["name"] for m in index if m.get("state") == "READY"}
             assert ready == bundled, index
