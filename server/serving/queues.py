@@ -233,7 +233,10 @@ class ServiceRate:
         """Expected seconds until an instance is free to start the next batch."""
         if self._running_count < self._instances:
             return 0.0
+        # Read without the batcher's lock: a batch may finish between the count and the list.
         running = [batch for batch in self._running if batch is not None]
+        if len(running) < self._instances:
+            return 0.0
         return min(max(0.0, self.batch_s(rows) - (now - start)) for start, rows in running)
 
     @property

@@ -61,3 +61,17 @@ def test_service_rate_over_several_instances():
     assert rate.drain_s(8) == pytest.approx(0.008)  # one batch runs on one instance only
     assert rate.drain_s(100) == pytest.approx(0.016)  # two batches side by side
     assert rate.drain_s(64 * 4) == pytest.approx(2 * 0.016)  # four batches over two
+
+
+def test_free_in_s_while_a_batch_finishes_on_another_thread():
+    """Admission reads the rate without the batcher's lock: an instance thread can finish its
+    batch between the running count and the list of running batches (stress loop C, run 2: a
+    ValueError from min() of nothing, answered INTERNAL). Replayed here in that order."""
+    rate = ServiceRate(instances=2, max_batch_rows=8)
+    rate.started(0, 0.0, 8)
+    rate.finished(0, 0.010, ok=True)
+    rate.started(0, 1.0, 8)
+    rate.started(1, 1.0, 8)
+    assert rate.free_in_s(1.004) == pytest.approx(0.006)  # both busy: the sooner one frees
+    rate._running[1] = None  # the thread's finished() has cleared its entry, not the count yet
+    assert rate.free_in_s(1.004) == 0.0
