@@ -204,7 +204,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if perfanalyzer.binary() is None:
-        print("peers: perf_analyzer is not on PATH; nothing to measure", file=sys.stderr)
+        print("peers: perf_analyzer is not on PATH (python -m loadtests.get_perf_analyzer installs "
+              "it); nothing to measure", file=sys.stderr)
         return 2
     mlserver_python, note = _mlserver(args.mlserver_python)
     if note:
