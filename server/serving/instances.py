@@ -11,15 +11,11 @@ The event loop only settles futures, one ``call_soon_threadsafe`` per batch; cut
 computing and splitting never wait for it. The one exception is :meth:`InstancePool.try_inline`:
 a model whose one-request batches compute in less than :data:`INLINE_MAX_S` is run on the loop
 itself when every instance is free and nothing is queued, since then the hand-off would cost
-more than the model. This matters on the worst day: under overload the
-loop is busy answering arrivals (on the 2-core machine grpc.aio costs about 0.5 ms of CPU per
-call, shed or not). When batches were cut on the loop, each instance waited a pass of that busy
-loop between two batches and, at 5x capacity, computed only 18-46% of the time while the queue
-was full (py-spy).
+more than the model. (When batches were cut on the loop, each instance waited a pass of the
+busy loop between two batches: at 5x capacity they computed 18-46% of the time, py-spy.)
 
-The pool shares the batcher's lock, queue and service-rate meter
-(:class:`~sluice.server.serving.batcher.DynamicBatcher` queues requests; the pool takes them out).
-Its busy counts and ``closing`` change only under that lock.
+The pool shares the batcher's lock, queue and service-rate meter (the batcher queues requests;
+the pool takes them out). Its busy counts and ``closing`` change only under that lock.
 
 Promises:
 - Every batch taken from the queue answers each of its members exactly once: its own rows of
@@ -52,14 +48,16 @@ RunFn = Callable[[int, Arrays], Arrays]
 BackgroundFn = Callable[[Arrays], Arrays]
 
 #: A request whose one-request batches compute in less than this runs on the event loop when
-#: every instance is free. Handing a request to an instance thread and back (a lock notify, a
-#: thread wake-up, the GIL going back and forth, one call_soon_threadsafe) cost about 190 us of
-#: CPU per request on the 2-core machine, busy (identity, in-process: 400 us per request through
-#: threads, 208 us inline); a model that computes in less than about half of that is cheaper to
-#: run where the request already is (issue "the hot path").
+#: every instance is free: handing it to a thread and back cost about 190 us of CPU per request
+#: on the 2-core machine (identity in-process: 400 us through threads, 208 us inline).
 INLINE_MAX_S = 100e-6
 #: Smoothing of the one-request compute time (weight of the newest batch).
 _SINGLE_ALPHA = 0.2
+#: A model measured on its threads below this but not below INLINE_MAX_S gets one inline run per
+#: INLINE_PROBE_EVERY_S, timed where it would run (a thread's time includes its wake-up and the
+#: GIL wait, so a fast model could otherwise stay on its threads for good).
+INLINE_PROBE_MAX_S = 4 * INLINE_MAX_S
+INLINE_PROBE_EVERY_S = 1.0
 
 
 @dataclass(slots=True)
@@ -132,6 +130,9 @@ class InstancePool:
         self._inline = inline
         #: Smoothed compute seconds of batches of one request (None: none measured yet).
         self.single_run_s: float | None = None
+        #: When the next inline probe may run, and whether one was granted and not yet run.
+        self._probe_at = 0.0
+        self._probe_granted = False
 
     @property
     def started(self) -> bool:
@@ -170,25 +171,29 @@ class InstancePool:
     # -- inline (event loop) -------------------------------------------------------------------
 
     def inline_estimate_s(self) -> float | None:
-        """The smoothed compute time of one-request batches when it allows inline runs."""
+        """The smoothed compute time of one-request batches when it allows an inline run now:
+        below :data:`INLINE_MAX_S`, or a probe's turn (:data:`INLINE_PROBE_MAX_S`)."""
         single = self.single_run_s
-        if not self._inline or single is None or single >= INLINE_MAX_S:
+        if not self._inline or single is None or single >= INLINE_PROBE_MAX_S:
             return None
+        if single < INLINE_MAX_S:
+            return single
+        now = self._clock()
+        if now < self._probe_at:
+            return None
+        self._probe_at = now + INLINE_PROBE_EVERY_S
+        self._probe_granted = True
         return single
 
     def try_inline(self, inputs: Arrays, rows: int, now: float) -> Arrays | None:
-        """Compute one request here, on the event loop, when that is measured to be cheaper than
-        handing it to an instance thread; None: queue it as usual.
-
-        Taken only when allowed (``inline``), nothing is queued or computing (so no batch could
-        include it and every instance is free), and the smoothed compute time of one-request
-        batches is known and below :data:`INLINE_MAX_S`. The run counts as a batch of instance
-        0 in the rate meter and the statistics; its time keeps the measurement current, so a
-        model that becomes slow goes back to its threads. Raises what the batch would: the
-        backend's SluiceError, or BackendError for any other failure.
-        """
+        """Compute one request here, on the loop, when allowed (``inline``), nothing is queued or
+        computing, and one-request batches measure below :data:`INLINE_MAX_S` (or a probe was
+        granted); None: queue it. It counts as a batch of instance 0; its time keeps the
+        measurement current. Raises what the batch would (SluiceError, else BackendError)."""
         single = self.single_run_s
-        if not self._inline or single is None or single >= INLINE_MAX_S:
+        probe = self._probe_granted
+        self._probe_granted = False
+        if not self._inline or single is None or (single >= INLINE_MAX_S and not probe):
             return None
         with self._lock:
             if self._queue or self.busy or self.closing:
@@ -212,20 +217,18 @@ class InstancePool:
             if self._observer is not None:
                 self._observer(BatchReport(rows, [started - now], 0.0, end - started, 0.0, True))
             raise error
-        self._measure_single(run_done - started, inline=True)
+        self._measure_single(run_done - started, inline=True, probe=probe)
         if self._observer is not None:
             self._observer(BatchReport(rows, [started - now], 0.0, run_done - started,
                                        end - run_done, False))
         return outputs
 
-    def _measure_single(self, run_s: float, *, inline: bool) -> None:
-        """Smooth in one one-request batch's compute time. A time measured on an instance thread
-        may only lower the estimate: it includes the wait for the GIL, which the busy event
-        loop holds (measured: a 20 us model timed 100-300 us there), so it overstates the
-        model; an inline run is timed without that wait, and it alone can raise the estimate
-        (a model that turned slow is caught by its first slow inline run)."""
+    def _measure_single(self, run_s: float, *, inline: bool, probe: bool = False) -> None:
+        """Smooth in one one-request batch's compute time. A thread's time (GIL wait included:
+        a 20 us model timed 100-300 us there) may only lower the estimate; an inline run alone
+        can raise it, and a probe's time replaces a larger estimate outright."""
         single = self.single_run_s
-        if single is None:
+        if single is None or (probe and run_s < single):
             self.single_run_s = run_s
         elif inline or run_s < single:
             self.single_run_s = single + _SINGLE_ALPHA * (run_s - single)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sluice.server.errors import BackendError
+from sluice.server.serving import instances
 from sluice.server.serving.batcher import DynamicBatcher
 from sluice.server.serving.instances import INLINE_MAX_S, BatchReport
 from tests.support.batcher_fakes import rows
@@ -129,4 +130,34 @@ async def test_a_failing_inline_run_fails_only_its_request(clock, raised):
     backend.fail = None
     await ask(batcher, 2)
     assert [r.failed for r in reports] == [False, True, False]
+    await batcher.close()
+
+
+async def test_a_model_its_threads_measure_slow_is_probed_inline(clock):
+    """A time taken on an instance thread includes its wake-up and the wait for the GIL; a model
+    measured there between INLINE_MAX_S and INLINE_PROBE_MAX_S gets one inline run a second, and
+    that run's time, taken where it would run, decides."""
+    fast = TimedBackend(clock, cost_s=20e-6)
+    batcher = make(fast, clock, [])
+    batcher._pool.single_run_s = 150e-6  # as its thread measured it
+    assert batcher.inline_estimate_s() == 150e-6  # the probe's turn
+    assert batcher.try_inline({"x": rows(1.0)}, 1, clock()) is not None
+    assert fast.threads == [threading.get_ident()]
+    assert batcher._pool.single_run_s == pytest.approx(20e-6)
+    assert batcher.inline_estimate_s() == pytest.approx(20e-6)  # inline from now on
+
+    slow = TimedBackend(clock, cost_s=150e-6)
+    batcher = make(slow, clock, [])
+    batcher._pool.single_run_s = 150e-6
+    assert batcher.inline_estimate_s() is not None
+    assert batcher.try_inline({"x": rows(2.0)}, 1, clock()) is not None  # the probe
+    assert batcher.inline_estimate_s() is None  # really 150 us: threads, until the next second
+    assert batcher.try_inline({"x": rows(3.0)}, 1, clock()) is None
+    clock.advance(1.0)
+    assert batcher.inline_estimate_s() is not None
+
+    heavy = TimedBackend(clock, cost_s=0.0)
+    batcher = make(heavy, clock, [])
+    batcher._pool.single_run_s = instances.INLINE_PROBE_MAX_S  # too slow to be worth a probe
+    assert batcher.inline_estimate_s() is None
     await batcher.close()
