@@ -183,28 +183,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ----------------------------------------------------------------------------
 
-    def _prepare(self, message: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
-        """The decoded request, or the error that refuses it (draining, a bad request)."""
+    def answer_now(
+        self, message: pb.ModelInferRequest, deadline: float | None,
+        metadata_key: Callable[[], str | None] | None = None,
+    ) -> tuple[InferRequest, Routed, InferResponse | None]:
+        """Decode and route ``message`` (refused while draining), and answer it at once when the
+        answer can be computed right now on the loop (the plain path, its model idle and fast
+        enough to run inline);
+        the answer is None otherwise: :meth:`dispatch` the request on the route, with no await
+        in between (a concurrent reload or deployment switch can never move a request that
+        already chose its version). ``metadata_key`` gives the sticky key sent as gRPC
+        metadata; it is called only when weights decide and the request carries none."""
         if self._draining:
             raise Overloaded("server is shutting down", reason="draining", retry_after_ms=1000)
         request = codec.decode_request(message, deadline, self._limits)
         sticky = request.parameters.get(STICKY_PARAM) if request.parameters else None
         if sticky is not None and not isinstance(sticky, str):
             raise InvalidInput(f"parameter '{STICKY_PARAM}' must be a string")
-        return request
-
-    def answer_now(
-        self, message: pb.ModelInferRequest, deadline: float | None,
-        metadata_key: Callable[[], str | None] | None = None,
-    ) -> tuple[InferRequest, Routed, InferResponse | None]:
-        """Decode and route ``message``, and answer it at once when the answer can be computed
-        right now on the loop (the plain path, its model idle and fast enough to run inline);
-        the answer is None otherwise: :meth:`dispatch` the request on the route, with no await
-        in between (a concurrent reload or deployment switch can never move a request that
-        already chose its version). ``metadata_key`` gives the sticky key sent as gRPC
-        metadata; it is called only when weights decide and the request carries none."""
-        request = self._prepare(message, deadline)
-        sticky = request.parameters.get(STICKY_PARAM) if request.parameters else None
         route = self._router.route(request.model_name, request.model_version, sticky, metadata_key)
         served, arm, _ = route
         return request, route, served.infer_now(request) if arm is None else None

@@ -213,7 +213,9 @@ class Admission:
             raise Overloaded(
                 f"model '{self.name}' is shutting down", reason="draining", retry_after_ms=1000
             )
-        self._check_size(rows, nbytes)
+        oversize = self._oversize(rows, nbytes)
+        if oversize is not None:
+            raise oversize
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded(f"model '{self.name}': deadline passed before queueing")
         queue = self._queue
@@ -277,14 +279,11 @@ class Admission:
         which says why not."""
         if not self._plain_default:
             return False
-        policy = self.policy
         if deadline is not None and (deadline - now) * DEADLINE_SAFETY <= compute_s + self._error(
-            policy.default_level, now
+            self.policy.default_level, now
         ):
             return False
-        if (policy.max_queue_rows is not None and rows > policy.max_queue_rows) or (
-            policy.max_queue_bytes is not None and nbytes > policy.max_queue_bytes
-        ):
+        if self._oversize(rows, nbytes) is not None:
             return False
         return self._budget is None or self._budget.fits(nbytes)
 
@@ -333,24 +332,26 @@ class Admission:
             f"model '{self.name}': {why}", reason=reason, retry_after_ms=self.pushback_ms(level)
         )
 
-    def _check_size(self, rows: int, nbytes: int) -> None:
+    def _oversize(self, rows: int, nbytes: int) -> ResourceExhausted | None:
+        """The error for a request larger than a cap it could never fit, or None."""
         policy, name = self.policy, self.name
         if policy.max_queue_rows is not None and rows > policy.max_queue_rows:
-            raise ResourceExhausted(
+            return ResourceExhausted(
                 f"model '{name}': request of {rows} rows exceeds the queue's max_queue_rows "
                 f"({policy.max_queue_rows})"
             )
         if policy.max_queue_bytes is not None and nbytes > policy.max_queue_bytes:
-            raise ResourceExhausted(
+            return ResourceExhausted(
                 f"model '{name}': request of {nbytes} input bytes exceeds the queue's "
                 f"max_queue_bytes ({policy.max_queue_bytes})"
             )
         budget = self._budget
         if budget is not None and budget.limit_bytes is not None and nbytes > budget.limit_bytes:
-            raise ResourceExhausted(
+            return ResourceExhausted(
                 f"model '{name}': request of {nbytes} input bytes exceeds the server's "
                 f"max_inflight_bytes ({budget.limit_bytes})"
             )
+        return None
 
     def _make_room(self, rows: int, nbytes: int, level: int) -> None:
         """Enforce the row and byte bounds, evicting lower levels' requests when that suffices."""
