@@ -1,0 +1,146 @@
+"""The one hand-off from the request path to everything that watches finished requests.
+
+The servicer calls :meth:`MonitorHub.wants` (a dict lookup) and, for a watched model,
+:meth:`MonitorHub.offer` with one :class:`Finished` record: an append to a bounded deque, no lock,
+no wake-up. One background thread drains the deque every ``interval_s`` and hands each batch of
+records to every subscriber (the prediction log, quality, drift), in arrival order. When the deque
+is full the record is dropped and counted (``dropped``); a subscriber that raises loses that
+batch only, counted per subscriber (``failures``), and is called again with the next one.
+
+Promises:
+- ``offer`` never blocks and never raises; the request path never waits for a subscriber.
+- Every offered record is either handed to each subscriber once or counted as dropped.
+- ``close`` hands over what is queued, then stops the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: What one subscriber is handed: the records finished since the last drain, oldest first.
+Subscriber = Callable[[list["Finished"]], None]
+
+
+@dataclass(slots=True)
+class Finished:
+    """One finished inference request, as the monitors see it. Arrays are the request's own
+    (never copied: nothing writes to them once answered)."""
+
+    #: The response's id (the request's own, else the one the server made).
+    id: str
+    #: Wall-clock seconds since the epoch when the answer was ready.
+    time: float
+    model: str
+    version: int
+    #: The deployment arm that served it ("" on the plain path).
+    arm: str
+    #: Who called (the token's subject once authentication lands; "" when unknown).
+    caller: str
+    #: Outputs as returned; empty when the request failed.
+    outputs: dict[str, np.ndarray]
+    #: Inputs as received.
+    inputs: dict[str, np.ndarray]
+    latency_s: float
+    #: "OK" or the failure's status code name (e.g. "UNAVAILABLE").
+    status: str = "OK"
+    parameters: dict[str, object] = field(default_factory=dict)
+
+
+class MonitorHub:
+    """Bounded queue of :class:`Finished` records and the thread that fans them out."""
+
+    def __init__(self, *, capacity: int = 65536, interval_s: float = 0.05) -> None:
+        self.capacity = capacity
+        self._interval_s = interval_s
+        self._records: deque[Finished] = deque()
+        self._subscribers: list[tuple[str, Subscriber]] = []
+        #: Models with at least one interested subscriber: the request path's only question.
+        self._watched: dict[str, int] = {}
+        #: Records refused because the queue was full, per model.
+        self.dropped: Counter[str] = Counter()
+        #: Batches a subscriber raised on, per subscriber name.
+        self.failures: Counter[str] = Counter()
+        self.delivered = 0
+        self._stop = threading.Event()
+        #: One drain at a time, so a subscriber is never called from two threads at once.
+        self._draining = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # -- request path (event loop) ----------------------------------------------------------
+
+    def wants(self, model: str) -> bool:
+        """True when a finished request of ``model`` should be offered."""
+        return model in self._watched
+
+    def offer(self, record: Finished) -> None:
+        """Queue ``record`` for the subscribers; counted as dropped when the queue is full."""
+        if len(self._records) >= self.capacity:
+            self.dropped[record.model] += 1
+            return
+        self._records.append(record)
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def watch(self, model: str) -> None:
+        """One more subscriber wants ``model``'s records (pair with :meth:`unwatch`)."""
+        self._watched[model] = self._watched.get(model, 0) + 1
+
+    def unwatch(self, model: str) -> None:
+        left = self._watched.get(model, 0) - 1
+        if left > 0:
+            self._watched[model] = left
+        else:
+            self._watched.pop(model, None)
+
+    def subscribe(self, name: str, subscriber: Subscriber) -> None:
+        """``subscriber`` gets every drained batch from now on (on the hub's thread)."""
+        self._subscribers.append((name, subscriber))
+
+    # -- the fan-out thread -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name="sluice-monitor", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Hand over what is queued, then stop the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        self.drain()
+
+    def drain(self) -> int:
+        """Hand every queued record to the subscribers now; how many there were."""
+        with self._draining:
+            records = self._records
+            batch = [records.popleft() for _ in range(len(records))]
+            if not batch:
+                return 0
+            for name, subscriber in self._subscribers:
+                try:
+                    subscriber(batch)
+                except Exception:
+                    self.failures[name] += 1
+                    log.exception("monitor %s failed on %d records", name, len(batch))
+            self.delivered += len(batch)
+            return len(batch)
+
+    def _main(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            started = time.monotonic()
+            self.drain()
+            # a slow subscriber must not turn the drain into a busy loop
+            spent = time.monotonic() - started
+            if spent > self._interval_s:
+                self._stop.wait(min(spent, 1.0))

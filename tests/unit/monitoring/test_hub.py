@@ -1,0 +1,93 @@
+"""The monitor hub: every offered record reaches each subscriber once, in order, or is counted."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from sluice.server.monitoring.hub import Finished, MonitorHub
+
+
+def _record(i: int, model: str = "m") -> Finished:
+    return Finished(
+        id=str(i), time=0.0, model=model, version=1, arm="", caller="",
+        outputs={"y": np.array([i])}, inputs={}, latency_s=0.001,
+    )
+
+
+def test_subscribers_get_every_record_once_in_order() -> None:
+    hub = MonitorHub()
+    seen_a: list[str] = []
+    seen_b: list[str] = []
+    hub.subscribe("a", lambda batch: seen_a.extend(r.id for r in batch))
+    hub.subscribe("b", lambda batch: seen_b.extend(r.id for r in batch))
+    for i in range(5):
+        hub.offer(_record(i))
+    assert hub.drain() == 5
+    hub.offer(_record(5))
+    assert hub.drain() == 1
+    assert hub.drain() == 0
+    assert seen_a == seen_b == [str(i) for i in range(6)]
+    assert hub.delivered == 6
+
+
+def test_a_full_queue_drops_and_counts_per_model() -> None:
+    hub = MonitorHub(capacity=3)
+    for i in range(5):
+        hub.offer(_record(i, model="a" if i % 2 else "b"))
+    assert sum(hub.dropped.values()) == 2
+    assert hub.dropped == {"b": 1, "a": 1}  # records 3 (a) and 4 (b)
+    assert hub.drain() == 3
+
+
+def test_a_failing_subscriber_loses_its_batch_only() -> None:
+    hub = MonitorHub()
+    good: list[str] = []
+    calls = 0
+
+    def flaky(batch: list[Finished]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("disk full")
+
+    hub.subscribe("flaky", flaky)
+    hub.subscribe("good", lambda batch: good.extend(r.id for r in batch))
+    hub.offer(_record(1))
+    hub.drain()
+    hub.offer(_record(2))
+    hub.drain()
+    assert good == ["1", "2"]
+    assert hub.failures == {"flaky": 1}
+    assert calls == 2
+
+
+def test_the_thread_delivers_and_close_hands_over_the_rest() -> None:
+    hub = MonitorHub(interval_s=0.01)
+    got = threading.Event()
+    seen: list[str] = []
+
+    def sub(batch: list[Finished]) -> None:
+        seen.extend(r.id for r in batch)
+        got.set()
+
+    hub.subscribe("s", sub)
+    hub.start()
+    hub.offer(_record(1))
+    assert got.wait(10)
+    hub.close()
+    hub.offer(_record(2))  # after close: still queued, handed over by the next drain
+    hub.drain()
+    assert seen == ["1", "2"]
+
+
+def test_watch_counts_interested_subscribers() -> None:
+    hub = MonitorHub()
+    assert not hub.wants("m")
+    hub.watch("m")
+    hub.watch("m")
+    hub.unwatch("m")
+    assert hub.wants("m")
+    hub.unwatch("m")
+    assert not hub.wants("m")
