@@ -9,10 +9,10 @@ background :class:`~sluice.server.serving.instance_thread.InstanceThread` instea
 
 The event loop only settles futures, one ``call_soon_threadsafe`` per batch; cutting, gathering,
 computing and splitting never wait for it. The one exception is :meth:`InstancePool.try_inline`:
-a model whose one-request batches compute in less than :data:`INLINE_MAX_S` is run on the loop
-itself when every instance is free and nothing is queued, since then the hand-off would cost
-more than the model. (When batches were cut on the loop, each instance waited a pass of the
-busy loop between two batches: at 5x capacity they computed 18-46% of the time, py-spy.)
+a model whose one-request batches compute faster than a hand-off (:mod:`.inline`) is run on the
+loop itself when every instance is free and nothing is queued. (When batches were cut on the
+loop, each instance waited a pass of the busy loop between two batches: at 5x capacity they
+computed 18-46% of the time, py-spy.)
 
 The pool shares the batcher's lock, queue and service-rate meter (the batcher queues requests;
 the pool takes them out). Its busy counts and ``closing`` change only under that lock.
@@ -37,6 +37,7 @@ import numpy as np
 
 from sluice.server.errors import BackendError, SluiceError
 from sluice.server.serving.cutting import UNTIL_NOTIFIED, BatchCutter, Failures
+from sluice.server.serving.inline import InlinePolicy
 from sluice.server.serving.instance_thread import InstanceThread, settle
 from sluice.server.serving.queues import PriorityQueue, QueueItem, ServiceRate
 
@@ -46,19 +47,6 @@ Arrays = dict[str, np.ndarray]
 RunFn = Callable[[int, Arrays], Arrays]
 #: background_run(batched_inputs) -> outputs, for batches made only of the lowest level.
 BackgroundFn = Callable[[Arrays], Arrays]
-
-#: A request whose one-request batches compute in less than this runs on the event loop when
-#: every instance is free: handing it to a thread and back cost about 190 us of CPU per request
-#: on the 2-core machine (identity in-process: 400 us through threads, 208 us inline).
-INLINE_MAX_S = 100e-6
-#: Smoothing of the one-request compute time (weight of the newest batch).
-_SINGLE_ALPHA = 0.2
-#: A model measured on its threads below this but not below INLINE_MAX_S gets one inline run per
-#: INLINE_PROBE_EVERY_S, timed where it would run (a thread's time includes its wake-up and the
-#: GIL wait, so a fast model could otherwise stay on its threads for good).
-INLINE_PROBE_MAX_S = 4 * INLINE_MAX_S
-INLINE_PROBE_EVERY_S = 1.0
-
 
 @dataclass(slots=True)
 class BatchReport:
@@ -128,11 +116,8 @@ class InstancePool:
         self._background: InstanceThread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inline = inline
-        #: Smoothed compute seconds of batches of one request (None: none measured yet).
-        self.single_run_s: float | None = None
-        #: When the next inline probe may run, and whether one was granted and not yet run.
-        self._probe_at = 0.0
-        self._probe_granted = False
+        #: What one-request batches measure, and whether one may run inline now.
+        self.inline_policy = InlinePolicy(clock)
 
     @property
     def started(self) -> bool:
@@ -171,29 +156,19 @@ class InstancePool:
     # -- inline (event loop) -------------------------------------------------------------------
 
     def inline_estimate_s(self) -> float | None:
-        """The smoothed compute time of one-request batches when it allows an inline run now:
-        below :data:`INLINE_MAX_S`, or a probe's turn (:data:`INLINE_PROBE_MAX_S`)."""
-        single = self.single_run_s
-        if not self._inline or single is None or single >= INLINE_PROBE_MAX_S:
-            return None
-        if single < INLINE_MAX_S:
-            return single
-        now = self._clock()
-        if now < self._probe_at:
-            return None
-        self._probe_at = now + INLINE_PROBE_EVERY_S
-        self._probe_granted = True
-        return single
+        """The smoothed compute time of one-request batches when it allows an inline run now
+        (:meth:`InlinePolicy.estimate_s`); None when this pool never runs inline."""
+        return self.inline_policy.estimate_s() if self._inline else None
 
     def try_inline(self, inputs: Arrays, rows: int, now: float) -> Arrays | None:
         """Compute one request here, on the loop, when allowed (``inline``), nothing is queued or
-        computing, and one-request batches measure below :data:`INLINE_MAX_S` (or a probe was
-        granted); None: queue it. It counts as a batch of instance 0; its time keeps the
-        measurement current. Raises what the batch would (SluiceError, else BackendError)."""
-        single = self.single_run_s
-        probe = self._probe_granted
-        self._probe_granted = False
-        if not self._inline or single is None or (single >= INLINE_MAX_S and not probe):
+        computing, and the policy allows it (:class:`InlinePolicy`); None: queue it. It counts as
+        a batch of instance 0; its time keeps the measurement current. Raises what the batch
+        would (SluiceError, else BackendError)."""
+        if not self._inline:
+            return None
+        allowed, probe = self.inline_policy.allows()
+        if not allowed:
             return None
         with self._lock:
             if self._queue or self.busy or self.closing:
@@ -217,21 +192,11 @@ class InstancePool:
             if self._observer is not None:
                 self._observer(BatchReport(rows, [started - now], 0.0, end - started, 0.0, True))
             raise error
-        self._measure_single(run_done - started, inline=True, probe=probe)
+        self.inline_policy.measured(run_done - started, inline=True, probe=probe)
         if self._observer is not None:
             self._observer(BatchReport(rows, [started - now], 0.0, run_done - started,
                                        end - run_done, False))
         return outputs
-
-    def _measure_single(self, run_s: float, *, inline: bool, probe: bool = False) -> None:
-        """Smooth in one one-request batch's compute time. A thread's time (GIL wait included:
-        a 20 us model timed 100-300 us there) may only lower the estimate; an inline run alone
-        can raise it, and a probe's time replaces a larger estimate outright."""
-        single = self.single_run_s
-        if single is None or (probe and run_s < single):
-            self.single_run_s = run_s
-        elif inline or run_s < single:
-            self.single_run_s = single + _SINGLE_ALPHA * (run_s - single)
 
     # -- instance threads ---------------------------------------------------------------------
 
@@ -309,7 +274,7 @@ class InstancePool:
             error = self._batch_error(exc)
         end = self._clock()
         if index >= 0 and len(batch) == 1 and error is None:
-            self._measure_single(run_done - gathered, inline=False)
+            self.inline_policy.measured(run_done - gathered, inline=False)
         with self._lock:
             if index < 0:
                 self.background_requests = 0

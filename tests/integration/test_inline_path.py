@@ -21,7 +21,7 @@ import tritonclient.grpc as triton
 from sluice.proto import grpc_service_pb2 as pb
 from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 from sluice.proto.tensors import decode_outputs, make_input
-from sluice.server.serving import instances
+from sluice.server.serving import inline
 from tests.support.bundled_inputs import newest_onnx
 
 ROWS = np.random.default_rng(11).random((6, 64), dtype=np.float32) * 16
@@ -29,7 +29,7 @@ ROWS = np.random.default_rng(11).random((6, 64), dtype=np.float32) * 16
 
 @pytest.fixture
 def ran_on(make_server, repo_copy, monkeypatch):
-    monkeypatch.setattr(instances, "INLINE_MAX_S", 10.0)
+    monkeypatch.setattr(inline, "INLINE_MAX_S", 10.0)
     running = make_server(repo_copy)
     served = running.server.repository.get("digits")
     backend = served.backend

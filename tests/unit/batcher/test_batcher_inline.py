@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from sluice.server.errors import BackendError
-from sluice.server.serving import instances
+from sluice.server.serving import inline
 from sluice.server.serving.batcher import DynamicBatcher
-from sluice.server.serving.instances import INLINE_MAX_S, BatchReport
+from sluice.server.serving.inline import INLINE_MAX_S
+from sluice.server.serving.instances import BatchReport
 from tests.support.batcher_fakes import rows
 from tests.support.fake_clock import FakeClock
 from tests.support.threads import until
@@ -139,16 +140,16 @@ async def test_a_model_its_threads_measure_slow_is_probed_inline(clock):
     that run's time, taken where it would run, decides."""
     fast = TimedBackend(clock, cost_s=20e-6)
     batcher = make(fast, clock, [])
-    batcher._pool.single_run_s = 150e-6  # as its thread measured it
+    batcher._pool.inline_policy.single_s = 150e-6  # as its thread measured it
     assert batcher.inline_estimate_s() == 150e-6  # the probe's turn
     assert batcher.try_inline({"x": rows(1.0)}, 1, clock()) is not None
     assert fast.threads == [threading.get_ident()]
-    assert batcher._pool.single_run_s == pytest.approx(20e-6)
+    assert batcher._pool.inline_policy.single_s == pytest.approx(20e-6)
     assert batcher.inline_estimate_s() == pytest.approx(20e-6)  # inline from now on
 
     slow = TimedBackend(clock, cost_s=150e-6)
     batcher = make(slow, clock, [])
-    batcher._pool.single_run_s = 150e-6
+    batcher._pool.inline_policy.single_s = 150e-6
     assert batcher.inline_estimate_s() is not None
     assert batcher.try_inline({"x": rows(2.0)}, 1, clock()) is not None  # the probe
     assert batcher.inline_estimate_s() is None  # really 150 us: threads, until the next second
@@ -158,6 +159,6 @@ async def test_a_model_its_threads_measure_slow_is_probed_inline(clock):
 
     heavy = TimedBackend(clock, cost_s=0.0)
     batcher = make(heavy, clock, [])
-    batcher._pool.single_run_s = instances.INLINE_PROBE_MAX_S  # too slow to be worth a probe
+    batcher._pool.inline_policy.single_s = inline.INLINE_PROBE_MAX_S  # too slow to be worth a probe
     assert batcher.inline_estimate_s() is None
     await batcher.close()
