@@ -161,11 +161,14 @@ class DynamicBatcher:
             level=level, nbytes=nbytes, expire=expire,
         )
         self.idle.clear()
+        pool = self._pool
         with self._lock:
-            if self._pool.closing:  # close() began since the check above
+            if pool.closing:  # close() began since the check above
                 raise Overloaded(f"model '{self.name}' is shutting down", reason="draining")
+            if level < self._inline_below and not pool.busy and not self.queue:
+                pool.timed_item = item  # queued to an idle pool: its round trip times a hand-off
             self.queue.push(item)
-            if self._pool.sleeping:
+            if pool.sleeping:
                 self._lock.notify()
         return await future
 

@@ -3,9 +3,14 @@
 Handing a request to an instance thread and its answer back costs a thread wake-up, a wait for
 the GIL and a loop wake-up; for a model that computes in tens of microseconds that costs more
 than the model. :class:`InlinePolicy` keeps the smoothed compute time of one-request batches
-and says when such a batch may run inline (:meth:`InlinePolicy.estimate_s`,
-:meth:`InlinePolicy.allows`). The pool (:class:`~sluice.server.serving.instances.InstancePool`)
-does the running, only when nothing is queued or computing.
+and the smoothed cost of the hand-off itself, and lets such a batch run inline when it computes
+faster than the hand-off costs (:meth:`InlinePolicy.estimate_s`, :meth:`InlinePolicy.allows`).
+The pool (:class:`~sluice.server.serving.instances.InstancePool`) does the running, only when
+nothing is queued or computing, and times the hand-off: a request queued while the pool was idle
+and answered alone from a thread took ``answered - queued - compute`` seconds more than its
+compute (:meth:`InlinePolicy.handed_off`). The limit is that measured cost, not a constant:
+it was 190 us of CPU per request on the 2-core development machine (identity in-process: 400 us
+through threads, 208 us inline) and is a few tens of microseconds on a fast idle one.
 
 A time taken on an instance thread includes its wake-up and the GIL wait (a 20 us model timed
 100-300 us there), so it may only lower the estimate; an inline run's time, taken where it would
@@ -18,15 +23,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-#: A request whose one-request batches compute in less than this runs on the event loop when
-#: every instance is free: handing it to a thread and back cost about 190 us of CPU per request
-#: on the 2-core machine (identity in-process: 400 us through threads, 208 us inline).
+#: The limit before any hand-off was timed.
 INLINE_MAX_S = 100e-6
-#: Smoothing of the one-request compute time (weight of the newest batch).
+#: Bounds of the measured limit: no hand-off is believed cheaper than INLINE_MIN_S (two thread
+#: wake-ups and a loop wake-up), and nothing slower than INLINE_CAP_S runs on the loop, however
+#: starved the machine that timed the hand-off.
+INLINE_MIN_S = 20e-6
+INLINE_CAP_S = 500e-6
+#: Smoothing of the one-request compute time and of the hand-off (weight of the newest sample).
 _SINGLE_ALPHA = 0.2
-#: A model measured on its threads below this but not below INLINE_MAX_S gets one inline run per
-#: INLINE_PROBE_EVERY_S, timed where it would run.
-INLINE_PROBE_MAX_S = 4 * INLINE_MAX_S
+#: A model measured on its threads below PROBE_FACTOR x the limit but not below the limit gets
+#: one inline run per INLINE_PROBE_EVERY_S, timed where it would run.
+PROBE_FACTOR = 4.0
 INLINE_PROBE_EVERY_S = 1.0
 
 
@@ -39,19 +47,38 @@ class InlinePolicy:
         self._clock = clock
         #: Smoothed compute seconds of batches of one request (None: none measured yet).
         self.single_s: float | None = None
+        #: Smoothed extra seconds of a one-request batch answered from a thread (None: not
+        #: timed yet).
+        self.handoff_s: float | None = None
+        #: A fixed limit instead of the measured one (benchmarks and tests that pin the path).
+        self.fixed_limit_s: float | None = None
         #: When the next probe may run, and whether one was granted and not yet run.
         self._probe_at = 0.0
         self._probe_granted = False
 
+    @property
+    def limit_s(self) -> float:
+        """One-request batches computing faster than this run inline: the hand-off's measured
+        cost, within [:data:`INLINE_MIN_S`, :data:`INLINE_CAP_S`]."""
+        if self.fixed_limit_s is not None:
+            return self.fixed_limit_s
+        handoff = self.handoff_s
+        if handoff is None:
+            return INLINE_MAX_S
+        return min(max(handoff, INLINE_MIN_S), INLINE_CAP_S)
+
     def estimate_s(self) -> float | None:
         """The smoothed compute time of one-request batches when it allows an inline run now:
-        below :data:`INLINE_MAX_S`, or a probe's turn (:data:`INLINE_PROBE_MAX_S`); None:
-        queue it."""
+        below :attr:`limit_s`, or a probe's turn (below :data:`PROBE_FACTOR` x the limit);
+        None: queue it."""
         single = self.single_s
-        if single is None or single >= INLINE_PROBE_MAX_S:
+        if single is None:
             return None
-        if single < INLINE_MAX_S:
+        limit = self.limit_s
+        if single < limit:
             return single
+        if single >= PROBE_FACTOR * limit:
+            return None
         now = self._clock()
         if now < self._probe_at:
             return None
@@ -65,7 +92,7 @@ class InlinePolicy:
         single = self.single_s
         probe = self._probe_granted
         self._probe_granted = False
-        if single is None or (single >= INLINE_MAX_S and not probe):
+        if single is None or (single >= self.limit_s and not probe):
             return False, False
         return True, probe
 
@@ -78,3 +105,11 @@ class InlinePolicy:
             self.single_s = run_s
         elif inline or run_s < single:
             self.single_s = single + _SINGLE_ALPHA * (run_s - single)
+
+    def handed_off(self, overhead_s: float) -> None:
+        """Smooth in what one request queued to an idle pool took beyond its compute."""
+        handoff = self.handoff_s
+        if handoff is None:
+            self.handoff_s = overhead_s
+        else:
+            self.handoff_s = handoff + _SINGLE_ALPHA * (overhead_s - handoff)

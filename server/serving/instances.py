@@ -118,6 +118,9 @@ class InstancePool:
         self._inline = inline
         #: What one-request batches measure, and whether one may run inline now.
         self.inline_policy = InlinePolicy(clock)
+        #: The request last queued while the pool was idle (set by the batcher under the lock):
+        #: answered alone, it times a hand-off (:meth:`InlinePolicy.handed_off`).
+        self.timed_item: QueueItem | None = None
 
     @property
     def started(self) -> bool:
@@ -313,6 +316,12 @@ class InstancePool:
         self, batch: list[QueueItem], results: list[Arrays], error: BaseException | None,
         report: BatchReport,
     ) -> None:
+        if batch[0] is self.timed_item:
+            self.timed_item = None
+            if len(batch) == 1 and error is None and self._inline:
+                self.inline_policy.handed_off(
+                    self._clock() - batch[0].enqueued - report.run_s
+                )
         if error is None:
             for item, outputs in zip(batch, results, strict=True):
                 settle(item.future, outputs)

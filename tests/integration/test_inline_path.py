@@ -3,9 +3,10 @@
 event loop's thread when the model is idle, without admission's estimates, and answer exactly
 what onnxruntime computes; a request with a ``timeout`` parameter goes through admission.
 
-The threshold for inline runs is raised for this test (INLINE_MAX_S): whether ``digits`` is
-cheaper than a thread hand-off is measured, and on a loaded machine the measurement decides
-against it; here the rule under test is what reaches the short path, not the measurement.
+The limit for inline runs is pinned high for this test (InlinePolicy.fixed_limit_s): whether
+``digits`` is cheaper than a thread hand-off is measured, and on a loaded machine the
+measurement decides against it; here the rule under test is what reaches the short path, not
+the measurement.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import tritonclient.grpc as triton
 from sluice.proto import grpc_service_pb2 as pb
 from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 from sluice.proto.tensors import decode_outputs, make_input
-from sluice.server.serving import inline
 from tests.support.bundled_inputs import newest_onnx
 
 ROWS = np.random.default_rng(11).random((6, 64), dtype=np.float32) * 16
@@ -29,9 +29,9 @@ ROWS = np.random.default_rng(11).random((6, 64), dtype=np.float32) * 16
 
 @pytest.fixture
 def ran_on(make_server, repo_copy, monkeypatch):
-    monkeypatch.setattr(inline, "INLINE_MAX_S", 10.0)
     running = make_server(repo_copy)
     served = running.server.repository.get("digits")
+    served._batcher._pool.inline_policy.fixed_limit_s = 10.0
     backend = served.backend
     threads: list[str] = []
     run = backend.run

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from sluice.server.errors import BackendError
-from sluice.server.serving import inline
 from sluice.server.serving.batcher import DynamicBatcher
-from sluice.server.serving.inline import INLINE_MAX_S
+from sluice.server.serving.inline import INLINE_CAP_S, INLINE_MIN_S, PROBE_FACTOR, InlinePolicy
 from sluice.server.serving.instances import BatchReport
 from tests.support.batcher_fakes import rows
 from tests.support.fake_clock import FakeClock
@@ -44,6 +44,12 @@ class TimedBackend:
         return {"y": inputs["x"] * 2}
 
 
+#: Faster than any hand-off is believed to cost, whatever was measured; and slower than any
+#: limit, probes included.
+FAST_S = INLINE_MIN_S / 2
+SLOW_S = 2 * PROBE_FACTOR * INLINE_CAP_S
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -63,7 +69,7 @@ async def ask(batcher: DynamicBatcher, tag: float, **kw) -> None:
 
 
 async def test_a_fast_model_runs_inline_once_measured_and_counts_as_a_batch(clock):
-    backend = TimedBackend(clock, cost_s=INLINE_MAX_S / 6)
+    backend = TimedBackend(clock, cost_s=FAST_S)
     reports: list[BatchReport] = []
     batcher = make(backend, clock, reports)
     loop_thread = threading.get_ident()
@@ -73,18 +79,18 @@ async def test_a_fast_model_runs_inline_once_measured_and_counts_as_a_batch(cloc
     assert backend.threads[0] != loop_thread
     assert backend.threads[1:] == [loop_thread] * 3
     assert [(r.rows, r.failed) for r in reports] == [(1, False)] * 4
-    assert [r.run_s for r in reports[1:]] == [pytest.approx(INLINE_MAX_S / 6)] * 3
+    assert [r.run_s for r in reports[1:]] == [pytest.approx(FAST_S)] * 3
     assert batcher.rate.known and batcher.stats()["busy_instances"] == 0
     await batcher.close()
 
 
 async def test_a_model_that_turns_slow_goes_back_to_its_threads(clock):
-    backend = TimedBackend(clock, cost_s=INLINE_MAX_S / 6)
+    backend = TimedBackend(clock, cost_s=FAST_S)
     batcher = make(backend, clock, [])
     loop_thread = threading.get_ident()
     await ask(batcher, 0)  # measured on the thread
     await ask(batcher, 1)  # inline
-    backend.cost_s = 20 * INLINE_MAX_S
+    backend.cost_s = SLOW_S
     await ask(batcher, 2)  # still inline: it was measured fast; this run measures it slow
     await ask(batcher, 3)
     await ask(batcher, 4)
@@ -93,7 +99,7 @@ async def test_a_model_that_turns_slow_goes_back_to_its_threads(clock):
 
 
 async def test_nothing_runs_inline_while_an_instance_computes_or_for_the_lowest_level(clock):
-    backend = TimedBackend(clock, cost_s=INLINE_MAX_S / 6)
+    backend = TimedBackend(clock, cost_s=FAST_S)
     batcher = make(backend, clock, [], levels=2)
     loop_thread = threading.get_ident()
     await ask(batcher, 0)
@@ -110,7 +116,7 @@ async def test_nothing_runs_inline_while_an_instance_computes_or_for_the_lowest_
 
 
 async def test_without_permission_the_event_loop_never_computes(clock):
-    backend = TimedBackend(clock, cost_s=INLINE_MAX_S / 6)
+    backend = TimedBackend(clock, cost_s=FAST_S)
     batcher = make(backend, clock, [], inline=False)
     for tag in range(4):
         await ask(batcher, tag)
@@ -120,7 +126,7 @@ async def test_without_permission_the_event_loop_never_computes(clock):
 
 @pytest.mark.parametrize("raised", [RuntimeError, SystemExit])
 async def test_a_failing_inline_run_fails_only_its_request(clock, raised):
-    backend = TimedBackend(clock, cost_s=INLINE_MAX_S / 6)
+    backend = TimedBackend(clock, cost_s=FAST_S)
     reports: list[BatchReport] = []
     batcher = make(backend, clock, reports)
     await ask(batcher, 0)
@@ -136,20 +142,24 @@ async def test_a_failing_inline_run_fails_only_its_request(clock, raised):
 
 async def test_a_model_its_threads_measure_slow_is_probed_inline(clock):
     """A time taken on an instance thread includes its wake-up and the wait for the GIL; a model
-    measured there between INLINE_MAX_S and INLINE_PROBE_MAX_S gets one inline run a second, and
-    that run's time, taken where it would run, decides."""
+    measured there between the limit and PROBE_FACTOR x the limit gets one inline run a second,
+    and that run's time, taken where it would run, decides."""
     fast = TimedBackend(clock, cost_s=20e-6)
     batcher = make(fast, clock, [])
-    batcher._pool.inline_policy.single_s = 150e-6  # as its thread measured it
+    policy = batcher._pool.inline_policy
+    policy.fixed_limit_s = 100e-6
+    policy.single_s = 150e-6  # as its thread measured it
     assert batcher.inline_estimate_s() == 150e-6  # the probe's turn
     assert batcher.try_inline({"x": rows(1.0)}, 1, clock()) is not None
     assert fast.threads == [threading.get_ident()]
-    assert batcher._pool.inline_policy.single_s == pytest.approx(20e-6)
+    assert policy.single_s == pytest.approx(20e-6)
     assert batcher.inline_estimate_s() == pytest.approx(20e-6)  # inline from now on
 
     slow = TimedBackend(clock, cost_s=150e-6)
     batcher = make(slow, clock, [])
-    batcher._pool.inline_policy.single_s = 150e-6
+    policy = batcher._pool.inline_policy
+    policy.fixed_limit_s = 100e-6
+    policy.single_s = 150e-6
     assert batcher.inline_estimate_s() is not None
     assert batcher.try_inline({"x": rows(2.0)}, 1, clock()) is not None  # the probe
     assert batcher.inline_estimate_s() is None  # really 150 us: threads, until the next second
@@ -159,6 +169,56 @@ async def test_a_model_its_threads_measure_slow_is_probed_inline(clock):
 
     heavy = TimedBackend(clock, cost_s=0.0)
     batcher = make(heavy, clock, [])
-    batcher._pool.inline_policy.single_s = inline.INLINE_PROBE_MAX_S  # too slow to be worth a probe
+    policy = batcher._pool.inline_policy
+    policy.fixed_limit_s = 100e-6
+    policy.single_s = PROBE_FACTOR * 100e-6  # too slow to be worth a probe
     assert batcher.inline_estimate_s() is None
+    await batcher.close()
+
+
+def test_the_limit_is_the_measured_hand_off_within_its_bounds(clock):
+    policy = InlinePolicy(clock)
+    default = policy.limit_s
+    assert INLINE_MIN_S <= default <= INLINE_CAP_S  # nothing timed yet
+    policy.handed_off(200e-6)
+    assert policy.limit_s == pytest.approx(200e-6)  # the first sample is taken as it is
+    policy.handed_off(100e-6)
+    assert policy.limit_s == pytest.approx(200e-6 + 0.2 * (100e-6 - 200e-6))  # then smoothed
+    policy.handed_off(-1.0)  # a wild sample: clamped, never below the floor
+    assert policy.limit_s == INLINE_MIN_S
+    for _ in range(100):
+        policy.handed_off(1.0)  # a starved machine: the loop still never blocks past the cap
+    assert policy.limit_s == INLINE_CAP_S
+    policy.single_s = 300e-6
+    policy.handoff_s = 400e-6
+    assert policy.allows() == (True, False)  # computes faster than its hand-off
+    policy.handoff_s = 250e-6
+    assert policy.allows() == (False, False)
+
+
+async def test_the_hand_off_is_timed_from_a_request_queued_to_an_idle_pool():
+    """On the real clock: the first request (nothing measured) goes through a thread; what it
+    took beyond its compute becomes the hand-off's cost, which lies between zero and the round
+    trip the caller saw. A request queued behind another is not a sample."""
+    backend = TimedBackend(FakeClock(), cost_s=0.0)
+    batcher = DynamicBatcher("m:1", backend.run, max_batch_size=8, inline=True)
+    batcher.start()
+    policy = batcher._pool.inline_policy
+    policy.fixed_limit_s = 0.0  # keep every request on the threads
+    started = time.perf_counter()
+    await ask(batcher, 1)
+    round_trip = time.perf_counter() - started
+    assert policy.handoff_s is not None and 0 < policy.handoff_s < round_trip
+
+    samples: list[float] = []
+    policy.handed_off = samples.append  # count the samples from here on
+    backend.gate = threading.Event()
+    held = asyncio.create_task(ask(batcher, 2))  # queued to an idle pool: a sample
+    await until(lambda: len(backend.threads) == 2, what="the second request computing")
+    queued = asyncio.create_task(ask(batcher, 3))  # queued behind it: no sample
+    await until(lambda: len(batcher.queue) == 1, what="the third request queued")
+    backend.gate.set()
+    await asyncio.gather(held, queued)
+    assert len(samples) == 1 and samples[0] >= 0
+    assert batcher._pool.timed_item is None  # no reference kept to an answered request
     await batcher.close()
