@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -71,6 +71,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Called with a model's name once RepositoryModelLoad loaded it (live quality learns
+        #: its versions; feedback + quality).
+        self.after_load: Callable[[str], Awaitable[None]] | None = None
 
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
@@ -298,6 +301,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._repo.load(request.model_name)
             # Its deployment (persisted or deployment.yaml) applies once the versions are in.
             await self._router.model_loaded(request.model_name)
+            if self.after_load is not None:
+                await self.after_load(request.model_name)
         except Exception as exc:
             fail(context, exc)
         return pb.RepositoryModelLoadResponse()
