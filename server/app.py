@@ -162,6 +162,7 @@ class Server:
             self.repository, router=self.router, limits=config.request_limits
         )
         self.servicer.after_load = self.quality_loaded  # feedback + quality
+        self.servicer.hub = self.hub  # minimal offer (quality branch)
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
         self.final_counts = (0, 0)
