@@ -24,10 +24,12 @@ from google.protobuf.message import Message
 
 from sluice.clients.errors import error_from_rpc
 from sluice.clients.messages import channel_options as make_channel_options
+from sluice.clients.quality import QualityCalls, quality_text  # feedback + quality
 from sluice.proto import admin_pb2 as pb
 from sluice.proto import admin_pb2_grpc as pb_grpc
 
-__all__ = ["CALLER_KEY", "AdminClient", "deployment_text", "message_dict", "report_text"]
+__all__ = ["CALLER_KEY", "AdminClient", "deployment_text", "message_dict", "quality_text",
+           "report_text"]
 
 #: Metadata key naming the caller for the audit log.
 CALLER_KEY = "x-sluice-caller"
@@ -58,8 +60,9 @@ def message_dict(message: Message) -> dict[str, Any]:
     return out
 
 
-class AdminClient:
-    """Admin calls to one server; thread-safe like :class:`~clients.Client`."""
+class AdminClient(QualityCalls):
+    """Admin calls to one server; thread-safe like :class:`~clients.Client`. Feedback and live
+    quality: :class:`~sluice.clients.quality.QualityCalls`."""
 
     def __init__(
         self,
@@ -167,12 +170,17 @@ class AdminClient:
         min_agreement: float | None = None,
         min_requests: int | None = None,
         reason: str = "",
+        min_accuracy: float | None = None,
+        max_accuracy_drop: float | None = None,
+        min_labels: int | None = None,
     ) -> dict[str, Any]:
         """Start a canary of version ``candidate``; unset values take the server's defaults."""
         gates = pb.CanaryGates()
         for name, value in (
             ("max_error_rate", max_error_rate), ("max_p99_ratio", max_p99_ratio),
             ("min_agreement", min_agreement), ("min_requests", min_requests),
+            ("min_accuracy", min_accuracy), ("max_accuracy_drop", max_accuracy_drop),
+            ("min_labels", min_labels),
         ):
             if value is not None:
                 setattr(gates, name, value)

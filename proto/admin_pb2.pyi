@@ -33,16 +33,22 @@ class ShadowTarget(_message.Message):
     def __init__(self, version: _Optional[int] = ..., sample: _Optional[float] = ...) -> None: ...
 
 class CanaryGates(_message.Message):
-    __slots__ = ("max_error_rate", "max_p99_ratio", "min_agreement", "min_requests")
+    __slots__ = ("max_error_rate", "max_p99_ratio", "min_agreement", "min_requests", "min_accuracy", "max_accuracy_drop", "min_labels")
     MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
     MAX_P99_RATIO_FIELD_NUMBER: _ClassVar[int]
     MIN_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACCURACY_DROP_FIELD_NUMBER: _ClassVar[int]
+    MIN_LABELS_FIELD_NUMBER: _ClassVar[int]
     max_error_rate: float
     max_p99_ratio: float
     min_agreement: float
     min_requests: int
-    def __init__(self, max_error_rate: _Optional[float] = ..., max_p99_ratio: _Optional[float] = ..., min_agreement: _Optional[float] = ..., min_requests: _Optional[int] = ...) -> None: ...
+    min_accuracy: float
+    max_accuracy_drop: float
+    min_labels: int
+    def __init__(self, max_error_rate: _Optional[float] = ..., max_p99_ratio: _Optional[float] = ..., min_agreement: _Optional[float] = ..., min_requests: _Optional[int] = ..., min_accuracy: _Optional[float] = ..., max_accuracy_drop: _Optional[float] = ..., min_labels: _Optional[int] = ...) -> None: ...
 
 class Canary(_message.Message):
     __slots__ = ("state", "stable_version", "candidate_version", "steps", "step", "percent", "interval_s", "gates", "reason", "extensions")
@@ -268,3 +274,142 @@ class ShadowReportResponse(_message.Message):
     REPORTS_FIELD_NUMBER: _ClassVar[int]
     reports: _containers.RepeatedCompositeFieldContainer[ShadowComparison]
     def __init__(self, reports: _Optional[_Iterable[_Union[ShadowComparison, _Mapping]]] = ...) -> None: ...
+
+class Label(_message.Message):
+    __slots__ = ("id", "row", "value")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    row: int
+    value: float
+    def __init__(self, id: _Optional[str] = ..., row: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("model", "labels")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    labels: _containers.RepeatedCompositeFieldContainer[Label]
+    def __init__(self, model: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ...) -> None: ...
+
+class LabelError(_message.Message):
+    __slots__ = ("index", "id", "message")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    id: str
+    message: str
+    def __init__(self, index: _Optional[int] = ..., id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("received", "joined", "replaced_rows", "unknown", "invalid", "errors", "logged", "log_error", "note")
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    INVALID_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LOGGED_FIELD_NUMBER: _ClassVar[int]
+    LOG_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    joined: int
+    replaced_rows: int
+    unknown: int
+    invalid: int
+    errors: _containers.RepeatedCompositeFieldContainer[LabelError]
+    logged: int
+    log_error: str
+    note: str
+    def __init__(self, received: _Optional[int] = ..., joined: _Optional[int] = ..., replaced_rows: _Optional[int] = ..., unknown: _Optional[int] = ..., invalid: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[LabelError, _Mapping]]] = ..., logged: _Optional[int] = ..., log_error: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class QualityRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ClassQuality(_message.Message):
+    __slots__ = ("label", "precision", "recall", "f1", "support")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    F1_FIELD_NUMBER: _ClassVar[int]
+    SUPPORT_FIELD_NUMBER: _ClassVar[int]
+    label: int
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    def __init__(self, label: _Optional[int] = ..., precision: _Optional[float] = ..., recall: _Optional[float] = ..., f1: _Optional[float] = ..., support: _Optional[int] = ...) -> None: ...
+
+class ConfusionCell(_message.Message):
+    __slots__ = ("label", "predicted", "rows")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    label: int
+    predicted: int
+    rows: int
+    def __init__(self, label: _Optional[int] = ..., predicted: _Optional[int] = ..., rows: _Optional[int] = ...) -> None: ...
+
+class QualityWindow(_message.Message):
+    __slots__ = ("version", "arm", "kind", "predicted_rows", "labelled_rows", "metrics", "classes", "confusion", "confidence_histogram", "window_rows", "window_s")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    CONFUSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_ROWS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    arm: str
+    kind: str
+    predicted_rows: int
+    labelled_rows: int
+    metrics: _containers.ScalarMap[str, float]
+    classes: _containers.RepeatedCompositeFieldContainer[ClassQuality]
+    confusion: _containers.RepeatedCompositeFieldContainer[ConfusionCell]
+    confidence_histogram: _containers.RepeatedScalarFieldContainer[int]
+    window_rows: int
+    window_s: float
+    def __init__(self, version: _Optional[int] = ..., arm: _Optional[str] = ..., kind: _Optional[str] = ..., predicted_rows: _Optional[int] = ..., labelled_rows: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., classes: _Optional[_Iterable[_Union[ClassQuality, _Mapping]]] = ..., confusion: _Optional[_Iterable[_Union[ConfusionCell, _Mapping]]] = ..., confidence_histogram: _Optional[_Iterable[int]] = ..., window_rows: _Optional[int] = ..., window_s: _Optional[float] = ...) -> None: ...
+
+class QualityResponse(_message.Message):
+    __slots__ = ("model", "windows", "counts", "notes")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class NotesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    windows: _containers.RepeatedCompositeFieldContainer[QualityWindow]
+    counts: _containers.ScalarMap[str, int]
+    notes: _containers.ScalarMap[int, str]
+    def __init__(self, model: _Optional[str] = ..., windows: _Optional[_Iterable[_Union[QualityWindow, _Mapping]]] = ..., counts: _Optional[_Mapping[str, int]] = ..., notes: _Optional[_Mapping[int, str]] = ...) -> None: ...

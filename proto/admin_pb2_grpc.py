@@ -84,6 +84,16 @@ class AdminStub:
                 request_serializer=proto_dot_admin__pb2.ShadowReportRequest.SerializeToString,
                 response_deserializer=proto_dot_admin__pb2.ShadowReportResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/sluice.admin.v1.Admin/Feedback',
+                request_serializer=proto_dot_admin__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+        self.Quality = channel.unary_unary(
+                '/sluice.admin.v1.Admin/Quality',
+                request_serializer=proto_dot_admin__pb2.QualityRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.QualityResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -160,6 +170,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """feedback + quality (issue 13): ground truth by request id, and live quality per version
+        and arm.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Quality(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -212,6 +236,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ShadowReport,
                     request_deserializer=proto_dot_admin__pb2.ShadowReportRequest.FromString,
                     response_serializer=proto_dot_admin__pb2.ShadowReportResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=proto_dot_admin__pb2.FeedbackRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'Quality': grpc.unary_unary_rpc_method_handler(
+                    servicer.Quality,
+                    request_deserializer=proto_dot_admin__pb2.QualityRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.QualityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -484,6 +518,60 @@ class Admin:
             '/sluice.admin.v1.Admin/ShadowReport',
             proto_dot_admin__pb2.ShadowReportRequest.SerializeToString,
             proto_dot_admin__pb2.ShadowReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.admin.v1.Admin/Feedback',
+            proto_dot_admin__pb2.FeedbackRequest.SerializeToString,
+            proto_dot_admin__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Quality(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.admin.v1.Admin/Quality',
+            proto_dot_admin__pb2.QualityRequest.SerializeToString,
+            proto_dot_admin__pb2.QualityResponse.FromString,
             options,
             channel_credentials,
             insecure,

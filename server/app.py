@@ -40,6 +40,10 @@ from sluice.server.config.pbtxt import read_model_config
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import ModelLoadError, SluiceError
 from sluice.server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
+from sluice.server.monitoring.feedback_log import FeedbackLog  # feedback + quality
+from sluice.server.monitoring.hub import MonitorHub
+from sluice.server.monitoring.quality import QualityMonitor  # feedback + quality
+from sluice.server.monitoring.quality_metrics import QualityCollector  # feedback + quality
 from sluice.server.protocol.admin import add_admin_service
 from sluice.server.protocol.servicer import InferenceServicer
 from sluice.server.protocol.wire import add_inference_service
@@ -140,7 +144,14 @@ class Server:
         self.router.shadow = ShadowMirror(
             self.repository.find, window_s=config.latency_window_s
         )
-        self.canary = CanaryController(self.router)
+        # -- feedback loop: the hub finished requests go through, and live quality (issue 13)
+        self.hub = MonitorHub()
+        self.quality = QualityMonitor(
+            self.hub, window_rows=config.quality_window_rows, window_s=config.quality_window_s,
+            feedback_log=FeedbackLog(config.prediction_log_root),
+        )
+        self.metrics.register(QualityCollector(self.quality.reports))
+        self.canary = CanaryController(self.router, quality=self.quality.accuracy)
         #: Serves deployment changes other processes (``--workers``) persist to the state dir.
         self.follower = DeploymentFollower(self.router, self.store)
         self.metrics.register(ArmCollector(self.router.all_arm_stats))
@@ -150,6 +161,8 @@ class Server:
         self.servicer = InferenceServicer(
             self.repository, router=self.router, limits=config.request_limits
         )
+        self.servicer.after_load = self.quality_loaded  # feedback + quality
+        self.servicer.hub = self.hub  # minimal offer (quality branch)
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
         self.final_counts = (0, 0)
@@ -198,6 +211,15 @@ class Server:
             await self.router.model_loaded(name)
         except SluiceError as exc:
             log.error("model '%s': deployment not applied: %s", name, exc.message)
+        await self.quality_loaded(name)  # feedback + quality
+
+    async def quality_loaded(self, name: str) -> None:
+        """Tell live quality which versions of ``name`` are loaded (it reads deployment.yaml's
+        ``quality`` block, on a thread)."""
+        configs = {v.version: v.config for v in self.repository.loaded() if v.name == name}
+        if configs:
+            await asyncio.to_thread(
+                self.quality.model_loaded, name, configs, self.repository.root / name)
 
     async def start(self, listening: Callable[[], None] | None = None) -> None:
         """Bind the ports and listen, load the startup models, then report SERVING; returns
@@ -227,7 +249,8 @@ class Server:
         self._grpc = grpc.aio.server(options=options)
         add_inference_service(self.servicer, self._grpc)
         add_admin_service(
-            self._grpc, self.router, self.router.shadow, self.canary, self.follower
+            self._grpc, self.router, self.router.shadow, self.canary, self.follower,
+            quality=self.quality,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
@@ -250,6 +273,7 @@ class Server:
                                  f"({exc.strerror}); pick another with --metrics-port, or -1 "
                                  "to serve no /metrics") from None
         await self.router.open()  # a corrupt state file is refused here, before any model loads
+        self.hub.start()
         names = (
             list(cfg.startup_models) if cfg.model_control == "explicit"
             else self.repository.available_names()
@@ -303,6 +327,7 @@ class Server:
         )
         await self.follower.close()
         await self.canary.close()
+        await asyncio.to_thread(self.hub.close)  # answered requests reach the monitors
         if self.router.shadow is not None:
             await self.router.shadow.close()  # before the candidates it feeds are closed
         await self.repository.close(max(0.0, deadline - time.monotonic()))

@@ -10,6 +10,8 @@
                         | canary abort
     sluice shadow report MODEL [--json]
     sluice repo index [--ready] [--json] | load MODEL | unload MODEL
+    sluice feedback MODEL --file labels.csv|labels.parquet [--json]
+    sluice quality MODEL [--json]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 
 from sluice.server import __version__
 from sluice.server.cli_admin import add_admin_commands, run_admin
+from sluice.server.cli_quality import add_quality_commands, run_quality  # feedback + quality
 from sluice.server.cli_repo import add_repo_command, run_repo
 from sluice.server.config.settings import ServerConfig
 
@@ -82,6 +85,13 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
                        "<model repository>/.sluice-state)")
     # Set by the supervisor on the command lines of its workers.
     serve.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
+    # feedback + quality: the live quality windows
+    serve.add_argument("--quality-window-rows", type=_positive_int, default=10_000, metavar="N",
+                       help="predicted rows each version and arm's live quality window keeps "
+                       "(default 10000)")
+    serve.add_argument("--quality-window-s", type=float, default=3600.0, metavar="SECONDS",
+                       help="seconds a prediction stays in the live quality window; 0: no time "
+                       "bound (default 3600)")
 
     infer = sub.add_parser(
         "infer", help="send one request to a running server and print the outputs",
@@ -106,6 +116,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_admin_commands(sub, _add_url)
     add_repo_command(sub, _add_url)
+    add_quality_commands(sub, _add_url)  # feedback + quality
     return parser
 
 
@@ -136,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_admin(args)
     if args.command == "repo":
         return run_repo(args)
+    if args.command in ("feedback", "quality"):
+        return run_quality(args)
     return _stats(args)
 
 
@@ -161,6 +174,8 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_host=None if worker is None else "127.0.0.1",
         worker_id=worker,
         state_dir=args.state_dir,
+        quality_window_rows=args.quality_window_rows,  # feedback + quality
+        quality_window_s=args.quality_window_s or None,
     )
     try:
         asyncio.run(run_until_signal(config))

@@ -66,6 +66,15 @@ def add_admin_commands(sub: Any, add_url: Callable[[argparse.ArgumentParser], No
                        help="lowest shadow agreement rate (default: not checked)")
     begin.add_argument("--min-requests", type=int, default=None,
                        help="candidate requests a step needs before it is judged (default 20)")
+    # feedback + quality: the accuracy gates
+    begin.add_argument("--min-accuracy", type=float, default=None,
+                       help="lowest candidate accuracy on its labelled rows (default: not "
+                       "checked)")
+    begin.add_argument("--max-accuracy-drop", type=float, default=None,
+                       help="highest stable minus candidate accuracy (default: not checked)")
+    begin.add_argument("--min-labels", type=int, default=None,
+                       help="labelled rows each arm needs before the accuracy gates judge "
+                       "(default 20)")
     canary_action.add_parser("abort", parents=[common], help="stop it; all traffic to stable")
 
     report = sub.add_parser(
@@ -157,5 +166,7 @@ def _deploy_call(admin: Any, args: argparse.Namespace) -> dict[str, Any]:
         return admin.start_canary(  # type: ignore[no-any-return]
             model, args.version, steps=args.steps, interval_s=args.interval,
             max_error_rate=args.max_error_rate, max_p99_ratio=args.max_p99_ratio,
-            min_agreement=args.min_agreement, min_requests=args.min_requests, reason=why)
+            min_agreement=args.min_agreement, min_requests=args.min_requests, reason=why,
+            min_accuracy=args.min_accuracy, max_accuracy_drop=args.max_accuracy_drop,
+            min_labels=args.min_labels)
     return admin.abort_canary(model, reason=why)  # type: ignore[no-any-return]

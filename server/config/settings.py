@@ -51,6 +51,20 @@ class ServerConfig:
     #: Directory of the persisted deployment state and its audit log (created on the first
     #: deployment change); None: ``<model_repository>/.sluice-state``.
     state_dir: Path | None = None
+    # -- feedback + quality (issue 13) --
+    #: Predicted rows each (model, version, arm) live quality window keeps.
+    quality_window_rows: int = 10_000
+    #: Seconds a prediction stays in a live quality window; None: no time bound.
+    quality_window_s: float | None = 3600.0
+    #: Where the prediction log and the feedback log go; None: ``<state dir>/predictions``.
+    prediction_log_dir: Path | None = None
+
+    @property
+    def prediction_log_root(self) -> Path:
+        """``prediction_log_dir`` or its default."""
+        if self.prediction_log_dir is not None:
+            return self.prediction_log_dir
+        return self.deployment_state_dir / "predictions"
 
     @property
     def deployment_state_dir(self) -> Path:

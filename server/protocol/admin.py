@@ -21,6 +21,8 @@ import grpc
 from sluice.proto import admin_pb2 as pb
 from sluice.proto import admin_pb2_grpc as pb_grpc
 from sluice.server.errors import InvalidInput, ModelNotFound, Unimplemented
+from sluice.server.monitoring.quality import QualityMonitor  # feedback + quality
+from sluice.server.protocol.admin_quality import QualityAdmin  # feedback + quality
 from sluice.server.protocol.status import fail
 from sluice.server.rollout.canary import CanaryController
 from sluice.server.rollout.canary_plan import DEFAULT_STEPS, CanaryConflict, CanaryGates, is_running
@@ -43,7 +45,7 @@ def caller_of(context: grpc.aio.ServicerContext) -> str:
     return str(context.peer() or "unknown")
 
 
-class AdminServicer(pb_grpc.AdminServicer):
+class AdminServicer(QualityAdmin, pb_grpc.AdminServicer):
     """Deployment administration over one :class:`Router`."""
 
     def __init__(
@@ -243,7 +245,8 @@ class AdminServicer(pb_grpc.AdminServicer):
                 raise InvalidInput("candidate_version: the candidate version (>= 1) is required")
             given = {
                 name: getattr(request.gates, name)
-                for name in ("max_error_rate", "max_p99_ratio", "min_agreement", "min_requests")
+                for name in ("max_error_rate", "max_p99_ratio", "min_agreement", "min_requests",
+                             "min_accuracy", "max_accuracy_drop", "min_labels")
                 if request.gates.HasField(name)
             }
             await self._controller().start(
@@ -295,6 +298,11 @@ def _canary_message(record: Mapping[str, Any]) -> pb.Canary:
         message.gates.max_p99_ratio = gates.max_p99_ratio
     if gates.min_agreement is not None:
         message.gates.min_agreement = gates.min_agreement
+    # feedback + quality: the accuracy gates
+    for name in ("min_accuracy", "max_accuracy_drop"):
+        if getattr(gates, name) is not None:
+            setattr(message.gates, name, getattr(gates, name))
+    message.gates.min_labels = gates.min_labels
     return message
 
 
@@ -325,8 +333,10 @@ def _comparison(report: Any) -> pb.ShadowComparison:
 def add_admin_service(
     server: grpc.aio.Server, router: Router, shadow: ShadowMirror | None,
     canary: CanaryController | None, follower: DeploymentFollower | None = None,
+    quality: QualityMonitor | None = None,
 ) -> AdminServicer:
     """Register the Admin service on ``server``; returns the servicer."""
     servicer = AdminServicer(router, shadow, canary, follower)
+    servicer.quality = quality  # feedback + quality
     pb_grpc.add_AdminServicer_to_server(servicer, server)
     return servicer

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -28,6 +28,7 @@ from sluice.server.errors import (
     SluiceError,
     Unimplemented,
 )
+from sluice.server.monitoring.hub import Finished, MonitorHub
 from sluice.server.protocol import codec, wire
 from sluice.server.protocol.statistics import latency_table, model_statistics
 from sluice.server.protocol.status import fail
@@ -71,6 +72,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Called with a model's name once RepositoryModelLoad loaded it (live quality learns
+        #: its versions; feedback + quality).
+        self.after_load: Callable[[str], Awaitable[None]] | None = None
+        #: Finished requests of watched models go here (the monitors' hand-off).
+        self.hub: MonitorHub | None = None
 
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
@@ -249,6 +255,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelInfer(self, request, context):
+        started = time.perf_counter()
         try:
             decoded, route, response = self.answer_now(
                 request, codec.deadline_from(context.time_remaining()),
@@ -256,12 +263,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             if response is None:
                 response = await self.dispatch(decoded, route)
+            if self.hub is not None and self.hub.wants(decoded.model_name):
+                self._offer(decoded, route, response, started)
             return wire.encode_response(response)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             fail(context, exc)
             return b""  # the empty message, serialized (the status says what went wrong)
+
+    def _offer(self, request: InferRequest, route: Routed, response: InferResponse,
+               started: float) -> None:
+        """Hand an answered request to the monitors (an append; never blocks). The minimal
+        hand-off of the quality branch: unary answers only, the request's own id."""
+        assert self.hub is not None
+        served, arm, _ = route
+        self.hub.offer(Finished(
+            id=response.id or request.id, time=time.time(), model=request.model_name,
+            version=served.version, arm=arm or "", caller="", outputs=response.outputs,
+            inputs=request.inputs, latency_s=time.perf_counter() - started,
+        ))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
@@ -298,6 +319,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._repo.load(request.model_name)
             # Its deployment (persisted or deployment.yaml) applies once the versions are in.
             await self._router.model_loaded(request.model_name)
+            if self.after_load is not None:
+                await self.after_load(request.model_name)
         except Exception as exc:
             fail(context, exc)
         return pb.RepositoryModelLoadResponse()

@@ -35,8 +35,11 @@ from sluice.server.rollout.canary_plan import (
     PROMOTED,
     ROLLED_BACK,
     RUNNING,
+    Accuracy,
     CanaryConflict,
     CanaryGates,
+    accuracy_gate,
+    accuracy_pending,
     check_plan,
     error_gate,
     is_running,
@@ -66,13 +69,17 @@ class CanaryController:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         check_every_s: float = 1.0, max_extensions: int = 5,
+        quality: Callable[[str, str, int], Accuracy] | None = None,
     ) -> None:
+        """``quality(model, arm, version)``: (accuracy, labelled rows) of an arm's live quality
+        window, for the accuracy gates (None: a canary asking for them is refused)."""
         self._router = router
         self._shadow = shadow
         self._clock = clock
         self._sleep = sleep
         self._check_every_s = check_every_s
         self._max_extensions = max_extensions
+        self._quality = quality
         #: model -> (canary id, its driver task); every task ever spawned is in _tasks until done.
         self._drivers: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -100,6 +107,9 @@ class CanaryController:
         """
         plan = check_plan(steps, interval_s)
         gates = gates or CanaryGates()
+        if gates.wants_accuracy and self._quality is None:
+            raise InvalidInput("gates min_accuracy / max_accuracy_drop need live quality, which "
+                               "this server does not run")
         async with self.guard(name):
             state = self._router.state(name)
             if is_running(state):
@@ -273,9 +283,12 @@ class CanaryController:
                 return False, breach
             if self._clock() < deadline:
                 continue
-            if candidate.requests >= gates.min_requests:
+            waiting = accuracy_pending(*self._accuracies(name, record), gates)
+            if candidate.requests >= gates.min_requests and not waiting:
                 return self._judge(name, record, gates, candidate, stable)
             if extensions >= self._max_extensions:
+                if candidate.requests >= gates.min_requests:
+                    return False, f"gate min_labels: {waiting} after {extensions + 1} intervals"
                 return False, (f"gate min_requests: candidate {candidate.requests} < "
                                f"{gates.min_requests} requests after {extensions + 1} intervals")
             extensions += 1
@@ -305,6 +318,8 @@ class CanaryController:
                     return False, (
                         f"gate agreement: shadow agreement {report.agreement:.4f} < "
                         f"{gates.min_agreement:g} over {report.compared} comparisons")
+        if breach := accuracy_gate(*self._accuracies(name, record), gates):
+            return False, breach
         percent = record["steps"][record["step"]]
         return True, (f"step {percent:g}% passed: candidate error rate "
                       f"{candidate.error_rate:.4f} over {candidate.requests} requests")
@@ -350,6 +365,13 @@ class CanaryController:
                 f"model '{name}' routes to versions {sorted(versions)}: set alias 'stable' "
                 "(or switch to one version) before starting a canary")
         return versions.pop() if versions else self._router.resolve(name, "", None)[0].version
+
+    def _accuracies(self, name: str, record: Mapping[str, Any]) -> tuple[Accuracy, Accuracy]:
+        """(candidate, stable) live accuracy windows; (None, 0) each without live quality."""
+        if self._quality is None:
+            return (None, 0), (None, 0)
+        return (self._quality(name, "candidate", int(record["candidate"])),
+                self._quality(name, "stable", int(record["stable"])))
 
     def _epochs(self, name: str, record: Mapping[str, Any]) -> tuple[EpochStats, EpochStats]:
         """(candidate, stable) numbers of the current step: each arm as its version answered

@@ -40,6 +40,17 @@ class CanaryGates:
     min_agreement: float | None = None
     #: Candidate requests a step needs before it is judged.
     min_requests: int = 20
+    # -- feedback + quality: judged on the live quality windows (labels joined by request id)
+    #: Lowest candidate accuracy over its labelled rows; None: not checked.
+    min_accuracy: float | None = None
+    #: Highest stable accuracy minus candidate accuracy; None: not checked.
+    max_accuracy_drop: float | None = None
+    #: Labelled rows each arm needs before the accuracy gates judge (the step is extended).
+    min_labels: int = 20
+
+    @property
+    def wants_accuracy(self) -> bool:
+        return self.min_accuracy is not None or self.max_accuracy_drop is not None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_error_rate <= 1.0:
@@ -50,6 +61,13 @@ class CanaryGates:
             raise InvalidInput(f"gate min_agreement must be in [0, 1], got {self.min_agreement}")
         if self.min_requests < 1:
             raise InvalidInput(f"gate min_requests must be >= 1, got {self.min_requests}")
+        if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
+            raise InvalidInput(f"gate min_accuracy must be in [0, 1], got {self.min_accuracy}")
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop <= 1.0:
+            raise InvalidInput(
+                f"gate max_accuracy_drop must be in [0, 1], got {self.max_accuracy_drop}")
+        if self.min_labels < 1:
+            raise InvalidInput(f"gate min_labels must be >= 1, got {self.min_labels}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,4 +132,36 @@ def error_gate(candidate: EpochStats, gates: CanaryGates) -> str:
     if candidate.requests and candidate.error_rate > gates.max_error_rate:
         return (f"gate error_rate: candidate {candidate.error_rate:.2f} > "
                 f"{gates.max_error_rate:g} over {candidate.requests} requests")
+    return ""
+
+
+#: (accuracy or None, labelled rows) of an arm's live quality window: what the accuracy gates
+#: read (``QualityMonitor.accuracy``, handed in by the composition root).
+Accuracy = tuple[float | None, int]
+
+
+def accuracy_pending(candidate: Accuracy, stable: Accuracy, gates: CanaryGates) -> str:
+    """Why the accuracy gates cannot judge yet ("" when they can, or are off)."""
+    if not gates.wants_accuracy:
+        return ""
+    if candidate[1] < gates.min_labels:
+        return f"candidate {candidate[1]} < {gates.min_labels} labelled rows"
+    if gates.max_accuracy_drop is not None and stable[1] < gates.min_labels:
+        return f"stable {stable[1]} < {gates.min_labels} labelled rows"
+    return ""
+
+
+def accuracy_gate(candidate: Accuracy, stable: Accuracy, gates: CanaryGates) -> str:
+    """Why the candidate's accuracy breaches a gate ("" when it does not, or cannot be judged)."""
+    if accuracy_pending(candidate, stable, gates) or candidate[0] is None:
+        return ""
+    if gates.min_accuracy is not None and candidate[0] < gates.min_accuracy:
+        return (f"gate min_accuracy: candidate accuracy {candidate[0]:.4f} < "
+                f"{gates.min_accuracy:g} over {candidate[1]} labelled rows")
+    if gates.max_accuracy_drop is not None and stable[0] is not None:
+        drop = stable[0] - candidate[0]
+        if drop > gates.max_accuracy_drop:
+            return (f"gate accuracy_drop: stable {stable[0]:.4f} - candidate "
+                    f"{candidate[0]:.4f} = {drop:.4f} > {gates.max_accuracy_drop:g} "
+                    f"over {stable[1]} / {candidate[1]} labelled rows")
     return ""

@@ -341,3 +341,26 @@ async def test_unknown_candidate_version_names_it(tmp_path: Path) -> None:
         await rig.canary.start(MODEL, 9)
 
 
+
+
+# -- feedback + quality: the accuracy gates (pure checks; judged on a real server in
+# tests/integration/test_quality_canary.py)
+
+
+def test_accuracy_gates_wait_for_labels_then_name_the_breach():
+    from sluice.server.rollout.canary_plan import accuracy_gate, accuracy_pending
+
+    gates = CanaryGates(min_accuracy=0.9, max_accuracy_drop=0.02, min_labels=10)
+    assert accuracy_pending((0.5, 9), (1.0, 50), gates) == "candidate 9 < 10 labelled rows"
+    assert accuracy_pending((0.95, 10), (1.0, 3), gates) == "stable 3 < 10 labelled rows"
+    assert accuracy_gate((0.5, 9), (1.0, 50), gates) == ""  # not judged without labels
+    assert accuracy_gate((0.85, 20), (0.86, 20), gates) == (
+        "gate min_accuracy: candidate accuracy 0.8500 < 0.9 over 20 labelled rows")
+    assert accuracy_gate((0.93, 20), (0.96, 40), gates) == (
+        "gate accuracy_drop: stable 0.9600 - candidate 0.9300 = 0.0300 > 0.02 over 40 / 20 "
+        "labelled rows")
+    assert accuracy_gate((0.95, 20), (0.96, 40), gates) == ""
+    assert accuracy_pending((None, 0), (None, 0), CanaryGates()) == ""  # gates off
+    with pytest.raises(InvalidInput, match="gate min_accuracy must be in"):
+        CanaryGates(min_accuracy=1.5)
+    assert CanaryGates.from_json(gates.to_json()) == gates

@@ -1,0 +1,88 @@
+"""Ground truth as it arrives, appended to Parquet so labels join predictions offline too.
+
+Each accepted feedback call becomes one file::
+
+    <prediction-log dir>/feedback/model=NAME/date=YYYY-MM-DD/part-<HHMMSS>-<random>.parquet
+
+with columns ``id`` (string), ``row`` (int64, null: the label is the whole request's),
+``label`` (int64, classifiers) or ``value`` (float64, regressors; the other is null),
+``received_at`` (timestamp, ms, UTC), and ``version`` / ``arm`` of the prediction it joined in
+memory (null when it joined none: it arrived after the window, or before the prediction was
+logged). The ``model=`` and ``date=`` folders are Hive partitions: pandas, DuckDB and pyarrow
+read the whole tree as one table with those two columns. A file is written under a temporary
+name and renamed, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sluice.server.config.model import check_model_name
+
+SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("row", pa.int64()),
+    ("label", pa.int64()),
+    ("value", pa.float64()),
+    ("received_at", pa.timestamp("ms", tz="UTC")),
+    ("version", pa.int64()),
+    ("arm", pa.string()),
+])
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedLabel:
+    """One valid label as logged."""
+
+    id: str
+    row: int | None
+    value: float
+    version: int | None
+    arm: str | None
+
+
+class FeedbackLog:
+    """Writes feedback files under ``root`` (the prediction-log directory)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def write(self, model: str, labels: list[LoggedLabel], *, classifier: bool,
+              now_s: float | None = None) -> str:
+        """Append ``labels`` of ``model`` as one file; "" on success, else why not (a sentence
+        without the path: the caller shows it to clients). Blocking."""
+        if not labels:
+            return ""
+        check_model_name(model)  # the name becomes a folder: never a path of its own
+        now = time.time() if now_s is None else now_s
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        folder = self.root / "feedback" / f"model={model}" / f"date={day}"
+        name = f"part-{time.strftime('%H%M%S', time.gmtime(now))}-{uuid.uuid4().hex[:12]}.parquet"
+        table = pa.table({
+            "id": [x.id for x in labels],
+            "row": [x.row for x in labels],
+            "label": [int(x.value) if classifier else None for x in labels],
+            "value": [None if classifier else x.value for x in labels],
+            "received_at": [int(now * 1000)] * len(labels),
+            "version": [x.version for x in labels],
+            "arm": [x.arm for x in labels],
+        }, schema=SCHEMA)
+        temporary = folder / f".{name}.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, temporary)
+            os.replace(temporary, folder / name)
+        except OSError as exc:
+            try:
+                temporary.unlink(missing_ok=True)
+            except OSError:
+                pass
+            return f"labels not written to the feedback log: {exc.strerror or 'I/O error'}"
+        return ""
