@@ -10,6 +10,7 @@
                         | canary abort
     sluice shadow report MODEL [--json]
     sluice repo index [--ready] [--json] | load MODEL | unload MODEL
+    sluice profile MODEL --data FILE [--version V] | drift MODEL [--json]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from sluice.server import __version__
 from sluice.server.cli_admin import add_admin_commands, run_admin
+from sluice.server.cli_drift import add_drift_commands, run_drift, run_profile
 from sluice.server.cli_repo import add_repo_command, run_repo
 from sluice.server.config.settings import ServerConfig
 
@@ -82,6 +84,12 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
                        "<model repository>/.sluice-state)")
     # Set by the supervisor on the command lines of its workers.
     serve.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
+    # -- drift (issue 13 item 6)
+    serve.add_argument("--drift-top-features", type=int, default=20, metavar="N",
+                       help="features per model version on the per-feature drift gauges, most "
+                       "drifted first; 0: all (default 20; per-bin counters cover all)")
+    serve.add_argument("--drift-interval", type=float, default=10.0, metavar="SECONDS",
+                       help="seconds between two computes of the drift windows (default 10)")
 
     infer = sub.add_parser(
         "infer", help="send one request to a running server and print the outputs",
@@ -106,6 +114,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_admin_commands(sub, _add_url)
     add_repo_command(sub, _add_url)
+    add_drift_commands(sub, _add_url, BUNDLED_REPOSITORY)  # drift (issue 13 item 6)
     return parser
 
 
@@ -136,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_admin(args)
     if args.command == "repo":
         return run_repo(args)
+    if args.command in ("profile", "drift"):  # drift (issue 13 item 6)
+        return run_profile(args) if args.command == "profile" else run_drift(args)
     return _stats(args)
 
 
@@ -161,6 +172,8 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_host=None if worker is None else "127.0.0.1",
         worker_id=worker,
         state_dir=args.state_dir,
+        drift_top_features=args.drift_top_features or None,
+        drift_interval_s=args.drift_interval,
     )
     try:
         asyncio.run(run_until_signal(config))

@@ -51,6 +51,12 @@ class ServerConfig:
     #: Directory of the persisted deployment state and its audit log (created on the first
     #: deployment change); None: ``<model_repository>/.sluice-state``.
     state_dir: Path | None = None
+    # -- drift (issue 13 item 6) --
+    #: Seconds between two computes of the drift windows.
+    drift_interval_s: float = 10.0
+    #: Features per model version on the per-feature drift gauges (most drifted first); None:
+    #: all. The per-bin counters always cover every feature.
+    drift_top_features: int | None = 20
 
     @property
     def deployment_state_dir(self) -> Path:

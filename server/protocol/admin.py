@@ -21,6 +21,7 @@ import grpc
 from sluice.proto import admin_pb2 as pb
 from sluice.proto import admin_pb2_grpc as pb_grpc
 from sluice.server.errors import InvalidInput, ModelNotFound, Unimplemented
+from sluice.server.protocol.admin_drift import DriftAdmin
 from sluice.server.protocol.status import fail
 from sluice.server.rollout.canary import CanaryController
 from sluice.server.rollout.canary_plan import DEFAULT_STEPS, CanaryConflict, CanaryGates, is_running
@@ -43,7 +44,7 @@ def caller_of(context: grpc.aio.ServicerContext) -> str:
     return str(context.peer() or "unknown")
 
 
-class AdminServicer(pb_grpc.AdminServicer):
+class AdminServicer(DriftAdmin, pb_grpc.AdminServicer):
     """Deployment administration over one :class:`Router`."""
 
     def __init__(
