@@ -163,6 +163,7 @@ class Server:
         )
         self.repository.check_version = self.drift.load_version
         self.metrics.register(DriftCollector(self.drift.reports, config.drift_top_features))
+        self.servicer.hub = self.hub  # MINIMAL WIRING (drift tests): see the servicer
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
         self.final_counts = (0, 0)

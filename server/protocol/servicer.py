@@ -28,6 +28,7 @@ from sluice.server.errors import (
     SluiceError,
     Unimplemented,
 )
+from sluice.server.monitoring.hub import Finished, MonitorHub
 from sluice.server.protocol import codec, wire
 from sluice.server.protocol.statistics import latency_table, model_statistics
 from sluice.server.protocol.status import fail
@@ -71,6 +72,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        #: The monitors' hand-off (set by the composition root). MINIMAL WIRING for the drift
+        #: tests: ModelInfer answers only; the prediction-log branch's wiring replaces it.
+        self.hub: MonitorHub | None = None
 
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
@@ -256,6 +260,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             if response is None:
                 response = await self.dispatch(decoded, route)
+            hub = self.hub
+            if hub is not None and hub.wants(decoded.model_name):
+                hub.offer(Finished(
+                    id=response.id, time=time.time(), model=decoded.model_name,
+                    version=int(response.model_version or route[0].version), arm=route[1] or "",
+                    caller="", outputs=response.outputs, inputs=decoded.inputs, latency_s=0.0,
+                ))
             return wire.encode_response(response)
         except asyncio.CancelledError:
             raise
