@@ -196,6 +196,14 @@ class AdminClient(QualityCalls):
         """Stop the running canary; all traffic back to the stable version."""
         return self._deployment("AbortCanary", pb.AbortCanaryRequest(model=model, reason=reason))
 
+    # -- drift (issue 13 item 6) --------------------------------------------------------------
+
+    def drift_report(self, model: str) -> list[dict[str, Any]]:
+        """One report per served version with a reference profile; fields as DriftVersion
+        (text: :func:`sluice.clients.drift.drift_text`)."""
+        reply = self._call("DriftReport", pb.DriftReportRequest(model=model))
+        return [message_dict(version) for version in reply.versions]
+
 
 # -- text for people (the CLI) ---------------------------------------------------------------
 

@@ -293,6 +293,9 @@ def main() -> None:
     model_checks.check_models(repo, paths)
 
     build_pipeline.build_all(repo, sys.modules[__name__])
+    import build_profiles  # digits' reference profiles, by `sluice profile`
+
+    build_profiles.build_profiles(repo)
     ms = model_checks.time_cnn(paths["cnn"])
     print(
         f"cnn: ~{cnn_mflop_per_image():.1f} MFLOP/image; batch 32 on CPU: {ms:.3f} ms/image "

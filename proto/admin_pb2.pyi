@@ -413,3 +413,71 @@ class QualityResponse(_message.Message):
     counts: _containers.ScalarMap[str, int]
     notes: _containers.ScalarMap[int, str]
     def __init__(self, model: _Optional[str] = ..., windows: _Optional[_Iterable[_Union[QualityWindow, _Mapping]]] = ..., counts: _Optional[_Mapping[str, int]] = ..., notes: _Optional[_Mapping[int, str]] = ...) -> None: ...
+
+class DriftReportRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class DriftFeature(_message.Message):
+    __slots__ = ("name", "psi", "ks", "missing_rate", "below_rate", "above_rate", "edges", "reference", "live")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
+    KS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_RATE_FIELD_NUMBER: _ClassVar[int]
+    BELOW_RATE_FIELD_NUMBER: _ClassVar[int]
+    ABOVE_RATE_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    psi: float
+    ks: float
+    missing_rate: float
+    below_rate: float
+    above_rate: float
+    edges: _containers.RepeatedScalarFieldContainer[float]
+    reference: _containers.RepeatedScalarFieldContainer[float]
+    live: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., psi: _Optional[float] = ..., ks: _Optional[float] = ..., missing_rate: _Optional[float] = ..., below_rate: _Optional[float] = ..., above_rate: _Optional[float] = ..., edges: _Optional[_Iterable[float]] = ..., reference: _Optional[_Iterable[float]] = ..., live: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DriftVersion(_message.Message):
+    __slots__ = ("model", "version", "sample", "window_rows", "window_s", "rows", "features", "prediction", "prediction_output", "prediction_kind", "prediction_drift", "max_psi", "sampled_rows", "dropped_rows", "malformed")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_ROWS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_KIND_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_DRIFT_FIELD_NUMBER: _ClassVar[int]
+    MAX_PSI_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MALFORMED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    sample: float
+    window_rows: int
+    window_s: float
+    rows: int
+    features: _containers.RepeatedCompositeFieldContainer[DriftFeature]
+    prediction: DriftFeature
+    prediction_output: str
+    prediction_kind: str
+    prediction_drift: float
+    max_psi: float
+    sampled_rows: int
+    dropped_rows: int
+    malformed: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sample: _Optional[float] = ..., window_rows: _Optional[int] = ..., window_s: _Optional[float] = ..., rows: _Optional[int] = ..., features: _Optional[_Iterable[_Union[DriftFeature, _Mapping]]] = ..., prediction: _Optional[_Union[DriftFeature, _Mapping]] = ..., prediction_output: _Optional[str] = ..., prediction_kind: _Optional[str] = ..., prediction_drift: _Optional[float] = ..., max_psi: _Optional[float] = ..., sampled_rows: _Optional[int] = ..., dropped_rows: _Optional[int] = ..., malformed: _Optional[int] = ...) -> None: ...
+
+class DriftReportResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[DriftVersion]
+    def __init__(self, versions: _Optional[_Iterable[_Union[DriftVersion, _Mapping]]] = ...) -> None: ...

@@ -94,6 +94,11 @@ class AdminStub:
                 request_serializer=proto_dot_admin__pb2.QualityRequest.SerializeToString,
                 response_deserializer=proto_dot_admin__pb2.QualityResponse.FromString,
                 _registered_method=True)
+        self.DriftReport = channel.unary_unary(
+                '/sluice.admin.v1.Admin/DriftReport',
+                request_serializer=proto_dot_admin__pb2.DriftReportRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.DriftReportResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -184,6 +189,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DriftReport(self, request, context):
+        """Drift of each served version of a model that has a reference profile: per feature PSI, KS,
+        missing and out-of-range rates and bins (reference shares, live counts); prediction drift.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -246,6 +259,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Quality,
                     request_deserializer=proto_dot_admin__pb2.QualityRequest.FromString,
                     response_serializer=proto_dot_admin__pb2.QualityResponse.SerializeToString,
+            ),
+            'DriftReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.DriftReport,
+                    request_deserializer=proto_dot_admin__pb2.DriftReportRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.DriftReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -572,6 +590,33 @@ class Admin:
             '/sluice.admin.v1.Admin/Quality',
             proto_dot_admin__pb2.QualityRequest.SerializeToString,
             proto_dot_admin__pb2.QualityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DriftReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.admin.v1.Admin/DriftReport',
+            proto_dot_admin__pb2.DriftReportRequest.SerializeToString,
+            proto_dot_admin__pb2.DriftReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from sluice.kernels.binning import bin_counts
 from sluice.proto import admin_pb2, grpc_service_pb2
 from sluice.proto._pool import POOL
 from sluice.server.backends.base import Backend
@@ -40,6 +41,8 @@ from sluice.server.config.pbtxt import read_model_config
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import ModelLoadError, SluiceError
 from sluice.server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
+from sluice.server.monitoring.drift import DriftMonitor
+from sluice.server.monitoring.drift_metrics import DriftCollector
 from sluice.server.monitoring.feedback_log import FeedbackLog  # feedback + quality
 from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.quality import QualityMonitor  # feedback + quality
@@ -163,6 +166,14 @@ class Server:
         )
         self.servicer.after_load = self.quality_loaded  # feedback + quality
         self.servicer.hub = self.hub  # minimal offer (quality branch)
+        # -- drift (issue 13 item 6): finished requests reach the drift windows through the hub;
+        # a version's reference profile is read (and checked) as it loads.
+        self.drift = DriftMonitor(
+            self.hub, bin_counts, interval_s=config.drift_interval_s,
+            is_loaded=lambda model, version: self.repository.find(model, version) is not None,
+        )
+        self.repository.check_version = self.drift.load_version
+        self.metrics.register(DriftCollector(self.drift.reports, config.drift_top_features))
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
         self.final_counts = (0, 0)
@@ -248,10 +259,11 @@ class Server:
         ]
         self._grpc = grpc.aio.server(options=options)
         add_inference_service(self.servicer, self._grpc)
-        add_admin_service(
+        admin = add_admin_service(
             self._grpc, self.router, self.router.shadow, self.canary, self.follower,
             quality=self.quality,
         )
+        admin.drift = self.drift  # drift (issue 13 item 6): DriftReport
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (_SERVICE, _ADMIN, reflection.SERVICE_NAME), self._grpc, POOL
@@ -292,6 +304,7 @@ class Server:
         await self.canary.resume_all(self.router.models())  # canaries persisted or declared
         if cfg.reuse_port:
             await self._listen(listening, started)
+        self.drift.start()
         self.servicer.set_ready(True)
         for service in ("", _SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -327,10 +340,11 @@ class Server:
         )
         await self.follower.close()
         await self.canary.close()
-        await asyncio.to_thread(self.hub.close)  # answered requests reach the monitors
         if self.router.shadow is not None:
             await self.router.shadow.close()  # before the candidates it feeds are closed
         await self.repository.close(max(0.0, deadline - time.monotonic()))
+        await asyncio.to_thread(self.hub.close)  # answered requests reach the monitors
+        await asyncio.to_thread(self.drift.close)
         self.metrics.close()
 
 

@@ -12,6 +12,7 @@
     sluice repo index [--ready] [--json] | load MODEL | unload MODEL
     sluice feedback MODEL --file labels.csv|labels.parquet [--json]
     sluice quality MODEL [--json]
+    sluice profile MODEL --data FILE [--version V] | drift MODEL [--json]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 
 from sluice.server import __version__
 from sluice.server.cli_admin import add_admin_commands, run_admin
+from sluice.server.cli_drift import add_drift_commands, run_drift, run_profile
 from sluice.server.cli_quality import add_quality_commands, run_quality  # feedback + quality
 from sluice.server.cli_repo import add_repo_command, run_repo
 from sluice.server.config.settings import ServerConfig
@@ -92,6 +94,12 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     serve.add_argument("--quality-window-s", type=float, default=3600.0, metavar="SECONDS",
                        help="seconds a prediction stays in the live quality window; 0: no time "
                        "bound (default 3600)")
+    # -- drift (issue 13 item 6)
+    serve.add_argument("--drift-top-features", type=int, default=20, metavar="N",
+                       help="features per model version on the per-feature drift gauges, most "
+                       "drifted first; 0: all (default 20; per-bin counters cover all)")
+    serve.add_argument("--drift-interval", type=float, default=10.0, metavar="SECONDS",
+                       help="seconds between two computes of the drift windows (default 10)")
 
     infer = sub.add_parser(
         "infer", help="send one request to a running server and print the outputs",
@@ -117,6 +125,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     add_admin_commands(sub, _add_url)
     add_repo_command(sub, _add_url)
     add_quality_commands(sub, _add_url)  # feedback + quality
+    add_drift_commands(sub, _add_url, BUNDLED_REPOSITORY)  # drift (issue 13 item 6)
     return parser
 
 
@@ -149,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_repo(args)
     if args.command in ("feedback", "quality"):
         return run_quality(args)
+    if args.command in ("profile", "drift"):  # drift (issue 13 item 6)
+        return run_profile(args) if args.command == "profile" else run_drift(args)
     return _stats(args)
 
 
@@ -176,6 +187,8 @@ def _serve(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         quality_window_rows=args.quality_window_rows,  # feedback + quality
         quality_window_s=args.quality_window_s or None,
+        drift_top_features=args.drift_top_features or None,
+        drift_interval_s=args.drift_interval,
     )
     try:
         asyncio.run(run_until_signal(config))

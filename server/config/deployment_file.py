@@ -13,6 +13,8 @@
     canary: {...}     # passed through untouched to the canary controller
                       # (sluice.server.rollout.canary)
     quality: {...}    # live quality: read by sluice.server.config.quality_file, not here
+    drift: {sample: 0.1, window_rows: 5000, window_s: 3600}   # or false; read by
+                      # sluice.server.config.drift, not part of the deployment
 
 Every key is optional; an unknown key is an error naming it and the file. Versions are checked
 against what is loaded when the state is applied (``Router.model_loaded``), not here.
@@ -44,8 +46,10 @@ from sluice.server.errors import ModelLoadError
 
 FILENAME = "deployment.yaml"
 _KEYS = ("aliases", "routes", "shadows", "canary")
-#: Blocks other readers own (live quality: ``config.quality_file``); allowed, not read here.
-_OTHER_KEYS = ("quality",)
+#: Keys of the monitors, beside the deployment and read by their own parsers (live quality:
+#: ``config.quality_file``; drift: ``config.drift``); accepted here, not part of the deployment
+#: state.
+_MONITOR_KEYS = ("quality", "drift")
 #: Alias names: a letter first (so an alias never reads as a version number), then [A-Za-z0-9_.-].
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
 #: Arm labels of routes by version ("v3"); never an alias.
@@ -102,8 +106,8 @@ def _declared(data: Any) -> Declared:
     if not isinstance(data, Mapping):
         raise ValueError(f"must be a mapping with keys {', '.join(_KEYS)}")
     for key in data:
-        if key not in _KEYS + _OTHER_KEYS:
-            raise ValueError(f"unknown key {key!r} (expected {', '.join(_KEYS + _OTHER_KEYS)})")
+        if key not in _KEYS + _MONITOR_KEYS:
+            raise ValueError(f"unknown key {key!r} (expected {', '.join(_KEYS + _MONITOR_KEYS)})")
     aliases: dict[str, int] = {}
     for name, version in _mapping(data.get("aliases"), "aliases").items():
         aliases[check_alias(str(name), f"aliases.{name}")] = _version(version, f"aliases.{name}")

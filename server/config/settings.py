@@ -65,6 +65,12 @@ class ServerConfig:
         if self.prediction_log_dir is not None:
             return self.prediction_log_dir
         return self.deployment_state_dir / "predictions"
+    # -- drift (issue 13 item 6) --
+    #: Seconds between two computes of the drift windows.
+    drift_interval_s: float = 10.0
+    #: Features per model version on the per-feature drift gauges (most drifted first); None:
+    #: all. The per-bin counters always cover every feature.
+    drift_top_features: int | None = 20
 
     @property
     def deployment_state_dir(self) -> Path:

@@ -22,6 +22,7 @@ from sluice.proto import admin_pb2 as pb
 from sluice.proto import admin_pb2_grpc as pb_grpc
 from sluice.server.errors import InvalidInput, ModelNotFound, Unimplemented
 from sluice.server.monitoring.quality import QualityMonitor  # feedback + quality
+from sluice.server.protocol.admin_drift import DriftAdmin
 from sluice.server.protocol.admin_quality import QualityAdmin  # feedback + quality
 from sluice.server.protocol.status import fail
 from sluice.server.rollout.canary import CanaryController
@@ -45,7 +46,7 @@ def caller_of(context: grpc.aio.ServicerContext) -> str:
     return str(context.peer() or "unknown")
 
 
-class AdminServicer(QualityAdmin, pb_grpc.AdminServicer):
+class AdminServicer(QualityAdmin, DriftAdmin, pb_grpc.AdminServicer):
     """Deployment administration over one :class:`Router`."""
 
     def __init__(

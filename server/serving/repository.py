@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 ConfigReader = Callable[[Path, str], tuple[ModelConfig, bool]]
 #: make_backend(partial config, version_dir) -> Backend. Blocking; runs on a worker thread.
 BackendFactory = Callable[[ModelConfig, Path], Backend]
+#: check_version(complete config, version_dir): the monitors' look at a version before it
+#: serves (drift reads its reference profile). Blocking, on a worker thread; raising a
+#: SluiceError fails the load.
+VersionCheck = Callable[[ModelConfig, Path], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +70,10 @@ class ModelRepository:
         default_max_queue_size: int = 4096,
         latency_window_s: float = 60.0,
         inflight: InflightBudget | None = None,
+        check_version: VersionCheck | None = None,
     ) -> None:
         """``inflight`` is the server's in-flight bytes budget, shared by every version."""
+        self.check_version = check_version
         self.root = root.resolve()
         self._inflight = inflight
         self._read_config = read_config
@@ -284,6 +290,8 @@ class ModelRepository:
                 default_max_batch_size=self._default_max_batch,
             )
             self._check_fallback(full)
+            if self.check_version is not None:
+                await asyncio.to_thread(self.check_version, full, version_dir)
             await asyncio.to_thread(backend.warmup, full)
         except BaseException:
             backend.close()

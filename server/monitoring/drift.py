@@ -1,0 +1,172 @@
+"""Drift and data quality: live inputs and predictions against each version's reference profile.
+
+Owns one :class:`~.drift_window.VersionWindow` per model version that has a reference profile
+(``<version>/reference_profile.json``) and drift not turned off in its ``deployment.yaml``
+(:mod:`sluice.server.config.drift`). Fed by the :class:`~.hub.MonitorHub`: its subscriber samples
+``sample`` of the finished requests of each watched version (a random draw per request) and
+queues their rows; nothing else happens on the hub's thread. The monitor's own thread computes
+every ``interval_s``: bins the new rows with the Numba kernel the composition root injects
+(``sluice.kernels.binning.bin_counts``; this package imports no Numba), then PSI, KS, missing and
+out-of-range rates per feature, and the prediction's drift (:mod:`.drift_stats`). /metrics
+(:mod:`.drift_metrics`) and the ``DriftReport`` admin RPC read the last figures.
+
+Promises:
+- Nothing here runs on the request path; a request never waits for, or fails because of, drift.
+- Every sampled row is either binned into the window and the per-bin counters once, or counted
+  (``dropped_rows`` when the queue between two computes is full, ``malformed`` when its tensors
+  do not fit the profile).
+- A profile that does not match its model fails that model's load, naming the feature
+  (:func:`load_version`, called on the loader thread before the version serves).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from sluice.server.config.drift import DriftSettings, read_drift
+from sluice.server.config.model import ModelConfig
+from sluice.server.monitoring.drift_window import BinKernel, DriftReport, VersionWindow
+from sluice.server.monitoring.hub import Finished, MonitorHub
+from sluice.server.monitoring.profile import Profile
+from sluice.server.monitoring.profile_load import load_profile
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two computes of every window.
+DEFAULT_INTERVAL_S = 10.0
+
+
+class DriftMonitor:
+    """Every drift window of one server, the hub subscriber that fills them and the thread that
+    computes them."""
+
+    def __init__(
+        self, hub: MonitorHub, kernel: BinKernel, *, interval_s: float = DEFAULT_INTERVAL_S,
+        is_loaded: Callable[[str, int], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic, seed: int | None = None,
+    ) -> None:
+        """``is_loaded(model, version)``: whether a version serves (reports leave out the rest;
+        None: all). ``seed`` fixes the sampling draws (tests)."""
+        self._hub = hub
+        self._kernel = kernel
+        self._interval_s = interval_s
+        self._is_loaded = is_loaded
+        self._clock = clock
+        self._rng = np.random.default_rng(seed)
+        #: (model, version) -> window; replaced whole (copy on write), so readers need no lock.
+        self._windows: dict[tuple[str, int], VersionWindow] = {}
+        self._changing = threading.Lock()
+        self._computing = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: Computes that raised (logged; the next one runs as usual).
+        self.failures = 0
+        hub.subscribe("drift", self.on_finished)
+
+    # -- model load (loader thread) ---------------------------------------------------------
+
+    def load_version(self, config: ModelConfig, version_dir: Path) -> None:
+        """Read and check ``version_dir``'s profile and the model's drift settings; watch the
+        version when it has a profile and drift is on. ModelLoadError (from the readers) names
+        the file and the feature or key. Blocking."""
+        profile = load_profile(config, version_dir)
+        settings = read_drift(version_dir.parent) if profile is not None else None
+        version = int(version_dir.name)
+        if profile is None or settings is None:
+            self.detach(config.name, version)
+            return
+        self.attach(config.name, version, profile, settings, batched=config.max_batch_size > 0)
+
+    def attach(self, model: str, version: int, profile: Profile, settings: DriftSettings,
+               *, batched: bool = True) -> None:
+        """Start a fresh window for ``model`` ``version`` (replacing any)."""
+        window = VersionWindow(model, version, profile, settings, batched, self._kernel)
+        window.compute(self._clock())  # the empty window's report: served, no rows yet
+        with self._changing:
+            windows = dict(self._windows)
+            if not any(m == model for m, _ in windows):
+                self._hub.watch(model)
+            windows[(model, version)] = window
+            self._windows = windows
+        log.info("model '%s' version %d: drift on (%d features, %g of requests sampled, "
+                 "window %d rows / %gs)", model, version, len(profile.features), settings.sample,
+                 settings.window_rows, settings.window_s)
+
+    def detach(self, model: str, version: int) -> None:
+        with self._changing:
+            if (model, version) not in self._windows:
+                return
+            windows = dict(self._windows)
+            del windows[(model, version)]
+            self._windows = windows
+            if not any(m == model for m, _ in windows):
+                self._hub.unwatch(model)
+
+    # -- the hub's thread -------------------------------------------------------------------
+
+    def on_finished(self, batch: list[Finished]) -> None:
+        """Hub subscriber: sample each answered record of a watched version into its window."""
+        windows = self._windows
+        if not windows:
+            return
+        now = self._clock()
+        draws = self._rng.random(len(batch))
+        for record, draw in zip(batch, draws, strict=True):
+            window = windows.get((record.model, record.version))
+            if window is None or record.status != "OK" or draw >= window.settings.sample:
+                continue
+            window.add(record, now)
+
+    # -- the monitor's thread ---------------------------------------------------------------
+
+    def compute_now(self) -> list[DriftReport]:
+        """Compute every window now (the schedule does this every ``interval_s``)."""
+        with self._computing:
+            now = self._clock()
+            return [window.compute(now) for window in list(self._windows.values())]
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._main, name="sluice-drift", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _main(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.compute_now()
+            except Exception:  # a bug of ours: logged, counted, and the schedule goes on
+                self.failures += 1
+                log.exception("drift compute failed")
+
+    # -- readers (any thread) ---------------------------------------------------------------
+
+    def reports(self) -> list[DriftReport]:
+        """The last figures of every served version with a window, by model and version."""
+        out = []
+        for (model, version), window in sorted(self._windows.items()):
+            if window.report is None:
+                continue
+            if self._is_loaded is not None and not self._is_loaded(model, version):
+                continue
+            out.append(window.report)
+        return out
+
+    def report(self, model: str) -> list[DriftReport]:
+        return [r for r in self.reports() if r.model == model]
+
+    def watched(self, model: str) -> list[int]:
+        """The versions of ``model`` that have a drift window."""
+        return sorted(v for m, v in self._windows if m == model)

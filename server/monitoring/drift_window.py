@@ -1,0 +1,244 @@
+"""One model version's live window: sampled rows in, drift figures out.
+
+The hub's thread hands sampled records to :meth:`VersionWindow.add` (rows extracted and queued,
+nothing computed; a full queue drops rows and counts them). The drift monitor's own thread calls
+:meth:`VersionWindow.compute` on its schedule: the queued rows are binned once into the
+cumulative counters (exported per bin, so Prometheus can add replicas up), written into a ring
+of the newest ``window_rows`` rows, and the rows of the ring not older than ``window_s`` are
+binned and compared with the reference: PSI, KS, missing and out-of-range rates per feature, and
+the prediction's drift. The result is an immutable :class:`DriftReport`, published by one
+assignment, which /metrics and the admin RPC read without a lock.
+
+Columns are the profile's features in order, then the prediction (when profiled): one float64
+row per request row. A column the request lacks (an optional input, an output not requested) is
+NaN, counted as missing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from sluice.server.config.drift import DriftSettings
+from sluice.server.monitoring.drift_stats import ks_statistic, psi
+from sluice.server.monitoring.hub import Finished
+from sluice.server.monitoring.profile import FeatureProfile, Profile, prediction_values
+
+#: bin_counts(x, edges, starts, lo, hi, counts, special): ``sluice.kernels.binning.bin_counts``.
+BinKernel = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    """One feature (or the prediction) over the window."""
+
+    name: str
+    #: None until the window has a value of it.
+    psi: float | None
+    ks: float | None
+    #: Shares of the window's rows: NaN, below the reference min, above its max.
+    missing_rate: float | None
+    below_rate: float | None
+    above_rate: float | None
+    edges: tuple[float, ...]
+    reference: tuple[float, ...]
+    #: Live rows per bin over the window.
+    live: tuple[int, ...]
+
+    @property
+    def out_of_range_rate(self) -> float | None:
+        if self.below_rate is None or self.above_rate is None:
+            return None
+        return self.below_rate + self.above_rate
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """A model version's drift as last computed."""
+
+    model: str
+    version: int
+    sample: float
+    window_rows: int
+    window_s: float
+    #: Rows in the window when computed.
+    rows: int
+    features: tuple[FeatureDrift, ...]
+    prediction: FeatureDrift | None
+    prediction_output: str
+    #: "class", "argmax" or "value" ("" without a profiled prediction).
+    prediction_kind: str
+    #: Since the window was made: rows sampled and binned, rows dropped (queue full), records
+    #: whose tensors did not fit the profile.
+    sampled_rows: int
+    dropped_rows: int
+    malformed: int
+    #: Cumulative live rows per bin and (missing, below, above) per column, features then the
+    #: prediction, for the per-bin counters.
+    cumulative: np.ndarray
+    cumulative_special: np.ndarray
+
+    @property
+    def max_psi(self) -> float | None:
+        values = [f.psi for f in self.features if f.psi is not None]
+        return max(values) if values else None
+
+    @property
+    def prediction_drift(self) -> float | None:
+        """PSI of the class distribution, or KS for a regressor's values."""
+        if self.prediction is None:
+            return None
+        return self.prediction.ks if self.prediction_kind == "value" else self.prediction.psi
+
+
+class VersionWindow:
+    """Live rows of one model version and its reference (see the module docstring)."""
+
+    def __init__(
+        self, model: str, version: int, profile: Profile, settings: DriftSettings,
+        batched: bool, kernel: BinKernel, max_pending_rows: int | None = None,
+    ) -> None:
+        """``max_pending_rows``: rows queued between two computes before more are dropped
+        (default: the larger of ``window_rows`` and 10000)."""
+        self.model, self.version, self.profile, self.settings = model, version, profile, settings
+        self._batched = batched
+        self._kernel = kernel
+        self._columns: list[FeatureProfile] = list(profile.features)
+        if profile.prediction is not None:
+            self._columns.append(profile.prediction.bins)
+        cols = len(self._columns)
+        self._edges = np.concatenate([c.edges for c in self._columns] + [np.zeros(0)])
+        self._starts = np.cumsum([0] + [c.edges.size for c in self._columns]).astype(np.int64)
+        self._lo = np.array([c.min for c in self._columns], dtype=np.float64)
+        self._hi = np.array([c.max for c in self._columns], dtype=np.float64)
+        self._width = max((c.edges.size + 1 for c in self._columns), default=1)
+        self._ring = np.full((settings.window_rows, cols), np.nan)
+        self._times = np.full(settings.window_rows, -np.inf)
+        self._head = 0
+        self._lock = threading.Lock()
+        self._pending: deque[tuple[float, np.ndarray]] = deque()
+        self._pending_rows = 0
+        self._max_pending = max_pending_rows or max(settings.window_rows, 10_000)
+        self.sampled_rows = 0
+        self.dropped_rows = 0
+        self.malformed = 0
+        self._cumulative = np.zeros((cols, self._width), dtype=np.int64)
+        self._special = np.zeros((cols, 3), dtype=np.int64)
+        self.report: DriftReport | None = None
+
+    # -- the hub's thread -------------------------------------------------------------------
+
+    def add(self, record: Finished, now: float) -> None:
+        """Queue the rows of ``record`` (quick: a reshape and a copy); counted when they do not
+        fit the profile or the queue is full."""
+        rows = self._rows(record)
+        if rows is None:
+            self.malformed += 1
+            return
+        with self._lock:
+            if self._pending_rows + rows.shape[0] > self._max_pending:
+                self.dropped_rows += rows.shape[0]
+                return
+            self._pending.append((now, rows))
+            self._pending_rows += rows.shape[0]
+
+    def _rows(self, record: Finished) -> np.ndarray | None:
+        """The record's rows as columns (features, then the prediction); None when a tensor
+        does not fit the profile."""
+        blocks: list[np.ndarray | None] = []
+        n = None
+        for name, dims in self.profile.inputs:
+            value = record.inputs.get(name)
+            if value is None:
+                blocks.append(None)
+                continue
+            try:
+                block = np.asarray(value, dtype=np.float64).reshape(
+                    -1 if self._batched else 1, int(np.prod(dims)))
+            except (ValueError, TypeError):
+                return None
+            if n is not None and block.shape[0] != n:
+                return None
+            n = block.shape[0]
+            blocks.append(block)
+        if n is None:
+            return None
+        columns = [np.full((n, int(np.prod(dims))), np.nan) if block is None else block
+                   for block, (_, dims) in zip(blocks, self.profile.inputs, strict=True)]
+        prediction = self.profile.prediction
+        if prediction is not None:
+            out = record.outputs.get(prediction.output)
+            try:
+                values = (np.full(n, np.nan) if out is None else
+                          prediction_values(prediction.kind, np.asarray(out).reshape(n, -1)))
+            except (ValueError, TypeError):
+                return None
+            columns.append(values.reshape(n, 1))
+        return np.ascontiguousarray(np.hstack(columns))
+
+    # -- the monitor's thread ---------------------------------------------------------------
+
+    def compute(self, now: float) -> DriftReport:
+        """Take the queued rows in, recompute the window's figures, publish and return them."""
+        with self._lock:
+            pending, self._pending = self._pending, deque()
+            self._pending_rows = 0
+        for when, rows in pending:
+            self._bin(rows, self._cumulative, self._special)
+            self.sampled_rows += rows.shape[0]
+            self._write(when, rows)
+        live = self._ring[self._times >= now - self.settings.window_s]
+        counts = np.zeros_like(self._cumulative)
+        special = np.zeros_like(self._special)
+        self._bin(live, counts, special)
+        drifts = [self._drift(i, column, live, counts, special)
+                  for i, column in enumerate(self._columns)]
+        prediction = self.profile.prediction
+        report = DriftReport(
+            model=self.model, version=self.version, sample=self.settings.sample,
+            window_rows=self.settings.window_rows, window_s=self.settings.window_s,
+            rows=live.shape[0], features=tuple(drifts[:len(self.profile.features)]),
+            prediction=drifts[-1] if prediction is not None else None,
+            prediction_output=prediction.output if prediction is not None else "",
+            prediction_kind=prediction.kind if prediction is not None else "",
+            sampled_rows=self.sampled_rows, dropped_rows=self.dropped_rows,
+            malformed=self.malformed, cumulative=self._cumulative.copy(),
+            cumulative_special=self._special.copy(),
+        )
+        self.report = report
+        return report
+
+    def _bin(self, rows: np.ndarray, counts: np.ndarray, special: np.ndarray) -> None:
+        if rows.shape[0]:
+            self._kernel(np.ascontiguousarray(rows), self._edges, self._starts, self._lo,
+                         self._hi, counts, special)
+
+    def _write(self, when: float, rows: np.ndarray) -> None:
+        size = self._ring.shape[0]
+        rows = rows[-size:]
+        at = (self._head + np.arange(rows.shape[0])) % size
+        self._ring[at] = rows
+        self._times[at] = when
+        self._head = int((self._head + rows.shape[0]) % size)
+
+    def _drift(self, i: int, column: FeatureProfile, live: np.ndarray, counts: np.ndarray,
+               special: np.ndarray) -> FeatureDrift:
+        bins = column.edges.size + 1
+        n = live.shape[0]
+        kind = self.profile.prediction.kind if (
+            self.profile.prediction is not None and i == len(self.profile.features)) else ""
+        ks = None
+        if column.ks_values.size and kind in ("", "value"):
+            ks = ks_statistic(live[:, i], column.ks_values, column.ks_cdf)
+        return FeatureDrift(
+            name=column.name, psi=psi(column.fractions, counts[i, :bins]), ks=ks,
+            missing_rate=special[i, 0] / n if n else None,
+            below_rate=special[i, 1] / n if n else None,
+            above_rate=special[i, 2] / n if n else None,
+            edges=tuple(column.edges.tolist()), reference=tuple(column.fractions.tolist()),
+            live=tuple(int(c) for c in counts[i, :bins]),
+        )

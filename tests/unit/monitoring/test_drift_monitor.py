@@ -1,0 +1,143 @@
+"""The drift monitor fed Finished records as the hub hands them over (no server): sampling,
+the window's bounds, PSI of shifted vs held-out digits against the bundled training profile
+(recomputed here with NumPy), and what is counted instead of binned."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sluice.kernels.binning import bin_counts
+from sluice.server.app import BUNDLED_REPOSITORY
+from sluice.server.config.drift import DriftSettings
+from sluice.server.config.pbtxt import read_model_config
+from sluice.server.monitoring.drift import DriftMonitor
+from sluice.server.monitoring.hub import Finished, MonitorHub
+from sluice.server.monitoring.profile_load import load_profile
+
+DIGITS = BUNDLED_REPOSITORY / "digits"
+HELD_OUT = np.load(DIGITS / "test_split.npz")["X"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _monitor(settings: DriftSettings, clock: Clock | None = None, seed: int = 0):
+    hub = MonitorHub()
+    monitor = DriftMonitor(hub, bin_counts, clock=clock or Clock(), seed=seed)
+    config, _ = read_model_config(DIGITS, "digits")
+    profile = load_profile(config, DIGITS / "2")
+    assert profile is not None
+    monitor.attach("digits", 2, profile, settings)
+    return hub, monitor, profile
+
+
+def _record(x: np.ndarray, labels: np.ndarray | None = None, version: int = 2,
+            status: str = "OK") -> Finished:
+    outputs = {} if labels is None else {"label": labels}
+    return Finished(id="r", time=0.0, model="digits", version=version, arm="", caller="",
+                    outputs=outputs, inputs={"input": x}, latency_s=0.001, status=status)
+
+
+def _by_hand_psi(profile, x):
+    out = []
+    for j, feature in enumerate(profile.features):
+        counts = np.bincount(np.searchsorted(feature.edges, x[:, j], side="left"),
+                             minlength=feature.edges.size + 1)
+        share = np.maximum(counts / counts.sum(), 1e-4)
+        ref = np.maximum(feature.fractions, 1e-4)
+        out.append(float(np.sum((share - ref) * np.log(share / ref))))
+    return np.array(out)
+
+
+def test_held_out_rows_stay_under_and_scaled_rows_go_over():
+    hub, monitor, profile = _monitor(DriftSettings(sample=1.0))
+    assert hub.wants("digits")
+    monitor.on_finished([_record(HELD_OUT[i:i + 10]) for i in range(0, len(HELD_OUT), 10)])
+    (report,) = monitor.compute_now()
+    assert report.rows == len(HELD_OUT) == 360
+    got = np.array([f.psi for f in report.features])
+    np.testing.assert_allclose(got, _by_hand_psi(profile, HELD_OUT), rtol=1e-9, atol=1e-12)
+    assert report.max_psi < 0.2
+
+    _, shifted, _ = _monitor(DriftSettings(sample=1.0))
+    scaled = HELD_OUT * 1.5
+    shifted.on_finished([_record(scaled[i:i + 10]) for i in range(0, len(scaled), 10)])
+    (report,) = shifted.compute_now()
+    got = np.array([f.psi for f in report.features])
+    np.testing.assert_allclose(got, _by_hand_psi(profile, scaled), rtol=1e-9, atol=1e-12)
+    assert report.max_psi > 0.2
+    assert sum(f.psi > 0.2 for f in report.features) > 30  # most of the ink moved
+    above = [f.above_rate for f in report.features]
+    assert max(above) > 0.05  # values over the reference maximum (16 * 1.5)
+
+
+def test_the_prediction_distribution_is_compared_per_class():
+    _, monitor, profile = _monitor(DriftSettings(sample=1.0))
+    labels = np.array([3] * 90 + [5] * 10)
+    monitor.on_finished([_record(HELD_OUT[:100], labels)])
+    (report,) = monitor.compute_now()
+    assert report.prediction_kind == "class" and report.prediction_output == "label"
+    live = np.zeros(10)
+    live[3], live[5] = 0.9, 0.1
+    ref = profile.prediction.bins.fractions
+    assert report.prediction.live == (0, 0, 0, 90, 0, 10, 0, 0, 0, 0)
+    expected = np.sum((np.maximum(live, 1e-4) - ref) * np.log(np.maximum(live, 1e-4) / ref))
+    assert report.prediction_drift == pytest.approx(expected, rel=1e-9)
+    assert report.prediction.ks is None  # classes have no KS
+
+
+def test_the_sample_rate_is_honoured():
+    _, monitor, _ = _monitor(DriftSettings(sample=0.1, window_rows=10_000), seed=1)
+    monitor.on_finished([_record(HELD_OUT[i % 360:i % 360 + 1]) for i in range(5000)])
+    (report,) = monitor.compute_now()
+    # binomial(5000, 0.1): mean 500, sd 21.2; 4 sd either side
+    assert 415 <= report.sampled_rows <= 585
+
+
+def test_the_window_keeps_the_newest_rows_and_forgets_old_ones():
+    clock = Clock()
+    _, monitor, _ = _monitor(DriftSettings(sample=1.0, window_rows=100, window_s=60), clock)
+    monitor.on_finished([_record(HELD_OUT[:80])])
+    monitor.compute_now()
+    clock.now += 30
+    monitor.on_finished([_record(HELD_OUT[80:150])])
+    (report,) = monitor.compute_now()
+    assert report.rows == 100  # the newest 100 of 150
+    assert report.sampled_rows == 150
+    assert report.cumulative[0].sum() == 150  # the counters keep every sampled row
+    clock.now += 45  # the first 80 rows are 75 s old now, the other 70 rows 45 s
+    (report,) = monitor.compute_now()
+    assert report.rows == 70
+
+
+def test_failed_requests_mismatched_tensors_and_a_full_queue_are_counted_not_binned():
+    _, monitor, _ = _monitor(DriftSettings(sample=1.0, window_rows=50))
+    monitor.on_finished([
+        _record(HELD_OUT[:5], status="UNAVAILABLE"),  # failed: not sampled at all
+        _record(np.zeros((2, 63), dtype=np.float32)),  # 126 values: not rows of 64
+        _record(HELD_OUT[:5], version=1),  # a version without a window
+    ])
+    (report,) = monitor.compute_now()
+    assert (report.rows, report.malformed, report.dropped_rows) == (0, 1, 0)
+    queue = monitor._windows[("digits", 2)]._max_pending  # the bound under test: 10000 rows
+    assert queue == 10_000
+    monitor.on_finished([_record(np.tile(HELD_OUT[:100], (100, 1))), _record(HELD_OUT[:7])])
+    (report,) = monitor.compute_now()
+    assert report.sampled_rows == queue and report.dropped_rows == 7
+
+
+def test_missing_inputs_and_nan_count_as_missing():
+    _, monitor, _ = _monitor(DriftSettings(sample=1.0))
+    x = HELD_OUT[:10].copy()
+    x[:4, 0] = np.nan
+    monitor.on_finished([_record(x)])
+    (report,) = monitor.compute_now()
+    assert report.features[0].missing_rate == pytest.approx(0.4)
+    assert report.features[1].missing_rate == 0.0
+    assert report.prediction.missing_rate == 1.0  # no 'label' output was returned
