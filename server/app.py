@@ -27,6 +27,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import ProcessCollector
 
 from sluice.proto import admin_pb2, grpc_service_pb2
 from sluice.proto._pool import POOL
@@ -40,6 +41,8 @@ from sluice.server.config.pbtxt import read_model_config
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import ModelLoadError, SluiceError
 from sluice.server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
+from sluice.server.monitoring.cost import CostAccountant, CostCollector
+from sluice.server.monitoring.gpu import GpuCollector
 from sluice.server.protocol.admin import add_admin_service
 from sluice.server.protocol.servicer import InferenceServicer
 from sluice.server.protocol.wire import add_inference_service
@@ -150,6 +153,15 @@ class Server:
         self.servicer = InferenceServicer(
             self.repository, router=self.router, limits=config.request_limits
         )
+        # cost per prediction and resource use (issue 13 item 7): process CPU and RSS, each
+        # instance's CPU, NVML when there is a GPU, CPU seconds (and price) per row in /metrics
+        # and in `sluice stats`
+        self.cost = CostAccountant(
+            self.repository.loaded, price_per_core_hour=config.price_per_core_hour)
+        self.metrics.register(CostCollector(self.cost))
+        self.metrics.register(ProcessCollector(registry=None))
+        self.metrics.register(GpuCollector())
+        self.servicer.cost = self.cost
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
         self.final_counts = (0, 0)

@@ -28,6 +28,7 @@ import numpy as np
 
 from sluice.server import __version__
 from sluice.server.cli_admin import add_admin_commands, run_admin
+from sluice.server.cli_cost import non_negative_price, print_cost
 from sluice.server.cli_repo import add_repo_command, run_repo
 from sluice.server.config.settings import ServerConfig
 
@@ -82,6 +83,10 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
                        "<model repository>/.sluice-state)")
     # Set by the supervisor on the command lines of its workers.
     serve.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
+    # cost per prediction (issue 13 item 7)
+    serve.add_argument("--price-per-core-hour", type=non_negative_price, default=None,
+                       metavar="PRICE", help="price of one CPU core-hour in your currency: "
+                       "cost per 1,000 predictions in /metrics and `sluice stats`")
 
     infer = sub.add_parser(
         "infer", help="send one request to a running server and print the outputs",
@@ -161,6 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_host=None if worker is None else "127.0.0.1",
         worker_id=worker,
         state_dir=args.state_dir,
+        price_per_core_hour=args.price_per_core_hour,
     )
     try:
         asyncio.run(run_until_signal(config))
@@ -254,4 +260,5 @@ def _stats(args: argparse.Namespace) -> int:
                 count = stages.get("requests", 0) if stage == "e2e" else ""
                 print(f"{model:<{width}}{version:>{ver}}{stage:>9}{cells[0]:>10}{cells[1]:>10}"
                       f"{cells[2]:>10}{count!s:>10}")
+    print_cost(table, width, ver)
     return 0

@@ -51,6 +51,10 @@ class ServerConfig:
     #: Directory of the persisted deployment state and its audit log (created on the first
     #: deployment change); None: ``<model_repository>/.sluice-state``.
     state_dir: Path | None = None
+    # cost per prediction (issue 13 item 7)
+    #: Price of one CPU core-hour, in the operator's currency (``sluice_cost_per_1k_predictions``
+    #: and ``sluice stats``); None: CPU seconds only.
+    price_per_core_hour: float | None = None
 
     @property
     def deployment_state_dir(self) -> Path:
