@@ -27,6 +27,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import ProcessCollector
 
 from sluice.kernels.binning import bin_counts
 from sluice.proto import admin_pb2, grpc_service_pb2
@@ -41,9 +42,11 @@ from sluice.server.config.pbtxt import read_model_config
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import ModelLoadError, SluiceError
 from sluice.server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
+from sluice.server.monitoring.cost import CostAccountant, CostCollector
 from sluice.server.monitoring.drift import DriftMonitor
 from sluice.server.monitoring.drift_metrics import DriftCollector
 from sluice.server.monitoring.feedback_log import FeedbackLog  # feedback + quality
+from sluice.server.monitoring.gpu import GpuCollector
 from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.quality import QualityMonitor  # feedback + quality
 from sluice.server.monitoring.quality_metrics import QualityCollector  # feedback + quality
@@ -174,6 +177,15 @@ class Server:
         )
         self.repository.check_version = self.drift.load_version
         self.metrics.register(DriftCollector(self.drift.reports, config.drift_top_features))
+        # cost per prediction and resource use (issue 13 item 7): process CPU and RSS, each
+        # instance's CPU, NVML when there is a GPU, CPU seconds (and price) per row in /metrics
+        # and in `sluice stats`
+        self.cost = CostAccountant(
+            self.repository.loaded, price_per_core_hour=config.price_per_core_hour)
+        self.metrics.register(CostCollector(self.cost))
+        self.metrics.register(ProcessCollector(registry=None))
+        self.metrics.register(GpuCollector())
+        self.servicer.cost = self.cost
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
         self.final_counts = (0, 0)

@@ -31,6 +31,7 @@ import numpy as np
 
 from sluice.server import __version__
 from sluice.server.cli_admin import add_admin_commands, run_admin
+from sluice.server.cli_cost import non_negative_price, print_cost
 from sluice.server.cli_drift import add_drift_commands, run_drift, run_profile
 from sluice.server.cli_quality import add_quality_commands, run_quality  # feedback + quality
 from sluice.server.cli_repo import add_repo_command, run_repo
@@ -100,6 +101,10 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
                        "drifted first; 0: all (default 20; per-bin counters cover all)")
     serve.add_argument("--drift-interval", type=float, default=10.0, metavar="SECONDS",
                        help="seconds between two computes of the drift windows (default 10)")
+    # cost per prediction (issue 13 item 7)
+    serve.add_argument("--price-per-core-hour", type=non_negative_price, default=None,
+                       metavar="PRICE", help="price of one CPU core-hour in your currency: "
+                       "cost per 1,000 predictions in /metrics and `sluice stats`")
 
     infer = sub.add_parser(
         "infer", help="send one request to a running server and print the outputs",
@@ -189,6 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
         quality_window_s=args.quality_window_s or None,
         drift_top_features=args.drift_top_features or None,
         drift_interval_s=args.drift_interval,
+        price_per_core_hour=args.price_per_core_hour,
     )
     try:
         asyncio.run(run_until_signal(config))
@@ -282,4 +288,5 @@ def _stats(args: argparse.Namespace) -> int:
                 count = stages.get("requests", 0) if stage == "e2e" else ""
                 print(f"{model:<{width}}{version:>{ver}}{stage:>9}{cells[0]:>10}{cells[1]:>10}"
                       f"{cells[2]:>10}{count!s:>10}")
+    print_cost(table, width, ver)
     return 0

@@ -58,6 +58,16 @@ class ServerConfig:
     quality_window_s: float | None = 3600.0
     #: Where the prediction log and the feedback log go; None: ``<state dir>/predictions``.
     prediction_log_dir: Path | None = None
+    # -- drift (issue 13 item 6) --
+    #: Seconds between two computes of the drift windows.
+    drift_interval_s: float = 10.0
+    #: Features per model version on the per-feature drift gauges (most drifted first); None:
+    #: all. The per-bin counters always cover every feature.
+    drift_top_features: int | None = 20
+    # cost per prediction (issue 13 item 7)
+    #: Price of one CPU core-hour, in the operator's currency (``sluice_cost_per_1k_predictions``
+    #: and ``sluice stats``); None: CPU seconds only.
+    price_per_core_hour: float | None = None
 
     @property
     def prediction_log_root(self) -> Path:
@@ -65,12 +75,6 @@ class ServerConfig:
         if self.prediction_log_dir is not None:
             return self.prediction_log_dir
         return self.deployment_state_dir / "predictions"
-    # -- drift (issue 13 item 6) --
-    #: Seconds between two computes of the drift windows.
-    drift_interval_s: float = 10.0
-    #: Features per model version on the per-feature drift gauges (most drifted first); None:
-    #: all. The per-bin counters always cover every feature.
-    drift_top_features: int | None = 20
 
     @property
     def deployment_state_dir(self) -> Path:

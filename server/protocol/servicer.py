@@ -28,6 +28,7 @@ from sluice.server.errors import (
     SluiceError,
     Unimplemented,
 )
+from sluice.server.monitoring.cost import CostAccountant
 from sluice.server.monitoring.hub import Finished, MonitorHub
 from sluice.server.protocol import codec, wire
 from sluice.server.protocol.statistics import latency_table, model_statistics
@@ -58,6 +59,9 @@ Routed = tuple[ModelVersion, str | None, tuple[ShadowTarget, ...]]
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """KServe v2 + Triton extensions over one :class:`ModelRepository`, routed by a
     :class:`Router` (one without persistence is made when none is given)."""
+
+    #: Adds each version's cost to ModelStatistics' table (set by the composition root).
+    cost: CostAccountant | None = None
 
     def __init__(
         self, repository: ModelRepository, *, router: Router | None = None,
@@ -161,9 +165,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             fail(context, versions)
             return pb.ModelStatisticsResponse()
         # p50/p95/p99 have no field in Triton's message: they travel as JSON in a header.
-        context.set_trailing_metadata((
-            ("sluice-latency-quantiles", json.dumps(latency_table(versions))),
-        ))
+        table = latency_table(versions)
+        if self.cost is not None:  # cost per prediction (issue 13 item 7)
+            self.cost.annotate(table, versions)
+        context.set_trailing_metadata((("sluice-latency-quantiles", json.dumps(table)),))
         return pb.ModelStatisticsResponse(model_stats=[model_statistics(v) for v in versions])
 
     def _get(self, name: str, version: str) -> ModelVersion:

@@ -18,6 +18,7 @@ from sluice.server.errors import InvalidInput, Overloaded
 from sluice.server.serving.admission import FALLBACK_REASONS, Admission, AdmissionPolicy
 from sluice.server.serving.batcher import DynamicBatcher
 from sluice.server.serving.budget import InflightBudget
+from sluice.server.serving.cpu_meter import CpuMeter
 from sluice.server.serving.instances import Arrays
 from sluice.server.serving.stats import ModelStats
 from sluice.server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_of
@@ -54,9 +55,12 @@ class ModelVersion:
         batching = config.dynamic_batching
         label = f"{config.name}:{version}"
         policy = AdmissionPolicy.from_config(config, max_queue_size)
+        #: CPU seconds of this version's batches, per instance (read by the cost accountant).
+        self.cpu = CpuMeter(backend.instance_count)
+        background = getattr(backend, "run_background", None)
         self._batcher = DynamicBatcher(
             label,
-            backend.run,
+            self.cpu.timed(backend.run),
             instances=backend.instance_count,
             # Without dynamic_batching each request runs alone (still one per free instance).
             max_batch_size=config.max_batch_size if batching is not None else 0,
@@ -69,7 +73,7 @@ class ModelVersion:
             observer=stats.on_batch,
             # Shadow-only batches: the backend's single-threaded path, which the batcher runs
             # on a thread at the lowest OS priority (SCHED_IDLE), so live batches keep the cores.
-            background_run=getattr(backend, "run_background", None),
+            background_run=None if background is None else self.cpu.timed_background(background),
             # Fast CPU models skip the hand-off to an instance thread when every one is idle.
             inline=getattr(backend, "inline_safe", False),
         )
