@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -28,7 +28,9 @@ from sluice.server.errors import (
     SluiceError,
     Unimplemented,
 )
-from sluice.server.protocol import codec, wire
+from sluice.server.monitoring.hub import MonitorHub
+from sluice.server.protocol import codec, handoff, wire
+from sluice.server.protocol.request_ids import id_maker
 from sluice.server.protocol.statistics import latency_table, model_statistics
 from sluice.server.protocol.status import fail
 from sluice.server.protocol.streaming import answer_stream
@@ -60,11 +62,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(
         self, repository: ModelRepository, *, router: Router | None = None,
-        limits: RequestLimits | None = None,
+        limits: RequestLimits | None = None, hub: MonitorHub | None = None,
+        on_loaded: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        """``hub``: where finished requests of watched models go (none is watched without);
+        ``on_loaded(model)``: awaited after RepositoryModelLoad applied the deployment (the
+        monitors' settings)."""
+        self._on_loaded = on_loaded
         self._repo = repository
         self._router = router if router is not None else Router(repository, None)
         self._limits = limits or RequestLimits()
+        self.hub = hub if hub is not None else MonitorHub()
+        #: Makes the id of a request that came without one (unique across processes).
+        self.new_id = id_maker()
         self._ready = False
         self._draining = False
         #: Inference requests admitted and not yet answered.
@@ -197,6 +207,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if self._draining:
             raise Overloaded("server is shutting down", reason="draining", retry_after_ms=1000)
         request = codec.decode_request(message, deadline, self._limits)
+        if not request.id:
+            request.id = self.new_id()
         sticky = request.parameters.get(STICKY_PARAM) if request.parameters else None
         if sticky is not None and not isinstance(sticky, str):
             raise InvalidInput(f"parameter '{STICKY_PARAM}' must be a string")
@@ -249,6 +261,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelInfer(self, request, context):
+        hub = self.hub
+        watched = hub.wants(request.model_name)  # all a model nobody watches costs
+        started = time.perf_counter() if watched else 0.0
+        decoded = route = None
         try:
             decoded, route, response = self.answer_now(
                 request, codec.deadline_from(context.time_remaining()),
@@ -256,10 +272,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             if response is None:
                 response = await self.dispatch(decoded, route)
+            if watched:
+                hub.offer(handoff.answered(decoded, route, response, started))
             return wire.encode_response(response)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            if watched:
+                hub.offer(handoff.failed(request, decoded, route, started, exc, self.new_id))
             raise
         except Exception as exc:
+            if watched:
+                hub.offer(handoff.failed(request, decoded, route, started, exc, self.new_id))
             fail(context, exc)
             return b""  # the empty message, serialized (the status says what went wrong)
 
@@ -298,6 +320,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._repo.load(request.model_name)
             # Its deployment (persisted or deployment.yaml) applies once the versions are in.
             await self._router.model_loaded(request.model_name)
+            if self._on_loaded is not None:
+                await self._on_loaded(request.model_name)
         except Exception as exc:
             fail(context, exc)
         return pb.RepositoryModelLoadResponse()
