@@ -12,6 +12,8 @@
       v3: 0.25
     canary: {...}     # passed through untouched to the canary controller
                       # (sluice.server.rollout.canary)
+    logging:          # the prediction log (sluice.server.config.prediction_logging); not part
+      sample: 0.25    # of the deployment state: read_logging reads it, the router never sees it
 
 Every key is optional; an unknown key is an error naming it and the file. Versions are checked
 against what is loaded when the state is applied (``Router.model_loaded``), not here.
@@ -39,10 +41,11 @@ from typing import Any
 
 import yaml
 
+from sluice.server.config.prediction_logging import LoggingConfig, parse_logging
 from sluice.server.errors import ModelLoadError
 
 FILENAME = "deployment.yaml"
-_KEYS = ("aliases", "routes", "shadows", "canary")
+_KEYS = ("aliases", "routes", "shadows", "canary", "logging")
 #: Alias names: a letter first (so an alias never reads as a version number), then [A-Za-z0-9_.-].
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
 #: Arm labels of routes by version ("v3"); never an alias.
@@ -64,7 +67,9 @@ def check_alias(name: str, where: str = "alias") -> str:
 
 
 def read_deployment(model_dir: Path) -> tuple[Declared, str] | None:
-    """(declaration, sha256 hex of the file's bytes), or None when there is no file.
+    """(declaration, sha256 hex of the file's bytes), or None when there is no file, or when it
+    declares nothing but ``logging`` (the prediction log's settings are not deployment state:
+    a file that only turns logging on must not create or override any).
 
     Blocking. Raises ModelLoadError naming the file and the offending key or value."""
     path = model_dir / FILENAME
@@ -74,7 +79,11 @@ def read_deployment(model_dir: Path) -> tuple[Declared, str] | None:
         return None
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot be read ({exc.strerror})") from None
-    return parse_deployment(raw, path), hashlib.sha256(raw).hexdigest()
+    declared = parse_deployment(raw, path)
+    data = yaml.safe_load(raw)
+    if isinstance(data, Mapping) and data and set(data) <= {"logging"}:
+        return None
+    return declared, hashlib.sha256(raw).hexdigest()
 
 
 def parse_deployment(raw: bytes | str, path: Path | str = FILENAME) -> Declared:
@@ -101,6 +110,7 @@ def _declared(data: Any) -> Declared:
     for key in data:
         if key not in _KEYS:
             raise ValueError(f"unknown key {key!r} (expected {', '.join(_KEYS)})")
+    parse_logging(data.get("logging"))  # checked with the rest; read_logging returns it
     aliases: dict[str, int] = {}
     for name, version in _mapping(data.get("aliases"), "aliases").items():
         aliases[check_alias(str(name), f"aliases.{name}")] = _version(version, f"aliases.{name}")
@@ -160,3 +170,20 @@ def _target(target: Any, aliases: Mapping[str, int], where: str) -> tuple[int, s
         return aliases[target], target
     raise ValueError(f"{where}: {target!r} is neither a version number nor an alias declared "
                      "under 'aliases'")
+
+
+def read_logging(model_dir: Path) -> LoggingConfig | None:
+    """The ``logging`` block of the model's deployment.yaml; None when there is no file or no
+    block. Blocking. Raises ModelLoadError naming the file and the offending key or value."""
+    path = model_dir / FILENAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ModelLoadError(f"{path.name}: cannot be read ({exc.strerror})") from None
+    parse_deployment(raw, path.name)  # the whole file's errors, as the router would see them
+    data = yaml.safe_load(raw)
+    if not isinstance(data, Mapping) or data.get("logging") is None:
+        return None
+    return parse_logging(data["logging"])
