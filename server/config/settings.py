@@ -51,12 +51,28 @@ class ServerConfig:
     #: Directory of the persisted deployment state and its audit log (created on the first
     #: deployment change); None: ``<model_repository>/.sluice-state``.
     state_dir: Path | None = None
+    # -- prediction log (request ids, prediction log) --
+    #: Root of the prediction log's Parquet files; None: ``<state dir>/predictions``.
+    prediction_log_dir: Path | None = None
+    #: A log file is closed (and a new one started) once it holds this many bytes ...
+    prediction_log_max_file_bytes: int = 64 * 1024 * 1024
+    #: ... or is this old.
+    prediction_log_max_file_age_s: float = 60.0
+    #: Sampled requests waiting for the writer before more are dropped (and counted).
+    prediction_log_queue_records: int = 100_000
 
     @property
     def deployment_state_dir(self) -> Path:
         """Where deployment state lives (``state_dir`` or its default)."""
         return self.state_dir if self.state_dir is not None else (
             self.model_repository / ".sluice-state"
+        )
+
+    @property
+    def predictions_dir(self) -> Path:
+        """Where the prediction log writes (``prediction_log_dir`` or its default)."""
+        return self.prediction_log_dir if self.prediction_log_dir is not None else (
+            self.deployment_state_dir / "predictions"
         )
 
     @property
