@@ -40,6 +40,9 @@ from sluice.server.config.pbtxt import read_model_config
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import ModelLoadError, SluiceError
 from sluice.server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
+from sluice.server.monitoring.hub import MonitorHub
+from sluice.server.monitoring.prediction_log import PredictionLog
+from sluice.server.monitoring.prediction_metrics import HubCollector, PredictionLogCollector
 from sluice.server.protocol.admin import add_admin_service
 from sluice.server.protocol.servicer import InferenceServicer
 from sluice.server.protocol.wire import add_inference_service
@@ -147,8 +150,14 @@ class Server:
         self.metrics.register(ShadowCollector(self.router.shadow.reports))
         self.metrics.register(CanaryCollector(self.router.models, self.router.state))
         self.health = health.aio.HealthServicer()
+        # -- the feedback loop's hand-off, and the prediction log on it
+        self.hub = MonitorHub()
+        self.prediction_log = PredictionLog.for_server(self.hub, config, self._describe)
+        self.metrics.register(HubCollector(self.hub))
+        self.metrics.register(PredictionLogCollector(self.prediction_log.writer))
         self.servicer = InferenceServicer(
-            self.repository, router=self.router, limits=config.request_limits
+            self.repository, router=self.router, limits=config.request_limits, hub=self.hub,
+            on_loaded=self._monitors_loaded,
         )
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
@@ -170,6 +179,18 @@ class Server:
         if config.backend == "ensemble":
             return EnsembleBackend(config, version_dir, self._pipeline_step)
         raise ModelLoadError(f"model '{config.name}': backend '{config.backend}' is not supported")
+
+    def _describe(self, name: str, version: int) -> ModelConfig | None:
+        """Config of a loaded version of ``name`` (0: the newest), else None (any thread)."""
+        try:
+            served = self.repository.find(name, version) if version else self.repository.get(name)
+        except SluiceError:
+            return None
+        return served.config if served is not None else None
+
+    async def _monitors_loaded(self, name: str) -> None:
+        """The monitors' settings for ``name``, once it (re)loaded."""
+        await self.prediction_log.model_dir_loaded(name, self.repository.root / name)
 
     def _pipeline_step(self, name: str, version: int) -> tuple[Backend, ModelConfig]:
         served = self.repository.get(name, str(version) if version > 0 else "")
@@ -198,6 +219,7 @@ class Server:
             await self.router.model_loaded(name)
         except SluiceError as exc:
             log.error("model '%s': deployment not applied: %s", name, exc.message)
+        await self._monitors_loaded(name)
 
     async def start(self, listening: Callable[[], None] | None = None) -> None:
         """Bind the ports and listen, load the startup models, then report SERVING; returns
@@ -227,7 +249,8 @@ class Server:
         self._grpc = grpc.aio.server(options=options)
         add_inference_service(self.servicer, self._grpc)
         add_admin_service(
-            self._grpc, self.router, self.router.shadow, self.canary, self.follower
+            self._grpc, self.router, self.router.shadow, self.canary, self.follower,
+            prediction_log=self.prediction_log,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
@@ -250,6 +273,8 @@ class Server:
                                  f"({exc.strerror}); pick another with --metrics-port, or -1 "
                                  "to serve no /metrics") from None
         await self.router.open()  # a corrupt state file is refused here, before any model loads
+        self.hub.start()
+        self.prediction_log.start()
         names = (
             list(cfg.startup_models) if cfg.model_control == "explicit"
             else self.repository.available_names()
@@ -306,6 +331,9 @@ class Server:
         if self.router.shadow is not None:
             await self.router.shadow.close()  # before the candidates it feeds are closed
         await self.repository.close(max(0.0, deadline - time.monotonic()))
+        # every request is answered: the hub hands over its last records, the log writes them
+        await asyncio.to_thread(self.hub.close)
+        await asyncio.to_thread(self.prediction_log.close)
         self.metrics.close()
 
 

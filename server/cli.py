@@ -10,6 +10,7 @@
                         | canary abort
     sluice shadow report MODEL [--json]
     sluice repo index [--ready] [--json] | load MODEL | unload MODEL
+    sluice logging MODEL [--sample F] [--inputs | --no-inputs] [--exclude A,B] [--json]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from sluice.server import __version__
 from sluice.server.cli_admin import add_admin_commands, run_admin
+from sluice.server.cli_logging import add_logging_command, run_logging
 from sluice.server.cli_repo import add_repo_command, run_repo
 from sluice.server.config.settings import ServerConfig
 
@@ -80,6 +82,10 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                        help="deployment state and audit log (default: "
                        "<model repository>/.sluice-state)")
+    # prediction log
+    serve.add_argument("--prediction-log-dir", type=Path, default=None, metavar="DIR",
+                       help="where the prediction log writes Parquet files (default: "
+                       "<state dir>/predictions)")
     # Set by the supervisor on the command lines of its workers.
     serve.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -106,6 +112,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_admin_commands(sub, _add_url)
     add_repo_command(sub, _add_url)
+    add_logging_command(sub, _add_url)  # prediction log
     return parser
 
 
@@ -136,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_admin(args)
     if args.command == "repo":
         return run_repo(args)
+    if args.command == "logging":
+        return run_logging(args)
     return _stats(args)
 
 
@@ -161,6 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_host=None if worker is None else "127.0.0.1",
         worker_id=worker,
         state_dir=args.state_dir,
+        prediction_log_dir=args.prediction_log_dir,
     )
     try:
         asyncio.run(run_until_signal(config))
