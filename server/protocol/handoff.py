@@ -44,6 +44,12 @@ def answered(
     )
 
 
+def note_route(exc: BaseException, request: InferRequest, route: tuple[Any, Any, Any]) -> None:
+    """Remember on ``exc`` the decoded request and route it failed on (an exception raised
+    while answering on the loop leaves the caller neither)."""
+    exc.sluice_routed = (request, route)  # type: ignore[attr-defined]
+
+
 def failed(
     message: pb.ModelInferRequest, request: InferRequest | None,
     route: tuple[Any, str | None, Any] | None, started: float, exc: BaseException,
@@ -52,6 +58,8 @@ def failed(
     """The record of a request that failed with ``exc``; ``request`` / ``route`` are None when
     it failed before being decoded / routed (version 0 then: none was chosen)."""
     now = time.perf_counter()
+    if request is None:
+        request, route = getattr(exc, "sluice_routed", (None, None))
     if request is None:
         return Finished(
             message.id or new_id(), time.time(), message.model_name, 0, "", "", {}, {},

@@ -214,7 +214,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise InvalidInput(f"parameter '{STICKY_PARAM}' must be a string")
         route = self._router.route(request.model_name, request.model_version, sticky, metadata_key)
         served, arm, _ = route
-        return request, route, served.infer_now(request) if arm is None else None
+        if arm is not None:
+            return request, route, None
+        try:
+            return request, route, served.infer_now(request)
+        except Exception as exc:
+            handoff.note_route(exc, request, route)  # a failure's record names its version
+            raise
 
     async def dispatch(self, request: InferRequest, route: Routed) -> InferResponse:
         """Infer ``request`` on ``route`` (from :meth:`answer_now`), counted as in flight."""

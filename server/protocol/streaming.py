@@ -70,6 +70,8 @@ async def answer_stream(
         """The error item answering ``message``, its failure offered when ``started`` (the
         model is watched)."""
         if started is None:
+            if request is None:  # failed on the loop: the request may have been decoded
+                request = getattr(exc, "sluice_routed", (None,))[0]
             request_id = request.id if request is not None else message.id or servicer.new_id()
         else:
             record = handoff.failed(message, request, route, started, exc, servicer.new_id)

@@ -158,3 +158,22 @@ def test_a_bad_logging_block_leaves_the_model_serving_unlogged(make_server, repo
     with AdminClient(running.address) as admin:
         assert admin.prediction_logging("digits")["source"] == "off"
     assert not running.server.hub.wants("digits")
+
+
+def test_failed_requests_are_logged_with_their_status(digits):
+    client = tc.InferenceServerClient(digits.address)
+    wrong = tc.InferInput("input", [2, 63], "FP32")  # digits takes 64 features
+    wrong.set_data_from_numpy(np.zeros((2, 63), dtype=np.float32))
+    with pytest.raises(tc.InferenceServerException, match="expected shape"):
+        client.infer("digits", [wrong], request_id="bad-shape")
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(lambda result, error: answers.put((result, error)))
+    client.async_stream_infer("digits", [wrong])
+    _, error = answers.get(timeout=30)
+    client.stop_stream()
+    assert error is not None
+    log = logged(digits)
+    [row] = log["bad-shape"]
+    assert (row["status"], row["version"], row["output_label"]) == ("INVALID_ARGUMENT", 2, None)
+    [(streamed_id, [streamed])] = [(k, v) for k, v in log.items() if k != "bad-shape"]
+    assert streamed["status"] == "INVALID_ARGUMENT" and streamed_id
