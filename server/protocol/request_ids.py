@@ -2,9 +2,10 @@
 
 An id is ``<prefix>-<counter>``: the prefix is 64 random bits drawn once per process (so two
 processes, a restart or a sibling worker, collide with probability about n^2 / 2^65 for n
-processes, never by construction of a shared counter), the counter a hexadecimal sequence
-number. Making one is an ``itertools.count`` step and one format: about 0.2 us, no lock (the
-counter's ``next`` is atomic under the GIL), no system call.
+processes, never by construction of a shared counter), the counter a decimal sequence number.
+Making one is an ``itertools.count`` step and one f-string: 0.3-0.5 us measured on the 2-core
+development box under a load average of 7 (0.06 us of it an empty call), no lock (the counter's
+``next`` is atomic under the GIL), no system call.
 """
 
 from __future__ import annotations
@@ -20,6 +21,6 @@ def id_maker(prefix: str | None = None) -> Callable[[], str]:
     counter = itertools.count(1)
 
     def make() -> str:
-        return f"{head}{next(counter):x}"
+        return f"{head}{next(counter)}"  # decimal: formats faster than :x
 
     return make
