@@ -203,6 +203,28 @@ class AdminClient(QualityCalls):
         (text: :func:`sluice.clients.drift.drift_text`)."""
         reply = self._call("DriftReport", pb.DriftReportRequest(model=model))
         return [message_dict(version) for version in reply.versions]
+    # -- prediction log -----------------------------------------------------------------------
+
+    def prediction_logging(self, model: str) -> dict[str, Any]:
+        """The model's prediction-log settings (sample, inputs, exclude, source) and counts."""
+        return self._deployment(
+            "GetPredictionLogging", pb.GetPredictionLoggingRequest(model=model)
+        )
+
+    def set_prediction_logging(
+        self, model: str, *, sample: float | None = None, inputs: bool | None = None,
+        exclude: Iterable[str] | None = None, reason: str = "",
+    ) -> dict[str, Any]:
+        """Change the model's prediction-log settings (None keeps a value; ``exclude=()``
+        clears the list); returns them as they are after the change."""
+        request = pb.SetPredictionLoggingRequest(model=model, reason=reason)
+        if sample is not None:
+            request.sample = sample
+        if inputs is not None:
+            request.inputs = inputs
+        if exclude is not None:
+            request.exclude.CopyFrom(pb.InputNames(names=list(exclude)))
+        return self._deployment("SetPredictionLogging", request)
 
 
 # -- text for people (the CLI) ---------------------------------------------------------------

@@ -481,3 +481,54 @@ class DriftReportResponse(_message.Message):
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.RepeatedCompositeFieldContainer[DriftVersion]
     def __init__(self, versions: _Optional[_Iterable[_Union[DriftVersion, _Mapping]]] = ...) -> None: ...
+
+class PredictionLogging(_message.Message):
+    __slots__ = ("model", "sample", "inputs", "exclude", "source", "records", "dropped")
+    class DroppedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    sample: float
+    inputs: bool
+    exclude: _containers.RepeatedScalarFieldContainer[str]
+    source: str
+    records: int
+    dropped: _containers.ScalarMap[str, int]
+    def __init__(self, model: _Optional[str] = ..., sample: _Optional[float] = ..., inputs: _Optional[bool] = ..., exclude: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ..., records: _Optional[int] = ..., dropped: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class GetPredictionLoggingRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class InputNames(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetPredictionLoggingRequest(_message.Message):
+    __slots__ = ("model", "sample", "inputs", "exclude", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    sample: float
+    inputs: bool
+    exclude: InputNames
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., sample: _Optional[float] = ..., inputs: _Optional[bool] = ..., exclude: _Optional[_Union[InputNames, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...

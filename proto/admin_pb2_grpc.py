@@ -99,6 +99,16 @@ class AdminStub:
                 request_serializer=proto_dot_admin__pb2.DriftReportRequest.SerializeToString,
                 response_deserializer=proto_dot_admin__pb2.DriftReportResponse.FromString,
                 _registered_method=True)
+        self.GetPredictionLogging = channel.unary_unary(
+                '/sluice.admin.v1.Admin/GetPredictionLogging',
+                request_serializer=proto_dot_admin__pb2.GetPredictionLoggingRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.PredictionLogging.FromString,
+                _registered_method=True)
+        self.SetPredictionLogging = channel.unary_unary(
+                '/sluice.admin.v1.Admin/SetPredictionLogging',
+                request_serializer=proto_dot_admin__pb2.SetPredictionLoggingRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.PredictionLogging.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -197,6 +207,22 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPredictionLogging(self, request, context):
+        """-- prediction log
+        A model's prediction-log settings (sample rate, inputs kept, inputs excluded) and counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPredictionLogging(self, request, context):
+        """Change them (unset fields keep their value); they win over deployment.yaml's `logging`
+        block until that block changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -264,6 +290,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DriftReport,
                     request_deserializer=proto_dot_admin__pb2.DriftReportRequest.FromString,
                     response_serializer=proto_dot_admin__pb2.DriftReportResponse.SerializeToString,
+            ),
+            'GetPredictionLogging': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPredictionLogging,
+                    request_deserializer=proto_dot_admin__pb2.GetPredictionLoggingRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.PredictionLogging.SerializeToString,
+            ),
+            'SetPredictionLogging': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPredictionLogging,
+                    request_deserializer=proto_dot_admin__pb2.SetPredictionLoggingRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.PredictionLogging.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -617,6 +653,60 @@ class Admin:
             '/sluice.admin.v1.Admin/DriftReport',
             proto_dot_admin__pb2.DriftReportRequest.SerializeToString,
             proto_dot_admin__pb2.DriftReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPredictionLogging(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.admin.v1.Admin/GetPredictionLogging',
+            proto_dot_admin__pb2.GetPredictionLoggingRequest.SerializeToString,
+            proto_dot_admin__pb2.PredictionLogging.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPredictionLogging(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.admin.v1.Admin/SetPredictionLogging',
+            proto_dot_admin__pb2.SetPredictionLoggingRequest.SerializeToString,
+            proto_dot_admin__pb2.PredictionLogging.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,8 @@ from sluice.server.monitoring.drift_metrics import DriftCollector
 from sluice.server.monitoring.feedback_log import FeedbackLog  # feedback + quality
 from sluice.server.monitoring.gpu import GpuCollector
 from sluice.server.monitoring.hub import MonitorHub
+from sluice.server.monitoring.prediction_log import PredictionLog
+from sluice.server.monitoring.prediction_metrics import HubCollector, PredictionLogCollector
 from sluice.server.monitoring.quality import QualityMonitor  # feedback + quality
 from sluice.server.monitoring.quality_metrics import QualityCollector  # feedback + quality
 from sluice.server.protocol.admin import add_admin_service
@@ -150,11 +152,14 @@ class Server:
         self.router.shadow = ShadowMirror(
             self.repository.find, window_s=config.latency_window_s
         )
-        # -- feedback loop: the hub finished requests go through, and live quality (issue 13)
+        # -- the feedback loop (issue 13): finished requests reach the monitors through the hub
         self.hub = MonitorHub()
+        self.metrics.register(HubCollector(self.hub))
+        self.prediction_log = PredictionLog.for_server(self.hub, config, self._describe)
+        self.metrics.register(PredictionLogCollector(self.prediction_log.writer))
         self.quality = QualityMonitor(
             self.hub, window_rows=config.quality_window_rows, window_s=config.quality_window_s,
-            feedback_log=FeedbackLog(config.prediction_log_root),
+            feedback_log=FeedbackLog(config.predictions_dir),
         )
         self.metrics.register(QualityCollector(self.quality.reports))
         self.canary = CanaryController(self.router, quality=self.quality.accuracy)
@@ -165,10 +170,9 @@ class Server:
         self.metrics.register(CanaryCollector(self.router.models, self.router.state))
         self.health = health.aio.HealthServicer()
         self.servicer = InferenceServicer(
-            self.repository, router=self.router, limits=config.request_limits
+            self.repository, router=self.router, limits=config.request_limits, hub=self.hub,
+            on_loaded=self._monitors_loaded,
         )
-        self.servicer.after_load = self.quality_loaded  # feedback + quality
-        self.servicer.hub = self.hub  # minimal offer (quality branch)
         # -- drift (issue 13 item 6): finished requests reach the drift windows through the hub;
         # a version's reference profile is read (and checked) as it loads.
         self.drift = DriftMonitor(
@@ -207,6 +211,23 @@ class Server:
             return EnsembleBackend(config, version_dir, self._pipeline_step)
         raise ModelLoadError(f"model '{config.name}': backend '{config.backend}' is not supported")
 
+    def _describe(self, name: str, version: int) -> ModelConfig | None:
+        """Config of a loaded version of ``name`` (0: the newest), else None (any thread)."""
+        try:
+            served = self.repository.find(name, version) if version else self.repository.get(name)
+        except SluiceError:
+            return None
+        return served.config if served is not None else None
+
+    async def _monitors_loaded(self, name: str) -> None:
+        """The monitors' settings for ``name``, once it (re)loaded: the prediction log's, and
+        which versions live quality scores (deployment.yaml's ``quality`` block, on a thread)."""
+        model_dir = self.repository.root / name
+        await self.prediction_log.model_dir_loaded(name, model_dir)
+        configs = {v.version: v.config for v in self.repository.loaded() if v.name == name}
+        if configs:
+            await asyncio.to_thread(self.quality.model_loaded, name, configs, model_dir)
+
     def _pipeline_step(self, name: str, version: int) -> tuple[Backend, ModelConfig]:
         served = self.repository.get(name, str(version) if version > 0 else "")
         return served.backend, served.config
@@ -234,15 +255,7 @@ class Server:
             await self.router.model_loaded(name)
         except SluiceError as exc:
             log.error("model '%s': deployment not applied: %s", name, exc.message)
-        await self.quality_loaded(name)  # feedback + quality
-
-    async def quality_loaded(self, name: str) -> None:
-        """Tell live quality which versions of ``name`` are loaded (it reads deployment.yaml's
-        ``quality`` block, on a thread)."""
-        configs = {v.version: v.config for v in self.repository.loaded() if v.name == name}
-        if configs:
-            await asyncio.to_thread(
-                self.quality.model_loaded, name, configs, self.repository.root / name)
+        await self._monitors_loaded(name)
 
     async def start(self, listening: Callable[[], None] | None = None) -> None:
         """Bind the ports and listen, load the startup models, then report SERVING; returns
@@ -273,7 +286,7 @@ class Server:
         add_inference_service(self.servicer, self._grpc)
         admin = add_admin_service(
             self._grpc, self.router, self.router.shadow, self.canary, self.follower,
-            quality=self.quality,
+            quality=self.quality, prediction_log=self.prediction_log,
         )
         admin.drift = self.drift  # drift (issue 13 item 6): DriftReport
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
@@ -298,6 +311,7 @@ class Server:
                                  "to serve no /metrics") from None
         await self.router.open()  # a corrupt state file is refused here, before any model loads
         self.hub.start()
+        self.prediction_log.start()
         names = (
             list(cfg.startup_models) if cfg.model_control == "explicit"
             else self.repository.available_names()
@@ -355,7 +369,9 @@ class Server:
         if self.router.shadow is not None:
             await self.router.shadow.close()  # before the candidates it feeds are closed
         await self.repository.close(max(0.0, deadline - time.monotonic()))
-        await asyncio.to_thread(self.hub.close)  # answered requests reach the monitors
+        # every request is answered: the hub hands over its last records, the log writes them
+        await asyncio.to_thread(self.hub.close)
+        await asyncio.to_thread(self.prediction_log.close)
         await asyncio.to_thread(self.drift.close)
         self.metrics.close()
 

@@ -13,6 +13,7 @@
     sluice feedback MODEL --file labels.csv|labels.parquet [--json]
     sluice quality MODEL [--json]
     sluice profile MODEL --data FILE [--version V] | drift MODEL [--json]
+    sluice logging MODEL [--sample F] [--inputs | --no-inputs] [--exclude A,B] [--json]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sluice.server import __version__
 from sluice.server.cli_admin import add_admin_commands, run_admin
 from sluice.server.cli_cost import non_negative_price, print_cost
 from sluice.server.cli_drift import add_drift_commands, run_drift, run_profile
+from sluice.server.cli_logging import add_logging_command, run_logging
 from sluice.server.cli_quality import add_quality_commands, run_quality  # feedback + quality
 from sluice.server.cli_repo import add_repo_command, run_repo
 from sluice.server.config.settings import ServerConfig
@@ -86,6 +88,10 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                        help="deployment state and audit log (default: "
                        "<model repository>/.sluice-state)")
+    # prediction log
+    serve.add_argument("--prediction-log-dir", type=Path, default=None, metavar="DIR",
+                       help="where the prediction log writes Parquet files (default: "
+                       "<state dir>/predictions)")
     # Set by the supervisor on the command lines of its workers.
     serve.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
     # feedback + quality: the live quality windows
@@ -131,6 +137,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     add_repo_command(sub, _add_url)
     add_quality_commands(sub, _add_url)  # feedback + quality
     add_drift_commands(sub, _add_url, BUNDLED_REPOSITORY)  # drift (issue 13 item 6)
+    add_logging_command(sub, _add_url)  # prediction log
     return parser
 
 
@@ -165,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_quality(args)
     if args.command in ("profile", "drift"):  # drift (issue 13 item 6)
         return run_profile(args) if args.command == "profile" else run_drift(args)
+    if args.command == "logging":
+        return run_logging(args)
     return _stats(args)
 
 
@@ -195,6 +204,7 @@ def _serve(args: argparse.Namespace) -> int:
         drift_top_features=args.drift_top_features or None,
         drift_interval_s=args.drift_interval,
         price_per_core_hour=args.price_per_core_hour,
+        prediction_log_dir=args.prediction_log_dir,
     )
     try:
         asyncio.run(run_until_signal(config))

@@ -15,6 +15,8 @@
     quality: {...}    # live quality: read by sluice.server.config.quality_file, not here
     drift: {sample: 0.1, window_rows: 5000, window_s: 3600}   # or false; read by
                       # sluice.server.config.drift, not part of the deployment
+    logging:          # the prediction log (sluice.server.config.prediction_logging); not part
+      sample: 0.25    # of the deployment state: read_logging reads it, the router never sees it
 
 Every key is optional; an unknown key is an error naming it and the file. Versions are checked
 against what is loaded when the state is applied (``Router.model_loaded``), not here.
@@ -42,14 +44,15 @@ from typing import Any
 
 import yaml
 
+from sluice.server.config.prediction_logging import LoggingConfig, parse_logging
 from sluice.server.errors import ModelLoadError
 
 FILENAME = "deployment.yaml"
 _KEYS = ("aliases", "routes", "shadows", "canary")
-#: Keys of the monitors, beside the deployment and read by their own parsers (live quality:
-#: ``config.quality_file``; drift: ``config.drift``); accepted here, not part of the deployment
-#: state.
-_MONITOR_KEYS = ("quality", "drift")
+#: Keys of the monitors, beside the deployment and read by their own parsers (prediction log:
+#: ``config.prediction_logging``; live quality: ``config.quality_file``; drift:
+#: ``config.drift``); accepted here, not part of the deployment state.
+_MONITOR_KEYS = ("logging", "quality", "drift")
 #: Alias names: a letter first (so an alias never reads as a version number), then [A-Za-z0-9_.-].
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
 #: Arm labels of routes by version ("v3"); never an alias.
@@ -71,7 +74,9 @@ def check_alias(name: str, where: str = "alias") -> str:
 
 
 def read_deployment(model_dir: Path) -> tuple[Declared, str] | None:
-    """(declaration, sha256 hex of the file's bytes), or None when there is no file.
+    """(declaration, sha256 hex of the file's bytes), or None when there is no file, or when it
+    declares nothing but the monitors' keys (``logging``, ``quality``, ``drift``: not deployment
+    state, so a file that only configures them must not create or override any).
 
     Blocking. Raises ModelLoadError naming the file and the offending key or value."""
     path = model_dir / FILENAME
@@ -81,7 +86,11 @@ def read_deployment(model_dir: Path) -> tuple[Declared, str] | None:
         return None
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot be read ({exc.strerror})") from None
-    return parse_deployment(raw, path), hashlib.sha256(raw).hexdigest()
+    declared = parse_deployment(raw, path)
+    data = yaml.safe_load(raw)
+    if isinstance(data, Mapping) and data and set(data) <= set(_MONITOR_KEYS):
+        return None
+    return declared, hashlib.sha256(raw).hexdigest()
 
 
 def parse_deployment(raw: bytes | str, path: Path | str = FILENAME) -> Declared:
@@ -108,6 +117,7 @@ def _declared(data: Any) -> Declared:
     for key in data:
         if key not in _KEYS + _MONITOR_KEYS:
             raise ValueError(f"unknown key {key!r} (expected {', '.join(_KEYS + _MONITOR_KEYS)})")
+    parse_logging(data.get("logging"))  # checked with the rest; read_logging returns it
     aliases: dict[str, int] = {}
     for name, version in _mapping(data.get("aliases"), "aliases").items():
         aliases[check_alias(str(name), f"aliases.{name}")] = _version(version, f"aliases.{name}")
@@ -167,3 +177,20 @@ def _target(target: Any, aliases: Mapping[str, int], where: str) -> tuple[int, s
         return aliases[target], target
     raise ValueError(f"{where}: {target!r} is neither a version number nor an alias declared "
                      "under 'aliases'")
+
+
+def read_logging(model_dir: Path) -> LoggingConfig | None:
+    """The ``logging`` block of the model's deployment.yaml; None when there is no file or no
+    block. Blocking. Raises ModelLoadError naming the file and the offending key or value."""
+    path = model_dir / FILENAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ModelLoadError(f"{path.name}: cannot be read ({exc.strerror})") from None
+    parse_deployment(raw, path.name)  # the whole file's errors, as the router would see them
+    data = yaml.safe_load(raw)
+    if not isinstance(data, Mapping) or data.get("logging") is None:
+        return None
+    return parse_logging(data["logging"])

@@ -56,8 +56,6 @@ class ServerConfig:
     quality_window_rows: int = 10_000
     #: Seconds a prediction stays in a live quality window; None: no time bound.
     quality_window_s: float | None = 3600.0
-    #: Where the prediction log and the feedback log go; None: ``<state dir>/predictions``.
-    prediction_log_dir: Path | None = None
     # -- drift (issue 13 item 6) --
     #: Seconds between two computes of the drift windows.
     drift_interval_s: float = 10.0
@@ -68,19 +66,28 @@ class ServerConfig:
     #: Price of one CPU core-hour, in the operator's currency (``sluice_cost_per_1k_predictions``
     #: and ``sluice stats``); None: CPU seconds only.
     price_per_core_hour: float | None = None
-
-    @property
-    def prediction_log_root(self) -> Path:
-        """``prediction_log_dir`` or its default."""
-        if self.prediction_log_dir is not None:
-            return self.prediction_log_dir
-        return self.deployment_state_dir / "predictions"
+    # -- prediction log (request ids, prediction log) --
+    #: Root of the prediction log's Parquet files; None: ``<state dir>/predictions``.
+    prediction_log_dir: Path | None = None
+    #: A log file is closed (and a new one started) once it holds this many bytes ...
+    prediction_log_max_file_bytes: int = 64 * 1024 * 1024
+    #: ... or is this old.
+    prediction_log_max_file_age_s: float = 60.0
+    #: Sampled requests waiting for the writer before more are dropped (and counted).
+    prediction_log_queue_records: int = 100_000
 
     @property
     def deployment_state_dir(self) -> Path:
         """Where deployment state lives (``state_dir`` or its default)."""
         return self.state_dir if self.state_dir is not None else (
             self.model_repository / ".sluice-state"
+        )
+
+    @property
+    def predictions_dir(self) -> Path:
+        """Where the prediction log writes (``prediction_log_dir`` or its default)."""
+        return self.prediction_log_dir if self.prediction_log_dir is not None else (
+            self.deployment_state_dir / "predictions"
         )
 
     @property

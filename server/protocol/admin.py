@@ -21,8 +21,10 @@ import grpc
 from sluice.proto import admin_pb2 as pb
 from sluice.proto import admin_pb2_grpc as pb_grpc
 from sluice.server.errors import InvalidInput, ModelNotFound, Unimplemented
+from sluice.server.monitoring.prediction_log import PredictionLog
 from sluice.server.monitoring.quality import QualityMonitor  # feedback + quality
 from sluice.server.protocol.admin_drift import DriftAdmin
+from sluice.server.protocol.admin_logging import PredictionLoggingRpcs
 from sluice.server.protocol.admin_quality import QualityAdmin  # feedback + quality
 from sluice.server.protocol.status import fail
 from sluice.server.rollout.canary import CanaryController
@@ -46,15 +48,17 @@ def caller_of(context: grpc.aio.ServicerContext) -> str:
     return str(context.peer() or "unknown")
 
 
-class AdminServicer(QualityAdmin, DriftAdmin, pb_grpc.AdminServicer):
+class AdminServicer(PredictionLoggingRpcs, QualityAdmin, DriftAdmin, pb_grpc.AdminServicer):
     """Deployment administration over one :class:`Router`."""
 
     def __init__(
         self, router: Router, shadow: ShadowMirror | None = None,
         canary: CanaryController | None = None, follower: DeploymentFollower | None = None,
+        prediction_log: PredictionLog | None = None,
     ) -> None:
         """``follower`` (under ``--workers``): brought up to date with the other workers'
         changes before a change is judged, so it is not refused as computed from a stale view."""
+        self._prediction_log = prediction_log
         self._router = router
         self._given_shadow = shadow
         self._canary = canary
@@ -335,9 +339,10 @@ def add_admin_service(
     server: grpc.aio.Server, router: Router, shadow: ShadowMirror | None,
     canary: CanaryController | None, follower: DeploymentFollower | None = None,
     quality: QualityMonitor | None = None,
+    prediction_log: PredictionLog | None = None,
 ) -> AdminServicer:
     """Register the Admin service on ``server``; returns the servicer."""
-    servicer = AdminServicer(router, shadow, canary, follower)
+    servicer = AdminServicer(router, shadow, canary, follower, prediction_log)
     servicer.quality = quality  # feedback + quality
     pb_grpc.add_AdminServicer_to_server(servicer, server)
     return servicer

@@ -29,8 +29,9 @@ from sluice.server.errors import (
     Unimplemented,
 )
 from sluice.server.monitoring.cost import CostAccountant
-from sluice.server.monitoring.hub import Finished, MonitorHub
-from sluice.server.protocol import codec, wire
+from sluice.server.monitoring.hub import MonitorHub
+from sluice.server.protocol import codec, handoff, wire
+from sluice.server.protocol.request_ids import id_maker
 from sluice.server.protocol.statistics import latency_table, model_statistics
 from sluice.server.protocol.status import fail
 from sluice.server.protocol.streaming import answer_stream
@@ -65,22 +66,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(
         self, repository: ModelRepository, *, router: Router | None = None,
-        limits: RequestLimits | None = None,
+        limits: RequestLimits | None = None, hub: MonitorHub | None = None,
+        on_loaded: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        """``hub``: where finished requests of watched models go (none is watched without);
+        ``on_loaded(model)``: awaited after RepositoryModelLoad applied the deployment (the
+        monitors' settings)."""
+        self._on_loaded = on_loaded
         self._repo = repository
         self._router = router if router is not None else Router(repository, None)
         self._limits = limits or RequestLimits()
+        self.hub = hub if hub is not None else MonitorHub()
+        #: Makes the id of a request that came without one (unique across processes).
+        self.new_id = id_maker()
         self._ready = False
         self._draining = False
         #: Inference requests admitted and not yet answered.
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        #: Called with a model's name once RepositoryModelLoad loaded it (live quality learns
-        #: its versions; feedback + quality).
-        self.after_load: Callable[[str], Awaitable[None]] | None = None
-        #: Finished requests of watched models go here (the monitors' hand-off).
-        self.hub: MonitorHub | None = None
 
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
@@ -208,12 +212,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if self._draining:
             raise Overloaded("server is shutting down", reason="draining", retry_after_ms=1000)
         request = codec.decode_request(message, deadline, self._limits)
+        if not request.id:
+            request.id = self.new_id()
         sticky = request.parameters.get(STICKY_PARAM) if request.parameters else None
         if sticky is not None and not isinstance(sticky, str):
             raise InvalidInput(f"parameter '{STICKY_PARAM}' must be a string")
         route = self._router.route(request.model_name, request.model_version, sticky, metadata_key)
         served, arm, _ = route
-        return request, route, served.infer_now(request) if arm is None else None
+        if arm is not None:
+            return request, route, None
+        try:
+            return request, route, served.infer_now(request)
+        except Exception as exc:
+            handoff.note_route(exc, request, route)  # a failure's record names its version
+            raise
 
     async def dispatch(self, request: InferRequest, route: Routed) -> InferResponse:
         """Infer ``request`` on ``route`` (from :meth:`answer_now`), counted as in flight."""
@@ -260,7 +272,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelInfer(self, request, context):
-        started = time.perf_counter()
+        hub = self.hub
+        watched = hub.wants(request.model_name)  # all a model nobody watches costs
+        started = time.perf_counter() if watched else 0.0
+        decoded = route = None
         try:
             decoded, route, response = self.answer_now(
                 request, codec.deadline_from(context.time_remaining()),
@@ -268,26 +283,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             if response is None:
                 response = await self.dispatch(decoded, route)
-            if self.hub is not None and self.hub.wants(decoded.model_name):
-                self._offer(decoded, route, response, started)
+            if watched:
+                hub.offer(handoff.answered(decoded, route, response, started))
             return wire.encode_response(response)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            if watched:
+                hub.offer(handoff.failed(request, decoded, route, started, exc, self.new_id))
             raise
         except Exception as exc:
+            if watched:
+                hub.offer(handoff.failed(request, decoded, route, started, exc, self.new_id))
             fail(context, exc)
             return b""  # the empty message, serialized (the status says what went wrong)
-
-    def _offer(self, request: InferRequest, route: Routed, response: InferResponse,
-               started: float) -> None:
-        """Hand an answered request to the monitors (an append; never blocks). The minimal
-        hand-off of the quality branch: unary answers only, the request's own id."""
-        assert self.hub is not None
-        served, arm, _ = route
-        self.hub.offer(Finished(
-            id=response.id or request.id, time=time.time(), model=request.model_name,
-            version=served.version, arm=arm or "", caller="", outputs=response.outputs,
-            inputs=request.inputs, latency_s=time.perf_counter() - started,
-        ))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
@@ -324,8 +331,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._repo.load(request.model_name)
             # Its deployment (persisted or deployment.yaml) applies once the versions are in.
             await self._router.model_loaded(request.model_name)
-            if self.after_load is not None:
-                await self.after_load(request.model_name)
+            if self._on_loaded is not None:
+                await self._on_loaded(request.model_name)
         except Exception as exc:
             fail(context, exc)
         return pb.RepositoryModelLoadResponse()

@@ -1,18 +1,21 @@
-"""ModelStreamInfer: requests of one stream answered as they finish, each by its own id.
+"""ModelStreamInfer: requests of one stream answered as they finish, each by its own id (the
+request's, else one the server made).
 
 Reading stops while ``STREAM_WINDOW`` requests of the stream are unanswered. An error answers
 its one request (``error_message`` "[CODE] text", the request's model, version and id) and the
-stream stays open.
+stream stays open. Requests of a model the monitor hub watches are offered to it as they finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from sluice.proto import grpc_service_pb2 as pb
-from sluice.server.protocol import wire
+from sluice.server.monitoring.hub import MonitorHub
+from sluice.server.protocol import handoff, wire
 from sluice.server.protocol.status import to_status
 from sluice.server.types import InferRequest, InferResponse
 
@@ -22,6 +25,9 @@ STREAM_WINDOW = 256
 class Answerer(Protocol):
     """What a stream needs of the servicer (``servicer.InferenceServicer``)."""
 
+    hub: MonitorHub
+    new_id: Callable[[], str]
+
     def answer_now(
         self, message: pb.ModelInferRequest, deadline: float | None,
         metadata_key: Callable[[], str | None] | None,
@@ -30,12 +36,14 @@ class Answerer(Protocol):
     def dispatch(self, request: InferRequest, route: Any) -> Awaitable[InferResponse]: ...
 
 
-def _error_item(message: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
+def _error_item(
+    message: pb.ModelInferRequest, exc: Exception, request_id: str
+) -> pb.ModelStreamInferResponse:
     code, text, _ = to_status(exc)
     return pb.ModelStreamInferResponse(
         error_message=f"[{code.name}] {text}",
         infer_response=pb.ModelInferResponse(
-            model_name=message.model_name, model_version=message.model_version, id=message.id
+            model_name=message.model_name, model_version=message.model_version, id=request_id
         ),
     )
 
@@ -50,18 +58,39 @@ async def answer_stream(
     done: asyncio.Queue[bytes | pb.ModelStreamInferResponse | None] = asyncio.Queue()
     window = asyncio.Semaphore(STREAM_WINDOW)
     tasks: set[asyncio.Task[None]] = set()
+    hub = servicer.hub
 
     def metadata_key() -> str | None:
         return stream_key
 
-    async def answer(message: pb.ModelInferRequest, request: InferRequest, route: Any) -> None:
+    def error(
+        message: pb.ModelInferRequest, request: InferRequest | None, route: Any,
+        started: float | None, exc: Exception,
+    ) -> pb.ModelStreamInferResponse:
+        """The error item answering ``message``, its failure offered when ``started`` (the
+        model is watched)."""
+        if started is None:
+            if request is None:  # failed on the loop: the request may have been decoded
+                request = getattr(exc, "sluice_routed", (None,))[0]
+            request_id = request.id if request is not None else message.id or servicer.new_id()
+        else:
+            record = handoff.failed(message, request, route, started, exc, servicer.new_id)
+            hub.offer(record)
+            request_id = record.id
+        return _error_item(message, exc, request_id)
+
+    async def answer(
+        message: pb.ModelInferRequest, request: InferRequest, route: Any, started: float | None
+    ) -> None:
         try:
             response = await servicer.dispatch(request, route)
+            if started is not None:
+                hub.offer(handoff.answered(request, route, response, started))
             item: bytes | pb.ModelStreamInferResponse = wire.encode_stream_response(response)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            item = _error_item(message, exc)
+            item = error(message, request, route, started, exc)
         finally:
             window.release()
         done.put_nowait(item)
@@ -70,16 +99,23 @@ async def answer_stream(
         try:
             async for message in request_iterator:
                 await window.acquire()  # before routing: no await between routing and queueing
+                started = time.perf_counter() if hub.wants(message.model_name) else None
+                request = route = None
                 try:
                     request, route, response = servicer.answer_now(message, None, metadata_key)
-                    item = None if response is None else wire.encode_stream_response(response)
+                    if response is None:
+                        item = None
+                    else:
+                        if started is not None:
+                            hub.offer(handoff.answered(request, route, response, started))
+                        item = wire.encode_stream_response(response)
                 except Exception as exc:
-                    item = _error_item(message, exc)
+                    item = error(message, request, route, started, exc)
                 if item is not None:
                     window.release()
                     done.put_nowait(item)
                     continue
-                task = asyncio.create_task(answer(message, request, route))
+                task = asyncio.create_task(answer(message, request, route, started))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
