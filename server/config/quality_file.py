@@ -10,9 +10,12 @@
       window_rows: 10000       # predicted rows kept per (version, arm)
       window_s: 3600           # seconds a prediction stays in the window
 
-Every key is optional; without the block the monitor decides from the outputs alone
-(:func:`sluice.server.monitoring.quality_spec.decide`). Output names are checked against the
-model's config there, once the model is loaded. Blocking reads; errors name the file and key.
+Live quality is off for a model whose deployment.yaml has no ``quality`` block: keeping every
+prediction in memory costs the hub's thread time on every request, for nothing when no label
+will ever come. Within the block every key is optional; the monitor decides what it does not say
+from the outputs alone (:func:`sluice.server.monitoring.quality_spec.decide`). Output names are
+checked against the model's config there, once the model is loaded. Blocking reads; errors
+name the file and key.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class QualityDeclared:
 
     #: False turns live quality off for the model.
     enabled: bool = True
+    #: False when deployment.yaml has no quality block (live quality off).
+    present: bool = True
     #: "classifier" or "regressor"; None: decided from the outputs.
     kind: str | None = None
     #: Output holding the prediction (class id, or value for a regressor).
@@ -57,7 +62,7 @@ def read_quality(model_dir: Path) -> QualityDeclared:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return QualityDeclared()
+        return QualityDeclared(present=False)
     except OSError as exc:
         raise ModelLoadError(f"{model_dir.name}/{FILENAME}: cannot be read ({exc.strerror})") \
             from None
@@ -76,7 +81,7 @@ def read_quality(model_dir: Path) -> QualityDeclared:
 def parse_quality(block: Any) -> QualityDeclared:
     """A ``quality`` block (already parsed YAML) as a declaration; ValueError names the key."""
     if block is None:
-        return QualityDeclared()
+        return QualityDeclared(present=False)
     if not isinstance(block, Mapping):
         raise ValueError("quality: must be a mapping")
     unknown = sorted(str(k) for k in block if k not in _KEYS)

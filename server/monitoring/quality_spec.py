@@ -62,6 +62,8 @@ def decide(
     window_s: float | None,
 ) -> QualitySpec | str:
     """The spec of ``config``'s answers, or why there is none (a sentence naming outputs)."""
+    if not declared.present:
+        return "off: deployment.yaml has no quality block (add one, e.g. quality: {}, to score it)"
     if not declared.enabled:
         return "off in deployment.yaml (quality.enabled: false)"
     outputs = {o.name: o for o in config.outputs}

@@ -47,6 +47,18 @@ def test_a_single_value_per_row_is_a_regression_and_declarations_win():
         "off in deployment.yaml (quality.enabled: false)")
 
 
+def test_without_a_quality_block_live_quality_is_off(tmp_path):
+    (tmp_path / "m").mkdir()
+    assert read_quality(tmp_path / "m") == QualityDeclared(present=False)  # no file
+    (tmp_path / "m" / "deployment.yaml").write_text("logging: {sample: 1}\n")
+    declared = read_quality(tmp_path / "m")
+    assert not declared.present
+    assert spec_of(bundled("cnn"), present=False).startswith(
+        "off: deployment.yaml has no quality block")
+    (tmp_path / "m" / "deployment.yaml").write_text("quality: {}\n")
+    assert read_quality(tmp_path / "m") == QualityDeclared()
+
+
 @pytest.mark.parametrize(("block", "message"), [
     ("quality: {kind: ranking}", "quality.kind: must be one of classifier, regressor"),
     ("quality: {window_rows: 0}", "quality.window_rows: must be a whole number >= 1, not 0"),
