@@ -202,18 +202,25 @@ async def test_timeout_covers_every_retry(start_peer, sync, monkeypatch):
     deadline = started + timeout
     # Every attempt was sent before the deadline and reached the peer, each after a wait of
     # at least the pushback (the peer's own stamps); so no more than 1 + timeout / pushback fit.
-    assert len(sent) == peer.calls and all(started <= t < end for t, end in sent), (
+    # Only the last one may be lost: sent in time, it can expire in flight before the peer's
+    # handler runs (a busy machine; seen once in ~30 stress runs), and the call then ends in
+    # DeadlineExceeded.
+    assert all(started <= t < end for t, end in sent), (
         [(t - started, end - started) for t, end in sent])
+    lost = len(sent) - peer.calls
+    assert lost in (0, 1), (len(sent), peer.calls)
+    if lost:
+        assert isinstance(info.value, DeadlineExceeded)
     assert {end for _, end in sent} == {sent[0][1]} and sent[0][1] >= deadline  # one deadline
-    assert all(a >= t for a, (t, _) in zip(peer.arrivals, sent, strict=True))
+    assert all(a >= t for a, (t, _) in zip(peer.arrivals, sent[:peer.calls], strict=True))
     assert all(gap >= pushback - SLACK_S for gap in peer.gaps()), peer.gaps()
-    assert 2 <= peer.calls <= 1 + timeout / pushback
+    assert 2 <= len(sent) <= 1 + timeout / pushback
     # Which error ends the call depends on where the deadline fell, which a busy machine moves
     # (the rule itself is pinned on a fake clock in tests/unit/test_retry.py): during a wait or
     # before a wait that would not fit, the caller gets the last shed; when the last attempt,
     # sent in time, could not come back before the deadline, DeadlineExceeded (seen in 1 of ~20
     # stress runs with three test suites and a CPU hog on two cores).
-    assert info.value.attempts == peer.calls
+    assert info.value.attempts == len(sent)
     if isinstance(info.value, Overloaded):
         assert info.value.retry_after_ms == PUSHBACK_MS
         assert info.value.reason == "queue_full"
