@@ -10,6 +10,7 @@
                         | canary abort
     sluice shadow report MODEL [--json]
     sluice repo index [--ready] [--json] | load MODEL | unload MODEL
+    sluice retrain MODEL [--json] | retrain-webhook [--port P]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from sluice.server import __version__
 from sluice.server.cli_admin import add_admin_commands, run_admin
 from sluice.server.cli_repo import add_repo_command, run_repo
+from sluice.server.cli_retrain import add_retrain_commands, run_retrain  # retraining
 from sluice.server.config.settings import ServerConfig
 
 DEFAULT_TARGET = "127.0.0.1:8001"
@@ -106,6 +108,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_admin_commands(sub, _add_url)
     add_repo_command(sub, _add_url)
+    add_retrain_commands(sub, _add_url, BUNDLED_REPOSITORY)  # retraining (issue 13, item 9)
     return parser
 
 
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_admin(args)
     if args.command == "repo":
         return run_repo(args)
+    if args.command in ("retrain", "retrain-webhook"):  # retraining
+        return run_retrain(args)
     return _stats(args)
 
 
