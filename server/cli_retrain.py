@@ -152,11 +152,17 @@ def _sources(args: argparse.Namespace) -> Any:
                    feedback=args.feedback_dir or state / "feedback")
 
 
+class _StepLines(logging.Handler):
+    """The pipeline's step lines on whatever sys.stdout is when they are written."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stdout, flush=True)
+
+
 def _log_to_stdout() -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("sluice.retrain")
-    logger.addHandler(handler)
+    if not any(isinstance(h, _StepLines) for h in logger.handlers):  # once per process
+        logger.addHandler(_StepLines())
     logger.setLevel(logging.INFO)
     logger.propagate = False
 

@@ -10,57 +10,30 @@ scikit-learn. Accuracies are recomputed here with onnxruntime on the held-out sp
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from sluice.clients import AdminClient, Client
 from sluice.server.app import BUNDLED_REPOSITORY
 from sluice.server.cli import main as cli
+from tests.support.retrain_repo import (
+    COPY,
+    DIGITS,
+    accuracy,
+    digits_v1_repo,
+    retrain_yaml,
+)
 from tests.support.running import RunningServer
-
-DIGITS = BUNDLED_REPOSITORY / "digits"
-COPY = "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])"
-#: Long enough that the canary is still at its first step when the test looks.
-INTERVAL_S = 600
-
-
-def accuracy(model_file: Path) -> float:
-    split = np.load(DIGITS / "test_split.npz")
-    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-    label = session.run(["label"], {"input": split["X"]})[0]
-    return float(np.mean(label == split["y"]))
-
-
-def retrain_yaml(command: list[str], *, margin: float = 0.005, training: str = "train_split.npz",
-                 min_rows: int = 500) -> str:
-    return json.dumps({  # JSON is YAML
-        "fetch": {"input": "input", "training_data": training},
-        "validate": {"min_rows": min_rows, "classes": 10},
-        "train": {"command": command, "timeout_s": 600},
-        "evaluate": {"holdout": "test_split.npz", "output": "label", "margin": margin},
-        "deploy": {"shadow": {"sample": 1.0},
-                   "canary": {"steps": [5, 50, 100], "interval_s": INTERVAL_S,
-                              "gates": {"max_error_rate": 0.01}}},
-    })
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """digits with version 1 only (+ its data files and trainer); version 2's MLP set aside."""
-    model = tmp_path / "models" / "digits"
-    (model / "1").mkdir(parents=True)
-    for name in ("config.pbtxt", "test_split.npz", "train_split.npz", "train.py"):
-        shutil.copy(DIGITS / name, model / name)
-    shutil.copy(DIGITS / "1" / "model.onnx", model / "1" / "model.onnx")
-    shutil.copy(DIGITS / "2" / "model.onnx", tmp_path / "mlp.onnx")
-    return tmp_path / "models"
+    return digits_v1_repo(tmp_path)
 
 
 @pytest.fixture
