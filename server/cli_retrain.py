@@ -149,7 +149,7 @@ def _sources(args: argparse.Namespace) -> Any:
 
     state = args.state_dir or args.model_repository / ".sluice-state"
     return Sources(prediction_log=args.prediction_log_dir or state / "predictions",
-                   feedback=args.feedback_dir or state / "feedback")
+                   feedback=args.feedback_dir or state / "feedback", state=state)
 
 
 class _StepLines(logging.Handler):

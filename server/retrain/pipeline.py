@@ -8,8 +8,8 @@ the declared margin; the new version directory appears at once (written beside i
 and the serving version is pinned (alias ``stable``) before the server loads it, so the newest
 version never takes traffic by being newest. From then on every change goes through the running
 server's admin API (a :class:`Deployer`): a shadow of the new version, then a canary with the
-declared gates. At most one run per model at a time, across processes (a lock file beside the
-model).
+declared gates. At most one run per model at a time, across processes (a lock file in the state
+directory).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from sluice.server.retrain.spec import DeploySpec, RetrainSpec, SpecError, read_
 
 log = logging.getLogger("sluice.retrain")
 
-LOCK_FILE = ".retrain.lock"
 #: Written beside the model file of a version the pipeline made: where it came from.
 PROVENANCE_FILE = "retrain.json"
 
@@ -79,6 +78,8 @@ class Sources:
 
     prediction_log: Path
     feedback: Path
+    #: The server's state directory: the runs' lock files go under ``retrain/`` there.
+    state: Path
 
 
 @dataclass
@@ -100,12 +101,13 @@ def _step(model: str, name: str, text: str) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive(model_dir: Path, model: str) -> Iterator[None]:
+def _exclusive(state: Path, model: str) -> Iterator[None]:
     try:
-        handle = open(model_dir / LOCK_FILE, "a")  # noqa: SIM115 (held for the whole run)
+        (state / "retrain").mkdir(parents=True, exist_ok=True)
+        handle = open(state / "retrain" / f"{model}.lock", "a")  # noqa: SIM115 (held for the run)
     except OSError as exc:
-        raise StepFailed("start", f"cannot write in the model directory ({exc.strerror})") \
-            from None
+        raise StepFailed("start", f"cannot write a lock file in the state directory "
+                         f"({exc.strerror})") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -129,7 +131,7 @@ def retrain(model: str, repository: Path, sources: Sources, deployer: Deployer, 
     result = Outcome(model=model)
     started = time.monotonic()
     try:
-        with _exclusive(model_dir, model):
+        with _exclusive(sources.state, model):
             _run(spec, sources, deployer, python, result)
     except StepFailed as exc:
         result.outcome, result.step, result.message = "failed", exc.step, exc.message

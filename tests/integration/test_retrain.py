@@ -231,3 +231,19 @@ def test_retrain_digits_learns_from_logged_requests_and_their_feedback(
         d = admin.deployment("digits")
     assert [s["version"] for s in d["shadows"]] == [2]
     assert (d["canary"]["state"], d["canary"]["candidate_version"]) == ("running", 2)
+
+
+def test_a_second_run_of_the_same_model_is_refused_while_one_holds_the_lock(
+        server, repo, tmp_path, capsys):
+    import fcntl
+
+    (repo / "digits" / "retrain.yaml").write_text(
+        retrain_yaml(["{python}", "-c", COPY, str(tmp_path / "mlp.onnx"), "{output}"]))
+    lock = tmp_path / "state" / "retrain" / "digits.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a") as held:  # another process's run, as the pipeline takes it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, outcome, _ = run_retrain(server, repo, tmp_path, capsys)
+    assert (code, outcome["step"], outcome["message"]) == (
+        1, "start", "another retrain of model 'digits' is running")
+    untouched(server, repo)
