@@ -168,6 +168,7 @@ def _log_to_stdout() -> None:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
+    from sluice.server.errors import SluiceError
     from sluice.server.retrain.pipeline import retrain
     from sluice.server.retrain.spec import SpecError
 
@@ -177,8 +178,11 @@ def run_retrain(args: argparse.Namespace) -> int:
     try:
         outcome = retrain(args.model, args.model_repository, _sources(args),
                           AdminDeployer(args.url, args.caller), python=args.python)
-    except (SpecError, ValueError) as exc:
+    except SpecError as exc:
         print(f"sluice retrain: {exc}", file=sys.stderr)
+        return 2
+    except SluiceError as exc:  # a model name that is no name
+        print(f"sluice retrain: {exc.message}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(dataclasses.asdict(outcome), indent=2))
@@ -193,6 +197,8 @@ def _run_webhook(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from sluice.server.config.model import check_model_name
+    from sluice.server.errors import SluiceError
     from sluice.server.retrain.pipeline import retrain
     from sluice.server.retrain.spec import FILENAME
     from sluice.server.retrain.webhook import RetrainWebhook
@@ -207,8 +213,11 @@ def _run_webhook(args: argparse.Namespace) -> int:
         return f"{outcome.outcome} {outcome.step}: {outcome.message}"
 
     def known(model: str) -> bool:
-        return "/" not in model and not model.startswith(".") and (
-            repo / model / FILENAME).is_file()
+        try:
+            check_model_name(model)  # before any path is built from it
+        except SluiceError:
+            return False
+        return (repo / model / FILENAME).is_file()
 
     try:
         hook = RetrainWebhook(run, known, host=args.host, port=args.port,

@@ -247,3 +247,26 @@ def test_a_second_run_of_the_same_model_is_refused_while_one_holds_the_lock(
     assert (code, outcome["step"], outcome["message"]) == (
         1, "start", "another retrain of model 'digits' is running")
     untouched(server, repo)
+
+
+def test_the_quality_gate_goes_to_the_canary_or_the_run_says_this_server_lacks_it(
+        server, repo, tmp_path, capsys):
+    """deploy.canary.gates may name the quality gate (max_accuracy_drop); where this Sluice's
+    canary has no such gate yet, the run stops before anything changes, naming it."""
+    import inspect
+
+    spec = json.loads(retrain_yaml(["{python}", "-c", COPY, str(tmp_path / "mlp.onnx"),
+                                    "{output}"]))
+    spec["deploy"]["canary"]["gates"]["max_accuracy_drop"] = 0.02
+    (repo / "digits" / "retrain.yaml").write_text(json.dumps(spec))
+    code, outcome, _ = run_retrain(server, repo, tmp_path, capsys)
+    if "max_accuracy_drop" in inspect.signature(AdminClient.start_canary).parameters:
+        assert (code, outcome["outcome"]) == (0, "deployed")
+        with AdminClient(server.address) as admin:
+            gates = admin.deployment("digits")["canary"]["gates"]
+        assert gates["max_accuracy_drop"] == 0.02
+    else:
+        assert (code, outcome["step"], outcome["message"]) == (
+            1, "serving", "this Sluice's canary has no gate 'max_accuracy_drop' "
+            "(deploy.canary.gates)")
+        untouched(server, repo)

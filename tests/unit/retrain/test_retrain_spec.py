@@ -69,3 +69,14 @@ def test_files_outside_the_model_directory_are_refused(tmp_path):
     spec = parse_spec(MINIMAL, "m", tmp_path)
     with pytest.raises(SpecError, match="'../secret.npz' is outside the model directory"):
         spec.path("../secret.npz")
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("../etc", "invalid model name '../etc'"),
+    ("nosuch", "the repository has no model 'nosuch'"),
+])
+def test_sluice_retrain_names_a_model_it_cannot_retrain_with_status_2(capsys, model, message):
+    from sluice.server.cli import main
+
+    assert main(["retrain", model, "--url", "127.0.0.1:1"]) == 2
+    assert capsys.readouterr().err.startswith(f"sluice retrain: {message}")
