@@ -36,7 +36,7 @@ def add_retrain_commands(sub: Any, add_url: Callable[[argparse.ArgumentParser], 
     places.add_argument("--prediction-log-dir", type=Path, default=None, metavar="DIR",
                         help="the prediction log (default: <state-dir>/predictions)")
     places.add_argument("--feedback-dir", type=Path, default=None, metavar="DIR",
-                        help="the feedback log (default: <state-dir>/feedback)")
+                        help="the feedback log (default: <prediction-log-dir>/feedback)")
     places.add_argument("--python", default=None, metavar="PATH",
                         help="interpreter for {python} in train.command (default: "
                         "retrain.yaml's train.python, else the one running sluice)")
@@ -148,8 +148,9 @@ def _sources(args: argparse.Namespace) -> Any:
     from sluice.server.retrain.pipeline import Sources
 
     state = args.state_dir or args.model_repository / ".sluice-state"
-    return Sources(prediction_log=args.prediction_log_dir or state / "predictions",
-                   feedback=args.feedback_dir or state / "feedback", state=state)
+    log = args.prediction_log_dir or state / "predictions"  # as sluice serve's defaults
+    return Sources(prediction_log=log, feedback=args.feedback_dir or log / "feedback",
+                   state=state)
 
 
 class _StepLines(logging.Handler):

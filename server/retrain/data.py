@@ -2,17 +2,19 @@
 log, and the owner's training and held-out data. When a log's layout changes, this module alone
 changes.
 
-**Prediction log** (``--prediction-log-dir``; written by ``sluice.server.monitoring``): Parquet,
-Hive-partitioned ``model=NAME/date=YYYY-MM-DD/*.parquet``, one row per request with columns
-``id``, ``time``, ``model``, ``version``, ``arm``, ``caller``, ``latency_s``, ``status``, one column
-per output ``output.NAME`` and, when the model logs inputs, one per input ``input.NAME`` (the
-request's tensor as nested lists, batch dimension first; null when not kept).
+**Prediction log** (``--prediction-log-dir``; written by ``sluice.server.monitoring``'s
+prediction log): Parquet under Hive directories ``model=NAME/date=YYYY-MM-DD/*.parquet``, one
+Parquet row per row of a request, with columns ``id``, ``row`` (the row's index in its request),
+``time``, ``version``, ``arm``, ``caller``, ``status`` ("OK" or a status code name),
+``latency_s``, ``output_<name>`` per output and ``input_<name>`` per input kept (a plain column
+for one element per row, else a list per row, row-major; null when not kept). A failed request
+is one row with null tensors. Files being written have hidden names and are not read.
 
-**Feedback log** (``--feedback-dir``; written by ``sluice feedback``): Parquet, partitioned the
-same way, columns ``id`` and ``label`` (the label of every row of that request) and optionally
-``row`` (the label of one row; null or absent: all rows) and ``time``. Later labels win: files
-are read in name order, rows in file order (sorted by ``time`` when present), so the last write
-of an (id, row) pair is the one kept.
+**Feedback log** (``<prediction-log dir>/feedback``; written by ``sluice feedback`` and the
+admin RPC): Parquet under the same kind of directories, columns ``id``, ``row`` (null: the label
+of every row of the request), ``label`` (int64, classifiers; null for a regressor's ``value``)
+and ``received_at``. The last label of an (id, row) wins: every file is read, and labels are
+ordered by ``received_at``, then file name, then position in the file.
 
 **Training and held-out data** (named in retrain.yaml): ``.npz`` with arrays ``X`` and ``y``, or
 Parquet with a list column ``X`` (or ``features``) and a ``y`` (or ``label``) column.
@@ -21,19 +23,19 @@ Parquet with a list column ``X`` (or ``features``) and a ``y`` (or ``label``) co
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 #: Column naming of the prediction log (see the module docstring).
-INPUT_PREFIX = "input."
-ID, STATUS, OK = "id", "status", "OK"
+INPUT_PREFIX = "input_"
+ID, ROW, STATUS, OK = "id", "row", "status", "OK"
 #: Feedback columns.
-LABEL, ROW, TIME = "label", "row", "time"
+LABEL, RECEIVED = "label", "received_at"
 
 
 class DataError(ValueError):
@@ -53,7 +55,7 @@ class Joined:
     without_inputs: int
     #: Logged rows with no label (yet).
     unlabelled_rows: int
-    #: Feedback ids that match no logged request in the window.
+    #: Feedback ids that match no successful logged request in the window.
     unknown_ids: int
     #: Logged rows labelled more than once (the last label was kept).
     relabelled: int
@@ -88,90 +90,116 @@ def _read(path: Path, root: Path) -> pa.Table:
                         f"({type(exc).__name__})") from None
 
 
-def _cells(table: pa.Table, column: str) -> Iterator[object]:
-    return iter(table.column(column).to_pylist())
+def _need(table: pa.Table, path: Path, root: Path, *columns: str) -> None:
+    for column in columns:
+        if column not in table.column_names:
+            raise DataError(f"{path.relative_to(root)}: no column '{column}' "
+                            f"(has {', '.join(table.column_names)})")
 
 
-def read_feedback(root: Path, model: str, since_days: int | None = None
-                  ) -> tuple[dict[str, int], dict[tuple[str, int], int], int]:
+def read_feedback(root: Path, model: str) -> tuple[dict[str, int], dict[tuple[str, int], int],
+                                                   int]:
     """({id: label of all its rows}, {(id, row): label}, labels given more than once)."""
-    whole: dict[str, int] = {}
-    per_row: dict[tuple[str, int], int] = {}
-    repeats = 0
-    for path in partition_files(root, model, since_days):
+    found: list[tuple[float, int, str, int | None, int]] = []  # (time, order, id, row, label)
+    for path in partition_files(root, model, None):
         table = _read(path, root)
-        for needed in (ID, LABEL):
-            if needed not in table.column_names:
-                raise DataError(f"{path.relative_to(root)}: no column '{needed}' "
-                                f"(has {', '.join(table.column_names)})")
-        if TIME in table.column_names:
-            table = table.sort_by(TIME)
-        rows = _cells(table, ROW) if ROW in table.column_names else iter(())
-        for rid, label in zip(_cells(table, ID), _cells(table, LABEL), strict=True):
-            row = next(rows, None)
+        _need(table, path, root, ID, LABEL)
+        n = table.num_rows
+        times = (pc.cast(table.column(RECEIVED), pa.int64()).to_pylist()
+                 if RECEIVED in table.column_names else [None] * n)
+        rows = table.column(ROW).to_pylist() if ROW in table.column_names else [None] * n
+        labels = table.column(LABEL).to_pylist()
+        for rid, row, label, when in zip(table.column(ID).to_pylist(), rows, labels, times,
+                                         strict=True):
             if rid is None or label is None:
-                continue
+                continue  # a regressor's value, or nothing
             if isinstance(label, bool) or not isinstance(label, int | float) or label != int(
                     label):
                 raise DataError(f"{path.relative_to(root)}: column '{LABEL}' holds {label!r}, "
                                 "not a class id")
-            if row is None:
-                repeats += str(rid) in whole
-                whole[str(rid)] = int(label)
-            else:
-                repeats += (str(rid), int(row)) in per_row  # type: ignore[call-overload]
-                per_row[str(rid), int(row)] = int(label)  # type: ignore[call-overload]
+            found.append((float(when or 0), len(found), str(rid),
+                          None if row is None else int(row), int(label)))
+    found.sort()
+    whole: dict[str, int] = {}
+    per_row: dict[tuple[str, int], int] = {}
+    repeats = 0
+    for _, _, rid, row, label in found:
+        if row is None:
+            repeats += rid in whole
+            whole[rid] = label
+        else:
+            repeats += (rid, row) in per_row
+            per_row[rid, row] = label
     return whole, per_row, repeats
 
 
-def read_logged_inputs(root: Path, model: str, input_name: str, since_days: int | None = None
-                       ) -> tuple[dict[str, np.ndarray], int, int]:
-    """({request id: its input, [rows, ...features]}, successful requests, requests whose input
-    was not kept). A request logged twice keeps its last record."""
+def _rows_of(column: pa.ChunkedArray, width: int) -> np.ndarray:
+    """A tensor column (no nulls) as float32 [rows, width]."""
+    array = column.combine_chunks()
+    if pa.types.is_fixed_size_list(array.type):
+        values = array.flatten().to_numpy(zero_copy_only=False)
+    elif pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        values = np.concatenate([np.asarray(v, np.float32).reshape(-1)
+                                 for v in array.to_pylist()]) if len(array) else np.empty(0)
+    else:
+        values = array.to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float32).reshape(len(array), width)
+
+
+def read_logged_inputs(root: Path, model: str, input_name: str, width: int,
+                       since_days: int | None = None
+                       ) -> tuple[dict[tuple[str, int], np.ndarray], set[str], int]:
+    """({(request id, row): its input row, float32 [width]}, the ids of the successful
+    requests, how many of those had their input not kept). A row logged twice keeps its last
+    record."""
     column = INPUT_PREFIX + input_name
-    inputs: dict[str, np.ndarray] = {}
-    requests = without = 0
+    inputs: dict[tuple[str, int], np.ndarray] = {}
+    requests: set[str] = set()
+    without: set[str] = set()
     for path in partition_files(root, model, since_days):
         table = _read(path, root)
-        if ID not in table.column_names:
-            raise DataError(f"{path.relative_to(root)}: no column '{ID}'")
-        statuses = _cells(table, STATUS) if STATUS in table.column_names else iter(())
-        values = _cells(table, column) if column in table.column_names else iter(())
-        for rid in _cells(table, ID):
-            status, value = next(statuses, OK), next(values, None)
-            if rid is None or status != OK:
-                continue
-            requests += 1
-            if value is None:
-                without += 1
-                continue
-            array = np.asarray(value, dtype=np.float32)
-            inputs[str(rid)] = array if array.ndim > 1 else array.reshape(1, -1)
-    return inputs, requests, without
+        _need(table, path, root, ID, ROW)
+        if STATUS in table.column_names:
+            table = table.filter(pc.equal(table.column(STATUS), OK))
+        ids = [str(i) for i in table.column(ID).to_pylist()]
+        requests.update(ids)
+        if column not in table.column_names:
+            without.update(ids)
+            continue
+        kept = pc.is_valid(table.column(column))
+        without.update(i for i, k in zip(ids, kept.to_pylist(), strict=True) if not k)
+        table = table.filter(kept)
+        try:
+            values = _rows_of(table.column(column), width)
+        except (ValueError, pa.ArrowException):
+            raise DataError(f"{path.relative_to(root)}: column '{column}' does not hold "
+                            f"{width} numbers per row") from None
+        for rid, row, value in zip(table.column(ID).to_pylist(), table.column(ROW).to_pylist(),
+                                   values, strict=True):
+            inputs[str(rid), int(row)] = value
+    return inputs, requests, len(without - {rid for rid, _ in inputs})
 
 
-def join_logged(log_root: Path, feedback_root: Path, model: str, input_name: str,
+def join_logged(log_root: Path, feedback_root: Path, model: str, input_name: str, width: int,
                 since_days: int | None = None) -> Joined:
-    """The logged rows that have a label, as (x [rows, features], y [rows])."""
-    inputs, requests, without = read_logged_inputs(log_root, model, input_name, since_days)
+    """The logged rows that have a label, as (x [rows, width], y [rows])."""
+    inputs, requests, without = read_logged_inputs(log_root, model, input_name, width,
+                                                   since_days)
     whole, per_row, repeats = read_feedback(feedback_root, model)
     xs: list[np.ndarray] = []
     ys: list[int] = []
     unlabelled = 0
-    for rid, rows in inputs.items():
-        for index, row in enumerate(rows):
-            label = per_row.get((rid, index), whole.get(rid))
-            if label is None:
-                unlabelled += 1
-                continue
-            xs.append(row.reshape(-1))
-            ys.append(label)
-    known = inputs.keys()
-    unknown = len(set(whole) - known) + len({rid for rid, _ in per_row} - known - set(whole))
-    width = xs[0].shape[0] if xs else 0
+    for (rid, row), value in inputs.items():
+        label = per_row.get((rid, row), whole.get(rid))
+        if label is None:
+            unlabelled += 1
+            continue
+        xs.append(value)
+        ys.append(label)
+    unknown = len(set(whole) - requests) + len({rid for rid, _ in per_row} - requests - set(whole))
     return Joined(
         x=np.stack(xs) if xs else np.empty((0, width), np.float32),
-        y=np.asarray(ys, dtype=np.int64), requests=requests, without_inputs=without,
+        y=np.asarray(ys, dtype=np.int64), requests=len(requests), without_inputs=without,
         unlabelled_rows=unlabelled, unknown_ids=unknown, relabelled=repeats,
     )
 

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -170,10 +171,14 @@ def _run(spec: RetrainSpec, sources: Sources, deployer: Deployer, python: str | 
         parts_x.append(tx)
         parts_y.append(ty)
         figures["training_rows"] = len(ty)
+    if any(d < 0 for d in feature.dims):
+        raise StepFailed("fetch", f"input '{feature.name}' has a variable dimension "
+                         f"{list(feature.dims)}: retrain needs rows of one fixed shape")
     joined = _step_call("fetch", lambda: data.join_logged(
-        sources.prediction_log, sources.feedback, model, spec.fetch.input, spec.fetch.since_days))
+        sources.prediction_log, sources.feedback, model, spec.fetch.input,
+        math.prod(feature.dims), spec.fetch.since_days))
     if len(joined.y):
-        parts_x.append(joined.x.reshape(len(joined.y), *(d for d in feature.dims)))
+        parts_x.append(joined.x.reshape(len(joined.y), *feature.dims))
         parts_y.append(joined.y)
     figures.update(logged_requests=joined.requests, logged_rows_labelled=len(joined.y),
                    logged_without_inputs=joined.without_inputs,

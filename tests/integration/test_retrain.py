@@ -205,7 +205,8 @@ def test_retrain_digits_learns_from_logged_requests_and_their_feedback(
             label = np.frombuffer(response.raw_output_contents[0], np.int64)
             records.append(finished(response.id, x[rows], label=label.copy()))
     assert [r.id for r in records] == [f"r{i}" for i in range(60)]
-    log_dir, feedback_dir = tmp_path / "log", tmp_path / "feedback"
+    log_dir = tmp_path / "log"
+    feedback_dir = log_dir / "feedback"  # where sluice feedback logs labels
     write_prediction_log(log_dir, records)
     # The truth: requests 0-49 by id, 50-54 row by row, 55-59 not yet; 3 ids nobody logged.
     labels: list[tuple] = [(f"r{i}", i % 10) for i in range(50)]
@@ -218,7 +219,7 @@ def test_retrain_digits_learns_from_logged_requests_and_their_feedback(
 
     code, outcome, steps = run_retrain(
         server, repo, tmp_path, capsys, "--python", python, "--prediction-log-dir",
-        str(log_dir), "--feedback-dir", str(feedback_dir))
+        str(log_dir))
     assert code == 0, steps
     figures = outcome["figures"]
     assert (figures["training_rows"], figures["logged_requests"]) == (160, 60)

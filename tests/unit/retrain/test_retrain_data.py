@@ -31,7 +31,9 @@ def test_logged_requests_join_their_labels_per_request_and_per_row(tmp_path):
                          keep_inputs=False)  # inputs not kept: counted, not used
     write_feedback(feedback, "digits", [("a", 3), ("b", 5), ("b", 1, 7), ("zzz", 1),
                                         ("d", 2)])
-    joined = data.join_logged(logs, feedback, "digits", "input")
+    (logs / "model=digits" / f"date={dt.date.today()}" / ".part-9.parquet.inprogress"
+     ).write_bytes(b"being written")  # the log's file in progress: never read
+    joined = data.join_logged(logs, feedback, "digits", "input", 4)
     order = np.argsort(joined.x[:, 0])
     assert joined.x[order, 0].tolist() == [0, 1, 2, 3, 4]
     assert joined.y[order].tolist() == [3, 3, 5, 7, 5]
@@ -42,17 +44,20 @@ def test_logged_requests_join_their_labels_per_request_and_per_row(tmp_path):
     assert joined.relabelled == 0
 
 
-def test_the_last_label_wins_by_file_order_then_by_time(tmp_path):
+def test_the_last_label_received_wins_then_the_last_written(tmp_path):
     logs, feedback = tmp_path / "log", tmp_path / "feedback"
     write_prediction_log(logs, [finished("a", _rows(0, 1)), finished("b", _rows(1, 1))])
-    write_feedback(feedback, "digits", [("a", 1), ("b", 1)], name="part-0.parquet")
-    # later file: a -> 2; within it, time orders b's labels (written out of order): 9 is last
-    write_feedback(feedback, "digits", [("a", 2), ("b", 9), ("b", 4)], name="part-1.parquet",
-                   times=[10.0, 30.0, 20.0])
-    joined = data.join_logged(logs, feedback, "digits", "input")
+    # File names do not order labels; received_at does, then the position in a file.
+    write_feedback(feedback, "digits", [("b", 9)], name="part-0.parquet", received_s=300)
+    write_feedback(feedback, "digits", [("a", 2), ("b", 4)], name="part-1.parquet",
+                   received_s=200)
+    write_feedback(feedback, "digits", [("a", 1), ("a", 0, 5), ("a", 0, 6)],
+                   name="part-2.parquet", received_s=100)
+    whole, per_row, repeats = data.read_feedback(feedback, "digits")
+    assert (whole, per_row, repeats) == ({"a": 2, "b": 9}, {("a", 0): 6}, 3)
+    joined = data.join_logged(logs, feedback, "digits", "input", 4)
     by_row = dict(zip(joined.x[:, 0].tolist(), joined.y.tolist(), strict=True))
-    assert by_row == {0.0: 2, 1.0: 9}
-    assert joined.relabelled == 3
+    assert by_row == {0.0: 6, 1.0: 9}  # a row's own label beats its request's
 
 
 def test_partitions_outside_the_window_are_not_read(tmp_path):
@@ -73,7 +78,7 @@ def test_a_file_that_is_not_parquet_is_named_in_the_error(tmp_path):
     (part / "broken.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(data.DataError, match=r"^model=digits/date=2026-01-01/broken.parquet: "
                        "not a readable Parquet file"):
-        data.read_logged_inputs(tmp_path, "digits", "input")
+        data.read_logged_inputs(tmp_path, "digits", "input", 4)
 
 
 def test_feedback_without_a_label_column_or_with_text_labels_is_refused(tmp_path):
@@ -82,7 +87,7 @@ def test_feedback_without_a_label_column_or_with_text_labels_is_refused(tmp_path
 
     part = tmp_path / "model=digits" / "date=2026-01-01"
     part.mkdir(parents=True)
-    pq.write_table(pa.table({"id": ["a"], "value": [1.0]}), part / "a.parquet")
+    pq.write_table(pa.table({"id": ["a"], "value": [1.0]}), part / "a.parquet")  # no label
     with pytest.raises(data.DataError, match="a.parquet: no column 'label'"):
         data.read_feedback(tmp_path, "digits")
     (part / "a.parquet").unlink()
