@@ -40,9 +40,11 @@ from typing import Any
 import yaml
 
 FILENAME = "retrain.yaml"
-#: Canary gates retrain.yaml may set; the last two are the quality gate's (issue 13, item 4).
+#: Canary gates retrain.yaml may set; the last three are the quality gate's (issue 13, item 4).
 CANARY_GATES = ("max_error_rate", "max_p99_ratio", "min_agreement", "min_requests",
-                "min_accuracy", "max_accuracy_drop")
+                "min_accuracy", "max_accuracy_drop", "min_labels")
+#: Gates that count (integers); the others are rates or ratios.
+_COUNT_GATES = ("min_requests", "min_labels")
 METRICS = ("accuracy", "macro_f1")
 
 
@@ -260,7 +262,7 @@ def _deploy(value: Any) -> DeploySpec:
                            for s in steps),
         canary_interval_s=None if canary.get("interval_s") is None else _number(
             canary["interval_s"], "deploy.canary.interval_s", low=0, open_low=True),
-        canary_gates={name: (_int(v, f"deploy.canary.gates.{name}", 1) if name == "min_requests"
+        canary_gates={name: (_int(v, f"deploy.canary.gates.{name}", 1) if name in _COUNT_GATES
                              else _number(v, f"deploy.canary.gates.{name}", low=0))
                       for name, v in gates.items()},
     )
