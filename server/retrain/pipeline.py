@@ -123,7 +123,8 @@ def _exclusive(state: Path, model: str) -> Iterator[None]:
 def retrain(model: str, repository: Path, sources: Sources, deployer: Deployer, *,
             python: str | None = None) -> Outcome:
     """One run for ``model`` of ``repository``; never raises for a failed step (the Outcome
-    says where it stopped). SpecError (retrain.yaml) and ValueError (a bad model name) do."""
+    says where it stopped). SpecError (no such model, a bad retrain.yaml) and ModelLoadError (a
+    name that is no model name) do."""
     check_model_name(model)  # before any path is built from it
     model_dir = repository / model
     if not model_dir.is_dir():
