@@ -1,10 +1,12 @@
 """Rebuild the bundled ``digits`` model, both its versions (called by build_models.py).
 
 Both versions are trained on the same stratified 80/20 split of scikit-learn's bundled digits
-data (``digits/test_split.npz`` holds the held-out 20%) and exported with skl2onnx
-(zipmap=False), so they take the same input and give the same outputs; ``config.pbtxt`` serves
-both (``version_policy { all { } }``), which is what the README's Deployments section walks
-through (aliases, routes, switch, shadow, canary between version 1 and version 2).
+data (``digits/test_split.npz`` holds the held-out 20%, ``digits/train_split.npz`` the 80% they
+learn from, the original training data ``sluice retrain digits`` offers its trainer) and
+exported with skl2onnx (zipmap=False), so they take the same input and give the same outputs;
+``config.pbtxt`` serves both (``version_policy { all { } }``), which is what the README's
+Deployments section walks through (aliases, routes, switch, shadow, canary between version 1
+and version 2).
 
   version 1  StandardScaler + LogisticRegression (C=0.1): the stable model.
   version 2  StandardScaler + MLPClassifier (one hidden layer of 32 ReLU units, L2 alpha=1.0,
@@ -82,9 +84,10 @@ def _classifiers():
 
 
 def build_digits(repo: Path) -> dict[int, Path]:
-    """Write ``digits/config.pbtxt``, ``digits/<version>/model.onnx`` for versions 1 and 2 and
-    ``digits/test_split.npz``; returns {version: path}. Exits when a version's held-out
-    accuracy is below 0.9 or its label and argmax(probabilities) disagree."""
+    """Write ``digits/config.pbtxt``, ``digits/<version>/model.onnx`` for versions 1 and 2,
+    ``digits/test_split.npz`` and ``digits/train_split.npz``; returns {version: path}. Exits
+    when a version's held-out accuracy is below 0.9 or its label and argmax(probabilities)
+    disagree."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.datasets import load_digits
@@ -125,6 +128,7 @@ def build_digits(repo: Path) -> dict[int, Path]:
             raise SystemExit(f"digits {version}: accuracy below 0.9 or label/probabilities "
                              "disagree")
     _write_npz(repo / "digits" / "test_split.npz", X=x_test, y=y_test)
+    _write_npz(repo / "digits" / "train_split.npz", X=x_train, y=y_train)
     same = float(np.mean(labels[1] == labels[2]))
     print(f"digits: versions 1 and 2 give the same label on {same:.4f} of the held-out rows")
     return paths

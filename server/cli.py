@@ -14,6 +14,7 @@
     sluice quality MODEL [--json]
     sluice profile MODEL --data FILE [--version V] | drift MODEL [--json]
     sluice logging MODEL [--sample F] [--inputs | --no-inputs] [--exclude A,B] [--json]
+    sluice retrain MODEL [--json] | retrain-webhook [--port P]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sluice.server.cli_drift import add_drift_commands, run_drift, run_profile
 from sluice.server.cli_logging import add_logging_command, run_logging
 from sluice.server.cli_quality import add_quality_commands, run_quality  # feedback + quality
 from sluice.server.cli_repo import add_repo_command, run_repo
+from sluice.server.cli_retrain import add_retrain_commands, run_retrain  # retraining
 from sluice.server.config.settings import ServerConfig
 
 DEFAULT_TARGET = "127.0.0.1:8001"
@@ -138,6 +140,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     add_quality_commands(sub, _add_url)  # feedback + quality
     add_drift_commands(sub, _add_url, BUNDLED_REPOSITORY)  # drift (issue 13 item 6)
     add_logging_command(sub, _add_url)  # prediction log
+    add_retrain_commands(sub, _add_url, BUNDLED_REPOSITORY)  # retraining (issue 13, item 9)
     return parser
 
 
@@ -174,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_profile(args) if args.command == "profile" else run_drift(args)
     if args.command == "logging":
         return run_logging(args)
+    if args.command in ("retrain", "retrain-webhook"):  # retraining
+        return run_retrain(args)
     return _stats(args)
 
 
