@@ -27,9 +27,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import ProcessCollector
 
-from sluice.kernels.binning import bin_counts
 from sluice.proto import admin_pb2, grpc_service_pb2
 from sluice.proto._pool import POOL
 from sluice.server.backends.base import Backend
@@ -41,17 +39,8 @@ from sluice.server.config.model import ModelConfig, check_model_name
 from sluice.server.config.pbtxt import read_model_config
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import ModelLoadError, SluiceError
+from sluice.server.feedback_loop import FeedbackLoop
 from sluice.server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
-from sluice.server.monitoring.cost import CostAccountant, CostCollector
-from sluice.server.monitoring.drift import DriftMonitor
-from sluice.server.monitoring.drift_metrics import DriftCollector
-from sluice.server.monitoring.feedback_log import FeedbackLog  # feedback + quality
-from sluice.server.monitoring.gpu import GpuCollector
-from sluice.server.monitoring.hub import MonitorHub
-from sluice.server.monitoring.prediction_log import PredictionLog
-from sluice.server.monitoring.prediction_metrics import HubCollector, PredictionLogCollector
-from sluice.server.monitoring.quality import QualityMonitor  # feedback + quality
-from sluice.server.monitoring.quality_metrics import QualityCollector  # feedback + quality
 from sluice.server.protocol.admin import add_admin_service
 from sluice.server.protocol.servicer import InferenceServicer
 from sluice.server.protocol.wire import add_inference_service
@@ -152,17 +141,10 @@ class Server:
         self.router.shadow = ShadowMirror(
             self.repository.find, window_s=config.latency_window_s
         )
-        # -- the feedback loop (issue 13): finished requests reach the monitors through the hub
-        self.hub = MonitorHub()
-        self.metrics.register(HubCollector(self.hub))
-        self.prediction_log = PredictionLog.for_server(self.hub, config, self._describe)
-        self.metrics.register(PredictionLogCollector(self.prediction_log.writer))
-        self.quality = QualityMonitor(
-            self.hub, window_rows=config.quality_window_rows, window_s=config.quality_window_s,
-            feedback_log=FeedbackLog(config.predictions_dir),
-        )
-        self.metrics.register(QualityCollector(self.quality.reports))
-        self.canary = CanaryController(self.router, quality=self.quality.accuracy)
+        #: The feedback loop (issue 13): the hub finished requests go through, and the
+        #: monitors on it (prediction log, live quality, drift) and cost per prediction.
+        self.monitors = FeedbackLoop(config, self.repository, self.metrics, self._describe)
+        self.canary = CanaryController(self.router, quality=self.monitors.quality.accuracy)
         #: Serves deployment changes other processes (``--workers``) persist to the state dir.
         self.follower = DeploymentFollower(self.router, self.store)
         self.metrics.register(ArmCollector(self.router.all_arm_stats))
@@ -170,26 +152,10 @@ class Server:
         self.metrics.register(CanaryCollector(self.router.models, self.router.state))
         self.health = health.aio.HealthServicer()
         self.servicer = InferenceServicer(
-            self.repository, router=self.router, limits=config.request_limits, hub=self.hub,
-            on_loaded=self._monitors_loaded,
+            self.repository, router=self.router, limits=config.request_limits,
+            hub=self.monitors.hub, on_loaded=self.monitors.model_loaded,
         )
-        # -- drift (issue 13 item 6): finished requests reach the drift windows through the hub;
-        # a version's reference profile is read (and checked) as it loads.
-        self.drift = DriftMonitor(
-            self.hub, bin_counts, interval_s=config.drift_interval_s,
-            is_loaded=lambda model, version: self.repository.find(model, version) is not None,
-        )
-        self.repository.check_version = self.drift.load_version
-        self.metrics.register(DriftCollector(self.drift.reports, config.drift_top_features))
-        # cost per prediction and resource use (issue 13 item 7): process CPU and RSS, each
-        # instance's CPU, NVML when there is a GPU, CPU seconds (and price) per row in /metrics
-        # and in `sluice stats`
-        self.cost = CostAccountant(
-            self.repository.loaded, price_per_core_hour=config.price_per_core_hour)
-        self.metrics.register(CostCollector(self.cost))
-        self.metrics.register(ProcessCollector(registry=None))
-        self.metrics.register(GpuCollector())
-        self.servicer.cost = self.cost
+        self.servicer.cost = self.monitors.cost
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
         self.final_counts = (0, 0)
@@ -219,15 +185,6 @@ class Server:
             return None
         return served.config if served is not None else None
 
-    async def _monitors_loaded(self, name: str) -> None:
-        """The monitors' settings for ``name``, once it (re)loaded: the prediction log's, and
-        which versions live quality scores (deployment.yaml's ``quality`` block, on a thread)."""
-        model_dir = self.repository.root / name
-        await self.prediction_log.model_dir_loaded(name, model_dir)
-        configs = {v.version: v.config for v in self.repository.loaded() if v.name == name}
-        if configs:
-            await asyncio.to_thread(self.quality.model_loaded, name, configs, model_dir)
-
     def _pipeline_step(self, name: str, version: int) -> tuple[Backend, ModelConfig]:
         served = self.repository.get(name, str(version) if version > 0 else "")
         return served.backend, served.config
@@ -255,7 +212,7 @@ class Server:
             await self.router.model_loaded(name)
         except SluiceError as exc:
             log.error("model '%s': deployment not applied: %s", name, exc.message)
-        await self._monitors_loaded(name)
+        await self.monitors.model_loaded(name)
 
     async def start(self, listening: Callable[[], None] | None = None) -> None:
         """Bind the ports and listen, load the startup models, then report SERVING; returns
@@ -286,9 +243,9 @@ class Server:
         add_inference_service(self.servicer, self._grpc)
         admin = add_admin_service(
             self._grpc, self.router, self.router.shadow, self.canary, self.follower,
-            quality=self.quality, prediction_log=self.prediction_log,
+            quality=self.monitors.quality, prediction_log=self.monitors.prediction_log,
         )
-        admin.drift = self.drift  # drift (issue 13 item 6): DriftReport
+        admin.drift = self.monitors.drift  # DriftReport
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (_SERVICE, _ADMIN, reflection.SERVICE_NAME), self._grpc, POOL
@@ -310,8 +267,7 @@ class Server:
                                  f"({exc.strerror}); pick another with --metrics-port, or -1 "
                                  "to serve no /metrics") from None
         await self.router.open()  # a corrupt state file is refused here, before any model loads
-        self.hub.start()
-        self.prediction_log.start()
+        self.monitors.start()
         names = (
             list(cfg.startup_models) if cfg.model_control == "explicit"
             else self.repository.available_names()
@@ -330,7 +286,6 @@ class Server:
         await self.canary.resume_all(self.router.models())  # canaries persisted or declared
         if cfg.reuse_port:
             await self._listen(listening, started)
-        self.drift.start()
         self.servicer.set_ready(True)
         for service in ("", _SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -369,10 +324,7 @@ class Server:
         if self.router.shadow is not None:
             await self.router.shadow.close()  # before the candidates it feeds are closed
         await self.repository.close(max(0.0, deadline - time.monotonic()))
-        # every request is answered: the hub hands over its last records, the log writes them
-        await asyncio.to_thread(self.hub.close)
-        await asyncio.to_thread(self.prediction_log.close)
-        await asyncio.to_thread(self.drift.close)
+        await self.monitors.close()  # every request is answered: the last records go out
         self.metrics.close()
 
 

@@ -46,8 +46,8 @@ def _send(address: str, version: str, x: np.ndarray) -> None:
 
 def _compute(server) -> None:
     """What the schedule does, now: hand the hub's records over, compute the windows."""
-    server.server.hub.drain()
-    server.server.drift.compute_now()
+    server.server.monitors.hub.drain()
+    server.server.monitors.drift.compute_now()
 
 
 def _psi_by_hand(profile: dict, x: np.ndarray) -> dict[str, float]:

@@ -136,7 +136,8 @@ def test_sluice_infer_with_given_and_random_inputs(bundled_server, tmp_path):
 def test_sluice_stats_columns_line_up_whatever_the_model_names(bundled_server):
     out = run_cli("stats", "--url", bundled_server.address)
     assert out.returncode == 0, out.stderr
-    header, *rows = out.stdout.splitlines()
+    latency_table = out.stdout.split("\n\n")[0]  # the cost table follows after a blank line
+    header, *rows = latency_table.splitlines()
     names = {row.split()[0] for row in rows}
     assert "digits_standardize" in names  # 18 characters: longer than the old fixed column
     ends = {header.index("stage") + len("stage")}

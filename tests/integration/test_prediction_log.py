@@ -28,7 +28,7 @@ def digits(make_server, repo_copy):
 
 
 def flush(running) -> None:
-    assert running.call(asyncio.to_thread(running.server.prediction_log.flush))
+    assert running.call(asyncio.to_thread(running.server.monitors.prediction_log.flush))
 
 
 def logged(running) -> dict[str, list[dict]]:

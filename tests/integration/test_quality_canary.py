@@ -50,7 +50,7 @@ def run_canary(running, stable: int, candidate: int, gates: CanaryGates,
         now[0] += seconds
 
     canary = CanaryController(router, clock=lambda: now[0], sleep=sleep, max_extensions=1,
-                              quality=running.server.quality.accuracy)
+                              quality=running.server.monitors.quality.accuracy)
 
     async def go() -> None:
         await canary.start("digits", candidate, steps=(50, 100), interval_s=1.0, gates=gates,
@@ -75,7 +75,7 @@ def test_an_accuracy_drop_against_stable_rolls_the_canary_back(running):
     assert record["reason"] == (
         f"gate accuracy_drop: stable {stable:.4f} - candidate {candidate:.4f} = "
         f"{stable - candidate:.4f} > 0.005 over 360 / 360 labelled rows")
-    assert running.server.quality.accuracy("digits", "candidate", 1) == (candidate, 360)
+    assert running.server.monitors.quality.accuracy("digits", "candidate", 1) == (candidate, 360)
 
 
 def test_a_candidate_under_min_accuracy_rolls_back(running):
@@ -91,7 +91,8 @@ def test_a_better_candidate_passes_both_gates_and_is_promoted(running):
                                                    min_accuracy=0.98, max_accuracy_drop=0.0))
     assert record["state"] == PROMOTED
     # two steps, each judged on the windows so far: the candidate saw the split twice
-    assert running.server.quality.accuracy("digits", "candidate", 2) == (RIGHT[2] / 360, 720)
+    quality = running.server.monitors.quality
+    assert quality.accuracy("digits", "candidate", 2) == (RIGHT[2] / 360, 720)
 
 
 def test_without_labels_the_step_waits_then_rolls_back_for_lack_of_them(running):
@@ -100,4 +101,4 @@ def test_without_labels_the_step_waits_then_rolls_back_for_lack_of_them(running)
     assert record["state"] == ROLLED_BACK
     assert record["reason"] == ("gate min_labels: candidate 0 < 20 labelled rows after 2 "
                                 "intervals")
-    assert running.server.quality.accuracy("digits", "candidate", 1) == (None, 0)
+    assert running.server.monitors.quality.accuracy("digits", "candidate", 1) == (None, 0)

@@ -1,0 +1,86 @@
+"""The feedback loop's parts (issue 13), built on one hub, started and stopped together.
+
+Finished requests reach the monitors through :class:`~sluice.server.monitoring.hub.MonitorHub`
+(the servicer offers them); on it sit the prediction log, live quality and drift. Cost per
+prediction reads the instances' CPU meters. Each registers its collector on the server's
+:class:`~sluice.server.metrics.Metrics`. Part of the composition root: it names the Numba
+binning kernel drift runs on, which the monitors themselves may not import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from prometheus_client import ProcessCollector
+
+from sluice.kernels.binning import bin_counts
+from sluice.server.config.model import ModelConfig
+from sluice.server.config.settings import ServerConfig
+from sluice.server.metrics import Metrics
+from sluice.server.monitoring.cost import CostAccountant, CostCollector
+from sluice.server.monitoring.drift import DriftMonitor
+from sluice.server.monitoring.drift_metrics import DriftCollector
+from sluice.server.monitoring.feedback_log import FeedbackLog
+from sluice.server.monitoring.gpu import GpuCollector
+from sluice.server.monitoring.hub import MonitorHub
+from sluice.server.monitoring.prediction_log import PredictionLog
+from sluice.server.monitoring.prediction_metrics import HubCollector, PredictionLogCollector
+from sluice.server.monitoring.quality import QualityMonitor
+from sluice.server.monitoring.quality_metrics import QualityCollector
+from sluice.server.serving.repository import ModelRepository
+
+
+class FeedbackLoop:
+    """The hub and the monitors on it, for one server."""
+
+    def __init__(
+        self, config: ServerConfig, repository: ModelRepository, metrics: Metrics,
+        describe: Callable[[str, int], ModelConfig | None],
+    ) -> None:
+        self._repository = repository
+        self.hub = MonitorHub()
+        metrics.register(HubCollector(self.hub))
+        self.prediction_log = PredictionLog.for_server(self.hub, config, describe)
+        metrics.register(PredictionLogCollector(self.prediction_log.writer))
+        self.quality = QualityMonitor(
+            self.hub, window_rows=config.quality_window_rows, window_s=config.quality_window_s,
+            feedback_log=FeedbackLog(config.predictions_dir),
+        )
+        metrics.register(QualityCollector(self.quality.reports))
+        # drift: a version's reference profile is read (and checked) as it loads
+        self.drift = DriftMonitor(
+            self.hub, bin_counts, interval_s=config.drift_interval_s,
+            is_loaded=lambda model, version: repository.find(model, version) is not None,
+        )
+        repository.check_version = self.drift.load_version
+        metrics.register(DriftCollector(self.drift.reports, config.drift_top_features))
+        # cost per prediction and resource use: process CPU and RSS, each instance's CPU, NVML
+        # when there is a GPU, CPU seconds (and price) per row in /metrics and `sluice stats`
+        self.cost = CostAccountant(
+            repository.loaded, price_per_core_hour=config.price_per_core_hour)
+        metrics.register(CostCollector(self.cost))
+        metrics.register(ProcessCollector(registry=None))
+        metrics.register(GpuCollector())
+
+    def start(self) -> None:
+        """Start the hub's, the log writer's and drift's threads."""
+        self.hub.start()
+        self.prediction_log.start()
+        self.drift.start()
+
+    async def model_loaded(self, name: str) -> None:
+        """The monitors' settings for ``name``, once it (re)loaded: the prediction log's, and
+        which versions live quality scores (deployment.yaml's ``quality`` block, on a thread)."""
+        model_dir = self._repository.root / name
+        await self.prediction_log.model_dir_loaded(name, model_dir)
+        configs = {v.version: v.config for v in self._repository.loaded() if v.name == name}
+        if configs:
+            await asyncio.to_thread(self.quality.model_loaded, name, configs, model_dir)
+
+    async def close(self) -> None:
+        """Once every request is answered: the hub hands over its last records, the log
+        writes them, drift stops."""
+        await asyncio.to_thread(self.hub.close)
+        await asyncio.to_thread(self.prediction_log.close)
+        await asyncio.to_thread(self.drift.close)
