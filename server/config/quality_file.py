@@ -28,7 +28,6 @@ from typing import Any
 
 from sluice.server.config.deployment_file import read_monitor_block
 
-FILENAME = "deployment.yaml"
 KINDS = ("classifier", "regressor")
 _KEYS = ("enabled", "kind", "prediction", "scores", "window_rows", "window_s")
 
