@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -23,6 +24,8 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from sluice.server.auth.verifier import TokenVerifier
 
+#: Seconds between two looks at the tokens file for changes.
+_RELOOK_S = 2.0
 #: The scope /metrics needs.
 METRICS_SCOPE = "ops"
 #: check(Authorization header or None) -> None when allowed, else (HTTP status, message).
@@ -41,7 +44,15 @@ class _QuietHandler(WSGIRequestHandler):
 def metrics_auth(verifier: TokenVerifier, extra_secret: str | None = None) -> MetricsCheck:
     """``check(Authorization header)``: None when it may read /metrics, else (HTTP status,
     message)."""
+    last_look = [time.monotonic()]
+
     def check(header: str | None) -> tuple[int, str] | None:
+        if time.monotonic() - last_look[0] >= _RELOOK_S:  # a revocation holds here too
+            last_look[0] = time.monotonic()
+            try:
+                verifier.reload_if_changed()
+            except (ValueError, OSError):
+                pass  # the last good file stays in force; the gRPC side logs it
         if not header or header[:7].lower() != "bearer ":
             return 401, "send 'Authorization: Bearer <token>' (a token with scope 'ops')"
         token = header[7:].strip()
