@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from sluice.clients.auth import with_token
 from sluice.clients.errors import error_from_rpc
 from sluice.clients.messages import (
     ParameterValue,
@@ -44,6 +45,7 @@ class Client:
     ``retries``, ``backoff_base_s``, ``backoff_max_s`` and ``retry_budget`` configure the
     :class:`~sluice.clients.retry.RetryPolicy` (only inference is retried, only on UNAVAILABLE).
     ``channel_options`` are extra gRPC channel arguments (message limits default to 256 MiB).
+    ``token``: bearer token for a server with ``--tokens`` (None: ``$SLUICE_TOKEN`` if set).
     """
 
     def __init__(
@@ -56,11 +58,13 @@ class Client:
         backoff_max_s: float = 2.0,
         channel_options: Sequence[tuple[str, Any]] | None = None,
         retry_budget: RetryBudget | None = None,
+        token: str | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.policy = RetryPolicy(retries, backoff_base_s, backoff_max_s, retry_budget)
-        self._channel = grpc.insecure_channel(target, options=make_channel_options(channel_options))
+        self._channel = with_token(  # authz: the bearer token on every call
+            grpc.insecure_channel(target, options=make_channel_options(channel_options)), token)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     # -- lifecycle ----------------------------------------------------------------------------

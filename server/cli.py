@@ -15,6 +15,8 @@
     sluice profile MODEL --data FILE [--version V] | drift MODEL [--json]
     sluice logging MODEL [--sample F] [--inputs | --no-inputs] [--exclude A,B] [--json]
     sluice retrain MODEL [--json] | retrain-webhook [--port P]
+    sluice token create NAME --scopes S,S --tokens FILE | list | revoke NAME | cert CN
+    (client commands take --token, else $SLUICE_TOKEN, for a server with --tokens)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from sluice.server.cli_logging import add_logging_command, run_logging
 from sluice.server.cli_quality import add_quality_commands, run_quality  # feedback + quality
 from sluice.server.cli_repo import add_repo_command, run_repo
 from sluice.server.cli_retrain import add_retrain_commands, run_retrain  # retraining
+from sluice.server.cli_token import add_token_command, run_token  # authz
 from sluice.server.config.settings import ServerConfig
 
 DEFAULT_TARGET = "127.0.0.1:8001"
@@ -58,7 +61,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sluice {__version__}")
     _add_url(parser)
-    parser.set_defaults(url=url)
+    parser.set_defaults(url=url, token=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -113,6 +116,11 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     serve.add_argument("--price-per-core-hour", type=non_negative_price, default=None,
                        metavar="PRICE", help="price of one CPU core-hour in your currency: "
                        "cost per 1,000 predictions in /metrics and `sluice stats`")
+    # authz (issue 14 items 2-3)
+    serve.add_argument("--tokens", type=Path, default=None, metavar="FILE",
+                       help="require a bearer token (or a mapped mTLS certificate) with the "
+                       "right scope on every call and on /metrics; FILE from `sluice token "
+                       "create` (default: none, every call open: bind loopback only)")
 
     infer = sub.add_parser(
         "infer", help="send one request to a running server and print the outputs",
@@ -141,6 +149,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     add_drift_commands(sub, _add_url, BUNDLED_REPOSITORY)  # drift (issue 13 item 6)
     add_logging_command(sub, _add_url)  # prediction log
     add_retrain_commands(sub, _add_url, BUNDLED_REPOSITORY)  # retraining (issue 13, item 9)
+    add_token_command(sub)  # authz
     return parser
 
 
@@ -149,6 +158,8 @@ def _add_url(parser: argparse.ArgumentParser) -> None:
     last wins; SUPPRESS keeps a level where it is absent from resetting it)."""
     parser.add_argument("--url", default=argparse.SUPPRESS,
                         help=f"server to call (default $SLUICE_URL, else {DEFAULT_TARGET})")
+    parser.add_argument("--token", default=argparse.SUPPRESS,  # authz
+                        help="bearer token for a server with --tokens (default $SLUICE_TOKEN)")
 
 
 def _positive_int(text: str) -> int:
@@ -179,11 +190,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_logging(args)
     if args.command in ("retrain", "retrain-webhook"):  # retraining
         return run_retrain(args)
+    if args.command == "token":  # authz
+        return run_token(args)
     return _stats(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from sluice.server.app import StartError, run_until_signal
+    from sluice.server.workers.supervisor import SCRAPE_SECRET_ENV
 
     worker = args.worker_id
     who = "" if worker is None else f"worker {worker} "
@@ -210,6 +224,9 @@ def _serve(args: argparse.Namespace) -> int:
         drift_interval_s=args.drift_interval,
         price_per_core_hour=args.price_per_core_hour,
         prediction_log_dir=args.prediction_log_dir,
+        tokens_file=args.tokens,  # authz
+        metrics_scrape_secret=os.environ.pop(SCRAPE_SECRET_ENV, None) if worker is not None
+        else None,
     )
     try:
         asyncio.run(run_until_signal(config))
@@ -222,12 +239,19 @@ def _serve(args: argparse.Namespace) -> int:
 def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
     """``serve --workers N``: run N ``serve`` processes under
     :mod:`sluice.server.workers.supervisor`."""
+    from sluice.server.auth.tokens import TokenFileError
+    from sluice.server.cli_token import supervisor_access
     from sluice.server.workers.supervisor import Supervisor, SupervisorConfig
 
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s supervisor %(name)s: %(message)s"
     )
     metrics_on = args.metrics_port >= 0
+    try:  # authz: the merged /metrics needs the ops scope too, and workers guard theirs
+        check, secret = supervisor_access(args.tokens)
+    except (TokenFileError, OSError) as exc:
+        print(f"sluice serve: --tokens {args.tokens}: {exc}", file=sys.stderr)
+        return 2
 
     def worker_argv(worker: int, grpc_port: int) -> list[str]:
         # Our own command line with the overrides last (the last value of a flag wins), so
@@ -243,6 +267,7 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
         metrics_port=args.metrics_port if metrics_on else None,
         worker_argv=worker_argv,
         shutdown_grace_s=args.shutdown_grace,
+        metrics_check=check, scrape_secret=secret,  # authz
     ))
     return asyncio.run(supervisor.run())
 
@@ -254,7 +279,7 @@ def _infer(args: argparse.Namespace) -> int:
 
     try:
         given = parse_inputs(args.input)
-        with Client(args.url) as client:
+        with Client(args.url, token=args.token) as client:
             meta = client.model_metadata(args.model, version=args.version)
             inputs = request_inputs(args.model, meta, given, args.batch, np.random.default_rng())
             request = client.build_request(args.model, inputs, version=args.version or None)
@@ -281,7 +306,7 @@ def _stats(args: argparse.Namespace) -> int:
     from sluice.clients import Client, SluiceClientError
 
     try:
-        with Client(args.url) as client:
+        with Client(args.url, token=args.token) as client:
             table: dict[str, Any] = client.latency(args.model)
     except SluiceClientError as exc:
         print(f"sluice stats: {exc}", file=sys.stderr)

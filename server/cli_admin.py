@@ -106,7 +106,7 @@ def run_admin(args: argparse.Namespace) -> int:
     except (KeyError, OSError):  # no user name in this environment: the server uses the peer
         caller = None
     try:
-        with AdminClient(args.url, caller=caller) as admin:
+        with AdminClient(args.url, caller=caller, token=args.token) as admin:
             if args.command == "shadow":
                 reports = admin.shadow_report(args.model)
                 running = [] if reports or args.json else admin.deployment(args.model)["shadows"]

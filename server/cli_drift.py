@@ -69,7 +69,7 @@ def run_drift(args: argparse.Namespace) -> int:
     from sluice.clients.drift import drift_text
 
     try:
-        with AdminClient(args.url) as admin:
+        with AdminClient(args.url, token=args.token) as admin:
             reports = admin.drift_report(args.model)
     except SluiceClientError as exc:
         print(f"sluice drift: {exc}", file=sys.stderr)

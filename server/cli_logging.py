@@ -37,7 +37,7 @@ def run_logging(args: argparse.Namespace) -> int:
 
     changing = args.sample is not None or args.inputs is not None or args.exclude is not None
     try:
-        with AdminClient(args.url) as admin:
+        with AdminClient(args.url, token=args.token) as admin:
             settings = admin.set_prediction_logging(
                 args.model, sample=args.sample, inputs=args.inputs, exclude=args.exclude,
                 reason=args.reason,

@@ -57,12 +57,12 @@ def run_quality(args: argparse.Namespace) -> int:
     where = f"sluice {args.command}"
     try:
         if args.command == "quality":
-            with AdminClient(args.url) as admin:
+            with AdminClient(args.url, token=args.token) as admin:
                 report = admin.quality(args.model)
             print(json.dumps(report, indent=2) if args.json else quality_text(report))
             return 0
         labels, places, refused = read_labels(args.file)
-        with AdminClient(args.url) as admin:
+        with AdminClient(args.url, token=args.token) as admin:
             result = admin.feedback(args.model, labels)
     except LabelFileError as exc:
         print(f"{where}: {exc}", file=sys.stderr)

@@ -55,7 +55,7 @@ def run_repo(args: argparse.Namespace) -> int:
             print(f"sluice repo {args.repo_action}: {exc.message}", file=sys.stderr)
             return 2
     try:
-        with Client(args.url) as client:
+        with Client(args.url, token=args.token) as client:
             if args.repo_action == "index":
                 rows = client.repository_index(ready_only=args.ready, timeout=10.0)
             elif args.repo_action == "load":

@@ -19,6 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from sluice.server.metrics_http import MetricsCheck, serve_guarded  # authz
 from sluice.server.serving.budget import InflightBudget
 from sluice.server.serving.model import ModelVersion
 from sluice.server.serving.stats import CumulativeHistogram, LatencyWindow
@@ -245,9 +246,13 @@ class Metrics:
         """Add a collector (read at each scrape) to this server's registry."""
         self.registry.register(collector)
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve /metrics on ``host:port`` (0 picks a free port); returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, check: MetricsCheck | None = None) -> int:
+        """Serve /metrics on ``host:port`` (0 picks a free port); returns the bound port.
+        ``check`` (``--tokens``): who may read it (:mod:`sluice.server.metrics_http`)."""
+        if check is not None:  # authz: /metrics needs the ops scope
+            server = serve_guarded(self.registry, host, port, check)
+        else:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
         self._http = server
         self.port = server.server_port
         return self.port

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import socket
@@ -38,13 +39,16 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from sluice.server.workers.merged_metrics import WorkerMetrics
+from sluice.server.metrics_http import MetricsCheck, serve_guarded  # authz
+from sluice.server.workers.merged_metrics import WorkerMetrics, fetch_metrics
 
 log = logging.getLogger(__name__)
 
 _LISTENING = re.compile(r"^sluice: gRPC listening on (\S+)$")
 _METRICS = re.compile(r"^sluice: metrics on (\S+)$")
 _LINE_LIMIT = 1 << 20
+#: The environment variable a worker reads the supervisor's /metrics credential from.
+SCRAPE_SECRET_ENV = "SLUICE_METRICS_SCRAPE_SECRET"
 
 
 class WorkerStartError(RuntimeError):
@@ -75,6 +79,12 @@ class SupervisorConfig:
     max_restart_backoff_s: float = 30.0
     #: A worker that served this long before dying is restarted after the shortest wait again.
     stable_after_s: float = 60.0
+    # -- authz (issue 14 items 2-3) --
+    #: Who may read the merged /metrics (``--tokens``); None: anyone.
+    metrics_check: MetricsCheck | None = None
+    #: The credential the workers' /metrics accept from this supervisor (handed to each in
+    #: the environment as ``SLUICE_METRICS_SCRAPE_SECRET``); None: their /metrics are open.
+    scrape_secret: str | None = None
 
 
 @dataclass(slots=True)
@@ -144,7 +154,9 @@ class Supervisor:
             raise ValueError("workers must be >= 1")
         self.config = config
         self.port = 0
-        self.metrics = WorkerMetrics(config.workers)
+        secret = config.scrape_secret
+        self.metrics = WorkerMetrics(
+            config.workers, fetch=lambda url, timeout_s: fetch_metrics(url, timeout_s, secret))
         self._procs: list[asyncio.subprocess.Process | None] = [None] * config.workers
         self._ready: set[int] = set()
         #: Set once every worker has been serving (stays set across restarts).
@@ -175,8 +187,12 @@ class Supervisor:
                 if cfg.metrics_port is not None:
                     registry = CollectorRegistry(auto_describe=False)
                     registry.register(self.metrics)
-                    http, _thread = start_http_server(cfg.metrics_port, addr=cfg.host,
-                                                      registry=registry)
+                    if cfg.metrics_check is not None:  # authz
+                        http = serve_guarded(registry, cfg.host, cfg.metrics_port,
+                                             cfg.metrics_check)
+                    else:
+                        http, _thread = start_http_server(cfg.metrics_port, addr=cfg.host,
+                                                          registry=registry)
             except OSError as exc:  # a port in use: say which, no traceback
                 what = "/metrics" if reserved is not None else "gRPC"
                 port = cfg.grpc_port if reserved is None else cfg.metrics_port
@@ -231,9 +247,12 @@ class Supervisor:
 
     async def _spawn(self, worker: int) -> asyncio.subprocess.Process:
         argv = list(self.config.worker_argv(worker, self.port))
+        env = None
+        if self.config.scrape_secret is not None:  # authz: never on a command line
+            env = {**os.environ, SCRAPE_SECRET_ENV: self.config.scrape_secret}
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            limit=_LINE_LIMIT,
+            limit=_LINE_LIMIT, env=env,
         )
         self._procs[worker] = proc
         if self._stop.is_set():  # the signal was forwarded while this one was starting
