@@ -26,7 +26,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from sluice.proto import admin_pb2, grpc_service_pb2
 from sluice.proto._pool import POOL
@@ -40,8 +40,15 @@ from sluice.server.config.pbtxt import read_model_config
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import ModelLoadError, SluiceError
 from sluice.server.feedback_loop import FeedbackLoop
-from sluice.server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
+from sluice.server.metrics import (
+    ArmCollector,
+    CanaryCollector,
+    Metrics,
+    RefusalCollector,
+    ShadowCollector,
+)
 from sluice.server.protocol.admin import add_admin_service
+from sluice.server.protocol.request_parsing import GuardedServices  # hardened input
 from sluice.server.protocol.servicer import InferenceServicer
 from sluice.server.protocol.wire import add_inference_service
 from sluice.server.rollout.canary import CanaryController
@@ -156,6 +163,7 @@ class Server:
             hub=self.monitors.hub, on_loaded=self.monitors.model_loaded,
         )
         self.servicer.cost = self.monitors.cost
+        self.metrics.register(RefusalCollector(self.servicer.refusals.snapshot))  # hardened input
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
         self.final_counts = (0, 0)
@@ -240,15 +248,19 @@ class Server:
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
         ]
         self._grpc = grpc.aio.server(options=options)
-        add_inference_service(self.servicer, self._grpc)
+        # hardened input: every service registers through this, so that a request that does
+        # not parse is INVALID_ARGUMENT naming its type on every RPC (never UNKNOWN)
+        services = GuardedServices(self._grpc, self.servicer.refusals.note_status)
+        add_inference_service(self.servicer, services)
         admin = add_admin_service(
-            self._grpc, self.router, self.router.shadow, self.canary, self.follower,
+            services, self.router, self.router.shadow, self.canary, self.follower,
             quality=self.monitors.quality, prediction_log=self.monitors.prediction_log,
         )
         admin.drift = self.monitors.drift  # DriftReport
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            (_SERVICE, _ADMIN, reflection.SERVICE_NAME), self._grpc, POOL
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, services)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer((_SERVICE, _ADMIN, reflection.SERVICE_NAME), POOL),
+            services,
         )
         busy = cfg.grpc_port and not cfg.reuse_port and not _port_free(cfg.host, cfg.grpc_port)
         try:  # asked only when free: grpc would also log a line of its own about a busy one
