@@ -29,6 +29,8 @@ _UNSUPPORTED_PARAMS = {
     "sequence_end": "sequence batching",
 }
 
+#: Request parameters named like these name a file or directory: refused, whatever the value.
+_FILE_PARAM_SUFFIXES = ("file", "filename", "path", "dir", "directory")
 
 #: (datatype, shape) -> (dtype, byte length, extent) of raw inputs that decoded once the general
 #: way: a request whose every input matches one is decoded without checking each rule again.
@@ -90,6 +92,11 @@ def _parameters(params: Any, limits: RequestLimits | None) -> dict[str, Any]:
     if limits is not None:
         check_parameters(limits, "request", len(params))
     parameters = {key: param_value(value) for key, value in params.items()}
+    for key in parameters:  # hardened input: peers took log and trace files from requests
+        if key.lower().endswith(_FILE_PARAM_SUFFIXES):
+            raise InvalidInput(
+                f"parameter '{key}': Sluice takes no file or directory names from requests"
+            )
     for key, feature in _UNSUPPORTED_PARAMS.items():
         if parameters.get(key):
             raise Unimplemented(f"parameter '{key}': {feature} is not supported by Sluice")
