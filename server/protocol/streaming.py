@@ -113,9 +113,9 @@ async def answer_stream(
         try:
             async for message in request_iterator:
                 if type(message) is Unparsable:  # the bytes did not parse (request_parsing)
-                    error = message.error()
-                    servicer.refusals.note(error)
-                    done.put_nowait(_unparsable_item(error.message, servicer.new_id()))
+                    refusal = message.error()
+                    servicer.refusals.note(refusal)
+                    done.put_nowait(_unparsable_item(refusal.message, servicer.new_id()))
                     continue
                 await window.acquire()  # before routing: no await between routing and queueing
                 started = time.perf_counter() if hub.wants(message.model_name) else None
