@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
 import grpc
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
@@ -25,6 +27,8 @@ from sluice.proto import grpc_service_pb2 as pb
 from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 from sluice.proto.tensors import decode_outputs, make_input
 from tests.support.bundled_inputs import REPO
+
+_ADDRESS: dict[str, str] = {}
 
 IDENTITY_CONFIG = (REPO / "identity" / "config.pbtxt").read_text().replace('name: "identity"\n',
                                                                            "")
@@ -86,6 +90,13 @@ def hostile(tmp_path_factory):
         external_model(root / name / "1" / "model.onnx", location)
     identity_copy(root, "file_name", IDENTITY_CONFIG + 'default_model_filename: '
                   '"../../../outside/identity/1/model.onnx"\n')
+    identity_copy(root, "corrupt")
+    (root / "corrupt" / "1" / "model.onnx").write_bytes(b"\x08\x07root:x:0:0")
+    identity_copy(root, "bad_config", "input [ { name: \"INPUT0\" data_type: TYPE_NOPE } ]\n")
+    identity_copy(root, "bad_deployment")
+    (root / "bad_deployment" / "deployment.yaml").write_text("routes: {7: 1}\n")
+    (root / "missing_file" / "1").mkdir(parents=True)
+    (root / "missing_file" / "config.pbtxt").write_text(IDENTITY_CONFIG)
     (root / "pickled" / "1").mkdir(parents=True)
     (root / "pickled" / "config.pbtxt").write_text(
         (REPO / "digits_standardize" / "config.pbtxt").read_text().replace(
@@ -103,6 +114,7 @@ def stub(hostile):
     running = start_server(ServerConfig(
         model_repository=hostile / "repo", grpc_port=0, metrics_port=None,
         model_control="explicit", startup_models=("identity",), state_dir=hostile / "state"))
+    _ADDRESS["stub"] = running.address
     with grpc.insecure_channel(running.address) as channel:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
     running.stop()
@@ -219,3 +231,50 @@ def test_shared_memory_rpcs_are_unimplemented_whatever_the_offsets(stub, offset)
     error = refused(stub.ModelInfer, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "input 'INPUT0': shared-memory tensors are not supported here"
+
+
+#: What a message must never hold: an absolute path (a '/' that starts a word), a traceback,
+#: a library's version or install place.
+_LEAKS = re.compile(r"(?<![\w.])/\w|Traceback|site-packages|File \"|" +
+                    re.escape(ort.__version__))
+
+
+def test_no_refusal_names_a_path_a_traceback_or_a_version(stub, hostile):
+    """A battery of bad loads and bad requests; every message the server sends back (status
+    details, stream errors, the repository index's reasons) is grepped."""
+    messages = []
+    for name in ("linked_model", "linked_version", "linked_file", "external_up", "external_abs",
+                 "file_name", "pickled", "corrupt", "bad_config", "bad_deployment",
+                 "missing_file", "not_there"):
+        error = refused(stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name=name))
+        assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+        messages.append(error.details())
+    index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=30)
+    messages += [row.reason for row in index.models if row.reason]
+    x = np.ones((1, 16), np.float32)
+    tensor, raw = make_input("INPUT0", x)
+    bad = [
+        pb.ModelInferRequest(model_name="identity", inputs=[tensor], raw_input_contents=[raw[:7]]),
+        pb.ModelInferRequest(model_name="identity", model_version="9", inputs=[tensor],
+                             raw_input_contents=[raw]),
+        pb.ModelInferRequest(model_name="nope", inputs=[tensor], raw_input_contents=[raw]),
+        pb.ModelInferRequest(model_name="identity"),
+        pb.ModelInferRequest(model_name="identity", inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="INPUT0", datatype="FP32", shape=[1, 2**40])]),
+        pb.ModelInferRequest(model_name="identity", inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="INPUT0", datatype="NOPE", shape=[1, 16])], raw_input_contents=[raw]),
+        pb.ModelInferRequest(model_name="identity", inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="INPUT0", datatype="FP64", shape=[1, 8])], raw_input_contents=[raw]),
+    ]
+    for request in bad:
+        messages.append(refused(stub.ModelInfer, request).details())
+    with grpc.insecure_channel(_ADDRESS["stub"]) as channel:
+        call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        sent = [b"\x0f"] + [request.SerializeToString() for request in bad]
+        items = [pb.ModelStreamInferResponse.FromString(r) for r in call(iter(sent), timeout=30)]
+    assert len(items) == len(sent) and all(item.error_message for item in items)
+    messages += [item.error_message for item in items]
+    assert len(messages) > 30
+    for message in messages:
+        assert not _LEAKS.search(message), message
+        assert str(hostile) not in message, message
