@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from sluice.proto import admin_pb2, grpc_service_pb2
 from sluice.proto._pool import POOL
@@ -43,8 +43,15 @@ from sluice.server.config.pbtxt import read_model_config
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import ModelLoadError, SluiceError
 from sluice.server.feedback_loop import FeedbackLoop
-from sluice.server.metrics import ArmCollector, CanaryCollector, Metrics, ShadowCollector
+from sluice.server.metrics import (
+    ArmCollector,
+    CanaryCollector,
+    Metrics,
+    RefusalCollector,
+    ShadowCollector,
+)
 from sluice.server.protocol.admin import add_admin_service
+from sluice.server.protocol.request_parsing import GuardedServices  # hardened input
 from sluice.server.protocol.servicer import InferenceServicer
 from sluice.server.protocol.wire import add_inference_service
 from sluice.server.rollout.canary import CanaryController
@@ -161,6 +168,7 @@ class Server:
         self.servicer.cost = self.monitors.cost
         #: authz (issue 14 items 2-3): tokens, scopes, quotas, the access audit trail.
         self.access = AccessControl(config, self.metrics)
+        self.metrics.register(RefusalCollector(self.servicer.refusals.snapshot))  # hardened input
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
         self.final_counts = (0, 0)
@@ -249,16 +257,21 @@ class Server:
         except (TokenFileError, OSError) as exc:
             raise StartError(f"--tokens {cfg.tokens_file}: {exc}", usage=True) from None
         self._grpc = grpc.aio.server(options=options, interceptors=self.access.interceptors())
-        registrar: Any = self.access.registrar(self._grpc)  # audits admin calls
+        # Every service registers through these: admin calls are audited (authz), and a request
+        # that does not parse is INVALID_ARGUMENT naming its type on every RPC, never UNKNOWN
+        # (hardened input; outermost, so the audit never sees an unparsed request).
+        registrar: Any = self.access.registrar(
+            GuardedServices(self._grpc, self.servicer.refusals.note_status))
         add_inference_service(self.servicer, registrar)
         admin = add_admin_service(
             registrar, self.router, self.router.shadow, self.canary, self.follower,
             quality=self.monitors.quality, prediction_log=self.monitors.prediction_log,
         )
         admin.drift = self.monitors.drift  # DriftReport
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            (_SERVICE, _ADMIN, reflection.SERVICE_NAME), self._grpc, POOL
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer((_SERVICE, _ADMIN, reflection.SERVICE_NAME), POOL),
+            registrar,
         )
         busy = cfg.grpc_port and not cfg.reuse_port and not _port_free(cfg.host, cfg.grpc_port)
         try:  # asked only when free: grpc would also log a line of its own about a busy one

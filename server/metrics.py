@@ -229,6 +229,24 @@ class CanaryCollector(Collector):
         yield outcome
 
 
+# hardened input (issue 14 item 4)
+class RefusalCollector(Collector):
+    """``sluice_refused_requests_total{code}``: requests refused before they reached a model
+    (not valid protobuf, over a size cap, malformed tensors or parameters), by status code."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "sluice_refused_requests",
+            "Requests refused before reaching a model (not valid protobuf, over a size cap, "
+            "malformed tensors or parameters), by status code.", labels=["code"])
+        for code, count in sorted(self._counts().items()):
+            family.add_metric([code], count)
+        yield family
+
+
 class Metrics:
     """Owns one CollectorRegistry and, when started, the /metrics HTTP endpoint."""
 

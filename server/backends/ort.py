@@ -17,7 +17,9 @@ import numpy as np
 import onnxruntime as ort
 
 from sluice.server.backends.base import warmup_inputs
+from sluice.server.backends.external_data import check_external_data
 from sluice.server.config.model import InstanceKind, ModelConfig, ModelIO
+from sluice.server.config.redaction import redact_paths
 from sluice.server.errors import InvalidInput, ModelLoadError
 from sluice.server.types import TensorSpec
 
@@ -106,6 +108,9 @@ class OrtBackend:
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._path, self._providers = path, providers
         self._background: ort.InferenceSession | None = None
+        # hardened input: no tensor data from outside the version directory, whatever this
+        # onnxruntime checks itself; and its error text without the server's paths
+        check_external_data(path, f"model '{config.name}' version {version_dir.name}")
         try:
             self._sessions = [
                 ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -114,7 +119,7 @@ class OrtBackend:
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelLoadError(
                 f"model '{config.name}' version {version_dir.name}: onnxruntime could not load "
-                f"{config.default_model_filename}: {exc}"
+                f"{config.default_model_filename}: {redact_paths(str(exc))}"
             ) from None
         session = self._sessions[0]
         used = session.get_providers()

@@ -81,13 +81,14 @@ def read_deployment(model_dir: Path) -> tuple[Declared, str] | None:
 
     Blocking. Raises ModelLoadError naming the file and the offending key or value."""
     path = model_dir / FILENAME
+    named = f"{model_dir.name}/{FILENAME}"  # hardened input: never the server's directories
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot be read ({exc.strerror})") from None
-    declared = parse_deployment(raw, path)
+        raise ModelLoadError(f"{named}: cannot be read ({exc.strerror})") from None
+    declared = parse_deployment(raw, named)
     data = yaml.safe_load(raw)
     if isinstance(data, Mapping) and data and set(data) <= set(_MONITOR_KEYS):
         return None

@@ -205,6 +205,7 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
             raise ModelLoadError(f"{where}: instance_group.kind {kind_name} is not supported")
         groups.append(InstanceGroup(count=g.count or 1, kind=kinds[kind_name], gpus=tuple(g.gpus)))
 
+    _check_file_name(message.default_model_filename, where)  # hardened input
     return ModelConfig(
         name=name,
         backend=backend,
@@ -372,3 +373,15 @@ def to_proto(config: ModelConfig) -> mc.ModelConfig:
         entry.input_map.update(step.input_map)
         entry.output_map.update(step.output_map)
     return message
+
+
+# hardened input (issue 14 item 4)
+def _check_file_name(file_name: str, where: str) -> None:
+    """default_model_filename names a file in the version directory, never a path."""
+    if file_name and (
+        file_name in (".", "..") or any(c in file_name for c in "/\\\0:")
+    ):
+        raise ModelLoadError(
+            f"{where}: default_model_filename must be a file name in the version directory "
+            "(no path separators, no '..')"
+        )

@@ -41,6 +41,14 @@ class ServerConfig:
     max_request_outputs: int = 64
     #: Most dimensions one input tensor may have (more: RESOURCE_EXHAUSTED).
     max_tensor_rank: int = 16
+    # hardened input (issue 14 item 4); each over its cap: RESOURCE_EXHAUSTED naming it
+    #: Most elements one input tensor may have, and the largest one dimension may be (checked
+    #: on the shape, before anything is allocated); 2**25 is 128 MiB of FP32.
+    max_tensor_elements: int = 1 << 25
+    #: Largest single BYTES element, in bytes.
+    max_element_bytes: int = 64 * 1024 * 1024
+    #: Most entries in one parameters map (the request's, an input's, a requested output's).
+    max_request_parameters: int = 64
     log_level: str = "INFO"
     #: Bind gRPC with SO_REUSEPORT so sibling worker processes share the port (``--workers``).
     reuse_port: bool = False
@@ -104,7 +112,8 @@ class ServerConfig:
     def request_limits(self) -> RequestLimits:
         """The per-request size caps checked before a request is decoded."""
         return RequestLimits(
-            self.max_request_inputs, self.max_request_outputs, self.max_tensor_rank
+            self.max_request_inputs, self.max_request_outputs, self.max_tensor_rank,
+            self.max_tensor_elements, self.max_element_bytes, self.max_request_parameters,
         )
 
 
@@ -118,3 +127,9 @@ class RequestLimits:
     max_outputs: int = 64
     #: Most dimensions of one input tensor.
     max_rank: int = 16
+    #: Most elements of one input tensor, and the largest dimension (hardened input).
+    max_elements: int = 1 << 25
+    #: Largest BYTES element, in bytes.
+    max_element_bytes: int = 64 * 1024 * 1024
+    #: Most entries of one parameters map.
+    max_parameters: int = 64

@@ -14,7 +14,12 @@ from sluice.proto.datatypes import DATATYPES
 from sluice.proto.params import param_value
 from sluice.server.config.settings import RequestLimits
 from sluice.server.errors import InvalidInput, Unimplemented
-from sluice.server.serving.budget import check_request_limits
+from sluice.server.serving.budget import (
+    check_element_bytes,
+    check_parameters,
+    check_request_limits,
+    check_shape,
+)
 from sluice.server.types import InferRequest
 
 #: Request parameters Sluice understands; others are passed through to the core untouched.
@@ -24,10 +29,16 @@ _UNSUPPORTED_PARAMS = {
     "sequence_end": "sequence batching",
 }
 
+#: Request parameters named like these name a file or directory: refused, whatever the value.
+_FILE_PARAM_SUFFIXES = ("file", "filename", "path", "dir", "directory")
 
-#: (datatype, shape) -> (dtype, byte length) of raw inputs that decoded once the general way:
-#: a request whose every input matches one is decoded without checking each rule again.
-_raw_plans: dict[tuple[str, tuple[int, ...]], tuple[np.dtype[Any], int]] = {}
+#: (datatype, shape) -> (dtype, byte length, extent) of raw inputs that decoded once the general
+#: way: a request whose every input matches one is decoded without checking each rule again.
+#: The extent (the larger of the element count and the largest dimension) is what
+#: max_tensor_elements caps: the plans are shared by every server in the process.
+_raw_plans: dict[tuple[str, tuple[int, ...]], tuple[np.dtype[Any], int, int]] = {}
+#: The element cap of a decode without limits.
+_NO_CAP = 1 << 62
 #: Entries before the plans start again (bounds memory against clients sending many shapes).
 _PLAN_LIMIT = 1024
 #: Datatypes whose raw data needs no check beyond its length (BOOL and BYTES do).
@@ -39,8 +50,9 @@ def decode_request(
 ) -> InferRequest:
     """Decode a ModelInferRequest; TensorError / InvalidInput name the offending field.
 
-    With ``limits``, a request with too many inputs, outputs or dimensions is refused with
-    ResourceExhausted before any tensor is decoded. Raw inputs of a (datatype, shape) already
+    With ``limits``, a request with too many inputs, outputs, dimensions, elements or
+    parameters is refused with ResourceExhausted before any tensor is decoded (a BYTES element
+    too long, as it is decoded). Raw inputs of a (datatype, shape) already
     decoded once take a short path (:data:`_raw_plans`): the same arrays, fewer checks; the
     request then carries its ``signature`` for the model's own checks to cache on.
     """
@@ -53,12 +65,18 @@ def decode_request(
         rank = max(map(len, shapes), default=0)
         if rank > limits.max_rank:
             check_request_limits(limits, 0, 0, rank)
-    parameters = _parameters(message.parameters) if message.parameters else {}
-    requested = _requested_outputs(message.outputs) if n_outputs else None
+    parameters = _parameters(message.parameters, limits) if message.parameters else {}
+    requested = _requested_outputs(message.outputs, limits) if n_outputs else None
     raws = message.raw_input_contents[:]
-    signature = _signature(inputs, shapes, raws)
+    signature = _signature(
+        inputs, shapes, raws, limits.max_elements if limits is not None else _NO_CAP
+    )
     if signature is None:
+        if limits is not None:
+            _check_sizes(inputs, shapes, limits)
         decoded = tensors.decode_inputs(message)
+        if limits is not None:
+            _check_bytes(inputs, decoded, limits)
         _learn(inputs, shapes, raws, decoded)
     else:
         decoded = {}
@@ -70,8 +88,15 @@ def decode_request(
     )
 
 
-def _parameters(params: Any) -> dict[str, Any]:
+def _parameters(params: Any, limits: RequestLimits | None) -> dict[str, Any]:
+    if limits is not None:
+        check_parameters(limits, "request", len(params))
     parameters = {key: param_value(value) for key, value in params.items()}
+    for key in parameters:  # hardened input: peers took log and trace files from requests
+        if key.lower().endswith(_FILE_PARAM_SUFFIXES):
+            raise InvalidInput(
+                f"parameter '{key}': Sluice takes no file or directory names from requests"
+            )
     for key, feature in _UNSUPPORTED_PARAMS.items():
         if parameters.get(key):
             raise Unimplemented(f"parameter '{key}': {feature} is not supported by Sluice")
@@ -81,8 +106,10 @@ def _parameters(params: Any) -> dict[str, Any]:
     return parameters
 
 
-def _requested_outputs(outputs: Any) -> tuple[str, ...]:
+def _requested_outputs(outputs: Any, limits: RequestLimits | None) -> tuple[str, ...]:
     for output in outputs:
+        if limits is not None and output.parameters:
+            check_parameters(limits, f"output '{output.name}'", len(output.parameters))
         if "classification" in output.parameters:
             raise Unimplemented(
                 f"output '{output.name}': the classification extension is not supported"
@@ -93,18 +120,19 @@ def _requested_outputs(outputs: Any) -> tuple[str, ...]:
 
 
 def _signature(
-    inputs: list[Any], shapes: list[tuple[int, ...]], raws: list[bytes]
+    inputs: list[Any], shapes: list[tuple[int, ...]], raws: list[bytes], max_elements: int
 ) -> tuple[tuple[str, str, tuple[int, ...]], ...] | None:
     """(name, datatype, shape) per input when every input is plain raw data of a known plan
-    with the plan's length (and no parameters, no contents, no repeated name); else None."""
+    with the plan's length and an extent within ``max_elements`` (and no parameters, no
+    contents, no repeated name); else None."""
     if not raws or len(raws) != len(inputs):
         return None
     signature = []
     for tensor, shape, raw in zip(inputs, shapes, raws, strict=True):
         datatype = tensor.datatype
         plan = _raw_plans.get((datatype, shape))
-        if plan is None or len(raw) != plan[1] or tensor.parameters or tensor.HasField(
-            "contents"
+        if plan is None or len(raw) != plan[1] or plan[2] > max_elements or (
+            tensor.parameters or tensor.HasField("contents")
         ):
             return None
         signature.append((tensor.name, datatype, shape))
@@ -124,7 +152,24 @@ def _learn(
         if tensor.datatype in _PLAIN_RAW:
             if len(_raw_plans) >= _PLAN_LIMIT:
                 _raw_plans.clear()
-            _raw_plans[tensor.datatype, shape] = (decoded[tensor.name].dtype, len(raw))
+            array = decoded[tensor.name]
+            extent = max(array.size, max(shape, default=0))
+            _raw_plans[tensor.datatype, shape] = (array.dtype, len(raw), extent)
+
+
+def _check_sizes(inputs: list[Any], shapes: list[tuple[int, ...]], limits: RequestLimits) -> None:
+    """The element and parameter caps of each input, on what it declares (nothing decoded)."""
+    for tensor, shape in zip(inputs, shapes, strict=True):
+        check_shape(limits, tensor.name, shape)
+        if tensor.parameters:
+            check_parameters(limits, f"input '{tensor.name}'", len(tensor.parameters))
+
+
+def _check_bytes(inputs: list[Any], decoded: dict[str, np.ndarray], limits: RequestLimits) -> None:
+    """The BYTES element cap of each BYTES input (decoded: its elements are bytes)."""
+    for tensor in inputs:
+        if tensor.datatype == "BYTES":
+            check_element_bytes(limits, tensor.name, decoded[tensor.name].ravel().tolist())
 
 
 def deadline_from(time_remaining: float | None) -> float | None:

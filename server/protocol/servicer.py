@@ -31,7 +31,9 @@ from sluice.server.errors import (
 from sluice.server.monitoring.cost import CostAccountant
 from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.protocol import codec, handoff, wire
+from sluice.server.protocol.refusals import Refusals
 from sluice.server.protocol.request_ids import id_maker
+from sluice.server.protocol.request_parsing import Unparsable
 from sluice.server.protocol.statistics import latency_table, model_statistics
 from sluice.server.protocol.status import fail
 from sluice.server.protocol.streaming import answer_stream
@@ -77,6 +79,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._router = router if router is not None else Router(repository, None)
         self._limits = limits or RequestLimits()
         self.hub = hub if hub is not None else MonitorHub()
+        #: Requests refused before reaching a model (the composition root shares its own).
+        self.refusals = Refusals()
         #: Makes the id of a request that came without one (unique across processes).
         self.new_id = id_maker()
         self._ready = False
@@ -211,7 +215,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         metadata; it is called only when weights decide and the request carries none."""
         if self._draining:
             raise Overloaded("server is shutting down", reason="draining", retry_after_ms=1000)
-        request = codec.decode_request(message, deadline, self._limits)
+        try:
+            request = codec.decode_request(message, deadline, self._limits)
+        except Exception as exc:
+            self.refusals.note(exc)
+            raise
         if not request.id:
             request.id = self.new_id()
         sticky = request.parameters.get(STICKY_PARAM) if request.parameters else None
@@ -272,6 +280,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelInfer(self, request, context):
+        if type(request) is Unparsable:  # the bytes did not parse (request_parsing)
+            error = request.error()
+            self.refusals.note(error)
+            fail(context, error)
+            return b""
         hub = self.hub
         watched = hub.wants(request.model_name)  # all a model nobody watches costs
         started = time.perf_counter() if watched else 0.0

@@ -3,7 +3,9 @@ request's, else one the server made).
 
 Reading stops while ``STREAM_WINDOW`` requests of the stream are unanswered. An error answers
 its one request (``error_message`` "[CODE] text", the request's model, version and id) and the
-stream stays open. Requests of a model the monitor hub watches are offered to it as they finish.
+stream stays open; so does a message that is not a valid ModelInferRequest ("[INVALID_ARGUMENT]
+the request is not a valid inference.ModelInferRequest message ...", an id the server made).
+Requests of a model the monitor hub watches are offered to it as they finish.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any, Protocol
 from sluice.proto import grpc_service_pb2 as pb
 from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.protocol import handoff, wire
+from sluice.server.protocol.refusals import Refusals
+from sluice.server.protocol.request_parsing import Unparsable
 from sluice.server.protocol.status import to_status
 from sluice.server.types import InferRequest, InferResponse
 
@@ -27,6 +31,7 @@ class Answerer(Protocol):
 
     hub: MonitorHub
     new_id: Callable[[], str]
+    refusals: Refusals
 
     def answer_now(
         self, message: pb.ModelInferRequest, deadline: float | None,
@@ -45,6 +50,15 @@ def _error_item(
         infer_response=pb.ModelInferResponse(
             model_name=message.model_name, model_version=message.model_version, id=request_id
         ),
+    )
+
+
+def _unparsable_item(text: str, request_id: str) -> pb.ModelStreamInferResponse:
+    """The error item answering a stream message that did not parse (no model, no id of its
+    own: the server makes one, as for a request sent without)."""
+    return pb.ModelStreamInferResponse(
+        error_message=f"[INVALID_ARGUMENT] {text}",
+        infer_response=pb.ModelInferResponse(id=request_id),
     )
 
 
@@ -98,6 +112,11 @@ async def answer_stream(
     async def read() -> None:
         try:
             async for message in request_iterator:
+                if type(message) is Unparsable:  # the bytes did not parse (request_parsing)
+                    refusal = message.error()
+                    servicer.refusals.note(refusal)
+                    done.put_nowait(_unparsable_item(refusal.message, servicer.new_id()))
+                    continue
                 await window.acquire()  # before routing: no await between routing and queueing
                 started = time.perf_counter() if hub.wants(message.model_name) else None
                 request = route = None

@@ -29,6 +29,7 @@ from sluice.proto import grpc_service_pb2 as pb
 from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 from sluice.proto import tensors
 from sluice.proto.params import set_param
+from sluice.server.protocol.request_parsing import tolerant
 from sluice.server.types import InferResponse
 
 _SERVICE = "inference.GRPCInferenceService"
@@ -149,7 +150,9 @@ class _Capture:
 def add_inference_service(servicer: pb_grpc.GRPCInferenceServiceServicer,
                           server: grpc.aio.Server) -> None:
     """Register the inference service like the generated ``add_..._to_server``, except that
-    ModelInfer and ModelStreamInfer may answer with bytes already serialized."""
+    ModelInfer and ModelStreamInfer may answer with bytes already serialized, and take a
+    request that does not parse as its :class:`~.request_parsing.Unparsable` marker (they
+    answer it INVALID_ARGUMENT themselves: no wrapper on the hot path)."""
     capture = _Capture()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
     handlers = capture.handlers
@@ -157,10 +160,11 @@ def add_inference_service(servicer: pb_grpc.GRPCInferenceServiceServicer,
         "ModelInfer": grpc.unary_unary_rpc_method_handler,
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler,
     }
+    parse = tolerant(pb.ModelInferRequest.FromString)
     for method, factory in make.items():
         handlers[method] = factory(
             getattr(servicer, method),
-            request_deserializer=pb.ModelInferRequest.FromString,
+            request_deserializer=parse,
             response_serializer=_serialize,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))

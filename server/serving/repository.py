@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sluice.server.backends.base import Backend
+from sluice.server.config.containment import check_contained
 from sluice.server.config.model import ModelConfig, check_model_name
+from sluice.server.config.redaction import redact_paths
 from sluice.server.config.validation import complete_model_config
 from sluice.server.errors import ModelLoadError, ModelNotFound, ModelNotReady, SluiceError
 from sluice.server.serving.budget import InflightBudget
@@ -206,6 +208,8 @@ class ModelRepository:
         model_dir = self.root / name
         if not model_dir.is_dir():
             raise ModelNotFound(f"model '{name}' is not in the repository")
+        # hardened input: no link out of the repository, checked before any file is read
+        await asyncio.to_thread(check_contained, self.root, model_dir, name)
         model = self._models.setdefault(name, _Model())
         started = time.perf_counter()
         async with model.lock:
@@ -213,15 +217,17 @@ class ModelRepository:
             try:
                 versions = await self._build(name, model_dir)
             except SluiceError as exc:
+                exc.message = redact_paths(exc.message)  # hardened input: libraries' words
+                exc.args = (exc.message,)
                 model.state = "READY" if model.versions else "UNAVAILABLE"
                 model.reason = exc.message
                 log.error("loading model '%s' failed: %s", name, exc.message)
                 raise
             except Exception as exc:
                 model.state = "READY" if model.versions else "UNAVAILABLE"
-                model.reason = f"unexpected error: {exc}"
+                model.reason = f"unexpected error: {redact_paths(str(exc))}"
                 log.exception("loading model '%s' failed", name)
-                raise ModelLoadError(f"model '{name}': load failed: {exc}") from exc
+                raise ModelLoadError(f"model '{name}': load failed: {model.reason}") from exc
             old = model.versions
             model.versions = versions
             model.state, model.reason = "READY", ""
@@ -369,4 +375,7 @@ def _compatible(ours: tuple[int, ...], theirs: tuple[int, ...]) -> bool:
 
 
 def _version_dirs(model_dir: Path) -> list[int]:
-    return [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    return [
+        int(p.name) for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isascii() and p.name.isdigit()  # not '١' (int() takes it)
+    ]
