@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sluice.server.app import StartError, run_until_signal
+    from sluice.server.app import StartError
+    from sluice.server.process import run_until_signal
 
     worker = args.worker_id
     who = "" if worker is None else f"worker {worker} "

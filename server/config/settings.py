@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sluice.server.config.tls import TlsFiles
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -75,6 +77,12 @@ class ServerConfig:
     prediction_log_max_file_age_s: float = 60.0
     #: Sampled requests waiting for the writer before more are dropped (and counted).
     prediction_log_queue_records: int = 100_000
+    # -- transport security (issue 14 item 1) --
+    #: Certificate files for TLS on the gRPC port and /metrics (reloaded on SIGHUP); None:
+    #: plaintext, which is refused on a non-loopback address unless ``insecure``.
+    tls: TlsFiles | None = None
+    #: Serve plaintext on a non-loopback address anyway (``--insecure``; a warning is logged).
+    insecure: bool = False
 
     @property
     def deployment_state_dir(self) -> Path:
