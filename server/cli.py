@@ -2,6 +2,7 @@
 
     sluice serve [--model-repository DIR] [--host H] [--grpc-port P] [--metrics-port P]
                  [--workers N] [--state-dir DIR]
+                 [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--insecure]
     sluice infer MODEL [--input NAME=FILE.npy|JSON ...] [--batch N]
     sluice stats [MODEL]
     sluice deploy MODEL status | routes ARM=WEIGHT ... | alias NAME=VERSION | switch TARGET
@@ -15,6 +16,9 @@
     sluice profile MODEL --data FILE [--version V] | drift MODEL [--json]
     sluice logging MODEL [--sample F] [--inputs | --no-inputs] [--exclude A,B] [--json]
     sluice retrain MODEL [--json] | retrain-webhook [--port P]
+
+Every command but serve takes --url HOST:PORT and, for a server with TLS, --tls-ca FILE (and
+--tls-cert FILE --tls-key FILE when it asks for a client certificate).
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ import numpy as np
 
 from sluice.server import __version__
 from sluice.server.cli_admin import add_admin_commands, run_admin
+from sluice.server.cli_connect import (  # transport security (issue 14)
+    DEFAULT_TARGET,
+    ConnectionFlagError,
+    add_connection_flags,
+    connection,
+)
 from sluice.server.cli_cost import non_negative_price, print_cost
 from sluice.server.cli_drift import add_drift_commands, run_drift, run_profile
 from sluice.server.cli_logging import add_logging_command, run_logging
@@ -40,8 +50,7 @@ from sluice.server.cli_quality import add_quality_commands, run_quality  # feedb
 from sluice.server.cli_repo import add_repo_command, run_repo
 from sluice.server.cli_retrain import add_retrain_commands, run_retrain  # retraining
 from sluice.server.config.settings import ServerConfig
-
-DEFAULT_TARGET = "127.0.0.1:8001"
+from sluice.server.config.tls import TlsFiles
 
 
 def default_url(environ: Mapping[str, str]) -> str:
@@ -57,7 +66,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
         description="Sluice: a KServe v2 / Triton-compatible gRPC inference server.",
     )
     parser.add_argument("--version", action="version", version=f"sluice {__version__}")
-    _add_url(parser)
+    add_connection_flags(parser, top_level=True)
     parser.set_defaults(url=url)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -113,6 +122,18 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     serve.add_argument("--price-per-core-hour", type=non_negative_price, default=None,
                        metavar="PRICE", help="price of one CPU core-hour in your currency: "
                        "cost per 1,000 predictions in /metrics and `sluice stats`")
+    # transport security (issue 14 item 1)
+    serve.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                       help="PEM certificate chain: TLS on the gRPC port and /metrics (with "
+                       "--tls-key; both re-read on SIGHUP, open connections kept)")
+    serve.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
+                       help="PEM private key of --tls-cert (unencrypted)")
+    serve.add_argument("--tls-client-ca", type=Path, default=None, metavar="FILE",
+                       help="PEM CA certificates: clients must present a certificate one of "
+                       "them signed (mTLS), or are refused at the handshake")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow plaintext on a --host other than loopback (logged as a "
+                       "warning); without TLS only 127.0.0.1 and ::1 are served otherwise")
 
     infer = sub.add_parser(
         "infer", help="send one request to a running server and print the outputs",
@@ -145,10 +166,9 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
 
 
 def _add_url(parser: argparse.ArgumentParser) -> None:
-    """``--url`` at this level too: it may stand anywhere on the command line (the value given
-    last wins; SUPPRESS keeps a level where it is absent from resetting it)."""
-    parser.add_argument("--url", default=argparse.SUPPRESS,
-                        help=f"server to call (default $SLUICE_URL, else {DEFAULT_TARGET})")
+    """``--url`` and the client TLS flags at this level too: they may stand anywhere on the
+    command line (:mod:`sluice.server.cli_connect`)."""
+    add_connection_flags(parser)
 
 
 def _positive_int(text: str) -> int:
@@ -161,6 +181,11 @@ def _positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser(default_url(os.environ)).parse_args(argv)
+    try:  # transport security: a TLS flag that cannot be used is a usage error, before any call
+        _server_tls(args) if args.command == "serve" else connection(args)
+    except (ConnectionFlagError, ValueError) as exc:
+        print(f"sluice {args.command}: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve" and args.workers > 1 and args.worker_id is None:
         return _supervise(args, argv)
     if args.command == "serve":
@@ -180,6 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("retrain", "retrain-webhook"):  # retraining
         return run_retrain(args)
     return _stats(args)
+
+
+def _server_tls(args: argparse.Namespace) -> TlsFiles | None:
+    """``serve``'s certificate files, or None; ValueError names a flag given without its pair."""
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS with "
+                             "client certificates)")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ValueError("--tls-cert and --tls-key go together (the server's certificate and "
+                         "its key)")
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -211,6 +249,8 @@ def _serve(args: argparse.Namespace) -> int:
         drift_interval_s=args.drift_interval,
         price_per_core_hour=args.price_per_core_hour,
         prediction_log_dir=args.prediction_log_dir,
+        tls=_server_tls(args),  # transport security
+        insecure=args.insecure,
     )
     try:
         asyncio.run(run_until_signal(config))
@@ -244,6 +284,8 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
         metrics_port=args.metrics_port if metrics_on else None,
         worker_argv=worker_argv,
         shutdown_grace_s=args.shutdown_grace,
+        tls=_server_tls(args),  # transport security: its merged /metrics, the bind rule
+        insecure=args.insecure,
     ))
     return asyncio.run(supervisor.run())
 
@@ -255,7 +297,7 @@ def _infer(args: argparse.Namespace) -> int:
 
     try:
         given = parse_inputs(args.input)
-        with Client(args.url) as client:
+        with Client(args.url, **connection(args)) as client:
             meta = client.model_metadata(args.model, version=args.version)
             inputs = request_inputs(args.model, meta, given, args.batch, np.random.default_rng())
             request = client.build_request(args.model, inputs, version=args.version or None)
@@ -282,7 +324,7 @@ def _stats(args: argparse.Namespace) -> int:
     from sluice.clients import Client, SluiceClientError
 
     try:
-        with Client(args.url) as client:
+        with Client(args.url, **connection(args)) as client:
             table: dict[str, Any] = client.latency(args.model)
     except SluiceClientError as exc:
         print(f"sluice stats: {exc}", file=sys.stderr)
