@@ -10,7 +10,10 @@ HTTPS, and only to a client with a good certificate when one is required.
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,11 +24,13 @@ import pytest
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
+from loadtests.procs import checkout_env
 from sluice.clients import AdminClient, AsyncClient, Client, SluiceClientError, tls_credentials
 from sluice.server.app import BUNDLED_REPOSITORY, StartError
 from sluice.server.config.settings import ServerConfig
 from sluice.server.config.tls import TlsFiles
 from tests.support.certs import CertificateAuthority, Issued, presented_serial, session_accepted
+from tests.support.checkout import ROOT
 from tests.support.running import start_server
 
 pytestmark = pytest.mark.timeout(180)
@@ -170,3 +175,24 @@ def test_a_plaintext_bind_beyond_loopback_is_refused_without_insecure(tmp_path, 
     assert refused.value.usage
     assert f"refusing to serve plaintext on {host}" in str(refused.value)
     assert "--insecure" in str(refused.value) and "--tls-cert" in str(refused.value)
+
+
+def _loadgen(address: str, *flags: str) -> tuple[int, dict[str, object] | None]:
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtests.loadgen", "--target", address, "--model", "identity",
+         "--input", "INPUT0:float32:16", "--concurrency", "4", "--count", "40", *flags],
+        cwd=ROOT, env=checkout_env(), capture_output=True, text=True, timeout=120)
+    lines = done.stdout.strip().splitlines()
+    return done.returncode, json.loads(lines[-1]) if lines else None
+
+
+@pytest.mark.parametrize("mode", ["unary", "stream"])
+def test_the_benchmark_load_generator_speaks_mtls(make_server, pki, mode):
+    running = _serve(make_server, pki, mutual=True)
+    client = pki["client"]
+    code, summary = _loadgen(running.address, "--mode", mode, "--tls-ca", str(pki["ca"].cert),
+                             "--tls-cert", str(client.cert), "--tls-key", str(client.key))
+    assert code == 0 and summary is not None
+    assert summary["errors"] == 0 and summary["total"] == 41  # its first call, then 40
+    code, _ = _loadgen(running.address, "--mode", mode, "--tls-ca", str(pki["ca"].cert))
+    assert code != 0  # no client certificate: not one call gets through
