@@ -22,6 +22,7 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from sluice.clients.auth import with_token
 from sluice.clients.errors import error_from_rpc
 from sluice.clients.messages import channel_options as make_channel_options
 from sluice.clients.quality import QualityCalls, quality_text  # feedback + quality
@@ -74,11 +75,14 @@ class AdminClient(QualityCalls):
         timeout: float | None = 30.0,
         channel_options: Sequence[tuple[str, Any]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
+        """``token``: bearer token for a server with ``--tokens`` (None: ``$SLUICE_TOKEN``)."""
         self.target = target
         self.timeout = timeout
         self._metadata = ((CALLER_KEY, caller),) if caller else ()
-        self._channel = open_channel(target, make_channel_options(channel_options), credentials)
+        self._channel = with_token(  # authz: the bearer token on every call
+            open_channel(target, make_channel_options(channel_options), credentials), token)
         self._stub = pb_grpc.AdminStub(self._channel)
 
     def close(self) -> None:

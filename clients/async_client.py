@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from sluice.clients.auth import aio_interceptors
 from sluice.clients.errors import error_from_rpc
 from sluice.clients.messages import (
     ParameterValue,
@@ -49,6 +50,7 @@ class AsyncClient:
     Arguments as for :class:`~clients.Client`: ``timeout`` (seconds, None: none) is the default
     deadline of every call and, for inference, covers every attempt and backoff wait.
     ``credentials``: TLS (:func:`~sluice.clients.tls.tls_credentials`); None: plaintext.
+    ``token``: bearer token for a server with ``--tokens`` (None: ``$SLUICE_TOKEN`` if set).
     """
 
     def __init__(
@@ -62,8 +64,10 @@ class AsyncClient:
         channel_options: Sequence[tuple[str, Any]] | None = None,
         retry_budget: RetryBudget | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
         self.target = target
+        self._interceptors = aio_interceptors(token)  # authz: the bearer token on every call
         self.timeout = timeout
         self.policy = RetryPolicy(retries, backoff_base_s, backoff_max_s, retry_budget)
         self._options = make_channel_options(channel_options)
@@ -76,7 +80,8 @@ class AsyncClient:
     @property
     def _stub(self) -> Any:
         if self._stub_instance is None:
-            self._channel = open_aio_channel(self.target, self._options, self._credentials)
+            self._channel = open_aio_channel(self.target, self._options, self._credentials,
+                                             self._interceptors)
             self._stub_instance = pb_grpc.GRPCInferenceServiceStub(self._channel)
         return self._stub_instance
 

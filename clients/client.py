@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from sluice.clients.auth import with_token
 from sluice.clients.errors import error_from_rpc
 from sluice.clients.messages import (
     ParameterValue,
@@ -46,6 +47,7 @@ class Client:
     :class:`~sluice.clients.retry.RetryPolicy` (only inference is retried, only on UNAVAILABLE).
     ``channel_options`` are extra gRPC channel arguments (message limits default to 256 MiB).
     ``credentials``: TLS (:func:`~sluice.clients.tls.tls_credentials`); None: plaintext.
+    ``token``: bearer token for a server with ``--tokens`` (None: ``$SLUICE_TOKEN`` if set).
     """
 
     def __init__(
@@ -59,11 +61,13 @@ class Client:
         channel_options: Sequence[tuple[str, Any]] | None = None,
         retry_budget: RetryBudget | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.policy = RetryPolicy(retries, backoff_base_s, backoff_max_s, retry_budget)
-        self._channel = open_channel(target, make_channel_options(channel_options), credentials)
+        self._channel = with_token(  # authz: the bearer token on every call
+            open_channel(target, make_channel_options(channel_options), credentials), token)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     # -- lifecycle ----------------------------------------------------------------------------

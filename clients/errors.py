@@ -92,6 +92,14 @@ class Unimplemented(SluiceClientError):
     """UNIMPLEMENTED: the server does not support this RPC, parameter or extension."""
 
 
+class Unauthenticated(SluiceClientError):
+    """UNAUTHENTICATED: no token, or one the server does not know (``token=``/$SLUICE_TOKEN)."""
+
+
+class PermissionDenied(SluiceClientError):
+    """PERMISSION_DENIED: the token lacks the scope the call needs (the message names it)."""
+
+
 class ServerError(SluiceClientError):
     """INTERNAL, UNKNOWN or any other status: report it, retrying will not help."""
 
@@ -103,6 +111,8 @@ _CLASSES: dict[grpc.StatusCode, type[SluiceClientError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,  # authz
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,  # authz
 }
 
 

@@ -58,9 +58,12 @@ def open_channel(
 
 
 def open_aio_channel(
-    target: str, options: Sequence[tuple[str, Any]], credentials: grpc.ChannelCredentials | None
+    target: str, options: Sequence[tuple[str, Any]], credentials: grpc.ChannelCredentials | None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
 ) -> grpc.aio.Channel:
-    """An asyncio channel to ``target``: secure with ``credentials``, else plaintext."""
+    """An asyncio channel to ``target``: secure with ``credentials``, else plaintext; calls go
+    through ``interceptors`` (the bearer token's, :func:`sluice.clients.auth.aio_interceptors`)."""
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=options)
-    return grpc.aio.secure_channel(target, credentials, options=options)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=options,
+                                   interceptors=interceptors)

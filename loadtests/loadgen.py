@@ -26,8 +26,8 @@ and print one JSON line. A request counts if it completes inside the window; thr
 count over the window. Counted runs (``--count``) just send K requests and print JSON.
 
 Security (issue 14): ``--tls-ca`` (and ``--tls-cert``/``--tls-key`` for mTLS) make every channel
-TLS; ``--token`` sends ``authorization: Bearer TOKEN`` on every call as gRPC call credentials
-(which gRPC only sends over TLS, so it needs ``--tls-ca``).
+TLS; ``--token`` sends ``authorization: Bearer TOKEN`` on every call the way the clients do (their
+channel interceptor, :mod:`sluice.clients.auth`), so its cost is measured with the rest.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ import numpy as np
 
 from loadtests.models import InputSpec, make_inputs
 from sluice.clients import AsyncClient, SluiceClientError
+from sluice.clients.auth import aio_interceptors
 from sluice.clients.messages import build_request, channel_options
 from sluice.clients.tls import open_aio_channel, tls_credentials
 from sluice.proto import grpc_service_pb2 as pb
@@ -66,9 +67,10 @@ class UnaryDriver:
     """
 
     def __init__(self, target: str, model: str, inputs: dict[str, np.ndarray],
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None) -> None:
         self._client = AsyncClient(target, timeout=_CALL_TIMEOUT_S, retries=0,
-                                   credentials=credentials)
+                                   credentials=credentials, token=token)
         self._request = self._client.build_request(model, inputs)
 
     async def start(self, slots: int) -> None:
@@ -94,8 +96,10 @@ class StreamDriver:
     """One ModelStreamInfer call with one request in flight per slot, answers matched by id."""
 
     def __init__(self, target: str, model: str, inputs: dict[str, np.ndarray],
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
-        self._channel = open_aio_channel(target, channel_options(None), credentials)
+                 credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None) -> None:
+        self._channel = open_aio_channel(target, channel_options(None), credentials,
+                                         aio_interceptors(token))
         self._model = model
         self._inputs = inputs
         self._payloads: list[bytes] = []
@@ -217,21 +221,17 @@ def _read_start() -> float:
 
 
 def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
-    """TLS channel credentials (with the token as call credentials), or None: plaintext."""
+    """TLS channel credentials, or None: plaintext."""
     if args.tls_ca is None and args.tls_cert is None:
         return None
-    credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-    if args.token:
-        credentials = grpc.composite_channel_credentials(
-            credentials, grpc.access_token_call_credentials(args.token))
-    return credentials
+    return tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Drive the load; returns the JSON summary (latencies go to ``args.latencies``)."""
     inputs = make_inputs(tuple(InputSpec.from_arg(s) for s in args.input), args.batch, args.seed)
     driver_type = StreamDriver if args.mode == "stream" else UnaryDriver
-    driver = driver_type(args.target, args.model, inputs, _credentials(args))
+    driver = driver_type(args.target, args.model, inputs, _credentials(args), args.token)
     tally = Tally()
     try:
         await driver.start(args.concurrency)
@@ -280,10 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-ca", help="PEM CA the server's certificate is checked against")
     parser.add_argument("--tls-cert", help="client certificate (mTLS; with --tls-key)")
     parser.add_argument("--tls-key", help="the client certificate's key")
-    parser.add_argument("--token", help="bearer token sent with every call (needs TLS)")
+    parser.add_argument("--token", help="bearer token sent with every call")
     args = parser.parse_args(argv)
-    if args.token and args.tls_ca is None:
-        parser.error("--token needs --tls-ca (gRPC sends call credentials only over TLS)")
     if (args.duration is None) == (args.count is None):
         parser.error("give exactly one of --duration and --count")
     if args.duration is not None and not args.latencies:

@@ -25,6 +25,7 @@ import grpc
 import numpy as np
 
 from loadtests.models import ROOT, InputSpec
+from sluice.clients.auth import with_token
 from sluice.clients.tls import open_channel
 from sluice.proto import grpc_service_pb2 as pb
 from sluice.proto import grpc_service_pb2_grpc
@@ -63,11 +64,11 @@ class ServerProcess:
 
     def __init__(
         self, name: str, args: list[str], *, start_timeout_s: float = 60.0,
-        credentials: grpc.ChannelCredentials | None = None,
+        credentials: grpc.ChannelCredentials | None = None, token: str | None = None,
     ) -> None:
         self.name = name
-        #: What a client needs to reach it (TLS), None: plaintext.
-        self.credentials = credentials
+        #: What a client needs to reach it: TLS credentials (None: plaintext), a bearer token.
+        self.credentials, self.token = credentials, token
         self._args = [sys.executable, *args]
         self._start_timeout_s = start_timeout_s
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -103,7 +104,7 @@ class ServerProcess:
             match = _LISTENING.search(line)
             if match:
                 self.target = f"{match.group(1)}:{match.group(2)}"
-        if not _wait_ready(self.target, deadline, self._proc, self.credentials):
+        if not _wait_ready(self.target, deadline, self._proc, self.credentials, self.token):
             tail = self.stderr_tail()
             self.stop()
             raise RuntimeError(f"{self.name}: not ready after {self._start_timeout_s}s: {tail}")
@@ -137,10 +138,11 @@ class ServerProcess:
 
 
 def _wait_ready(target: str, deadline: float, proc: subprocess.Popen,
-                credentials: grpc.ChannelCredentials | None = None) -> bool:
+                credentials: grpc.ChannelCredentials | None = None,
+                token: str | None = None) -> bool:
     """Whether ``target`` answered ServerReady true before ``deadline`` (monotonic) while
     ``proc`` ran."""
-    with open_channel(target, (), credentials) as channel:
+    with with_token(open_channel(target, (), credentials), token) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         while time.monotonic() < deadline and proc.poll() is None:
             try:

@@ -1,6 +1,6 @@
 """What transport security (and token checks) cost: identity at c=64 and c=1, secure vs plain.
 
-    python -m loadtests.security_bench [--duration S] [--repeats R] [--mtls]
+    python -m loadtests.security_bench [--duration S] [--repeats R] [--mtls] [--tokens]
         [--tls-cert FILE --tls-key FILE --tls-ca FILE]
         [--token TOKEN --secure-server-arg=--tokens=FILE ...] [--out DIR]
 
@@ -12,8 +12,12 @@ for the whole run:
 * plain: no TLS, no server flags beyond the defaults;
 * secure: ``--tls-cert/--tls-key`` (a throwaway CA and certificate made with
   tests/support/certs.py unless given), ``--tls-client-ca`` with ``--mtls`` (the generators then
-  present a client certificate), and every ``--secure-server-arg`` (e.g. ``--tokens=FILE`` once
-  tokens land); the generators send ``--token`` as ``authorization: Bearer TOKEN``.
+  present a client certificate), ``--tokens FILE`` with ``--tokens`` (a tokens file made here by
+  ``sluice token create`` with scopes infer and metadata; the generators send its token), and
+  every ``--secure-server-arg``; a ``--token`` given is sent as ``authorization: Bearer TOKEN``
+  (for a tokens file of your own: ``--secure-server-arg=--tokens=FILE --token T``).
+
+The issue's comparison is ``--tokens`` (TLS and token checks) against plaintext without auth.
 
 Each round measures c=64 and c=1 on both, the side that goes first alternating per round (the
 machine drifts), with :mod:`loadtests.loadgen` (closed loop, unary, batch 1, one process, one
@@ -31,6 +35,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -38,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.models import MODEL_REPOSITORY, ROOT, load_spec
-from loadtests.procs import LoadResult, ServerProcess, run_load
+from loadtests.procs import LoadResult, ServerProcess, checkout_env, run_load
 from sluice.clients.tls import tls_credentials
 
 #: The issue's targets: c=64 throughput ratio at least, c=1 p50 increase at most.
@@ -67,6 +73,16 @@ def _certificates(args: argparse.Namespace, directory: Path) -> dict[str, str | 
             "client_cert": str(client.cert), "client_key": str(client.key)}
 
 
+def _make_token(directory: Path) -> str:
+    """A token with scopes infer and metadata in ``directory/tokens.json`` (sluice token
+    create, as an operator makes one); returns the token it printed."""
+    made = subprocess.run(
+        [sys.executable, "-m", "sluice.server", "token", "create", "bench", "--scopes",
+         "infer,metadata", "--tokens", str(directory / "tokens.json")],
+        cwd=ROOT, env=checkout_env(), capture_output=True, text=True, timeout=120, check=True)
+    return made.stdout.splitlines()[0].strip()
+
+
 def _log(text: str) -> None:
     print(f"[security_bench] {text}", flush=True)
 
@@ -83,18 +99,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             secure_flags += ["--tls-client-ca", str(pem["ca"])]
             client_args += ["--tls-cert", str(pem["client_cert"]),
                             "--tls-key", str(pem["client_key"])]
-        if args.token:
-            client_args += ["--token", args.token]
+        token = _make_token(Path(tmp)) if args.tokens else args.token
+        if args.tokens:
+            secure_flags += ["--tokens", str(Path(tmp) / "tokens.json")]
+        if token:
+            client_args += ["--token", token]
         client_pem = (pem["client_cert"], pem["client_key"]) if args.mtls else (None, None)
         credentials = tls_credentials(pem["ca"], *client_pem)
         with (
             ServerProcess("plain", _server_args([])) as plain,
             ServerProcess("secure", _server_args([*secure_flags, *args.secure_server_arg]),
-                          credentials=credentials) as secure,
+                          credentials=credentials, token=token) as secure,
         ):
             servers = {"plain": (plain, ()), "secure": (secure, tuple(client_args))}
             _log(f"plain on {plain.target}, secure on {secure.target} "
-                 f"({'mTLS' if args.mtls else 'TLS'}{' + token' if args.token else ''})")
+                 f"({'mTLS' if args.mtls else 'TLS'}{' + token' if token else ''})")
             for round_no in range(args.repeats):
                 order = _SIDES if round_no % 2 == 0 else _SIDES[::-1]
                 for concurrency in (64, 1):
@@ -174,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-ca", help="the CA clients check it against")
     parser.add_argument("--client-cert", help="client certificate for --mtls with given files")
     parser.add_argument("--client-key", help="its key")
+    parser.add_argument("--tokens", action="store_true",
+                        help="token checks on the secure side: a tokens file and token made here")
     parser.add_argument("--token", help="bearer token the generators send to the secure server")
     parser.add_argument("--secure-server-arg", action="append", default=[], metavar="ARG",
                         help="an extra flag for the secure server only, e.g. "

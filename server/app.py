@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,6 +30,8 @@ from grpc_reflection.v1alpha import reflection
 
 from sluice.proto import admin_pb2, grpc_service_pb2
 from sluice.proto._pool import POOL
+from sluice.server.access_control import AccessControl  # authz
+from sluice.server.auth.tokens import TokenFileError  # authz
 from sluice.server.backends.base import Backend
 from sluice.server.backends.ensemble import EnsembleBackend
 from sluice.server.backends.numba_backend import load_numba_backend
@@ -157,6 +160,8 @@ class Server:
             hub=self.monitors.hub, on_loaded=self.monitors.model_loaded,
         )
         self.servicer.cost = self.monitors.cost
+        #: authz (issue 14 items 2-3): tokens, scopes, quotas, the access audit trail.
+        self.access = AccessControl(config, self.metrics)
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
         #: The certificates gRPC and /metrics serve (None: plaintext); set by start().
@@ -249,10 +254,15 @@ class Server:
             # On only under --workers: without it a second server could bind a busy port.
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
         ]
-        self._grpc = grpc.aio.server(options=options)
-        add_inference_service(self.servicer, self._grpc)
+        try:  # authz: the tokens file; no interceptor at all without one
+            self.access.open()
+        except (TokenFileError, OSError) as exc:
+            raise StartError(f"--tokens {cfg.tokens_file}: {exc}", usage=True) from None
+        self._grpc = grpc.aio.server(options=options, interceptors=self.access.interceptors())
+        registrar: Any = self.access.registrar(self._grpc)  # audits admin calls
+        add_inference_service(self.servicer, registrar)
         admin = add_admin_service(
-            self._grpc, self.router, self.router.shadow, self.canary, self.follower,
+            registrar, self.router, self.router.shadow, self.canary, self.follower,
             quality=self.monitors.quality, prediction_log=self.monitors.prediction_log,
         )
         admin.drift = self.monitors.drift  # DriftReport
@@ -273,13 +283,15 @@ class Server:
             try:
                 # A worker's /metrics is its supervisor's private, plain loopback source.
                 self.metrics.serve(host, cfg.metrics_port,
-                                   self.tls if cfg.worker_id is None else None)
+                                   self.tls if cfg.worker_id is None else None,
+                                   self.access.metrics_check())
             except OSError as exc:
                 raise StartError(f"metrics port {cfg.metrics_port} on {host} cannot be bound "
                                  f"({exc.strerror}); pick another with --metrics-port, or -1 "
                                  "to serve no /metrics") from None
         await self.router.open()  # a corrupt state file is refused here, before any model loads
         self.monitors.start()
+        self.access.start()
         names = (
             list(cfg.startup_models) if cfg.model_control == "explicit"
             else self.repository.available_names()
@@ -343,6 +355,7 @@ class Server:
         await self.repository.close(max(0.0, deadline - time.monotonic()))
         await self.monitors.close()  # every request is answered: the last records go out
         self.metrics.close()
+        await self.access.close()
 
 
 @contextlib.asynccontextmanager

@@ -16,8 +16,10 @@
     sluice profile MODEL --data FILE [--version V] | drift MODEL [--json]
     sluice logging MODEL [--sample F] [--inputs | --no-inputs] [--exclude A,B] [--json]
     sluice retrain MODEL [--json] | retrain-webhook [--port P]
+    sluice token create NAME --scopes S,S --tokens FILE | list | revoke NAME | cert CN
+    (client commands take --token, else $SLUICE_TOKEN, for a server with --tokens)
 
-Every command but serve takes --url HOST:PORT and, for a server with TLS, --tls-ca FILE (and
+Every client command also takes --url HOST:PORT and, for a server with TLS, --tls-ca FILE (and
 --tls-cert FILE --tls-key FILE when it asks for a client certificate).
 """
 
@@ -49,6 +51,7 @@ from sluice.server.cli_logging import add_logging_command, run_logging
 from sluice.server.cli_quality import add_quality_commands, run_quality  # feedback + quality
 from sluice.server.cli_repo import add_repo_command, run_repo
 from sluice.server.cli_retrain import add_retrain_commands, run_retrain  # retraining
+from sluice.server.cli_token import add_token_command, run_token  # authz
 from sluice.server.config.settings import ServerConfig
 from sluice.server.config.tls import TlsFiles
 
@@ -122,6 +125,11 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     serve.add_argument("--price-per-core-hour", type=non_negative_price, default=None,
                        metavar="PRICE", help="price of one CPU core-hour in your currency: "
                        "cost per 1,000 predictions in /metrics and `sluice stats`")
+    # authz (issue 14 items 2-3)
+    serve.add_argument("--tokens", type=Path, default=None, metavar="FILE",
+                       help="require a bearer token (or a mapped mTLS certificate) with the "
+                       "right scope on every call and on /metrics; FILE from `sluice token "
+                       "create` (default: none, every call open: bind loopback only)")
     # transport security (issue 14 item 1)
     serve.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
                        help="PEM certificate chain: TLS on the gRPC port and /metrics (with "
@@ -162,6 +170,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     add_drift_commands(sub, _add_url, BUNDLED_REPOSITORY)  # drift (issue 13 item 6)
     add_logging_command(sub, _add_url)  # prediction log
     add_retrain_commands(sub, _add_url, BUNDLED_REPOSITORY)  # retraining (issue 13, item 9)
+    add_token_command(sub)  # authz
     return parser
 
 
@@ -204,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_logging(args)
     if args.command in ("retrain", "retrain-webhook"):  # retraining
         return run_retrain(args)
+    if args.command == "token":  # authz
+        return run_token(args)
     return _stats(args)
 
 
@@ -223,6 +234,7 @@ def _server_tls(args: argparse.Namespace) -> TlsFiles | None:
 def _serve(args: argparse.Namespace) -> int:
     from sluice.server.app import StartError
     from sluice.server.process import run_until_signal
+    from sluice.server.workers.supervisor import SCRAPE_SECRET_ENV
 
     worker = args.worker_id
     who = "" if worker is None else f"worker {worker} "
@@ -249,6 +261,9 @@ def _serve(args: argparse.Namespace) -> int:
         drift_interval_s=args.drift_interval,
         price_per_core_hour=args.price_per_core_hour,
         prediction_log_dir=args.prediction_log_dir,
+        tokens_file=args.tokens,  # authz
+        metrics_scrape_secret=os.environ.pop(SCRAPE_SECRET_ENV, None) if worker is not None
+        else None,
         tls=_server_tls(args),  # transport security
         insecure=args.insecure,
     )
@@ -263,12 +278,19 @@ def _serve(args: argparse.Namespace) -> int:
 def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
     """``serve --workers N``: run N ``serve`` processes under
     :mod:`sluice.server.workers.supervisor`."""
+    from sluice.server.auth.tokens import TokenFileError
+    from sluice.server.cli_token import supervisor_access
     from sluice.server.workers.supervisor import Supervisor, SupervisorConfig
 
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s supervisor %(name)s: %(message)s"
     )
     metrics_on = args.metrics_port >= 0
+    try:  # authz: the merged /metrics needs the ops scope too, and workers guard theirs
+        check, secret = supervisor_access(args.tokens)
+    except (TokenFileError, OSError) as exc:
+        print(f"sluice serve: --tokens {args.tokens}: {exc}", file=sys.stderr)
+        return 2
 
     def worker_argv(worker: int, grpc_port: int) -> list[str]:
         # Our own command line with the overrides last (the last value of a flag wins), so
@@ -284,6 +306,7 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
         metrics_port=args.metrics_port if metrics_on else None,
         worker_argv=worker_argv,
         shutdown_grace_s=args.shutdown_grace,
+        metrics_check=check, scrape_secret=secret,  # authz
         tls=_server_tls(args),  # transport security: its merged /metrics, the bind rule
         insecure=args.insecure,
     ))

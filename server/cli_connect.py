@@ -1,5 +1,6 @@
-"""How every command but ``serve`` reaches the server: ``--url`` and, for a server that speaks
-TLS, ``--tls-ca`` (and ``--tls-cert``/``--tls-key`` when it asks for a client certificate).
+"""How every client command reaches the server: ``--url``; for a server that speaks TLS,
+``--tls-ca`` (and ``--tls-cert``/``--tls-key`` when it asks for a client certificate); for a
+server with ``--tokens``, ``--token`` (else ``$SLUICE_TOKEN``, which the clients read).
 
 Each flag may stand at the top level or after the verb (the value given last wins), so
 ``sluice --tls-ca ca.pem deploy m status`` and ``sluice deploy m status --tls-ca ca.pem`` are
@@ -32,20 +33,24 @@ def add_connection_flags(parser: argparse.ArgumentParser, *, top_level: bool = F
     absent from resetting it); ``top_level`` also sets their defaults."""
     parser.add_argument("--url", default=argparse.SUPPRESS,
                         help=f"server to call (default $SLUICE_URL, else {DEFAULT_TARGET})")
+    parser.add_argument("--token", default=argparse.SUPPRESS,  # authz
+                        help="bearer token for a server with --tokens (default $SLUICE_TOKEN)")
     for flag, dest, text in _TLS_FLAGS:
         parser.add_argument(flag, dest=dest, type=Path, default=argparse.SUPPRESS,
                             metavar="FILE", help=text)
     if top_level:
-        parser.set_defaults(**{dest: None for _flag, dest, _text in _TLS_FLAGS})
+        parser.set_defaults(token=None, **{dest: None for _flag, dest, _text in _TLS_FLAGS})
 
 
 def connection(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword arguments every client takes for the server ``args`` names: ``credentials``
-    when a TLS flag is given. Raises ConnectionFlagError naming a flag that cannot be used."""
+    """The keyword arguments every client takes for the server ``args`` names: ``token`` (None:
+    the clients read $SLUICE_TOKEN) and ``credentials`` when a TLS flag is given. Raises
+    ConnectionFlagError naming a flag that cannot be used."""
     values = args if isinstance(args, Mapping) else vars(args)
+    token = {"token": values.get("token")}
     ca, cert, key = (values.get(dest) for _flag, dest, _text in _TLS_FLAGS)
     if ca is None and cert is None and key is None:
-        return {}
+        return token
     if (cert is None) != (key is None):
         raise ConnectionFlagError("--tls-cert and --tls-key go together (a client certificate "
                                   "and its key)")
@@ -59,4 +64,5 @@ def connection(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
         except OSError as exc:
             raise ConnectionFlagError(f"{flag} {path}: cannot read it "
                                       f"({exc.strerror or exc})") from None
-    return {"credentials": tls_credentials(pem["tls_ca"], pem["tls_cert"], pem["tls_key"])}
+    return {**token,
+            "credentials": tls_credentials(pem["tls_ca"], pem["tls_cert"], pem["tls_key"])}

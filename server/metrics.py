@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sluice.server.metrics_http import MetricsEndpoint
+from sluice.server.metrics_http import MetricsCheck, MetricsEndpoint
 from sluice.server.serving.budget import InflightBudget
 from sluice.server.serving.model import ModelVersion
 from sluice.server.serving.stats import CumulativeHistogram, LatencyWindow
@@ -247,11 +247,13 @@ class Metrics:
         """Add a collector (read at each scrape) to this server's registry."""
         self.registry.register(collector)
 
-    def serve(self, host: str, port: int, tls: CertificateReloader | None = None) -> int:
+    def serve(self, host: str, port: int, tls: CertificateReloader | None = None,
+              check: MetricsCheck | None = None) -> int:
         """Serve /metrics on ``host:port`` (0 picks a free port), over HTTPS with ``tls``'s
-        certificates, swapped when it reloads (transport security); returns the bound port."""
+        certificates, swapped when it reloads (transport security), only to callers ``check``
+        lets through (authz, ``--tokens``); returns the bound port."""
         context = None if tls is None else tls.material.http_context
-        endpoint = self._http = MetricsEndpoint(self.registry, host, port, context)
+        endpoint = self._http = MetricsEndpoint(self.registry, host, port, context, check)
         if tls is not None:
             tls.on_reload(lambda material: endpoint.replace_context(material.http_context))
         self.port = endpoint.port

@@ -38,9 +38,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -48,6 +48,7 @@ from sluice.server.config.prediction_logging import LoggingConfig, parse_logging
 from sluice.server.errors import ModelLoadError
 
 FILENAME = "deployment.yaml"
+T = TypeVar("T")
 _KEYS = ("aliases", "routes", "shadows", "canary")
 #: Keys of the monitors, beside the deployment and read by their own parsers (prediction log:
 #: ``config.prediction_logging``; live quality: ``config.quality_file``; drift:
@@ -179,18 +180,31 @@ def _target(target: Any, aliases: Mapping[str, int], where: str) -> tuple[int, s
                      "under 'aliases'")
 
 
+def read_monitor_block(model_dir: Path, key: str, parse: Callable[[Any], T]) -> T:
+    """``parse`` applied to the ``key`` block of the model's deployment.yaml (to None when
+    there is no file or no such block): how each monitor reads its own settings. Blocking.
+    Raises ModelLoadError naming ``<model>/deployment.yaml`` (never the full path) and what
+    ``parse`` said (a ValueError naming the key)."""
+    where = f"{model_dir.name}/{FILENAME}"
+    try:
+        raw = (model_dir / FILENAME).read_bytes()
+    except FileNotFoundError:
+        return parse(None)
+    except OSError as exc:
+        raise ModelLoadError(f"{where}: cannot be read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ModelLoadError(f"{where}: not valid YAML") from None
+    try:
+        return parse(data.get(key) if isinstance(data, Mapping) else None)
+    except ValueError as exc:
+        raise ModelLoadError(f"{where}: {exc}") from None
+
+
 def read_logging(model_dir: Path) -> LoggingConfig | None:
     """The ``logging`` block of the model's deployment.yaml; None when there is no file or no
     block. Blocking. Raises ModelLoadError naming the file and the offending key or value."""
-    path = model_dir / FILENAME
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ModelLoadError(f"{path.name}: cannot be read ({exc.strerror})") from None
-    parse_deployment(raw, path.name)  # the whole file's errors, as the router would see them
-    data = yaml.safe_load(raw)
-    if not isinstance(data, Mapping) or data.get("logging") is None:
-        return None
-    return parse_logging(data["logging"])
+    return read_monitor_block(
+        model_dir, "logging", lambda block: None if block is None else parse_logging(block)
+    )

@@ -19,10 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sluice.server.config.deployment_file import FILENAME
-from sluice.server.errors import ModelLoadError
+from sluice.server.config.deployment_file import read_monitor_block
 
 _KEYS = ("sample", "window_rows", "window_s")
 
@@ -67,19 +64,5 @@ def parse_drift(value: Any) -> DriftSettings | None:
 def read_drift(model_dir: Path) -> DriftSettings | None:
     """The model's drift settings from its deployment.yaml (the defaults when it has none or
     says nothing of drift; None when it turns drift off). Blocking; ModelLoadError names the
-    model, the file and the key."""
-    where = f"model '{model_dir.name}': {FILENAME}"
-    try:
-        raw = (model_dir / FILENAME).read_bytes()
-    except FileNotFoundError:
-        return DriftSettings()
-    except OSError as exc:
-        raise ModelLoadError(f"{where}: cannot be read ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ModelLoadError(f"{where}: not valid YAML") from None
-    try:
-        return parse_drift(data.get("drift") if isinstance(data, Mapping) else None)
-    except ValueError as exc:
-        raise ModelLoadError(f"{where}: {exc}") from None
+    file and the key."""
+    return read_monitor_block(model_dir, "drift", parse_drift)

@@ -26,11 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from sluice.server.config.deployment_file import read_monitor_block
 
-from sluice.server.errors import ModelLoadError
-
-FILENAME = "deployment.yaml"
 KINDS = ("classifier", "regressor")
 _KEYS = ("enabled", "kind", "prediction", "scores", "window_rows", "window_s")
 
@@ -56,26 +53,9 @@ class QualityDeclared:
 
 
 def read_quality(model_dir: Path) -> QualityDeclared:
-    """The ``quality`` block of ``model_dir/deployment.yaml`` (defaults when there is no file or
-    no block). Raises ModelLoadError naming the file and the offending key."""
-    path = model_dir / FILENAME
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return QualityDeclared(present=False)
-    except OSError as exc:
-        raise ModelLoadError(f"{model_dir.name}/{FILENAME}: cannot be read ({exc.strerror})") \
-            from None
-    where = f"{model_dir.name}/{FILENAME}"
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ModelLoadError(f"{where}: not valid YAML") from None
-    block = data.get("quality") if isinstance(data, Mapping) else None
-    try:
-        return parse_quality(block)
-    except ValueError as exc:
-        raise ModelLoadError(f"{where}: {exc}") from None
+    """The ``quality`` block of ``model_dir/deployment.yaml`` (``present=False`` when there is no
+    file or no block). Raises ModelLoadError naming the file and the offending key."""
+    return read_monitor_block(model_dir, "quality", parse_quality)
 
 
 def parse_quality(block: Any) -> QualityDeclared:

@@ -77,6 +77,16 @@ class ServerConfig:
     prediction_log_max_file_age_s: float = 60.0
     #: Sampled requests waiting for the writer before more are dropped (and counted).
     prediction_log_queue_records: int = 100_000
+    # -- authz: tokens, scopes, quotas, the access audit (issue 14 items 2-3) --
+    #: The tokens file (``--tokens``): hashed bearer tokens and certificate subjects with their
+    #: scopes and quotas; None: no authentication, every call open as before.
+    tokens_file: Path | None = None
+    #: Seconds between two looks at the tokens file for changes (a revocation's delay).
+    tokens_reload_s: float = 2.0
+    #: Access audit lines waiting for the writer before more are dropped (and counted).
+    audit_queue_records: int = 10_000
+    #: A second credential for /metrics: the ``--workers`` supervisor's scrapes (workers only).
+    metrics_scrape_secret: str | None = None
     # -- transport security (issue 14 item 1) --
     #: Certificate files for TLS on the gRPC port and /metrics (reloaded on SIGHUP); None:
     #: plaintext, which is refused on a non-loopback address unless ``insecure``.

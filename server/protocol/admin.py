@@ -26,6 +26,7 @@ from sluice.server.monitoring.quality import QualityMonitor  # feedback + qualit
 from sluice.server.protocol.admin_drift import DriftAdmin
 from sluice.server.protocol.admin_logging import PredictionLoggingRpcs
 from sluice.server.protocol.admin_quality import QualityAdmin  # feedback + quality
+from sluice.server.protocol.auth import PRINCIPAL  # authz
 from sluice.server.protocol.status import fail
 from sluice.server.rollout.canary import CanaryController
 from sluice.server.rollout.canary_plan import DEFAULT_STEPS, CanaryConflict, CanaryGates, is_running
@@ -41,11 +42,14 @@ _CANARY_ALIASES = ("stable", "candidate")
 
 
 def caller_of(context: grpc.aio.ServicerContext) -> str:
-    """``x-sluice-caller`` from the request metadata, else the peer address."""
+    """``x-sluice-caller`` from the request metadata, else the peer address. With ``--tokens``
+    the authenticated principal comes first: ``alice``, or ``alice (as <x-sluice-caller>)``."""
+    principal = PRINCIPAL.get()  # authz: set by the auth interceptor
     for key, value in context.invocation_metadata() or ():
         if key == CALLER_KEY and value:
-            return value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return str(context.peer() or "unknown")
+            claim = value if isinstance(value, str) else value.decode("utf-8", "replace")
+            return claim if principal is None else f"{principal} (as {claim})"
+    return principal or str(context.peer() or "unknown")
 
 
 class AdminServicer(PredictionLoggingRpcs, QualityAdmin, DriftAdmin, pb_grpc.AdminServicer):

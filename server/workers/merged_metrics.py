@@ -121,9 +121,12 @@ def cumulative_part(families: Iterable[Metric]) -> list[Metric]:
     return out
 
 
-def fetch_metrics(url: str, timeout_s: float) -> str:
-    """GET ``url`` (a worker's /metrics) and return the body."""
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+def fetch_metrics(url: str, timeout_s: float, token: str | None = None) -> str:
+    """GET ``url`` (a worker's /metrics) and return the body; ``token``: sent as a bearer
+    token (authz: workers of a server with ``--tokens`` guard their /metrics)."""
+    request = urllib.request.Request(
+        url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         body: bytes = response.read()
     return body.decode()
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import socket
@@ -43,15 +44,17 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from sluice.server.config.tls import TlsFiles
-from sluice.server.metrics_http import MetricsEndpoint
+from sluice.server.metrics_http import MetricsCheck, MetricsEndpoint
 from sluice.server.tls_reload import BindRefused, CertificateReloader, TlsError, open_transport
-from sluice.server.workers.merged_metrics import WorkerMetrics
+from sluice.server.workers.merged_metrics import WorkerMetrics, fetch_metrics
 
 log = logging.getLogger(__name__)
 
 _LISTENING = re.compile(r"^sluice: gRPC listening on (\S+)$")
 _METRICS = re.compile(r"^sluice: metrics on (\S+)$")
 _LINE_LIMIT = 1 << 20
+#: The environment variable a worker reads the supervisor's /metrics credential from.
+SCRAPE_SECRET_ENV = "SLUICE_METRICS_SCRAPE_SECRET"
 
 
 class WorkerStartError(RuntimeError):
@@ -82,6 +85,12 @@ class SupervisorConfig:
     max_restart_backoff_s: float = 30.0
     #: A worker that served this long before dying is restarted after the shortest wait again.
     stable_after_s: float = 60.0
+    # -- authz (issue 14 items 2-3) --
+    #: Who may read the merged /metrics (``--tokens``); None: anyone.
+    metrics_check: MetricsCheck | None = None
+    #: The credential the workers' /metrics accept from this supervisor (handed to each in
+    #: the environment as ``SLUICE_METRICS_SCRAPE_SECRET``); None: their /metrics are open.
+    scrape_secret: str | None = None
     # -- transport security (issue 14 item 1) --
     #: Certificates of the merged /metrics (the workers get theirs from their command line).
     tls: TlsFiles | None = None
@@ -156,7 +165,9 @@ class Supervisor:
             raise ValueError("workers must be >= 1")
         self.config = config
         self.port = 0
-        self.metrics = WorkerMetrics(config.workers)
+        secret = config.scrape_secret
+        self.metrics = WorkerMetrics(
+            config.workers, fetch=lambda url, timeout_s: fetch_metrics(url, timeout_s, secret))
         self._procs: list[asyncio.subprocess.Process | None] = [None] * config.workers
         self._ready: set[int] = set()
         #: Set once every worker has been serving (stays set across restarts).
@@ -238,7 +249,8 @@ class Supervisor:
         assert self.config.metrics_port is not None
         tls = self.tls
         endpoint = MetricsEndpoint(registry, self.config.host, self.config.metrics_port,
-                                   None if tls is None else tls.material.http_context)
+                                   None if tls is None else tls.material.http_context,
+                                   self.config.metrics_check)  # authz: ops scope
         if tls is not None:
             tls.on_reload(lambda material: endpoint.replace_context(material.http_context))
         return endpoint
@@ -275,9 +287,12 @@ class Supervisor:
 
     async def _spawn(self, worker: int) -> asyncio.subprocess.Process:
         argv = list(self.config.worker_argv(worker, self.port))
+        env = None
+        if self.config.scrape_secret is not None:  # authz: never on a command line
+            env = {**os.environ, SCRAPE_SECRET_ENV: self.config.scrape_secret}
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            limit=_LINE_LIMIT,
+            limit=_LINE_LIMIT, env=env,
         )
         self._procs[worker] = proc
         if self._stop.is_set():  # the signal was forwarded while this one was starting

@@ -65,8 +65,11 @@ class Supervised:
 
 
 def scrape(url: str) -> dict[str, float]:
-    """Every sample of the supervisor's /metrics, keyed by its exposition line minus value."""
-    body = urllib.request.urlopen(url, timeout=10).read().decode()
+    """Every sample of the supervisor's /metrics, keyed by its exposition line minus value.
+    The supervisor answers within its 2 s per-worker timeout plus merging; the 30 s here only
+    bounds a starved machine (10 s ran out once with three suites and a CPU hog on two cores,
+    while a killed worker restarted)."""
+    body = urllib.request.urlopen(url, timeout=30).read().decode()
     out = {}
     for line in body.splitlines():
         if line and not line.startswith("#"):

@@ -110,12 +110,12 @@ def test_tls_flags_may_stand_anywhere(argv):
 
 
 def test_no_tls_flag_is_a_plaintext_connection_and_half_a_pair_is_refused(ca):
-    assert connection(_parser().parse_args(["repo", "index"])) == {}
+    assert connection(_parser().parse_args(["repo", "index"])) == {"token": None}
     alice = ca.issue("alice", client=True)
     with pytest.raises(ConnectionFlagError, match="--tls-cert and --tls-key go together"):
         connection({"tls_key": alice.key})
     creds = connection({"tls_ca": ca.cert, "tls_cert": alice.cert, "tls_key": alice.key})
-    assert set(creds) == {"credentials"}
+    assert set(creds) == {"credentials", "token"}
 
 
 def test_serve_has_its_own_tls_flags():

@@ -137,7 +137,7 @@ def test_drift_settings_from_deployment_yaml(tmp_path: Path):
     (model / "deployment.yaml").write_text("drift: false\n")
     assert read_drift(model) is None
     (model / "deployment.yaml").write_text("drift: {window: 3}\n")
-    with pytest.raises(ModelLoadError, match="model 'digits': deployment.yaml: drift: unknown"):
+    with pytest.raises(ModelLoadError, match="digits/deployment.yaml: drift: unknown"):
         read_drift(model)
 
 

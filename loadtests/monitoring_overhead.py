@@ -1,0 +1,155 @@
+"""What the feedback loop costs the request path: Sluice with every monitor on against all off.
+
+    python -m loadtests.monitoring_overhead [--rounds 3] [--concurrency 64] [--window 2]
+        [--out DIR]
+
+Two copies of the bundled ``identity`` (batch-1 requests) and ``cnn`` (8 rows per request) in
+temporary repositories, served by ``python -m sluice.server serve`` one server at a time:
+
+- **off**: the models as bundled (no prediction log, no live quality, no reference profile: the
+  request path asks the monitor hub one dict lookup per request);
+- **on**: each model's ``deployment.yaml`` logs 100% of its requests (outputs only), turns live
+  quality on, and a reference profile made by ``sluice profile`` from 2,000 random rows turns
+  drift on (10% of requests sampled, the default), all writing under a temporary prediction-log
+  directory.
+
+perf_analyzer (gRPC, unary, synchronous; it must be on PATH) measures each (model, variant) at
+``--concurrency`` in windows of ``--window`` s; in every round both variants of a model are
+measured back to back, their order swapped each round. Per round the ratios on/off of
+throughput and of p99 are computed; the table prints their medians (targets: throughput within
+10%, p99 within 10%). Writes ``monitoring_overhead.json`` to ``--out`` (default
+``loadtests/results/``). Nothing here imports the server: it runs as subprocesses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtests import perfanalyzer
+from loadtests.models import MODEL_REPOSITORY, ROOT, load_spec
+from loadtests.procs import ServerProcess, checkout_env
+from loadtests.report import write_json
+
+#: (model, rows per request).
+POINTS = (("identity", 1), ("cnn", 8))
+ON_YAML = """# loadtests.monitoring_overhead: every monitor on
+logging: {sample: 1.0, inputs: false}
+quality: {}
+"""
+
+
+def build(root: Path, monitored: bool) -> Path:
+    """A repository with the measured models; with ``monitored``, their monitors all on."""
+    for model, _ in POINTS:
+        shutil.copytree(MODEL_REPOSITORY / model, root / model)
+        if not monitored:
+            continue
+        (root / model / "deployment.yaml").write_text(ON_YAML)
+        spec = load_spec(model, root)
+        rng = np.random.default_rng(7)
+        data = {t.name: rng.standard_normal((2000, *t.dims)).astype(np.float32)
+                for t in spec.inputs}
+        np.savez(root / model / "reference.npz", **data)
+        subprocess.run(
+            [sys.executable, "-m", "sluice.server", "profile", model, "--data",
+             str(root / model / "reference.npz"), "--model-repository", str(root)],
+            check=True, cwd=ROOT, env=checkout_env(), capture_output=True, text=True,
+        )
+    return root
+
+
+def measure(repository: Path, logs: Path, model: str, batch: int,
+            args: argparse.Namespace) -> dict[str, Any]:
+    server = ServerProcess("sluice", [
+        "-m", "sluice.server", "serve", "--model-repository", str(repository),
+        "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
+        "--log-level", "WARNING", "--state-dir", str(logs / "state"),
+        "--prediction-log-dir", str(logs / "predictions"),
+    ])
+    try:
+        with server:
+            return perfanalyzer.run(
+                target=server.target, model=model, concurrency=args.concurrency, batch=batch,
+                streaming=False, duration_s=args.window, stability_percent=100,
+                max_trials=args.max_trials,
+            )
+    except RuntimeError as exc:
+        return {"error": str(exc)[-1000:]}
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model: median throughput and p99 of each variant, and the medians of the per-round
+    on/off ratios."""
+    rows = []
+    for model, batch in POINTS:
+        mine = [r for r in runs if r["model"] == model and "error" not in r]
+        rounds = sorted({r["round"] for r in mine})
+        pairs = []
+        for n in rounds:
+            by = {r["variant"]: r for r in mine if r["round"] == n}
+            if {"on", "off"} <= set(by):
+                pairs.append((by["on"], by["off"]))
+        if not pairs:
+            continue
+        rows.append({
+            "model": model, "batch": batch, "rounds": len(pairs),
+            "off_req_s": statistics.median(off["req_s"] for _, off in pairs),
+            "on_req_s": statistics.median(on["req_s"] for on, _ in pairs),
+            "off_p99_ms": statistics.median(off["p99_ms"] for _, off in pairs),
+            "on_p99_ms": statistics.median(on["p99_ms"] for on, _ in pairs),
+            "throughput_ratio": statistics.median(on["req_s"] / off["req_s"] for on, off in pairs),
+            "p99_ratio": statistics.median(on["p99_ms"] / off["p99_ms"] for on, off in pairs),
+        })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.monitoring_overhead",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--window", type=float, default=2.0)
+    parser.add_argument("--max-trials", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results")
+    args = parser.parse_args(argv)
+    if perfanalyzer.binary() is None:
+        print(perfanalyzer.NOT_INSTALLED, file=sys.stderr)
+        return 2
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="sluice-monitoring-") as tmp:
+        repos = {"off": build(Path(tmp) / "off", False), "on": build(Path(tmp) / "on", True)}
+        for n in range(1, args.rounds + 1):
+            for model, batch in POINTS:
+                order = ["off", "on"] if n % 2 else ["on", "off"]
+                for variant in order:
+                    result = measure(repos[variant], Path(tmp) / f"logs-{variant}-{n}", model,
+                                     batch, args)
+                    run = {"round": n, "model": model, "variant": variant, **result}
+                    runs.append(run)
+                    shown = (result["error"].strip().splitlines()[-1][:120] if "error" in result
+                             else f"{result['req_s']:8.0f} req/s  p99 "
+                                  f"{result['p99_ms']:.2f} ms")
+                    print(f"round {n} {model:8} b={batch} c={args.concurrency} {variant:3} "
+                          f"{shown}", flush=True)
+    summary = summarize(runs)
+    print("\nmodel     b   c  rounds   off req/s   on req/s  ratio   off p99   on p99  ratio")
+    for row in summary:
+        print(f"{row['model']:8} {row['batch']:2} {args.concurrency:3} {row['rounds']:6} "
+              f"{row['off_req_s']:11.0f} {row['on_req_s']:10.0f} {row['throughput_ratio']:6.2f} "
+              f"{row['off_p99_ms']:7.2f}ms {row['on_p99_ms']:6.2f}ms {row['p99_ratio']:6.2f}")
+    write_json(args.out / "monitoring_overhead.json", {
+        "settings": vars(args) | {"out": str(args.out)}, "runs": runs, "summary": summary})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
