@@ -4,7 +4,8 @@
 Client and AsyncClient speak the KServe v2 / Triton gRPC protocol, send and receive raw
 tensors, honour deadlines, retry only UNAVAILABLE (honouring the server's pushback, within a 10%
 retry budget) and raise typed :class:`SluiceClientError` subclasses. All import :mod:`sluice.proto`
-only, never the server.
+only, never the server. Each takes ``credentials=tls_credentials(ca=..., cert=..., key=...)``
+for a server that speaks TLS (and mTLS).
 """
 
 from sluice.clients.admin import AdminClient
@@ -25,6 +26,7 @@ from sluice.clients.errors import (
 )
 from sluice.clients.messages import StreamResult
 from sluice.clients.retry import RetryBudget, RetryPolicy
+from sluice.clients.tls import tls_credentials
 
 __all__ = [
     "AdminClient",
@@ -44,4 +46,5 @@ __all__ = [
     "Unauthenticated",
     "Unimplemented",
     "error_from_rpc",
+    "tls_credentials",
 ]

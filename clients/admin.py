@@ -26,6 +26,7 @@ from sluice.clients.auth import with_token
 from sluice.clients.errors import error_from_rpc
 from sluice.clients.messages import channel_options as make_channel_options
 from sluice.clients.quality import QualityCalls, quality_text  # feedback + quality
+from sluice.clients.tls import open_channel
 from sluice.proto import admin_pb2 as pb
 from sluice.proto import admin_pb2_grpc as pb_grpc
 
@@ -63,7 +64,8 @@ def message_dict(message: Message) -> dict[str, Any]:
 
 class AdminClient(QualityCalls):
     """Admin calls to one server; thread-safe like :class:`~clients.Client`. Feedback and live
-    quality: :class:`~sluice.clients.quality.QualityCalls`."""
+    quality: :class:`~sluice.clients.quality.QualityCalls`. ``credentials``: TLS
+    (:func:`~sluice.clients.tls.tls_credentials`); None: plaintext."""
 
     def __init__(
         self,
@@ -72,6 +74,7 @@ class AdminClient(QualityCalls):
         caller: str | None = None,
         timeout: float | None = 30.0,
         channel_options: Sequence[tuple[str, Any]] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
     ) -> None:
         """``token``: bearer token for a server with ``--tokens`` (None: ``$SLUICE_TOKEN``)."""
@@ -79,7 +82,7 @@ class AdminClient(QualityCalls):
         self.timeout = timeout
         self._metadata = ((CALLER_KEY, caller),) if caller else ()
         self._channel = with_token(  # authz: the bearer token on every call
-            grpc.insecure_channel(target, options=make_channel_options(channel_options)), token)
+            open_channel(target, make_channel_options(channel_options), credentials), token)
         self._stub = pb_grpc.AdminStub(self._channel)
 
     def close(self) -> None:

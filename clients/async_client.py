@@ -36,6 +36,7 @@ from sluice.clients.messages import (
 from sluice.clients.messages import channel_options as make_channel_options
 from sluice.clients.retry import RetryBudget, RetryPolicy
 from sluice.clients.streaming import run_stream
+from sluice.clients.tls import open_aio_channel
 from sluice.proto import grpc_service_pb2 as pb
 from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 from sluice.proto import model_config_pb2
@@ -48,6 +49,7 @@ class AsyncClient:
 
     Arguments as for :class:`~clients.Client`: ``timeout`` (seconds, None: none) is the default
     deadline of every call and, for inference, covers every attempt and backoff wait.
+    ``credentials``: TLS (:func:`~sluice.clients.tls.tls_credentials`); None: plaintext.
     ``token``: bearer token for a server with ``--tokens`` (None: ``$SLUICE_TOKEN`` if set).
     """
 
@@ -61,6 +63,7 @@ class AsyncClient:
         backoff_max_s: float = 2.0,
         channel_options: Sequence[tuple[str, Any]] | None = None,
         retry_budget: RetryBudget | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
     ) -> None:
         self.target = target
@@ -68,6 +71,7 @@ class AsyncClient:
         self.timeout = timeout
         self.policy = RetryPolicy(retries, backoff_base_s, backoff_max_s, retry_budget)
         self._options = make_channel_options(channel_options)
+        self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._stub_instance: pb_grpc.GRPCInferenceServiceStub | None = None
 
@@ -76,8 +80,8 @@ class AsyncClient:
     @property
     def _stub(self) -> Any:
         if self._stub_instance is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=self._options,
-                                                      interceptors=self._interceptors)
+            self._channel = open_aio_channel(self.target, self._options, self._credentials,
+                                             self._interceptors)
             self._stub_instance = pb_grpc.GRPCInferenceServiceStub(self._channel)
         return self._stub_instance
 

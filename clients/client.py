@@ -30,6 +30,7 @@ from sluice.clients.messages import (
 )
 from sluice.clients.messages import channel_options as make_channel_options
 from sluice.clients.retry import RetryBudget, RetryPolicy
+from sluice.clients.tls import open_channel
 from sluice.proto import grpc_service_pb2 as pb
 from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 from sluice.proto import model_config_pb2
@@ -45,6 +46,7 @@ class Client:
     ``retries``, ``backoff_base_s``, ``backoff_max_s`` and ``retry_budget`` configure the
     :class:`~sluice.clients.retry.RetryPolicy` (only inference is retried, only on UNAVAILABLE).
     ``channel_options`` are extra gRPC channel arguments (message limits default to 256 MiB).
+    ``credentials``: TLS (:func:`~sluice.clients.tls.tls_credentials`); None: plaintext.
     ``token``: bearer token for a server with ``--tokens`` (None: ``$SLUICE_TOKEN`` if set).
     """
 
@@ -58,13 +60,14 @@ class Client:
         backoff_max_s: float = 2.0,
         channel_options: Sequence[tuple[str, Any]] | None = None,
         retry_budget: RetryBudget | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.policy = RetryPolicy(retries, backoff_base_s, backoff_max_s, retry_budget)
         self._channel = with_token(  # authz: the bearer token on every call
-            grpc.insecure_channel(target, options=make_channel_options(channel_options)), token)
+            open_channel(target, make_channel_options(channel_options), credentials), token)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
     python -m loadtests.loadgen --target HOST:PORT --model M --input NAME:DTYPE:DIMS ...
         --batch B --concurrency N --mode unary|stream (--duration S --latencies FILE | --count K)
+        [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--token TOKEN]
 
 N workers each send one pre-built request of B rows and await its answer, again and again: a
 closed loop, so the offered load is whatever the server answers. Retries are off (``retries=0``
@@ -23,6 +24,10 @@ processes) from stdin, warm up until then, measure ``duration`` seconds, let the
 finish, write the latencies (float64 seconds, ``time.perf_counter``) to ``--latencies`` as .npy
 and print one JSON line. A request counts if it completes inside the window; throughput is that
 count over the window. Counted runs (``--count``) just send K requests and print JSON.
+
+Security (issue 14): ``--tls-ca`` (and ``--tls-cert``/``--tls-key`` for mTLS) make every channel
+TLS; ``--token`` sends ``authorization: Bearer TOKEN`` on every call the way the clients do (their
+channel interceptor, :mod:`sluice.clients.auth`), so its cost is measured with the rest.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ import numpy as np
 
 from loadtests.models import InputSpec, make_inputs
 from sluice.clients import AsyncClient, SluiceClientError
+from sluice.clients.auth import aio_interceptors
 from sluice.clients.messages import build_request, channel_options
+from sluice.clients.tls import open_aio_channel, tls_credentials
 from sluice.proto import grpc_service_pb2 as pb
 
 _STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -59,8 +66,11 @@ class UnaryDriver:
     by every worker; ``caller(slot)`` sends the request built once by ``build_request``.
     """
 
-    def __init__(self, target: str, model: str, inputs: dict[str, np.ndarray]) -> None:
-        self._client = AsyncClient(target, timeout=_CALL_TIMEOUT_S, retries=0)
+    def __init__(self, target: str, model: str, inputs: dict[str, np.ndarray],
+                 credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None) -> None:
+        self._client = AsyncClient(target, timeout=_CALL_TIMEOUT_S, retries=0,
+                                   credentials=credentials, token=token)
         self._request = self._client.build_request(model, inputs)
 
     async def start(self, slots: int) -> None:
@@ -85,8 +95,11 @@ class UnaryDriver:
 class StreamDriver:
     """One ModelStreamInfer call with one request in flight per slot, answers matched by id."""
 
-    def __init__(self, target: str, model: str, inputs: dict[str, np.ndarray]) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options(None))
+    def __init__(self, target: str, model: str, inputs: dict[str, np.ndarray],
+                 credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None) -> None:
+        self._channel = open_aio_channel(target, channel_options(None), credentials,
+                                         aio_interceptors(token))
         self._model = model
         self._inputs = inputs
         self._payloads: list[bytes] = []
@@ -207,11 +220,18 @@ def _read_start() -> float:
     return float(line)
 
 
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS channel credentials, or None: plaintext."""
+    if args.tls_ca is None and args.tls_cert is None:
+        return None
+    return tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Drive the load; returns the JSON summary (latencies go to ``args.latencies``)."""
     inputs = make_inputs(tuple(InputSpec.from_arg(s) for s in args.input), args.batch, args.seed)
     driver_type = StreamDriver if args.mode == "stream" else UnaryDriver
-    driver = driver_type(args.target, args.model, inputs)
+    driver = driver_type(args.target, args.model, inputs, _credentials(args), args.token)
     tally = Tally()
     try:
         await driver.start(args.concurrency)
@@ -257,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latencies", help=".npy file for the latencies of a timed run")
     parser.add_argument("--count", type=int, help="send this many requests instead")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tls-ca", help="PEM CA the server's certificate is checked against")
+    parser.add_argument("--tls-cert", help="client certificate (mTLS; with --tls-key)")
+    parser.add_argument("--tls-key", help="the client certificate's key")
+    parser.add_argument("--token", help="bearer token sent with every call")
     args = parser.parse_args(argv)
     if (args.duration is None) == (args.count is None):
         parser.error("give exactly one of --duration and --count")

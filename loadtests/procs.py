@@ -25,6 +25,8 @@ import grpc
 import numpy as np
 
 from loadtests.models import ROOT, InputSpec
+from sluice.clients.auth import with_token
+from sluice.clients.tls import open_channel
 from sluice.proto import grpc_service_pb2 as pb
 from sluice.proto import grpc_service_pb2_grpc
 
@@ -60,8 +62,13 @@ class ServerProcess:
     command is the interpreter itself, no shell), ``rss()`` its resident memory in bytes.
     """
 
-    def __init__(self, name: str, args: list[str], *, start_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, name: str, args: list[str], *, start_timeout_s: float = 60.0,
+        credentials: grpc.ChannelCredentials | None = None, token: str | None = None,
+    ) -> None:
         self.name = name
+        #: What a client needs to reach it: TLS credentials (None: plaintext), a bearer token.
+        self.credentials, self.token = credentials, token
         self._args = [sys.executable, *args]
         self._start_timeout_s = start_timeout_s
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -97,7 +104,7 @@ class ServerProcess:
             match = _LISTENING.search(line)
             if match:
                 self.target = f"{match.group(1)}:{match.group(2)}"
-        if not _wait_ready(self.target, deadline, self._proc):
+        if not _wait_ready(self.target, deadline, self._proc, self.credentials, self.token):
             tail = self.stderr_tail()
             self.stop()
             raise RuntimeError(f"{self.name}: not ready after {self._start_timeout_s}s: {tail}")
@@ -130,10 +137,12 @@ class ServerProcess:
         return self.exit_code
 
 
-def _wait_ready(target: str, deadline: float, proc: subprocess.Popen) -> bool:
+def _wait_ready(target: str, deadline: float, proc: subprocess.Popen,
+                credentials: grpc.ChannelCredentials | None = None,
+                token: str | None = None) -> bool:
     """Whether ``target`` answered ServerReady true before ``deadline`` (monotonic) while
     ``proc`` ran."""
-    with grpc.insecure_channel(target) as channel:
+    with with_token(open_channel(target, (), credentials), token) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         while time.monotonic() < deadline and proc.poll() is None:
             try:
@@ -200,13 +209,14 @@ def _last_json(stdout: str, who: str, stderr: str) -> dict[str, Any]:
 def run_load(
     *, label: str, target: str, model: str, inputs: tuple[InputSpec, ...], batch: int,
     concurrency: int, mode: str = "unary", procs: int = 1, duration_s: float, warmup_s: float,
-    slo_ms: float | None = None,
+    slo_ms: float | None = None, client_args: tuple[str, ...] = (),
 ) -> LoadResult:
     """Measure one point with ``procs`` generator processes sharing ``concurrency`` workers.
 
     All processes start measuring at the same monotonic instant, after they are connected and
     have warmed up for ``warmup_s``; latencies are merged before taking percentiles. With
     ``slo_ms``, ``extra["good_req_s"]`` is the OK answers within it per second (goodput).
+    ``client_args`` go to every generator (its TLS and token flags).
     """
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         children: list[tuple[subprocess.Popen[str], Path]] = []
@@ -214,7 +224,7 @@ def run_load(
             for index, share in enumerate(_shares(concurrency, procs)):
                 path = Path(tmp) / f"lat{index}.npy"
                 args = _loadgen_args(target, model, inputs, batch, share, mode, index)
-                args += ["--duration", str(duration_s), "--latencies", str(path)]
+                args += ["--duration", str(duration_s), "--latencies", str(path), *client_args]
                 child = subprocess.Popen(
                     args, cwd=ROOT, env=checkout_env(), stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -8,7 +8,9 @@ The only module that names concrete backends. Lifecycle::
 Start order: bind the ports, listen (health NOT_SERVING, ServerReady false), load the startup
 models side by side (each serves once loaded), then SERVING. Shutdown order: health
 NOT_SERVING, stop accepting RPCs, let in-flight requests finish within the grace period, drain
-and close the batchers and backends, stop /metrics.
+and close the batchers and backends, stop /metrics. With ``ServerConfig.tls`` gRPC and /metrics
+speak TLS (mTLS with a client CA) and ``Server.reload`` swaps the certificates; without it only
+loopback is served unless ``insecure``. The process around it (signals): ``process.py``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -53,6 +52,7 @@ from sluice.server.metrics import (
 from sluice.server.protocol.admin import add_admin_service
 from sluice.server.protocol.request_parsing import GuardedServices  # hardened input
 from sluice.server.protocol.servicer import InferenceServicer
+from sluice.server.protocol.tls import add_port
 from sluice.server.protocol.wire import add_inference_service
 from sluice.server.rollout.canary import CanaryController
 from sluice.server.rollout.deploy_store import DeploymentStore
@@ -63,6 +63,7 @@ from sluice.server.rollout.state_sync import DeploymentFollower
 from sluice.server.serving.budget import InflightBudget
 from sluice.server.serving.loading import load_in_order
 from sluice.server.serving.repository import ModelRepository
+from sluice.server.tls_reload import BindRefused, CertificateReloader, TlsError, open_transport
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,8 @@ class Server:
         self.metrics.register(RefusalCollector(self.servicer.refusals.snapshot))  # hardened input
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
+        #: The certificates gRPC and /metrics serve (None: plaintext); set by start().
+        self.tls: CertificateReloader | None = None
         self.final_counts = (0, 0)
 
     @property
@@ -246,6 +249,13 @@ class Server:
         if not cfg.model_repository.is_dir():
             raise StartError(f"model repository {cfg.model_repository} is not a directory "
                              "(--model-repository)", usage=True)
+        hosts = [cfg.host, *([] if cfg.metrics_port is None else [cfg.metrics_host or cfg.host])]
+        try:  # transport security (issue 14): TLS files read and checked before any bind
+            self.tls = open_transport(cfg.tls, hosts, insecure=cfg.insecure)
+        except (BindRefused, TlsError) as exc:
+            raise StartError(str(exc), usage=True) from None
+        if self.tls is not None:
+            self.metrics.register(self.tls)
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -275,7 +285,7 @@ class Server:
         )
         busy = cfg.grpc_port and not cfg.reuse_port and not _port_free(cfg.host, cfg.grpc_port)
         try:  # asked only when free: grpc would also log a line of its own about a busy one
-            self.port = 0 if busy else self._grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+            self.port = 0 if busy else add_port(self._grpc, f"{cfg.host}:{cfg.grpc_port}", self.tls)
         except RuntimeError:  # grpc's own words say only "set GRPC_VERBOSITY=debug"
             self.port = 0
         if self.port == 0:
@@ -284,7 +294,10 @@ class Server:
         if cfg.metrics_port is not None:
             host = cfg.metrics_host or cfg.host
             try:
-                self.metrics.serve(host, cfg.metrics_port, self.access.metrics_check())
+                # A worker's /metrics is its supervisor's private, plain loopback source.
+                self.metrics.serve(host, cfg.metrics_port,
+                                   self.tls if cfg.worker_id is None else None,
+                                   self.access.metrics_check())
             except OSError as exc:
                 raise StartError(f"metrics port {cfg.metrics_port} on {host} cannot be bound "
                                  f"({exc.strerror}); pick another with --metrics-port, or -1 "
@@ -327,6 +340,11 @@ class Server:
         if listening is not None:
             listening()
 
+    async def reload(self) -> None:
+        """SIGHUP: read the certificate files again (kept as they were if the new ones are bad)."""
+        if self.tls is not None:
+            await self.tls.reload()
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop gracefully within ``grace_s``: report NOT_SERVING, answer new inference requests
         UNAVAILABLE (draining) while admitted ones finish, then close the listener, drain the
@@ -365,42 +383,3 @@ async def serve(
         yield server
     finally:
         await server.stop()
-
-
-async def run_until_signal(config: ServerConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully (exit status 0)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if config.worker_id is not None:
-        _stop_when_stdin_closes(loop, stop)
-
-    def listening(server: Server) -> None:  # printed once, here (the supervisor reads them)
-        print(f"sluice: gRPC listening on {config.host}:{server.port}", flush=True)
-        if server.metrics.port is not None:
-            host = config.metrics_host or config.host
-            print(f"sluice: metrics on http://{host}:{server.metrics.port}/metrics",
-                  flush=True)
-
-    async with serve(config, listening) as server:
-        await stop.wait()
-        log.info("signal received; shutting down (grace %.1fs)", config.shutdown_grace_s)
-    answered, failed = server.final_counts
-    print(f"sluice: stopped; {answered} requests answered, {failed} refused or failed", flush=True)
-
-
-def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """A worker's stdin is a pipe held by its supervisor: end of file means the supervisor is
-    gone (even killed with SIGKILL), so the worker drains and exits instead of living on."""
-    fd = sys.stdin.fileno()
-
-    def readable() -> None:
-        if not os.read(fd, 4096):
-            loop.remove_reader(fd)
-            stop.set()
-
-    try:
-        loop.add_reader(fd, readable)
-    except (OSError, ValueError):  # not a pipe (a file or /dev/null): nothing to watch
-        log.warning("worker stdin is not a pipe; it will not notice its supervisor exit")

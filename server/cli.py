@@ -2,6 +2,7 @@
 
     sluice serve [--model-repository DIR] [--host H] [--grpc-port P] [--metrics-port P]
                  [--workers N] [--state-dir DIR]
+                 [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--insecure]
     sluice infer MODEL [--input NAME=FILE.npy|JSON ...] [--batch N]
     sluice stats [MODEL]
     sluice deploy MODEL status | routes ARM=WEIGHT ... | alias NAME=VERSION | switch TARGET
@@ -17,6 +18,9 @@
     sluice retrain MODEL [--json] | retrain-webhook [--port P]
     sluice token create NAME --scopes S,S --tokens FILE | list | revoke NAME | cert CN
     (client commands take --token, else $SLUICE_TOKEN, for a server with --tokens)
+
+Every client command also takes --url HOST:PORT and, for a server with TLS, --tls-ca FILE (and
+--tls-cert FILE --tls-key FILE when it asks for a client certificate).
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ import numpy as np
 
 from sluice.server import __version__
 from sluice.server.cli_admin import add_admin_commands, run_admin
+from sluice.server.cli_connect import (  # transport security (issue 14)
+    DEFAULT_TARGET,
+    ConnectionFlagError,
+    add_connection_flags,
+    connection,
+)
 from sluice.server.cli_cost import non_negative_price, print_cost
 from sluice.server.cli_drift import add_drift_commands, run_drift, run_profile
 from sluice.server.cli_logging import add_logging_command, run_logging
@@ -43,8 +53,7 @@ from sluice.server.cli_repo import add_repo_command, run_repo
 from sluice.server.cli_retrain import add_retrain_commands, run_retrain  # retraining
 from sluice.server.cli_token import add_token_command, run_token  # authz
 from sluice.server.config.settings import ServerConfig
-
-DEFAULT_TARGET = "127.0.0.1:8001"
+from sluice.server.config.tls import TlsFiles
 
 
 def default_url(environ: Mapping[str, str]) -> str:
@@ -60,8 +69,8 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
         description="Sluice: a KServe v2 / Triton-compatible gRPC inference server.",
     )
     parser.add_argument("--version", action="version", version=f"sluice {__version__}")
-    _add_url(parser)
-    parser.set_defaults(url=url, token=None)
+    add_connection_flags(parser, top_level=True)
+    parser.set_defaults(url=url)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -121,6 +130,18 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
                        help="require a bearer token (or a mapped mTLS certificate) with the "
                        "right scope on every call and on /metrics; FILE from `sluice token "
                        "create` (default: none, every call open: bind loopback only)")
+    # transport security (issue 14 item 1)
+    serve.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                       help="PEM certificate chain: TLS on the gRPC port and /metrics (with "
+                       "--tls-key; both re-read on SIGHUP, open connections kept)")
+    serve.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
+                       help="PEM private key of --tls-cert (unencrypted)")
+    serve.add_argument("--tls-client-ca", type=Path, default=None, metavar="FILE",
+                       help="PEM CA certificates: clients must present a certificate one of "
+                       "them signed (mTLS), or are refused at the handshake")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow plaintext on a --host other than loopback (logged as a "
+                       "warning); without TLS only 127.0.0.1 and ::1 are served otherwise")
 
     infer = sub.add_parser(
         "infer", help="send one request to a running server and print the outputs",
@@ -154,12 +175,9 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
 
 
 def _add_url(parser: argparse.ArgumentParser) -> None:
-    """``--url`` at this level too: it may stand anywhere on the command line (the value given
-    last wins; SUPPRESS keeps a level where it is absent from resetting it)."""
-    parser.add_argument("--url", default=argparse.SUPPRESS,
-                        help=f"server to call (default $SLUICE_URL, else {DEFAULT_TARGET})")
-    parser.add_argument("--token", default=argparse.SUPPRESS,  # authz
-                        help="bearer token for a server with --tokens (default $SLUICE_TOKEN)")
+    """``--url`` and the client TLS flags at this level too: they may stand anywhere on the
+    command line (:mod:`sluice.server.cli_connect`)."""
+    add_connection_flags(parser)
 
 
 def _positive_int(text: str) -> int:
@@ -172,6 +190,11 @@ def _positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser(default_url(os.environ)).parse_args(argv)
+    try:  # transport security: a TLS flag that cannot be used is a usage error, before any call
+        _server_tls(args) if args.command == "serve" else connection(args)
+    except (ConnectionFlagError, ValueError) as exc:
+        print(f"sluice {args.command}: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve" and args.workers > 1 and args.worker_id is None:
         return _supervise(args, argv)
     if args.command == "serve":
@@ -195,8 +218,22 @@ def main(argv: list[str] | None = None) -> int:
     return _stats(args)
 
 
+def _server_tls(args: argparse.Namespace) -> TlsFiles | None:
+    """``serve``'s certificate files, or None; ValueError names a flag given without its pair."""
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS with "
+                             "client certificates)")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ValueError("--tls-cert and --tls-key go together (the server's certificate and "
+                         "its key)")
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from sluice.server.app import StartError, run_until_signal
+    from sluice.server.app import StartError
+    from sluice.server.process import run_until_signal
     from sluice.server.workers.supervisor import SCRAPE_SECRET_ENV
 
     worker = args.worker_id
@@ -227,6 +264,8 @@ def _serve(args: argparse.Namespace) -> int:
         tokens_file=args.tokens,  # authz
         metrics_scrape_secret=os.environ.pop(SCRAPE_SECRET_ENV, None) if worker is not None
         else None,
+        tls=_server_tls(args),  # transport security
+        insecure=args.insecure,
     )
     try:
         asyncio.run(run_until_signal(config))
@@ -268,6 +307,8 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
         worker_argv=worker_argv,
         shutdown_grace_s=args.shutdown_grace,
         metrics_check=check, scrape_secret=secret,  # authz
+        tls=_server_tls(args),  # transport security: its merged /metrics, the bind rule
+        insecure=args.insecure,
     ))
     return asyncio.run(supervisor.run())
 
@@ -279,7 +320,7 @@ def _infer(args: argparse.Namespace) -> int:
 
     try:
         given = parse_inputs(args.input)
-        with Client(args.url, token=args.token) as client:
+        with Client(args.url, **connection(args)) as client:
             meta = client.model_metadata(args.model, version=args.version)
             inputs = request_inputs(args.model, meta, given, args.batch, np.random.default_rng())
             request = client.build_request(args.model, inputs, version=args.version or None)
@@ -306,7 +347,7 @@ def _stats(args: argparse.Namespace) -> int:
     from sluice.clients import Client, SluiceClientError
 
     try:
-        with Client(args.url, token=args.token) as client:
+        with Client(args.url, **connection(args)) as client:
             table: dict[str, Any] = client.latency(args.model)
     except SluiceClientError as exc:
         print(f"sluice stats: {exc}", file=sys.stderr)

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from sluice.server.cli_connect import connection  # transport security (issue 14)
+
 
 def add_admin_commands(sub: Any, add_url: Callable[[argparse.ArgumentParser], None]) -> None:
     """``sluice deploy MODEL ...`` and ``sluice shadow report MODEL`` (the Admin service)."""
@@ -106,7 +108,7 @@ def run_admin(args: argparse.Namespace) -> int:
     except (KeyError, OSError):  # no user name in this environment: the server uses the peer
         caller = None
     try:
-        with AdminClient(args.url, caller=caller, token=args.token) as admin:
+        with AdminClient(args.url, caller=caller, **connection(args)) as admin:
             if args.command == "shadow":
                 reports = admin.shadow_report(args.model)
                 running = [] if reports or args.json else admin.deployment(args.model)["shadows"]

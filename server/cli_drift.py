@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from sluice.server.cli_connect import connection  # transport security (issue 14)
+
 
 def add_drift_commands(sub: Any, add_url: Callable[[argparse.ArgumentParser], None],
                        repository: Path) -> None:
@@ -69,7 +71,7 @@ def run_drift(args: argparse.Namespace) -> int:
     from sluice.clients.drift import drift_text
 
     try:
-        with AdminClient(args.url, token=args.token) as admin:
+        with AdminClient(args.url, **connection(args)) as admin:
             reports = admin.drift_report(args.model)
     except SluiceClientError as exc:
         print(f"sluice drift: {exc}", file=sys.stderr)

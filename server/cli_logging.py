@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from sluice.server.cli_connect import connection  # transport security (issue 14)
+
 
 def add_logging_command(sub: Any, add_url: Callable[[argparse.ArgumentParser], None]) -> None:
     parser = sub.add_parser(
@@ -37,7 +39,7 @@ def run_logging(args: argparse.Namespace) -> int:
 
     changing = args.sample is not None or args.inputs is not None or args.exclude is not None
     try:
-        with AdminClient(args.url, token=args.token) as admin:
+        with AdminClient(args.url, **connection(args)) as admin:
             settings = admin.set_prediction_logging(
                 args.model, sample=args.sample, inputs=args.inputs, exclude=args.exclude,
                 reason=args.reason,

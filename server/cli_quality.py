@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sluice.server.cli_connect import connection  # transport security (issue 14)
+
 #: One label as sent: (request id, row or None, class id or value).
 Label = tuple[str, int | None, float]
 
@@ -57,12 +59,12 @@ def run_quality(args: argparse.Namespace) -> int:
     where = f"sluice {args.command}"
     try:
         if args.command == "quality":
-            with AdminClient(args.url, token=args.token) as admin:
+            with AdminClient(args.url, **connection(args)) as admin:
                 report = admin.quality(args.model)
             print(json.dumps(report, indent=2) if args.json else quality_text(report))
             return 0
         labels, places, refused = read_labels(args.file)
-        with AdminClient(args.url, token=args.token) as admin:
+        with AdminClient(args.url, **connection(args)) as admin:
             result = admin.feedback(args.model, labels)
     except LabelFileError as exc:
         print(f"{where}: {exc}", file=sys.stderr)

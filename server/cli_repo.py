@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from sluice.server.cli_connect import connection  # transport security (issue 14)
+
 #: Seconds a load or unload may take before the command gives up (a load builds and warms
 #: every version; the server finishes it anyway).
 LOAD_TIMEOUT_S = 300.0
@@ -55,7 +57,7 @@ def run_repo(args: argparse.Namespace) -> int:
             print(f"sluice repo {args.repo_action}: {exc.message}", file=sys.stderr)
             return 2
     try:
-        with Client(args.url, token=args.token) as client:
+        with Client(args.url, **connection(args)) as client:
             if args.repo_action == "index":
                 rows = client.repository_index(ready_only=args.ready, timeout=10.0)
             elif args.repo_action == "load":

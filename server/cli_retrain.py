@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sluice.server.cli_connect import connection  # transport security (issue 14)
+
 CANARY_RUNNING = "running"
 
 
@@ -70,16 +72,18 @@ def add_retrain_commands(sub: Any, add_url: Callable[[argparse.ArgumentParser], 
 class AdminDeployer:
     """The pipeline's :class:`~sluice.server.retrain.pipeline.Deployer` over the admin API."""
 
-    def __init__(self, url: str, caller: str, token: str | None = None) -> None:
-        self.url, self.caller, self.token = url, caller, token  # token: authz
+    def __init__(self, url: str, caller: str, connect: dict[str, Any] | None = None) -> None:
+        self.url, self.caller = url, caller
+        #: The clients' keyword arguments beyond the address (TLS credentials: cli_connect).
+        self.connect = connect or {}
 
     def _call(self, step: str, call: Callable[[Any], Any]) -> Any:
         from sluice.clients import AdminClient, Client, SluiceClientError
         from sluice.server.retrain.pipeline import StepFailed
 
         try:
-            with AdminClient(self.url, caller=self.caller, token=self.token) as admin, \
-                    Client(self.url, token=self.token) as client:
+            with AdminClient(self.url, caller=self.caller, **self.connect) as admin, \
+                    Client(self.url, **self.connect) as client:
                 return call((admin, client))
         except SluiceClientError as exc:
             raise StepFailed(step, f"the server at {self.url} refused: {exc}") from None
@@ -179,7 +183,8 @@ def run_retrain(args: argparse.Namespace) -> int:
     _log_to_stdout()
     try:
         outcome = retrain(args.model, args.model_repository, _sources(args),
-                          AdminDeployer(args.url, args.caller, args.token), python=args.python)
+                          AdminDeployer(args.url, args.caller, connection(args)),
+                          python=args.python)
     except SpecError as exc:
         print(f"sluice retrain: {exc}", file=sys.stderr)
         return 2
@@ -210,8 +215,8 @@ def _run_webhook(args: argparse.Namespace) -> int:
     sources, repo = _sources(args), args.model_repository
 
     def run(model: str) -> str:
-        outcome = retrain(model, repo, sources, AdminDeployer(args.url, args.caller, args.token),
-                          python=args.python)
+        deployer = AdminDeployer(args.url, args.caller, connection(args))
+        outcome = retrain(model, repo, sources, deployer, python=args.python)
         return f"{outcome.outcome} {outcome.step}: {outcome.message}"
 
     def known(model: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -19,10 +19,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sluice.server.metrics_http import MetricsCheck, serve_guarded  # authz
+from sluice.server.metrics_http import MetricsCheck, MetricsEndpoint
 from sluice.server.serving.budget import InflightBudget
 from sluice.server.serving.model import ModelVersion
 from sluice.server.serving.stats import CumulativeHistogram, LatencyWindow
+from sluice.server.tls_reload import CertificateReloader
 
 _LABELS = ["model", "version"]
 
@@ -257,26 +258,31 @@ class Metrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_ModelCollector(versions, inflight))
-        self._http = None
+        self._http: MetricsEndpoint | None = None
         self.port: int | None = None
 
     def register(self, collector: Collector) -> None:
         """Add a collector (read at each scrape) to this server's registry."""
         self.registry.register(collector)
 
-    def serve(self, host: str, port: int, check: MetricsCheck | None = None) -> int:
-        """Serve /metrics on ``host:port`` (0 picks a free port); returns the bound port.
-        ``check`` (``--tokens``): who may read it (:mod:`sluice.server.metrics_http`)."""
-        if check is not None:  # authz: /metrics needs the ops scope
-            server = serve_guarded(self.registry, host, port, check)
-        else:
-            server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        self.port = server.server_port
+    def serve(self, host: str, port: int, tls: CertificateReloader | None = None,
+              check: MetricsCheck | None = None) -> int:
+        """Serve /metrics on ``host:port`` (0 picks a free port), over HTTPS with ``tls``'s
+        certificates, swapped when it reloads (transport security), only to callers ``check``
+        lets through (authz, ``--tokens``); returns the bound port."""
+        context = None if tls is None else tls.material.http_context
+        endpoint = self._http = MetricsEndpoint(self.registry, host, port, context, check)
+        if tls is not None:
+            tls.on_reload(lambda material: endpoint.replace_context(material.http_context))
+        self.port = endpoint.port
         return self.port
+
+    @property
+    def endpoint(self) -> MetricsEndpoint | None:
+        """The running /metrics endpoint, if any (its TLS context is swapped on reload)."""
+        return self._http
 
     def close(self) -> None:
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.close()
             self._http = None

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sluice.server.config.tls import TlsFiles
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -93,6 +95,12 @@ class ServerConfig:
     audit_queue_records: int = 10_000
     #: A second credential for /metrics: the ``--workers`` supervisor's scrapes (workers only).
     metrics_scrape_secret: str | None = None
+    # -- transport security (issue 14 item 1) --
+    #: Certificate files for TLS on the gRPC port and /metrics (reloaded on SIGHUP); None:
+    #: plaintext, which is refused on a non-loopback address unless ``insecure``.
+    tls: TlsFiles | None = None
+    #: Serve plaintext on a non-loopback address anyway (``--insecure``; a warning is logged).
+    insecure: bool = False
 
     @property
     def deployment_state_dir(self) -> Path:

@@ -17,7 +17,11 @@ The supervisor:
   were serving fails the start instead (exit status 1);
 * on SIGTERM/SIGINT, forwards the signal to every worker, which drains gracefully, and exits 0
   once all have; a worker still running ``shutdown_grace_s`` + ``kill_margin_s`` later is
-  killed (exit status 1).
+  killed (exit status 1);
+* with TLS, serves the merged /metrics over HTTPS (the workers' own /metrics stay plain on
+  loopback: only the supervisor reads them); on SIGHUP reloads its certificates and forwards
+  the signal to every worker, each of which reloads its own (a worker still starting gets it
+  once it serves: it may have read the files before they changed).
 
 Workers read their stdin, a pipe from the supervisor: if the supervisor dies, even by SIGKILL,
 they see end of file and shut down gracefully.
@@ -37,9 +41,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
-from sluice.server.metrics_http import MetricsCheck, serve_guarded  # authz
+from sluice.server.config.tls import TlsFiles
+from sluice.server.metrics_http import MetricsCheck, MetricsEndpoint
+from sluice.server.tls_reload import BindRefused, CertificateReloader, TlsError, open_transport
 from sluice.server.workers.merged_metrics import WorkerMetrics, fetch_metrics
 
 log = logging.getLogger(__name__)
@@ -85,6 +91,11 @@ class SupervisorConfig:
     #: The credential the workers' /metrics accept from this supervisor (handed to each in
     #: the environment as ``SLUICE_METRICS_SCRAPE_SECRET``); None: their /metrics are open.
     scrape_secret: str | None = None
+    # -- transport security (issue 14 item 1) --
+    #: Certificates of the merged /metrics (the workers get theirs from their command line).
+    tls: TlsFiles | None = None
+    #: Plaintext on a non-loopback host allowed (``--insecure``).
+    insecure: bool = False
 
 
 @dataclass(slots=True)
@@ -164,6 +175,10 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._signal = signal.SIGTERM
         self._killed = False
+        self.tls: CertificateReloader | None = None
+        #: Workers to send SIGHUP to once they serve (they were starting when it came).
+        self._hangup_pending: set[int] = set()
+        self._reloads: set[asyncio.Task[bool]] = set()
 
     def request_stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Begin a graceful shutdown, forwarding ``sig`` to the workers (idempotent)."""
@@ -171,51 +186,76 @@ class Supervisor:
             self._signal = sig
             self._stop.set()
 
+    def hangup(self) -> None:
+        """SIGHUP: reload the merged /metrics' certificates and have every worker reload its
+        own (a worker not serving yet gets the signal once it does)."""
+        if self.tls is not None:
+            task = asyncio.get_running_loop().create_task(self.tls.reload())
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+        for worker, proc in enumerate(self._procs):
+            if proc is None or proc.returncode is not None:
+                continue
+            if worker in self._ready:
+                proc.send_signal(signal.SIGHUP)
+            else:
+                self._hangup_pending.add(worker)
+
     async def run(self) -> int:
         """Start the workers, serve until a signal, stop them; returns the exit status."""
         cfg = self.config
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.hangup)
         http = None
         reserved = None
         failures: list[Exception] = []
         try:
+            try:
+                self.tls = open_transport(cfg.tls, [cfg.host], insecure=cfg.insecure)
+            except (BindRefused, TlsError) as exc:
+                log.error("%s", exc)
+                return 2
             try:
                 reserved = reserve_port(cfg.host, cfg.grpc_port)
                 self.port = reserved.getsockname()[1]
                 if cfg.metrics_port is not None:
                     registry = CollectorRegistry(auto_describe=False)
                     registry.register(self.metrics)
-                    if cfg.metrics_check is not None:  # authz
-                        http = serve_guarded(registry, cfg.host, cfg.metrics_port,
-                                             cfg.metrics_check)
-                    else:
-                        http, _thread = start_http_server(cfg.metrics_port, addr=cfg.host,
-                                                          registry=registry)
+                    http = self._serve_metrics(registry)
             except OSError as exc:  # a port in use: say which, no traceback
                 what = "/metrics" if reserved is not None else "gRPC"
                 port = cfg.grpc_port if reserved is None else cfg.metrics_port
                 log.error("cannot serve %s on %s:%s: %s", what, cfg.host, port, exc)
                 return 1
             try:
-                await self._supervise(None if http is None else http.server_port)
+                await self._supervise(http)
             except* WorkerStartError as group:
                 failures.extend(group.exceptions)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             if reserved is not None:
                 reserved.close()
             if http is not None:
-                http.shutdown()
-                http.server_close()
+                http.close()
             self.metrics.close()
         for failure in failures:
             log.error("%s", failure)
         return 1 if failures or self._killed else 0
 
-    async def _supervise(self, metrics_port: int | None) -> None:
+    def _serve_metrics(self, registry: CollectorRegistry) -> MetricsEndpoint:
+        assert self.config.metrics_port is not None
+        tls = self.tls
+        endpoint = MetricsEndpoint(registry, self.config.host, self.config.metrics_port,
+                                   None if tls is None else tls.material.http_context,
+                                   self.config.metrics_check)  # authz: ops scope
+        if tls is not None:
+            tls.on_reload(lambda material: endpoint.replace_context(material.http_context))
+        return endpoint
+
+    async def _supervise(self, http: MetricsEndpoint | None) -> None:
         cfg = self.config
         async with asyncio.TaskGroup() as tg:
             slots = [tg.create_task(self._run_slot(k), name=f"sluice-worker-{k}")
@@ -223,8 +263,8 @@ class Supervisor:
             await _first(self.all_ready, self._stop)
             if not self._stop.is_set():
                 print(f"sluice: gRPC listening on {cfg.host}:{self.port}", flush=True)
-                if metrics_port is not None:
-                    print(f"sluice: metrics on http://{cfg.host}:{metrics_port}/metrics",
+                if http is not None:
+                    print(f"sluice: metrics on {http.scheme}://{cfg.host}:{http.port}/metrics",
                           flush=True)
                 log.info("%d workers serving on port %d", cfg.workers, self.port)
             await self._stop.wait()
@@ -275,6 +315,7 @@ class Supervisor:
                     proc.kill()
                     await proc.wait()
                 self._procs[worker] = None
+                self._ready.discard(worker)  # its replacement is not serving yet
                 self.metrics.worker_exited(worker)
             if self._stop.is_set():
                 if code != 0:
@@ -318,6 +359,9 @@ class Supervisor:
             if ready:
                 self.metrics.worker_ready(worker, url)
                 self._ready.add(worker)
+                if worker in self._hangup_pending:  # SIGHUP came while it started
+                    self._hangup_pending.discard(worker)
+                    proc.send_signal(signal.SIGHUP)
                 if len(self._ready) == self.config.workers:
                     self.all_ready.set()
         return ready

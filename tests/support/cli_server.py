@@ -8,16 +8,20 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import tritonclient.grpc as tc
 
 from sluice.server.app import BUNDLED_REPOSITORY
 
 
-def start_cli_server(*extra: str, output: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+def start_cli_server(
+    *extra: str, output: list[str] | None = None, client_args: dict[str, Any] | None = None
+) -> tuple[subprocess.Popen, str]:
     """Start it with ``extra`` flags; (process, gRPC address) once it is ready (it listens at
     once; ServerReady turns true once its models are loaded; 60 s for each at most).
-    ``output`` collects the lines it printed until it listened (stdout and stderr)."""
+    ``output`` collects the lines it printed until it listened (stdout and stderr).
+    ``client_args``: what tritonclient needs to reach it (``ssl``, ``root_certificates``, ...)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice.server", "serve", "--grpc-port", "0", "--metrics-port", "-1",
          "--model-repository", str(BUNDLED_REPOSITORY), "--log-level", "WARNING", *extra],
@@ -32,7 +36,7 @@ def start_cli_server(*extra: str, output: list[str] | None = None) -> tuple[subp
         match = re.search(r"gRPC listening on (\S+)", line)
         if match:
             address = match.group(1)
-            if wait_ready(address, proc):
+            if wait_ready(address, proc, client_args=client_args):
                 return proc, address
             break
         if not line and proc.poll() is not None:
@@ -41,11 +45,12 @@ def start_cli_server(*extra: str, output: list[str] | None = None) -> tuple[subp
     raise AssertionError("server did not start")
 
 
-def wait_ready(address: str, proc: subprocess.Popen, timeout_s: float = 60) -> bool:
+def wait_ready(address: str, proc: subprocess.Popen, timeout_s: float = 60,
+               client_args: dict[str, Any] | None = None) -> bool:
     """Whether the server at ``address`` reported ServerReady within ``timeout_s`` (polled, as
     a Triton client waits for a server; False at once if ``proc`` exits)."""
     deadline = time.monotonic() + timeout_s
-    with tc.InferenceServerClient(address) as client:
+    with tc.InferenceServerClient(address, **(client_args or {})) as client:
         while time.monotonic() < deadline and proc.poll() is None:
             if client.is_server_ready():
                 return True
