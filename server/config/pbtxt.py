@@ -7,6 +7,7 @@ silently ignored, so a Triton repository either behaves as written or says why n
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,9 +107,15 @@ def parse_model_config(text: str, *, source: str) -> mc.ModelConfig:
     """Parse config.pbtxt text; errors name ``source`` and the line."""
     message = mc.ModelConfig()
     try:
-        text_format.Parse(text, message)
+        with warnings.catch_warnings():
+            # protobuf only warns (for now) on an invalid escape such as "\i" in a string:
+            # a config that a later protobuf will refuse is refused today
+            warnings.simplefilter("error", DeprecationWarning)
+            text_format.Parse(text, message)
     except text_format.ParseError as exc:
         raise ModelLoadError(f"{source}: {exc}") from None
+    except DeprecationWarning as exc:
+        raise ModelLoadError(f"{source}: not valid protobuf text: {exc}") from None
     unsupported = sorted({p for p in _set_fields(message) if p not in SUPPORTED_FIELDS})
     if unsupported:
         raise ModelLoadError(

@@ -203,3 +203,13 @@ def test_version_policy_selection():
     assert VersionPolicy(num_versions=2).select(available) == [3, 10]
     assert VersionPolicy(kind="all").select(available) == [1, 2, 3, 10]
     assert VersionPolicy(kind="specific", versions=(2, 7)).select(available) == [2]
+
+
+def test_an_invalid_escape_in_config_text_is_a_load_error_naming_the_file():
+    """protobuf only warns on "\\i" (a later version refuses it); found by the fuzz campaign,
+    where the warning escaped as an error instead of a ModelLoadError."""
+    from sluice.server.config.pbtxt import parse_model_config
+
+    with pytest.raises(ModelLoadError, match=r"^model 'm' config.pbtxt: not valid protobuf text: "
+                                             r".*invalid escape sequence"):
+        parse_model_config('name: "a\\i"', source="model 'm' config.pbtxt")
