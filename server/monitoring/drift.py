@@ -87,6 +87,7 @@ class DriftMonitor:
                *, batched: bool = True) -> None:
         """Start a fresh window for ``model`` ``version`` (replacing any)."""
         window = VersionWindow(model, version, profile, settings, batched, self._kernel)
+        window.warm()  # the kernel compiles (or loads) now, on the loader's thread
         window.compute(self._clock())  # the empty window's report: served, no rows yet
         with self._changing:
             windows = dict(self._windows)

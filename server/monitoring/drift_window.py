@@ -212,6 +212,15 @@ class VersionWindow:
         self.report = report
         return report
 
+    def warm(self) -> None:
+        """Run the binning kernel once on one row of NaN into scratch counts, so that its
+        compile (or load from Numba's cache) happens here, on the loader's thread before the
+        version serves, not on the monitor's thread under traffic: measured with py-spy, the
+        first compute held the GIL for seconds there and cut identity's throughput."""
+        scratch = np.zeros_like(self._cumulative)
+        self._kernel(np.full((1, self._ring.shape[1]), np.nan), self._edges, self._starts,
+                     self._lo, self._hi, scratch, np.zeros_like(self._special))
+
     def _bin(self, rows: np.ndarray, counts: np.ndarray, special: np.ndarray) -> None:
         if rows.shape[0]:
             self._kernel(np.ascontiguousarray(rows), self._edges, self._starts, self._lo,

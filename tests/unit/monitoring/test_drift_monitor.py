@@ -141,3 +141,22 @@ def test_missing_inputs_and_nan_count_as_missing():
     assert report.features[0].missing_rate == pytest.approx(0.4)
     assert report.features[1].missing_rate == 0.0
     assert report.prediction.missing_rate == 1.0  # no 'label' output was returned
+
+
+def test_the_kernel_runs_once_when_a_version_attaches_before_any_traffic():
+    """Its compile (or load from Numba's cache) then happens on the loader's thread, not on the
+    monitor's under traffic, where py-spy saw it hold the GIL for seconds."""
+    calls: list[int] = []
+
+    def counting(x, *args):
+        calls.append(x.shape[0])
+        return bin_counts(x, *args)
+
+    monitor = DriftMonitor(MonitorHub(), counting, clock=Clock(), seed=0)
+    config, _ = read_model_config(DIGITS, "digits")
+    profile = load_profile(config, DIGITS / "2")
+    assert profile is not None
+    monitor.attach("digits", 2, profile, DriftSettings())
+    assert calls == [1]  # one row, into scratch counts
+    (report,) = monitor.compute_now()
+    assert report.rows == 0 and report.sampled_rows == 0  # the warm-up counted nothing
