@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['model']:8} {row['batch']:2} {args.concurrency:3} {row['rounds']:6} "
               f"{row['off_req_s']:11.0f} {row['on_req_s']:10.0f} {row['throughput_ratio']:6.2f} "
               f"{row['off_p99_ms']:7.2f}ms {row['on_p99_ms']:6.2f}ms {row['p99_ratio']:6.2f}")
+    args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "monitoring_overhead.json", {
         "settings": vars(args) | {"out": str(args.out)}, "runs": runs, "summary": summary})
     return 0
