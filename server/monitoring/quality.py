@@ -44,8 +44,19 @@ from sluice.server.config.quality_file import QualityDeclared, read_quality
 from sluice.server.errors import ModelNotFound, SluiceError
 from sluice.server.monitoring.feedback_log import FeedbackLog, LoggedLabel
 from sluice.server.monitoring.hub import Finished, MonitorHub
-from sluice.server.monitoring.quality_spec import CLASSIFIER, QualitySpec, decide, read_rows
-from sluice.server.monitoring.quality_window import CONFIDENCE_BINS, Prediction, QualityWindow
+from sluice.server.monitoring.quality_spec import (
+    CLASSIFIER,
+    QualitySpec,
+    decide,
+    read_group,
+    read_rows,
+)
+from sluice.server.monitoring.quality_window import (
+    CONFIDENCE_BINS,
+    Prediction,
+    QualityWindow,
+    confidence_bins,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,46 +161,86 @@ class QualityMonitor:
     # -- the hub's subscriber -----------------------------------------------------------------
 
     def on_finished(self, records: list[Finished]) -> None:
-        """Take a batch of finished requests (the hub's thread)."""
-        read: list[tuple[_Model, QualitySpec, Finished, np.ndarray, np.ndarray | None]] = []
+        """Take a batch of finished requests (the hub's thread): the answers of each (model,
+        version, arm) are scored together (:func:`read_group`); what cannot be, one by one."""
+        groups: dict[tuple[str, int, str], list[Finished]] = {}
         for record in records:
             model = self._models.get(record.model)
             if model is None or record.status != "OK":
                 continue
-            spec = model.specs.get(record.version)
-            if not isinstance(spec, QualitySpec):
+            if not isinstance(model.specs.get(record.version), QualitySpec):
                 continue
-            try:
-                predicted, confidence = read_rows(spec, record.outputs)
-            except (ValueError, TypeError) as exc:
-                model.counts["skipped_unreadable"] += 1
-                log.debug("model '%s': answer %r not scored: %s", record.model, record.id, exc)
-                continue
-            read.append((model, spec, record, predicted, confidence))
-        if not read:
+            groups.setdefault((record.model, record.version, record.arm), []).append(record)
+        if not groups:
             return
+        read: list[tuple[_Model, Finished, np.ndarray, np.ndarray | None, list[int] | None,
+                         float]] = []
+        for (name, version, _), group in groups.items():
+            model = self._models[name]
+            spec = model.specs[version]
+            assert isinstance(spec, QualitySpec)
+            read.extend(self._read(model, spec, group))
         now = self._clock()
         with self._lock:
-            for model, spec, record, predicted, confidence in read:
+            for model, record, predicted, confidence, bins, total in read:
                 key = (record.version, record.arm)
                 window = model.windows.get(key)
+                spec = model.specs.get(record.version)
                 if window is None or window.spec != spec:
                     window = model.windows[key] = QualityWindow(spec, key)
-                item = Prediction(record.id, now, predicted, confidence)
+                item = Prediction(record.id, now, predicted, confidence, bins=bins,
+                                  confidence_total=total)
                 for gone in window.add(item):
                     if model.index.get(gone.id, (None, None))[1] is gone:
                         del model.index[gone.id]
                 if record.id:
                     model.index[record.id] = (window, item)
                 if confidence is not None:
-                    self._count_confidence(model, key, confidence)
+                    self._count_confidence(model, key, item)
 
     @staticmethod
-    def _count_confidence(model: _Model, key: tuple[int, str], confidence: np.ndarray) -> None:
+    def _read(model: _Model, spec: QualitySpec, group: list[Finished]) -> list[tuple[
+            _Model, Finished, np.ndarray, np.ndarray | None, list[int] | None, float]]:
+        """(model, record, predictions, confidences, confidence bins, confidence sum) of each
+        readable answer of ``group``; unreadable ones are counted and skipped."""
+        try:
+            predicted, confidence, rows = read_group(spec, [r.outputs for r in group])
+        except (ValueError, TypeError):
+            pass  # not batched alike: one by one below
+        else:
+            bins = confidence_bins(confidence) if confidence is not None else None
+            totals = (np.add.reduceat(confidence, np.cumsum([0, *rows[:-1]])).tolist()
+                      if confidence is not None and all(rows) else None)
+            out = []
+            start = 0
+            for i, (record, n) in enumerate(zip(group, rows, strict=True)):
+                end = start + n
+                conf = confidence[start:end] if confidence is not None else None
+                total = (totals[i] if totals is not None
+                         else float(conf.sum()) if conf is not None else 0.0)
+                out.append((model, record, predicted[start:end], conf,
+                            bins[start:end] if bins is not None else None, total))
+                start = end
+            return out
+        out = []
+        for record in group:
+            try:
+                predicted, conf = read_rows(spec, record.outputs)
+            except (ValueError, TypeError) as exc:
+                model.counts["skipped_unreadable"] += 1
+                log.debug("model '%s': answer %r not scored: %s", record.model, record.id, exc)
+                continue
+            bins = confidence_bins(conf) if conf is not None else None
+            total = float(conf.sum()) if conf is not None else 0.0
+            out.append((model, record, predicted, conf, bins, total))
+        return out
+
+    @staticmethod
+    def _count_confidence(model: _Model, key: tuple[int, str], item: Prediction) -> None:
         hist, total = model.confidence.get(key, (np.zeros(CONFIDENCE_BINS, np.int64), 0.0))
-        bins = np.minimum((confidence * CONFIDENCE_BINS).astype(np.int64), CONFIDENCE_BINS - 1)
-        hist = hist + np.bincount(bins.clip(0), minlength=CONFIDENCE_BINS)
-        model.confidence[key] = (hist, total + float(confidence.sum()))
+        for b in item.bins or ():
+            hist[b] += 1
+        model.confidence[key] = (hist, total + item.confidence_total)
 
     # -- ground truth -------------------------------------------------------------------------
 

@@ -138,6 +138,32 @@ def read_rows(
     return predicted, confidence
 
 
+def read_group(
+    spec: QualitySpec, answers: list[dict[str, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+    """:func:`read_rows` of several answers of one (version, arm) at once: (predictions,
+    confidences, rows of each answer), each answer's outputs concatenated along their first
+    (batch) dimension, so a drained batch costs a few numpy calls, not a few per answer.
+    ValueError when an answer is not batched alike (read those one by one)."""
+    names = [n for n in (spec.scores, spec.prediction) if n is not None]
+    rows: list[int] = []
+    columns: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for outputs in answers:
+        counts = set()
+        for name in names:
+            raw = outputs.get(name)
+            if raw is None or getattr(raw, "ndim", 0) < 2:
+                raise ValueError(f"output '{name}' missing or not batched")
+            counts.add(raw.shape[0])
+            columns[name].append(raw)
+        if len(counts) != 1:
+            raise ValueError("outputs disagree on rows")
+        rows.append(counts.pop())
+    merged = {name: np.concatenate(parts) for name, parts in columns.items()}
+    predicted, confidence = read_rows(spec, merged)
+    return predicted, confidence, rows
+
+
 def _top_probability(scores: np.ndarray) -> np.ndarray:
     """Per row, the largest class probability: the row itself when it is a distribution, else
     the softmax of the row (logits)."""

@@ -39,10 +39,22 @@ class Prediction:
     confidence: np.ndarray | None
     #: Label per row (float64, NaN: not labelled yet).
     labels: np.ndarray = field(default_factory=lambda: np.empty(0))
+    #: Confidence bin per row and the confidence's sum, as Python numbers: adding and evicting
+    #: a prediction then costs no numpy call (computed by :func:`confidence_bins` when None).
+    bins: list[int] | None = None
+    confidence_total: float = 0.0
+    #: Rows with a label: eviction looks at the labels only when there are some.
+    labelled: int = 0
 
     @property
     def rows(self) -> int:
         return len(self.predicted)
+
+
+def confidence_bins(confidence: np.ndarray) -> list[int]:
+    """The confidence histogram's bin of each row (1.0 falls in the last bin)."""
+    bins = np.minimum((confidence * CONFIDENCE_BINS).astype(np.int64), CONFIDENCE_BINS - 1)
+    return bins.clip(0).tolist()
 
 
 class QualityWindow:
@@ -79,11 +91,14 @@ class QualityWindow:
         self._items.append(item)
         self.predicted_rows += item.rows
         if item.confidence is not None:
-            self.confidence_sum += float(item.confidence.sum())
+            if item.bins is None:
+                item.bins = confidence_bins(item.confidence)
+                item.confidence_total = float(item.confidence.sum())
+            self.confidence_sum += item.confidence_total
             self.confidence_rows += item.rows
-            bins = np.minimum((item.confidence * CONFIDENCE_BINS).astype(np.int64),
-                              CONFIDENCE_BINS - 1)
-            self.confidence_hist += np.bincount(bins.clip(0), minlength=CONFIDENCE_BINS)
+            hist = self.confidence_hist
+            for b in item.bins:
+                hist[b] += 1
         return self.evict(item.at)
 
     def evict(self, now: float) -> list[Prediction]:
@@ -110,6 +125,8 @@ class QualityWindow:
             if not math.isnan(old):
                 replaced += 1
                 self._count(item, r, old, -1)
+            else:
+                item.labelled += 1
             item.labels[r] = value
             self._count(item, r, value, +1)
         return replaced
@@ -117,13 +134,14 @@ class QualityWindow:
     def _forget(self, item: Prediction) -> None:
         self.predicted_rows -= item.rows
         if item.confidence is not None:
-            self.confidence_sum -= float(item.confidence.sum())
+            self.confidence_sum -= item.confidence_total
             self.confidence_rows -= item.rows
-            bins = np.minimum((item.confidence * CONFIDENCE_BINS).astype(np.int64),
-                              CONFIDENCE_BINS - 1)
-            self.confidence_hist -= np.bincount(bins.clip(0), minlength=CONFIDENCE_BINS)
-        for r in np.flatnonzero(~np.isnan(item.labels)):
-            self._count(item, int(r), float(item.labels[r]), -1)
+            hist = self.confidence_hist
+            for b in item.bins or ():
+                hist[b] -= 1
+        if item.labelled:
+            for r in np.flatnonzero(~np.isnan(item.labels)):
+                self._count(item, int(r), float(item.labels[r]), -1)
 
     def _count(self, item: Prediction, row: int, value: float, sign: int) -> None:
         self.labelled_rows += sign

@@ -224,3 +224,32 @@ def test_a_log_that_cannot_be_written_is_reported_without_its_path(tmp_path):
     assert result.log_error.startswith("labels not written to the feedback log: ")
     assert str(tmp_path) not in result.log_error
     assert quality.report("clf")["counts"]["log_failed"] == 1
+
+
+def test_a_drained_batch_scored_together_gives_what_one_by_one_gives():
+    """The hub's batch is scored per (version, arm) at once (one concatenation, a few numpy
+    calls); an answer that is not batched alike (here a 1-D output) falls back to one by one.
+    The window's figures and the confidence histogram must not depend on the batching."""
+    rng = np.random.default_rng(5)
+    answers = []
+    for i in range(12):
+        rows = int(rng.integers(1, 4))
+        p = rng.dirichlet(np.ones(3), size=rows)
+        answers.append(answer(f"q{i}", list(p.argmax(1)), p.tolist(), arm="a" if i % 3 else ""))
+    odd = answer("odd", [1], [[0.2, 0.7, 0.1]])
+    odd.outputs = {k: v.reshape(-1) for k, v in odd.outputs.items()}  # not batched alike
+    together, _ = monitor()
+    together.on_finished([*answers, odd])
+    alone, _ = monitor()
+    for record in [*answers, odd]:
+        alone.on_finished([record])
+    for arm in ("", "a"):
+        a, b = window(together, arm=arm), window(alone, arm=arm)
+        assert a == b
+    mine = {r["model"]: r["confidence"] for r in together.reports()}["clf"]
+    theirs = {r["model"]: r["confidence"] for r in alone.reports()}["clf"]
+    assert mine.keys() == theirs.keys() == {(1, ""), (1, "a")}
+    for key, (hist, total) in mine.items():
+        assert hist.tolist() == theirs[key][0].tolist() and total == pytest.approx(theirs[key][1])
+    assert sum(int(hist.sum()) for hist, _ in mine.values()) == (
+        sum(len(r.outputs["label"]) for r in [*answers, odd]))
