@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from sluice.server.appendfile import append_durably
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +94,12 @@ class AuditTrail:
                 self._write(lines)
 
     def _write(self, lines: list[object]) -> None:
-        data = memoryview("".join(
+        data = "".join(
             json.dumps(line, separators=(",", ":"), ensure_ascii=True) + "\n" for line in lines
-        ).encode("ascii"))
+        ).encode("ascii")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                while data:  # one write() but for a short write (disk full, signal)
-                    data = data[os.write(fd, data):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_durably(self.path, data, 0o600)
         except OSError as exc:
             self.dropped += len(lines)
             log.error("access audit: %d lines not written (%s)", len(lines), exc.strerror)

@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sluice.server.appendfile import append_durably
 from sluice.server.errors import Code, SluiceError
 from sluice.server.rollout.deployment import DeploymentState
 
@@ -199,18 +200,11 @@ class DeploymentStore:
             "unix": round(now, 6),
             **record,
         }
-        data = memoryview((json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
-                          .encode("utf-8"))
+        data = (json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
         # The file lock orders records between Sluice processes; O_APPEND puts each at the end
         # of the file even if something else (a human, a rotation tool) wrote to it.
         with self._lock, self._file_lock():
-            fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-            try:
-                while data:  # one write() but for a short write (disk full, signal)
-                    data = data[os.write(fd, data):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_durably(self.audit_path, data, 0o666)
         return line
 
     def read_audit(self) -> list[dict[str, Any]]:
