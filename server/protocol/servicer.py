@@ -13,8 +13,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import grpc
-
 from sluice.proto import grpc_service_pb2 as pb
 from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 from sluice.server import __version__
@@ -37,6 +35,7 @@ from sluice.server.protocol.request_parsing import Unparsable
 from sluice.server.protocol.statistics import latency_table, model_statistics
 from sluice.server.protocol.status import fail
 from sluice.server.protocol.streaming import answer_stream
+from sluice.server.protocol.unimplemented import UnimplementedExtensions
 from sluice.server.rollout.router import (
     ARM_PARAM,
     STICKY_METADATA,
@@ -59,7 +58,7 @@ _CALLER_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED, Code
 Routed = tuple[ModelVersion, str | None, tuple[ShadowTarget, ...]]
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(UnimplementedExtensions, pb_grpc.GRPCInferenceServiceServicer):
     """KServe v2 + Triton extensions over one :class:`ModelRepository`, routed by a
     :class:`Router` (one without persistence is made when none is given)."""
 
@@ -358,43 +357,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:
             fail(context, exc)
         return pb.RepositoryModelUnloadResponse()
-
-    # -- extensions we do not implement -------------------------------------------------------
-
-    async def _unimplemented(self, what: str, context, response):
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details(f"{what} is not supported by Sluice")
-        return response
-
-    async def SystemSharedMemoryStatus(self, request, context):
-        return await self._unimplemented(
-            "system shared memory", context, pb.SystemSharedMemoryStatusResponse())
-
-    async def SystemSharedMemoryRegister(self, request, context):
-        return await self._unimplemented(
-            "system shared memory", context, pb.SystemSharedMemoryRegisterResponse())
-
-    async def SystemSharedMemoryUnregister(self, request, context):
-        return await self._unimplemented(
-            "system shared memory", context, pb.SystemSharedMemoryUnregisterResponse())
-
-    async def CudaSharedMemoryStatus(self, request, context):
-        return await self._unimplemented(
-            "CUDA shared memory", context, pb.CudaSharedMemoryStatusResponse())
-
-    async def CudaSharedMemoryRegister(self, request, context):
-        return await self._unimplemented(
-            "CUDA shared memory", context, pb.CudaSharedMemoryRegisterResponse())
-
-    async def CudaSharedMemoryUnregister(self, request, context):
-        return await self._unimplemented(
-            "CUDA shared memory", context, pb.CudaSharedMemoryUnregisterResponse())
-
-    async def TraceSetting(self, request, context):
-        return await self._unimplemented("trace settings", context, pb.TraceSettingResponse())
-
-    async def LogSettings(self, request, context):
-        return await self._unimplemented("log settings", context, pb.LogSettingsResponse())
 
 
 def _metadata_sticky_key(context) -> str | None:
