@@ -17,6 +17,7 @@ import sys
 
 from sluice.server.app import Server, serve
 from sluice.server.config.settings import ServerConfig
+from sluice.server.workers.supervisor import first_set
 
 log = logging.getLogger("sluice.server.app")  # the name these lines have always had
 
@@ -49,16 +50,6 @@ async def run_until_signal(config: ServerConfig) -> None:
         log.info("signal received; shutting down (grace %.1fs)", config.shutdown_grace_s)
     answered, failed = server.final_counts
     print(f"sluice: stopped; {answered} requests answered, {failed} refused or failed", flush=True)
-
-
-async def first_set(*events: asyncio.Event) -> None:
-    """Wait until one of ``events`` is set."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
 
 
 def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

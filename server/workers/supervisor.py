@@ -147,7 +147,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _first(*events: asyncio.Event) -> None:
+async def first_set(*events: asyncio.Event) -> None:
     """Wait until one of ``events`` is set."""
     waits = [asyncio.ensure_future(event.wait()) for event in events]
     try:
@@ -260,7 +260,7 @@ class Supervisor:
         async with asyncio.TaskGroup() as tg:
             slots = [tg.create_task(self._run_slot(k), name=f"sluice-worker-{k}")
                      for k in range(cfg.workers)]
-            await _first(self.all_ready, self._stop)
+            await first_set(self.all_ready, self._stop)
             if not self._stop.is_set():
                 print(f"sluice: gRPC listening on {cfg.host}:{self.port}", flush=True)
                 if http is not None:
