@@ -34,6 +34,7 @@ from sluice.clients.messages import (
     server_metadata_dict,
 )
 from sluice.clients.messages import channel_options as make_channel_options
+from sluice.clients.replicas import balancing_options, grpc_target, spreads
 from sluice.clients.retry import RetryBudget, RetryPolicy
 from sluice.clients.streaming import run_stream
 from sluice.clients.tls import open_aio_channel
@@ -45,7 +46,8 @@ __all__ = ["AsyncClient"]
 
 
 class AsyncClient:
-    """Non-blocking client for one server address; safe to share between tasks of one loop.
+    """Non-blocking client for one server or several replicas of it (``target`` and
+    ``health_check`` as for :class:`~clients.Client`); safe to share between tasks of one loop.
 
     Arguments as for :class:`~clients.Client`: ``timeout`` (seconds, None: none) is the default
     deadline of every call and, for inference, covers every attempt and backoff wait.
@@ -55,7 +57,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: str = "127.0.0.1:8001",
+        target: str | Sequence[str] = "127.0.0.1:8001",
         *,
         timeout: float | None = None,
         retries: int = 3,
@@ -65,12 +67,15 @@ class AsyncClient:
         retry_budget: RetryBudget | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
+        health_check: bool | None = None,
     ) -> None:
-        self.target = target
+        self.target = grpc_target(target)  # replicas: a list becomes one balanced target
         self._interceptors = aio_interceptors(token)  # authz: the bearer token on every call
         self.timeout = timeout
-        self.policy = RetryPolicy(retries, backoff_base_s, backoff_max_s, retry_budget)
-        self._options = make_channel_options(channel_options)
+        self.policy = RetryPolicy(retries, backoff_base_s, backoff_max_s, retry_budget,
+                                  spread=spreads(target))
+        self._options = make_channel_options(
+            [*balancing_options(target, health_check), *(channel_options or ())])
         self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._stub_instance: pb_grpc.GRPCInferenceServiceStub | None = None

@@ -29,6 +29,7 @@ from sluice.clients.messages import (
     server_metadata_dict,
 )
 from sluice.clients.messages import channel_options as make_channel_options
+from sluice.clients.replicas import balancing_options, grpc_target, spreads
 from sluice.clients.retry import RetryBudget, RetryPolicy
 from sluice.clients.tls import open_channel
 from sluice.proto import grpc_service_pb2 as pb
@@ -39,7 +40,13 @@ __all__ = ["Client"]
 
 
 class Client:
-    """Blocking client for one server address.
+    """Blocking client for one server, or for several replicas of it.
+
+    ``target``: ``host:port``, any gRPC target (``dns:///name:port``: every address the name
+    resolves to), or a list of ``IP:PORT`` replicas; calls go round-robin over the ready
+    replicas and a retry goes to the next one (:mod:`sluice.clients.replicas`).
+    ``health_check``: send only to replicas whose grpc.health.v1 status is SERVING (None: on
+    when the target names several replicas, a list or a ``dns:`` name; off for one address).
 
     ``timeout`` (seconds, None: none) is the default deadline of every call; a per-call
     ``timeout`` replaces it. For inference it covers every attempt and every backoff wait.
@@ -52,7 +59,7 @@ class Client:
 
     def __init__(
         self,
-        target: str = "127.0.0.1:8001",
+        target: str | Sequence[str] = "127.0.0.1:8001",
         *,
         timeout: float | None = None,
         retries: int = 3,
@@ -62,12 +69,16 @@ class Client:
         retry_budget: RetryBudget | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
+        health_check: bool | None = None,
     ) -> None:
-        self.target = target
+        self.target = grpc_target(target)  # replicas: a list becomes one balanced target
         self.timeout = timeout
-        self.policy = RetryPolicy(retries, backoff_base_s, backoff_max_s, retry_budget)
+        self.policy = RetryPolicy(retries, backoff_base_s, backoff_max_s, retry_budget,
+                                  spread=spreads(target))
         self._channel = with_token(  # authz: the bearer token on every call
-            open_channel(target, make_channel_options(channel_options), credentials), token)
+            open_channel(self.target, make_channel_options(
+                [*balancing_options(target, health_check), *(channel_options or ())]),
+                credentials), token)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     # -- lifecycle ----------------------------------------------------------------------------

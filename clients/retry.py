@@ -18,6 +18,9 @@ Rules (all times in seconds unless the name says otherwise):
   Overloaded, with its pushback and attempt count: the caller learns why it waited, not that a
   timer ran late. :class:`~sluice.clients.errors.DeadlineExceeded` means only that the deadline
   passed before any attempt failed, or that an attempt itself ran out of time on the wire.
+* A client spread over replicas (:mod:`sluice.clients.replicas`) retries a "draining" refusal
+  at once, with the plain backoff: gRPC's balancer sends the retry to another replica, so the
+  pushback of the one shutting down does not apply to it.
 * A :class:`RetryBudget` caps retries at a fraction (10%) of first attempts, so that retries
   can never multiply the load on an overloaded server.
 """
@@ -77,7 +80,9 @@ class RetryPolicy:
     """How a client retries; one per client, shared by all its requests (and thread-safe).
 
     ``retries`` is the most retries per request (so at most ``retries + 1`` attempts).
-    ``rng`` and ``clock`` (a monotonic clock in seconds) are injectable for tests.
+    ``rng`` and ``clock`` (a monotonic clock in seconds) are injectable for tests. ``spread``:
+    the client's calls are balanced over several replicas (a draining one's pushback is not
+    waited out: the retry goes elsewhere).
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class RetryPolicy:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        spread: bool = False,
     ) -> None:
         if retries < 0 or backoff_base_s < 0 or backoff_max_s < 0:
             raise ValueError("retries and backoff times must be >= 0")
@@ -99,6 +105,7 @@ class RetryPolicy:
         self._rng = rng if rng is not None else random.Random()
         self._rng_lock = threading.Lock()
         self.clock = clock
+        self.spread = spread
 
     def begin(self, timeout: float | None) -> RetryCall:
         """Start one request whose attempts and waits must all fit in ``timeout`` seconds
@@ -162,6 +169,8 @@ class RetryCall:
         retry_index = self.attempts - 1
         if (pushback is not None and pushback < 0) or retry_index >= self._policy.retries:
             raise error
+        if self._policy.spread and error.reason == "draining":
+            pushback = None  # the balancer sends the retry to another replica
         wait = self._policy.delay(retry_index, pushback)
         if self.deadline is not None and self._policy.clock() + wait >= self.deadline:
             raise error
