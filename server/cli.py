@@ -47,6 +47,7 @@ from sluice.server.cli_connect import (  # transport security (issue 14)
 )
 from sluice.server.cli_cost import non_negative_price, print_cost
 from sluice.server.cli_drift import add_drift_commands, run_drift, run_profile
+from sluice.server.cli_health import add_health_command, run_health  # images (issue 15)
 from sluice.server.cli_logging import add_logging_command, run_logging
 from sluice.server.cli_quality import add_quality_commands, run_quality  # feedback + quality
 from sluice.server.cli_repo import add_repo_command, run_repo
@@ -171,6 +172,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     add_logging_command(sub, _add_url)  # prediction log
     add_retrain_commands(sub, _add_url, BUNDLED_REPOSITORY)  # retraining (issue 13, item 9)
     add_token_command(sub)  # authz
+    add_health_command(sub, _add_url)  # images (issue 15, item 3): the HEALTHCHECK's probe
     return parser
 
 
@@ -215,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_retrain(args)
     if args.command == "token":  # authz
         return run_token(args)
+    if args.command == "health":  # images (issue 15, item 3)
+        return run_health(args)
     return _stats(args)
 
 
