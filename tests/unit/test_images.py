@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -16,19 +15,11 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from tests.support.k8s import tool
 from tests.support.readme import readme_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {"cpu": ROOT / "Dockerfile", "gpu": ROOT / "Dockerfile.gpu"}
-
-
-def tool(name: str) -> str:
-    """A binary of the test extra: beside this interpreter (the venv), else on PATH."""
-    here = Path(sys.executable).parent / name
-    found = str(here) if here.exists() else shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
-    return found
 
 
 def header_commands(dockerfile: Path) -> list[str]:
