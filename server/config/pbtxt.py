@@ -15,7 +15,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from sluice.proto import model_config_pb2 as mc
-from sluice.server.config import sequence as sequence_config
+from sluice.server.config import sequence_pbtxt as sequence_config
 from sluice.server.config.model import (
     OVERLOAD_PARAMETERS,
     DynamicBatching,
