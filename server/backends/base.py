@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from sluice.server.config.model import ModelConfig, ModelIO
+from sluice.server.config.sequence import warmup_tensors
 from sluice.server.types import DATATYPE_DTYPES
 
 
@@ -76,4 +77,6 @@ def warmup_inputs(config: ModelConfig, rows: int) -> dict[str, np.ndarray]:
             out[spec.name] = np.full(shape, "", dtype=object)
         else:
             out[spec.name] = np.zeros(shape, dtype=dtype)
+    if config.sequence_batching is not None:  # sequence batching: the server's own inputs
+        out.update(warmup_tensors(config.sequence_batching, rows, config.max_batch_size > 0))
     return out

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sluice.server.config.sequence import SequenceBatching
 from sluice.server.errors import ModelLoadError
 from sluice.server.types import TensorSpec
 
@@ -190,6 +191,8 @@ class ModelConfig:
     ensemble_steps: tuple[EnsembleStep, ...] = ()
     #: Admission limits, priority budgets, standing-queue rule and fallback model.
     overload: OverloadPolicy = field(default_factory=OverloadPolicy)
+    #: Stateful sequences (issue 16 item 5); None: requests are independent.
+    sequence_batching: SequenceBatching | None = None
 
     @property
     def instance_count(self) -> int:

@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from sluice.proto import model_config_pb2 as mc
+from sluice.server.config import sequence_pbtxt as sequence_config
 from sluice.server.config.model import (
     OVERLOAD_PARAMETERS,
     DynamicBatching,
@@ -65,7 +66,7 @@ SUPPORTED_FIELDS = frozenset({
     "ensemble_scheduling.step.input_map.key", "ensemble_scheduling.step.input_map.value",
     "ensemble_scheduling.step.output_map", "ensemble_scheduling.step.output_map.key",
     "ensemble_scheduling.step.output_map.value",
-})
+}) | sequence_config.SEQUENCE_FIELDS  # sequence batching (issue 16 item 5)
 
 _PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "ensemble": "ensemble"}
 #: Backends Sluice implements: "fil" is Triton's FIL backend name, served by our Numba kernels.
@@ -245,6 +246,8 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
              if k in OVERLOAD_PARAMETERS},
             where,
         ),
+        sequence_batching=sequence_config.parse_sequence_batching(message.sequence_batching, where)
+        if message.HasField("sequence_batching") else None,
     )
 
 
@@ -379,6 +382,8 @@ def to_proto(config: ModelConfig) -> mc.ModelConfig:
         )
         entry.input_map.update(step.input_map)
         entry.output_map.update(step.output_map)
+    if config.sequence_batching is not None:
+        sequence_config.write_sequence_batching(config.sequence_batching, message.sequence_batching)
     return message
 
 

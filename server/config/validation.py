@@ -10,6 +10,7 @@ from sluice.server.config.model import (
     ModelIO,
     check_model_name,
 )
+from sluice.server.config.sequence_io import split_sequence_io
 from sluice.server.errors import ModelLoadError
 from sluice.server.types import DATATYPE_DTYPES, TensorSpec
 
@@ -22,6 +23,7 @@ def complete_model_config(
     A declared tensor must exist in the model with the same datatype and compatible dims.
     """
     name = config.name
+    io = split_sequence_io(config, io)  # sequence batching: controls and state are the server's
     max_batch = config.max_batch_size
     batchable = all(t.dims and t.dims[0] == -1 for t in (*io.inputs, *io.outputs))
     if not max_batch_size_set and max_batch == 0 and batchable:
@@ -122,6 +124,13 @@ def validate_model_config(config: ModelConfig) -> None:
         if batching.max_queue_delay_us < 0:
             raise ModelLoadError(f"model '{name}': max_queue_delay_microseconds must be >= 0")
         _validate_priorities(name, batching)
+    sequences = config.sequence_batching  # sequence batching (issue 16 item 5)
+    for size in sequences.preferred_batch_sizes if sequences is not None else ():
+        if not 0 < size <= max(config.max_batch_size, 1):
+            raise ModelLoadError(
+                f"model '{name}': sequence_batching.oldest.preferred_batch_size {size} must be "
+                f"in 1..max_batch_size ({config.max_batch_size})"
+            )
     _validate_overload(name, config)
     for group in config.instance_groups:
         if group.count < 1:

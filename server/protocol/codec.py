@@ -20,14 +20,14 @@ from sluice.server.serving.budget import (
     check_request_limits,
     check_shape,
 )
+from sluice.server.serving.sequences import sequence_params
 from sluice.server.types import InferRequest
 
-#: Request parameters Sluice understands; others are passed through to the core untouched.
-_UNSUPPORTED_PARAMS = {
-    "sequence_id": "sequence batching",
-    "sequence_start": "sequence batching",
-    "sequence_end": "sequence batching",
-}
+#: Request parameters Sluice refuses (feature -> why); others are passed to the core untouched.
+_UNSUPPORTED_PARAMS: dict[str, str] = {}
+#: Sequence batching's parameters: their types are checked on every model, as Triton's frontend
+#: does; a model without sequence_batching then ignores them, as Triton's schedulers do.
+_SEQUENCE_PARAMS = ("sequence_id", "sequence_start", "sequence_end")
 
 #: Request parameters named like these name a file or directory: refused, whatever the value.
 _FILE_PARAM_SUFFIXES = ("file", "filename", "path", "dir", "directory")
@@ -100,6 +100,8 @@ def _parameters(params: Any, limits: RequestLimits | None) -> dict[str, Any]:
     for key, feature in _UNSUPPORTED_PARAMS.items():
         if parameters.get(key):
             raise Unimplemented(f"parameter '{key}': {feature} is not supported by Sluice")
+    if any(key in parameters for key in _SEQUENCE_PARAMS):
+        sequence_params(parameters)
     priority = parameters.get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
         raise InvalidInput("parameter 'priority' must be a non-negative integer")

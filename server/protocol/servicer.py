@@ -50,7 +50,8 @@ from sluice.server.types import InferRequest, InferResponse
 log = logging.getLogger(__name__)
 
 #: Extensions (Triton's names) this server really implements.
-EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters",
+              "sequence", "sequence(string_id)")  # sequence batching (issue 16 item 5)
 #: Failures that are the caller's doing: they say nothing about the arm, so arms do not count
 #: them (a canary must not be rolled back for a client's malformed requests).
 _CALLER_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED, Code.CANCELLED})

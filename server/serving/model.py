@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 
 from sluice.server.backends.base import Backend
-from sluice.server.config.model import ModelConfig
+from sluice.server.config.model import DynamicBatching, ModelConfig
 from sluice.server.errors import InvalidInput, Overloaded
 from sluice.server.serving.admission import FALLBACK_REASONS, Admission, AdmissionPolicy
 from sluice.server.serving.batcher import DynamicBatcher
 from sluice.server.serving.budget import InflightBudget
 from sluice.server.serving.cpu_meter import CpuMeter
 from sluice.server.serving.instances import Arrays
+from sluice.server.serving.sequences import SequenceScheduler, Step
 from sluice.server.serving.stats import ModelStats
 from sluice.server.types import DATATYPE_DTYPES, InferRequest, InferResponse, datatype_of
 
@@ -53,6 +54,10 @@ class ModelVersion:
         self.stats = stats
         self._clock = clock
         batching = config.dynamic_batching
+        sequences = config.sequence_batching
+        if sequences is not None:  # sequence batching batches across sequences (issue 16 item 5)
+            batching = DynamicBatching(sequences.preferred_batch_sizes,
+                                       sequences.max_queue_delay_us)
         label = f"{config.name}:{version}"
         policy = AdmissionPolicy.from_config(config, max_queue_size)
         #: CPU seconds of this version's batches, per instance (read by the cost accountant).
@@ -78,6 +83,10 @@ class ModelVersion:
             inline=getattr(backend, "inline_safe", False),
         )
         self.admission = Admission(label, policy, self._batcher, budget=inflight)
+        #: The sequences of a stateful model (None: requests are independent).
+        self.sequences = None if sequences is None else SequenceScheduler(
+            config, backend.instance_count, clock
+        )
         self._fallback = fallback
         self._label = label
         self._version_str = str(version)  # the response field, built once
@@ -115,13 +124,19 @@ class ModelVersion:
         """
         start = self._clock()
         level = 0
+        step: Step | None = None
         try:
             inputs, rows, nbytes = self._checked_inputs(request)
             wanted = self._check_outputs(request.requested_outputs)
+            if self.sequences is not None:  # its place in its sequence, before any await
+                step = self.sequences.begin(request, rows)
             outputs = self._inline(
                 inputs, rows, nbytes, request.deadline, start
-            ) if _default_rules(request) else None
+            ) if step is None and _default_rules(request) else None
             if outputs is None:
+                if step is not None:  # its turn, then its control and state inputs
+                    inputs = await step.ready(inputs)
+                    start = self._clock()  # its queue time starts now
                 admission = self.admission
                 level = admission.level(request.priority)
                 deadline, expire = admission.deadlines(
@@ -139,6 +154,8 @@ class ModelVersion:
                 admission.observe(level, estimate, end - start, end)
             else:
                 end = self._clock()
+            if step is not None:
+                step.done(outputs)
         except Overloaded as exc:
             took = self._clock() - start
             self.stats.on_request(took, ok=False)
@@ -152,6 +169,9 @@ class ModelVersion:
             raise
         else:
             return self._answer(request, outputs, wanted, end - start, as_fallback)
+        finally:
+            if step is not None:
+                step.close()
         # Degraded mode: the fallback answers, under its own admission. If it cannot take the
         # request either, the caller hears about the primary's overload, not the fallback's.
         try:
@@ -167,7 +187,7 @@ class ModelVersion:
         """The answer, computed right now on the event loop, when :meth:`infer` would compute
         it inline (:meth:`_inline`); None: await :meth:`infer`. Raises what :meth:`infer` would
         for a bad request or a failing run. Saves the coroutine, and a stream its task."""
-        if not _default_rules(request):
+        if not _default_rules(request) or self.sequences is not None:
             return None
         start = self._clock()
         try:
@@ -213,6 +233,8 @@ class ModelVersion:
 
     async def close(self) -> None:
         """Drain queued requests, then free the instance threads and the backend."""
+        if self.sequences is not None:
+            self.sequences.close()
         await self._batcher.close()
         self.backend.close()
 

@@ -68,7 +68,8 @@ def test_config_may_be_absent_and_inputs_are_derived(make_server, tmp_path):
 @pytest.mark.parametrize(
     ("config", "needle"),
     [
-        ("max_batch_size: 8\nsequence_batching {}", "sequence_batching"),
+        ("max_batch_size: 8\nsequence_batching { iterative_sequence: true }",
+         "sequence_batching.iterative_sequence"),
         ("max_batch_size: 8\nmodel_warmup { name: 'w' }", "model_warmup"),
         ("max_batch_size: 8\ninput [{ name: 'IN_x' data_type: TYPE_FP32 dims: [5] }]",
          "'IN_x' is declared with dims [5]"),

@@ -14,6 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from sluice.proto import grpc_service_pb2 as pb
+from sluice.proto import grpc_service_pb2_grpc as pb_grpc
 from sluice.server.app import BUNDLED_REPOSITORY
 from tests.support.metrics import labels, moved, scrape
 
@@ -33,7 +35,8 @@ def test_health_and_server_metadata(client):
     assert meta["name"] == "sluice"
     assert {"add_sub", "cnn", "digits", "identity", "digits_pipeline"} <= BUNDLED
     assert set(meta["extensions"]) == {
-        "model_repository", "model_configuration", "statistics", "parameters"
+        "model_repository", "model_configuration", "statistics", "parameters",
+        "sequence", "sequence(string_id)",
     }
 
 
@@ -125,14 +128,26 @@ def test_unsupported_extensions_answer_unimplemented(client):
     assert info.value.status() == "StatusCode.UNIMPLEMENTED"
 
 
-def test_sequence_requests_are_refused_clearly(client):
-    x = np.ones((1, 16), np.float32)
+def test_sequence_parameters_on_a_stateless_model_are_ignored_as_triton_does(
+    client, bundled_server
+):
+    """Triton's schedulers other than the sequence batcher ignore a request's sequence; its
+    frontend still refuses a parameter of the wrong type, on every model."""
+    x = np.arange(16, dtype=np.float32).reshape(1, 16)
     inp = tc.InferInput("INPUT0", x.shape, "FP32")
     inp.set_data_from_numpy(x)
-    with pytest.raises(InferenceServerException) as info:
-        client.infer("identity", [inp], sequence_id=5, sequence_start=True)
-    assert info.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert "sequence_id" in info.value.message()
+    for _ in range(2):  # no START needed the second time: there is no sequence
+        result = client.infer("identity", [inp], sequence_id=5, sequence_start=True)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x)
+    request = pb.ModelInferRequest(model_name="identity", raw_input_contents=[x.tobytes()])
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+    request.parameters["sequence_start"].int64_param = 1  # tritonclient only sends bools
+    with grpc.insecure_channel(bundled_server.address) as channel, pytest.raises(
+        grpc.RpcError
+    ) as info:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'sequence_start' must be a bool" in info.value.details()
 
 
 def test_grpc_health_service_and_reflection(bundled_server):

@@ -59,7 +59,8 @@ def test_a_full_triton_config_translates_field_by_field():
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
-        ("sequence_batching {}", "sequence_batching"),
+        ("sequence_batching { state [{ use_growable_memory: true }] }",
+         "sequence_batching.state.use_growable_memory"),
         ("batch_input [{ kind: BATCH_ELEMENT_COUNT }]", "batch_input"),
         ("input [{ name: 'x' data_type: TYPE_FP32 dims: [1] allow_ragged_batch: true }]",
          "input.allow_ragged_batch"),
