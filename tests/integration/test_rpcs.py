@@ -33,7 +33,8 @@ def test_health_and_server_metadata(client):
     assert meta["name"] == "sluice"
     assert {"add_sub", "cnn", "digits", "identity", "digits_pipeline"} <= BUNDLED
     assert set(meta["extensions"]) == {
-        "model_repository", "model_configuration", "statistics", "parameters"
+        "model_repository", "model_configuration", "statistics", "parameters",
+        "system_shared_memory",
     }
 
 
@@ -112,7 +113,6 @@ def test_repository_index_lists_every_model(client):
 
 def test_unsupported_extensions_answer_unimplemented(client):
     for call in (
-        client.get_system_shared_memory_status,
         client.get_cuda_shared_memory_status,
         client.get_trace_settings,
         client.get_log_settings,
@@ -121,8 +121,9 @@ def test_unsupported_extensions_answer_unimplemented(client):
             call()
         assert info.value.status() == "StatusCode.UNIMPLEMENTED"
     with pytest.raises(InferenceServerException) as info:
-        client.register_system_shared_memory("r", "/k", 16)
+        client.register_cuda_shared_memory("r", b"\0" * 64, 0, 16)
     assert info.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert "needs a GPU" in info.value.message()
 
 
 def test_sequence_requests_are_refused_clearly(client):
