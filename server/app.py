@@ -366,6 +366,7 @@ class Server:
         if self.router.shadow is not None:
             await self.router.shadow.close()  # before the candidates it feeds are closed
         await self.repository.close(max(0.0, deadline - time.monotonic()))
+        self.servicer.shm.close()  # system shared memory: every client region unmapped
         await self.monitors.close()  # every request is answered: the last records go out
         self.metrics.close()
         await self.access.close()

@@ -22,6 +22,7 @@ class Code(enum.Enum):
     UNIMPLEMENTED = "unimplemented"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    ALREADY_EXISTS = "already_exists"  # system shared memory: a region name in use
 
 
 class SluiceError(Exception):
@@ -88,6 +89,12 @@ class Unimplemented(SluiceError):
     """A protocol feature Sluice does not support."""
 
     code = Code.UNIMPLEMENTED
+
+
+class AlreadyExists(SluiceError):
+    """What the request would create exists already (a shared-memory region's name)."""
+
+    code = Code.ALREADY_EXISTS
 
 
 class ModelLoadError(SluiceError):

@@ -80,6 +80,9 @@ class InferRequest:
     #: (name, datatype, shape) of each raw input, when the decoder took its short path (the
     #: same tuple means the same checks pass); None otherwise.
     signature: tuple[tuple[str, str, tuple[int, ...]], ...] | None = None
+    #: System shared memory (issue 16 item 4): the protocol's record of the inputs read from
+    #: and outputs to write into client regions; None when the request uses none.
+    shared_memory: Any = None
 
 
 @dataclass(slots=True)

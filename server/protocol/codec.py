@@ -14,6 +14,8 @@ from sluice.proto.datatypes import DATATYPES
 from sluice.proto.params import param_value
 from sluice.server.config.settings import RequestLimits
 from sluice.server.errors import InvalidInput, Unimplemented
+from sluice.server.protocol import shm_tensors
+from sluice.server.protocol.shm_regions import SharedMemoryRegions
 from sluice.server.serving.budget import (
     check_element_bytes,
     check_parameters,
@@ -46,7 +48,8 @@ _PLAIN_RAW = frozenset(DATATYPES) - {"BOOL", "BYTES"}
 
 
 def decode_request(
-    message: pb.ModelInferRequest, deadline: float | None, limits: RequestLimits | None = None
+    message: pb.ModelInferRequest, deadline: float | None, limits: RequestLimits | None = None,
+    shm: SharedMemoryRegions | None = None,
 ) -> InferRequest:
     """Decode a ModelInferRequest; TensorError / InvalidInput name the offending field.
 
@@ -54,7 +57,8 @@ def decode_request(
     parameters is refused with ResourceExhausted before any tensor is decoded (a BYTES element
     too long, as it is decoded). Raw inputs of a (datatype, shape) already
     decoded once take a short path (:data:`_raw_plans`): the same arrays, fewer checks; the
-    request then carries its ``signature`` for the model's own checks to cache on.
+    request then carries its ``signature`` for the model's own checks to cache on. With
+    ``shm``, tensors may be placed in its shared-memory regions (:mod:`.shm_tensors`).
     """
     inputs = message.inputs[:]  # a list: indexing and iterating the field itself is slower
     n_outputs = len(message.outputs)
@@ -66,25 +70,35 @@ def decode_request(
         if rank > limits.max_rank:
             check_request_limits(limits, 0, 0, rank)
     parameters = _parameters(message.parameters, limits) if message.parameters else {}
-    requested = _requested_outputs(message.outputs, limits) if n_outputs else None
+    requested = _requested_outputs(message.outputs, limits, shm) if n_outputs else None
     raws = message.raw_input_contents[:]
+    in_shm: tuple[str, ...] = ()
     signature = _signature(
         inputs, shapes, raws, limits.max_elements if limits is not None else _NO_CAP
     )
     if signature is None:
         if limits is not None:
             _check_sizes(inputs, shapes, limits)
-        decoded = tensors.decode_inputs(message)
+        if shm is not None and shm_tensors.uses_shared_memory(inputs):
+            decoded, in_shm = shm_tensors.decode_inputs(message, shm)
+        else:
+            decoded = tensors.decode_inputs(message)
         if limits is not None:
             _check_bytes(inputs, decoded, limits)
-        _learn(inputs, shapes, raws, decoded)
+        if not in_shm:
+            _learn(inputs, shapes, raws, decoded)
     else:
         decoded = {}
         for (name, datatype, shape), raw in zip(signature, raws, strict=True):
             decoded[name] = np.frombuffer(raw, _raw_plans[datatype, shape][0]).reshape(shape)
+    shared_memory = None
+    if shm is not None and (in_shm or n_outputs):  # system shared memory (issue 16 item 4)
+        placed = shm_tensors.output_slices(message.outputs, shm) if n_outputs else {}
+        if in_shm or placed:
+            shared_memory = shm_tensors.SharedMemoryUse(in_shm, placed)
     return InferRequest(
         message.model_name, message.model_version, decoded, message.id, requested, parameters,
-        deadline, parameters.get("priority", 0) if parameters else 0, signature,
+        deadline, parameters.get("priority", 0) if parameters else 0, signature, shared_memory,
     )
 
 
@@ -108,7 +122,9 @@ def _parameters(params: Any, limits: RequestLimits | None) -> dict[str, Any]:
     return parameters
 
 
-def _requested_outputs(outputs: Any, limits: RequestLimits | None) -> tuple[str, ...]:
+def _requested_outputs(
+    outputs: Any, limits: RequestLimits | None, shm: SharedMemoryRegions | None = None
+) -> tuple[str, ...]:
     for output in outputs:
         if limits is not None and output.parameters:
             check_parameters(limits, f"output '{output.name}'", len(output.parameters))
@@ -116,7 +132,7 @@ def _requested_outputs(outputs: Any, limits: RequestLimits | None) -> tuple[str,
             raise Unimplemented(
                 f"output '{output.name}': the classification extension is not supported"
             )
-        if "shared_memory_region" in output.parameters:
+        if shm is None and "shared_memory_region" in output.parameters:
             raise Unimplemented(f"output '{output.name}': shared memory is not supported")
     return tuple(output.name for output in outputs)
 

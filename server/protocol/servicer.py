@@ -28,10 +28,12 @@ from sluice.server.errors import (
 )
 from sluice.server.monitoring.cost import CostAccountant
 from sluice.server.monitoring.hub import MonitorHub
-from sluice.server.protocol import codec, handoff, wire
+from sluice.server.protocol import codec, handoff, shm_tensors
 from sluice.server.protocol.refusals import Refusals
 from sluice.server.protocol.request_ids import id_maker
 from sluice.server.protocol.request_parsing import Unparsable
+from sluice.server.protocol.shm_regions import SharedMemoryRegions
+from sluice.server.protocol.shm_service import SystemSharedMemoryService
 from sluice.server.protocol.statistics import latency_table, model_statistics
 from sluice.server.protocol.status import fail
 from sluice.server.protocol.streaming import answer_stream
@@ -51,7 +53,8 @@ log = logging.getLogger(__name__)
 
 #: Extensions (Triton's names) this server really implements.
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters",
-              "sequence", "sequence(string_id)")  # sequence batching (issue 16 item 5)
+              "sequence", "sequence(string_id)",  # sequence batching (issue 16 item 5)
+              "system_shared_memory")
 #: Failures that are the caller's doing: they say nothing about the arm, so arms do not count
 #: them (a canary must not be rolled back for a client's malformed requests).
 _CALLER_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED, Code.CANCELLED})
@@ -59,7 +62,9 @@ _CALLER_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED, Code
 Routed = tuple[ModelVersion, str | None, tuple[ShadowTarget, ...]]
 
 
-class InferenceServicer(UnimplementedExtensions, pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(
+    SystemSharedMemoryService, UnimplementedExtensions, pb_grpc.GRPCInferenceServiceServicer
+):
     """KServe v2 + Triton extensions over one :class:`ModelRepository`, routed by a
     :class:`Router` (one without persistence is made when none is given)."""
 
@@ -78,6 +83,8 @@ class InferenceServicer(UnimplementedExtensions, pb_grpc.GRPCInferenceServiceSer
         self._repo = repository
         self._router = router if router is not None else Router(repository, None)
         self._limits = limits or RequestLimits()
+        #: Clients' system shared-memory regions (the app unmaps them at shutdown).
+        self.shm = SharedMemoryRegions()
         self.hub = hub if hub is not None else MonitorHub()
         #: Requests refused before reaching a model (the composition root shares its own).
         self.refusals = Refusals()
@@ -216,7 +223,7 @@ class InferenceServicer(UnimplementedExtensions, pb_grpc.GRPCInferenceServiceSer
         if self._draining:
             raise Overloaded("server is shutting down", reason="draining", retry_after_ms=1000)
         try:
-            request = codec.decode_request(message, deadline, self._limits)
+            request = codec.decode_request(message, deadline, self._limits, self.shm)
         except Exception as exc:
             self.refusals.note(exc)
             raise
@@ -226,7 +233,9 @@ class InferenceServicer(UnimplementedExtensions, pb_grpc.GRPCInferenceServiceSer
         if sticky is not None and not isinstance(sticky, str):
             raise InvalidInput(f"parameter '{STICKY_PARAM}' must be a string")
         route = self._router.route(request.model_name, request.model_version, sticky, metadata_key)
-        served, arm, _ = route
+        served, arm, shadows = route
+        if request.shared_memory is not None and (shadows or self.hub.wants(request.model_name)):
+            shm_tensors.retain(request)  # kept past the answer: not a view of client memory
         if arm is not None:
             return request, route, None
         try:
@@ -298,7 +307,7 @@ class InferenceServicer(UnimplementedExtensions, pb_grpc.GRPCInferenceServiceSer
                 response = await self.dispatch(decoded, route)
             if watched:
                 hub.offer(handoff.answered(decoded, route, response, started))
-            return wire.encode_response(response)
+            return shm_tensors.encode_response(decoded, response)
         except asyncio.CancelledError as exc:
             if watched:
                 hub.offer(handoff.failed(request, decoded, route, started, exc, self.new_id))

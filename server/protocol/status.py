@@ -22,6 +22,7 @@ GRPC_CODES: dict[Code, grpc.StatusCode] = {
     Code.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
     Code.CANCELLED: grpc.StatusCode.CANCELLED,
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
+    Code.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,  # system shared memory
 }
 
 #: Trailer telling gRPC retry policies (and our clients) how long to back off.

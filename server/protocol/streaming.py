@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from sluice.proto import grpc_service_pb2 as pb
 from sluice.server.monitoring.hub import MonitorHub
-from sluice.server.protocol import handoff, wire
+from sluice.server.protocol import handoff, shm_tensors
 from sluice.server.protocol.refusals import Refusals
 from sluice.server.protocol.request_parsing import Unparsable
 from sluice.server.protocol.status import to_status
@@ -100,7 +100,8 @@ async def answer_stream(
             response = await servicer.dispatch(request, route)
             if started is not None:
                 hub.offer(handoff.answered(request, route, response, started))
-            item: bytes | pb.ModelStreamInferResponse = wire.encode_stream_response(response)
+            item: bytes | pb.ModelStreamInferResponse = shm_tensors.encode_stream_response(
+                request, response)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -127,7 +128,7 @@ async def answer_stream(
                     else:
                         if started is not None:
                             hub.offer(handoff.answered(request, route, response, started))
-                        item = wire.encode_stream_response(response)
+                        item = shm_tensors.encode_stream_response(request, response)
                 except Exception as exc:
                     item = error(message, request, route, started, exc)
                 if item is not None:

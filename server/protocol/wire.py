@@ -19,7 +19,7 @@ of varints); proto3 leaves empty strings and empty repeated fields out.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import Any
 
 import grpc
@@ -105,9 +105,10 @@ def _parameters(parameters: Mapping[str, Any]) -> bytes:
     return message.SerializeToString()
 
 
-def encode_response(response: InferResponse) -> bytes:
+def encode_response(response: InferResponse, in_shm: Container[str] = ()) -> bytes:
     """The serialized ModelInferResponse: outputs as raw_output_contents, in the order of
-    ``response.outputs``. Raises TensorError for an output with no KServe datatype."""
+    ``response.outputs``; those named in ``in_shm`` (written into shared memory) keep an empty
+    entry, as Triton. Raises TensorError for an output with no KServe datatype."""
     parts = [_header(response.model_name, response.model_version)]
     if response.id:
         parts.append(_text(_ID, response.id))
@@ -119,15 +120,15 @@ def encode_response(response: InferResponse) -> bytes:
             array = np.asarray(array)
         described, datatype = _output(name, array)
         parts.append(described)
-        raw = _raw(array, datatype, name)
+        raw = _raw(array, datatype, name) if name not in in_shm else b""
         raws.append(_RAW + _varint(len(raw)))
         raws.append(raw)
     return b"".join(parts + raws)
 
 
-def encode_stream_response(response: InferResponse) -> bytes:
+def encode_stream_response(response: InferResponse, in_shm: Container[str] = ()) -> bytes:
     """The serialized ModelStreamInferResponse carrying ``response`` (no error message)."""
-    return _field(_STREAM_RESPONSE, encode_response(response))
+    return _field(_STREAM_RESPONSE, encode_response(response, in_shm))
 
 
 def _serialize(message: bytes | Any) -> bytes:

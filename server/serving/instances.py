@@ -221,6 +221,9 @@ class InstancePool:
                 self._background.call(self._execute, -1, batch)
             else:
                 self._execute(index, batch)
+            # Asleep until the next batch, hold none of this one's arrays (a request's inputs
+            # may be views of a client's shared memory, kept mapped while a view lives).
+            batch = None
 
     def _next_locked(self, index: int) -> list[QueueItem] | None:
         """The next batch for instance ``index``, sleeping on the lock until there is one;

@@ -203,34 +203,44 @@ def test_no_request_names_a_file_the_server_writes_or_reads(stub, hostile):
 
 
 @pytest.mark.parametrize("offset", [0, 2**63 - 1, 2**64 - 1])
-def test_shared_memory_rpcs_are_unimplemented_whatever_the_offsets(stub, offset):
+def test_shared_memory_rpcs_refuse_hostile_keys_and_offsets(stub, offset):
+    """System shared memory never opens a path a key spells, whatever the offsets, and never
+    echoes it; CUDA shared memory stays UNIMPLEMENTED, saying why."""
+    error = refused(stub.SystemSharedMemoryRegister, pb.SystemSharedMemoryRegisterRequest(
+        name="r", key="/dev/shm/../../etc/passwd", offset=offset, byte_size=2**64 - 1))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith(
+        "failed to register shared memory region 'r': the key is not a POSIX shared memory name")
+    assert "passwd" not in error.details()
+    error = refused(stub.SystemSharedMemoryStatus, pb.SystemSharedMemoryStatusRequest(name="r"))
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.NOT_FOUND, "Unable to find system shared memory region: 'r'")
+    stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="r"),
+                                      timeout=30)  # nothing registered: no error (as Triton)
     calls = [
-        (stub.SystemSharedMemoryRegister, pb.SystemSharedMemoryRegisterRequest(
-            name="r", key="/dev/shm/../../etc/passwd", offset=offset, byte_size=2**64 - 1),
-         "system shared memory"),
-        (stub.SystemSharedMemoryStatus, pb.SystemSharedMemoryStatusRequest(name="r"),
-         "system shared memory"),
-        (stub.SystemSharedMemoryUnregister, pb.SystemSharedMemoryUnregisterRequest(name="r"),
-         "system shared memory"),
         (stub.CudaSharedMemoryRegister, pb.CudaSharedMemoryRegisterRequest(
-            name="r", raw_handle=b"\xff" * 64, device_id=2**63 - 1, byte_size=offset),
-         "CUDA shared memory"),
-        (stub.CudaSharedMemoryStatus, pb.CudaSharedMemoryStatusRequest(name="r"),
-         "CUDA shared memory"),
-        (stub.CudaSharedMemoryUnregister, pb.CudaSharedMemoryUnregisterRequest(name="r"),
-         "CUDA shared memory"),
+            name="r", raw_handle=b"\xff" * 64, device_id=2**63 - 1, byte_size=offset)),
+        (stub.CudaSharedMemoryStatus, pb.CudaSharedMemoryStatusRequest(name="r")),
+        (stub.CudaSharedMemoryUnregister, pb.CudaSharedMemoryUnregisterRequest(name="r")),
     ]
-    for call, request, what in calls:
+    for call, request in calls:
         error = refused(call, request)
-        assert (error.code(), error.details()) == (
-            grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by Sluice")
+        assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert error.details().startswith("CUDA shared memory is not supported by Sluice (it "
+                                          "needs a GPU and CUDA IPC")
     tensor, raw = make_input("INPUT0", np.ones((1, 16), np.float32))
     request = pb.ModelInferRequest(model_name="identity", inputs=[tensor])
     request.inputs[0].parameters["shared_memory_region"].string_param = "r"
     request.inputs[0].parameters["shared_memory_offset"].int64_param = offset % 2**63
     error = refused(stub.ModelInfer, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "input 'INPUT0': shared-memory tensors are not supported here"
+    assert error.details() == (
+        "input 'INPUT0': shared memory needs both 'shared_memory_region' and "
+        "'shared_memory_byte_size' (got 'shared_memory_region', 'shared_memory_offset')")
+    request.inputs[0].parameters["shared_memory_byte_size"].int64_param = 64
+    error = refused(stub.ModelInfer, request)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.NOT_FOUND, "input 'INPUT0': Unable to find shared memory region: 'r'")
 
 
 #: What a message must never hold: an absolute path (a '/' that starts a word), a traceback,

@@ -36,7 +36,7 @@ def test_health_and_server_metadata(client):
     assert {"add_sub", "cnn", "digits", "identity", "digits_pipeline"} <= BUNDLED
     assert set(meta["extensions"]) == {
         "model_repository", "model_configuration", "statistics", "parameters",
-        "sequence", "sequence(string_id)",
+        "sequence", "sequence(string_id)", "system_shared_memory",
     }
 
 
@@ -115,7 +115,6 @@ def test_repository_index_lists_every_model(client):
 
 def test_unsupported_extensions_answer_unimplemented(client):
     for call in (
-        client.get_system_shared_memory_status,
         client.get_cuda_shared_memory_status,
         client.get_trace_settings,
         client.get_log_settings,
@@ -124,8 +123,9 @@ def test_unsupported_extensions_answer_unimplemented(client):
             call()
         assert info.value.status() == "StatusCode.UNIMPLEMENTED"
     with pytest.raises(InferenceServerException) as info:
-        client.register_system_shared_memory("r", "/k", 16)
+        client.register_cuda_shared_memory("r", b"\0" * 64, 0, 16)
     assert info.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert "needs a GPU" in info.value.message()
 
 
 def test_sequence_parameters_on_a_stateless_model_are_ignored_as_triton_does(
