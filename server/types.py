@@ -55,6 +55,13 @@ class TensorSpec:
     optional: bool = False
     #: Triton's reshape: the non-batch shape the model itself sees, when it differs from dims.
     reshape: tuple[int, ...] | None = None
+    # Triton parity (issue 16 item 3)
+    #: Image layout of an input (Triton's input.format: "FORMAT_NHWC" or "FORMAT_NCHW");
+    #: None for FORMAT_NONE. Kept and reported, never acted on (as in Triton).
+    format: str | None = None
+    #: Labels file of an output (a file in the model directory, one class label a line), for
+    #: the classification extension; None: classes answer without labels.
+    label_filename: str | None = None
 
     @property
     def model_dims(self) -> tuple[int, ...]:
@@ -80,6 +87,9 @@ class InferRequest:
     #: (name, datatype, shape) of each raw input, when the decoder took its short path (the
     #: same tuple means the same checks pass); None otherwise.
     signature: tuple[tuple[str, str, tuple[int, ...]], ...] | None = None
+    #: Requested output -> how many classes to answer it with (Triton's classification
+    #: extension: the top classes as BYTES "score:index[:label]"); None: none asked for.
+    classification: dict[str, int] | None = None
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from sluice.proto import model_config_pb2 as mc
+from sluice.server.config import triton_fields  # Triton parity (issue 16)
 from sluice.server.config.model import (
     OVERLOAD_PARAMETERS,
     DynamicBatching,
@@ -65,7 +66,7 @@ SUPPORTED_FIELDS = frozenset({
     "ensemble_scheduling.step.input_map.key", "ensemble_scheduling.step.input_map.value",
     "ensemble_scheduling.step.output_map", "ensemble_scheduling.step.output_map.key",
     "ensemble_scheduling.step.output_map.value",
-})
+}) | triton_fields.FIELDS
 
 _PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "ensemble": "ensemble"}
 #: Backends Sluice implements: "fil" is Triton's FIL backend name, served by our Numba kernels.
@@ -73,7 +74,7 @@ BACKENDS = ("onnxruntime", "numba", "fil", "ensemble")
 _MAX_BATCH_SET = re.compile(r"^\s*max_batch_size\s*:", re.MULTILINE)
 
 
-def _set_fields(message: Message, prefix: str = "") -> list[str]:
+def set_fields(message: Message, prefix: str = "") -> list[str]:
     """Every field path that is set in ``message``, recursively."""
     paths = []
     for field, value in message.ListFields():
@@ -88,7 +89,7 @@ def _set_fields(message: Message, prefix: str = "") -> list[str]:
         else:
             items = [value] if isinstance(value, Message) else list(value)
         for item in items:
-            paths.extend(_set_fields(item, path + "."))
+            paths.extend(set_fields(item, path + "."))
     return paths
 
 
@@ -116,7 +117,7 @@ def parse_model_config(text: str, *, source: str) -> mc.ModelConfig:
         raise ModelLoadError(f"{source}: {exc}") from None
     except DeprecationWarning as exc:
         raise ModelLoadError(f"{source}: not valid protobuf text: {exc}") from None
-    unsupported = sorted({p for p in _set_fields(message) if p not in SUPPORTED_FIELDS})
+    unsupported = sorted({p for p in set_fields(message) if p not in SUPPORTED_FIELDS})
     if unsupported:
         raise ModelLoadError(
             f"{source}: field(s) not supported by Sluice: {', '.join(unsupported)}"
@@ -171,6 +172,8 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
                 dims=tuple(t.dims),
                 optional=getattr(t, "optional", False),
                 reshape=tuple(t.reshape.shape) if t.HasField("reshape") else None,
+                **({"format": triton_fields.input_format(t)} if kind == "input" else
+                   {"label_filename": triton_fields.label_file(t, where)}),
             ))
         return tuple(out)
 
@@ -245,6 +248,7 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
              if k in OVERLOAD_PARAMETERS},
             where,
         ),
+        warmup=triton_fields.warmup_from_proto(message.model_warmup, where, datatype_name),
     )
 
 
@@ -379,6 +383,7 @@ def to_proto(config: ModelConfig) -> mc.ModelConfig:
         )
         entry.input_map.update(step.input_map)
         entry.output_map.update(step.output_map)
+    triton_fields.write_fields(config, message, proto_datatype)
     return message
 
 

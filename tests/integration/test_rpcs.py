@@ -33,7 +33,8 @@ def test_health_and_server_metadata(client):
     assert meta["name"] == "sluice"
     assert {"add_sub", "cnn", "digits", "identity", "digits_pipeline"} <= BUNDLED
     assert set(meta["extensions"]) == {
-        "model_repository", "model_configuration", "statistics", "parameters"
+        "model_repository", "model_configuration", "statistics", "parameters",
+        "schedule_policy", "classification",
     }
 
 
