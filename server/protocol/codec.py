@@ -66,7 +66,7 @@ def decode_request(
         if rank > limits.max_rank:
             check_request_limits(limits, 0, 0, rank)
     parameters = _parameters(message.parameters, limits) if message.parameters else {}
-    requested = _requested_outputs(message.outputs, limits) if n_outputs else None
+    requested, classes = _requested_outputs(message.outputs, limits) if n_outputs else (None, None)
     raws = message.raw_input_contents[:]
     signature = _signature(
         inputs, shapes, raws, limits.max_elements if limits is not None else _NO_CAP
@@ -84,7 +84,7 @@ def decode_request(
             decoded[name] = np.frombuffer(raw, _raw_plans[datatype, shape][0]).reshape(shape)
     return InferRequest(
         message.model_name, message.model_version, decoded, message.id, requested, parameters,
-        deadline, parameters.get("priority", 0) if parameters else 0, signature,
+        deadline, parameters.get("priority", 0) if parameters else 0, signature, classes,
     )
 
 
@@ -106,17 +106,25 @@ def _parameters(params: Any, limits: RequestLimits | None) -> dict[str, Any]:
     return parameters
 
 
-def _requested_outputs(outputs: Any, limits: RequestLimits | None) -> tuple[str, ...]:
+def _requested_outputs(
+    outputs: Any, limits: RequestLimits | None
+) -> tuple[tuple[str, ...], dict[str, int] | None]:
+    """The requested output names, and the class count of each asked for as classes."""
+    classes = None
     for output in outputs:
         if limits is not None and output.parameters:
             check_parameters(limits, f"output '{output.name}'", len(output.parameters))
-        if "classification" in output.parameters:
-            raise Unimplemented(
-                f"output '{output.name}': the classification extension is not supported"
-            )
+        if "classification" in output.parameters:  # Triton's extension (issue 16 item 3)
+            count = param_value(output.parameters["classification"])
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise InvalidInput(
+                    f"output '{output.name}': parameter 'classification' must be a positive "
+                    "integer (the number of classes)"
+                )
+            classes = {**(classes or {}), output.name: count}
         if "shared_memory_region" in output.parameters:
             raise Unimplemented(f"output '{output.name}': shared memory is not supported")
-    return tuple(output.name for output in outputs)
+    return tuple(output.name for output in outputs), classes
 
 
 def _signature(

@@ -30,6 +30,7 @@ from sluice.server.errors import (
 )
 from sluice.server.serving import triton_texts
 from sluice.server.serving.budget import InflightBudget
+from sluice.server.serving.classification import read_labels
 from sluice.server.serving.fallback_check import check_fallback
 from sluice.server.serving.model import ModelVersion
 from sluice.server.serving.staging import StagingArea
@@ -341,6 +342,7 @@ class ModelRepository:
             check_fallback(full, self._newest)
             if self.check_version is not None:
                 await asyncio.to_thread(self.check_version, full, version_dir)
+            labels = await asyncio.to_thread(read_labels, full, version_dir.parent)  # issue 16
             if not await asyncio.to_thread(warm_up, backend, full, version_dir.parent, number):
                 self.warmup_failures[full.name] = self.warmup_failures.get(full.name, 0) + 1
         except BaseException:
@@ -353,6 +355,7 @@ class ModelRepository:
             stats=ModelStats(window_s=self._window_s),
             inflight=self._inflight,
             fallback=(lambda: self._newest(fallback)) if fallback else None,
+            labels=labels,
         )
         served.start()
         log.info(

@@ -10,8 +10,10 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.grpc.model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from sluice.server.config.settings import ServerConfig
@@ -21,12 +23,24 @@ from tests.support.running import RunningServer, start_server
 from tests.support.triton_models import (
     SIMPLE_CONFIG,
     SIMPLE_STRING_CONFIG,
+    image_classifier_model,
     reshape_by_input_model,
     simple_model,
     simple_string_model,
 )
 
 _FILE_CAP = 64 * 1024
+#: The miniature densenet: 3 channels -> 5 classes, with Triton's densenet_onnx config shape.
+_WEIGHTS = np.array([[4.0, 0.5, -1.0, 2.0, 0.0],
+                     [0.0, 3.0, 1.0, -2.0, 0.5],
+                     [-1.0, 0.0, 2.5, 1.0, 0.5]], np.float32)
+_LABELS = ["TENCH", "GOLDFISH", "WHITE SHARK", "TIGER SHARK", "HAMMERHEAD"]
+_DENSENET = """
+name: "densenet_onnx"
+max_batch_size: 2
+input [{ name: "data_0" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, 4, 4 ] }]
+output [{ name: "fc6_1" data_type: TYPE_FP32 dims: [ 5 ] label_filename: "densenet_labels.txt" }]
+"""
 
 _RESHAPE = """
 max_batch_size: 0
@@ -62,6 +76,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         np.array([2, 2], np.int64).tobytes())
     write_model(root, "reshape_zero", reshape_by_input_model(),
                 _warmup("zeros", "zero_data: true"))
+    write_model(root, "densenet_onnx", image_classifier_model(_WEIGHTS), _DENSENET)
+    (root / "densenet_onnx" / "densenet_labels.txt").write_text("\n".join(_LABELS) + "\n")
+    write_model(root, "no_labels", image_classifier_model(_WEIGHTS),
+                _DENSENET.replace("densenet_onnx", "no_labels"))
+    write_model(root, "flat_image", image_classifier_model(_WEIGHTS), _DENSENET.replace(
+        "densenet_onnx", "flat_image").replace("dims: [ 3, 4, 4 ]", "dims: [ 48 ]\n    "
+                                               "reshape: { shape: [ 3, 4, 4 ] }"))
     return root
 
 
@@ -270,3 +291,83 @@ def test_files_over_the_cap_and_files_without_a_config_are_refused(client, serve
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
     assert "need a 'config' parameter" in error.message()
     assert _staged_dirs(server) == []
+
+
+# -- item 3: input.format, label_filename, classification (image_client.py -c 3) ---------------
+
+
+def _image(seed: int) -> np.ndarray:
+    """An 'image' as image_client.py has it after PIL: HWC uint8."""
+    return np.random.default_rng(seed).integers(0, 256, (4, 4, 3)).astype(np.uint8)
+
+
+def test_the_image_client_flow_with_classification(client, server, repo):
+    client.load_model("densenet_onnx")
+    # image_client.py's parse_model, on metadata and config as it reads them
+    metadata = client.get_model_metadata("densenet_onnx")
+    config = client.get_model_config("densenet_onnx").config
+    assert len(metadata.inputs) == len(metadata.outputs) == len(config.input) == 1
+    assert metadata.outputs[0].datatype == "FP32"
+    assert config.input[0].format == mc.ModelInput.FORMAT_NCHW
+    assert config.output[0].label_filename == "densenet_labels.txt"
+    assert list(metadata.inputs[0].shape) == [-1, 3, 4, 4]
+    c, h, w = metadata.inputs[0].shape[1:]
+    # preprocess: to the input's datatype, HWC -> CHW for FORMAT_NCHW; a batch of 2 images
+    batch = np.stack([np.transpose(_image(seed).astype(np.float32), (2, 0, 1))
+                      for seed in (1, 2)])
+    assert batch.shape == (2, c, h, w)
+    inputs = [grpcclient.InferInput(metadata.inputs[0].name, list(batch.shape), "FP32")]
+    inputs[0].set_data_from_numpy(batch)
+    outputs = [grpcclient.InferRequestedOutput(metadata.outputs[0].name, class_count=3)]
+    result = client.infer("densenet_onnx", inputs, outputs=outputs)
+    answer = result.as_numpy("fc6_1")
+    assert answer.shape == (2, 3) and answer.dtype == np.object_
+    assert result.get_output("fc6_1").datatype == "BYTES"
+    # the reference: onnxruntime on the same file, top 3 by hand, Triton's "%f:index:label"
+    session = ort.InferenceSession(str(repo / "densenet_onnx" / "1" / "model.onnx"))
+    probabilities = session.run(None, {"data_0": batch})[0]
+    for row, got in zip(probabilities, answer, strict=True):
+        top = sorted(range(5), key=lambda i: -row[i])[:3]
+        assert [x.decode() for x in got] == [
+            f"{row[i]:f}:{i}:{_LABELS[i]}" for i in top]  # C printf %f
+        # image_client.py's postprocess reads each as score (index) = label
+        for entry in got:
+            score, index, label = "".join(chr(x) for x in entry).split(":")
+            assert _LABELS[int(index)] == label and abs(float(score) - row[int(index)]) < 1e-6
+
+
+def test_classification_of_integer_outputs_without_labels_and_of_unsorted_types(client):
+    client.load_model("simple")
+    in0 = np.array([[5, 1, 9, 9] + [0] * 12], np.int32)
+    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
+              grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
+    inputs[0].set_data_from_numpy(in0)
+    inputs[1].set_data_from_numpy(np.ones((1, 16), np.int32))
+    result = client.infer("simple", inputs, outputs=[
+        grpcclient.InferRequestedOutput("OUTPUT0", class_count=3),
+        grpcclient.InferRequestedOutput("OUTPUT1")])
+    # 10 at 2 and 3 (the lower index first), then 6 at 0; no label file: "value:index"
+    assert result.as_numpy("OUTPUT0").tolist() == [[b"10:2", b"10:3", b"6:0"]]
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), in0 - 1)
+    error = _fails(client.infer, "simple", inputs, outputs=[
+        grpcclient.InferRequestedOutput("OUTPUT0", class_count=-2)])
+    assert error.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "'classification' must be a positive integer" in error.message()
+    client.load_model("simple_string")
+    strings = [grpcclient.InferInput(n, [1, 16], "BYTES") for n in ("INPUT0", "INPUT1")]
+    for tensor in strings:
+        tensor.set_data_from_numpy(_strings(np.ones((1, 16), np.int32)))
+    error = _fails(client.infer, "simple_string", strings, outputs=[
+        grpcclient.InferRequestedOutput("OUTPUT0", class_count=1)])
+    assert error.status() == "StatusCode.INVALID_ARGUMENT"
+    assert error.message().startswith(
+        "class result not available for output due to unsupported type 'BYTES'")
+
+
+def test_a_missing_label_file_and_a_format_on_a_flat_input_fail_the_load_by_name(client):
+    error = _fails(client.load_model, "no_labels")
+    assert error.message().startswith("failed to load 'no_labels'")
+    assert "output 'fc6_1' label_filename 'densenet_labels.txt' is not a readable file" in (
+        error.message())
+    error = _fails(client.load_model, "flat_image")
+    assert "input 'data_0' has format FORMAT_NCHW, which needs 3 dims" in error.message()
