@@ -74,6 +74,8 @@ def decode_request(
     if signature is None:
         if limits is not None:
             _check_sizes(inputs, shapes, limits)
+        if raws:
+            _check_one_form(inputs, message.model_name)
         decoded = tensors.decode_inputs(message)
         if limits is not None:
             _check_bytes(inputs, decoded, limits)
@@ -163,6 +165,16 @@ def _learn(
             array = decoded[tensor.name]
             extent = max(array.size, max(shape, default=0))
             _raw_plans[tensor.datatype, shape] = (array.dtype, len(raw), extent)
+
+
+def _check_one_form(inputs: list[Any], model: str) -> None:
+    """Raw contents exclude typed contents on every input, in Triton's words (issue 16)."""
+    for tensor in inputs:
+        if tensor.HasField("contents") and tensor.contents.ListFields():
+            raise tensors.TensorError(
+                "contents field must not be specified when using raw_input_contents for "
+                f"'{tensor.name}' for model '{model}'"
+            )
 
 
 def _check_sizes(inputs: list[Any], shapes: list[tuple[int, ...]], limits: RequestLimits) -> None:

@@ -371,3 +371,60 @@ def test_a_missing_label_file_and_a_format_on_a_flat_input_fail_the_load_by_name
         error.message())
     error = _fails(client.load_model, "flat_image")
     assert "input 'data_0' has format FORMAT_NCHW, which needs 3 dims" in error.message()
+
+
+# -- item 6: the error texts Triton's examples check --------------------------------------------
+
+
+def test_unknown_models_and_bad_versions_answer_in_tritons_words_first(client):
+    for call in (lambda: client.get_model_metadata("wrong_model_name"),
+                 lambda: client.get_model_config("wrong_model_name"),
+                 lambda: client.infer("wrong_model_name", [])):
+        error = _fails(call)
+        assert error.status() == "StatusCode.NOT_FOUND"
+        assert error.message().startswith(
+            "Request for unknown model: 'wrong_model_name' is not found; "), error.message()
+    client.load_model("simple")
+    error = _fails(client.get_model_metadata, "simple", "7")
+    assert error.status() == "StatusCode.NOT_FOUND"
+    assert error.message().startswith("Request for unknown model: 'simple' version 7 is not "
+                                      "found; model 'simple' has no version '7' (serving [1])")
+    error = _fails(client.get_model_metadata, "simple", "x1")
+    assert error.status() == "StatusCode.INVALID_ARGUMENT"
+    assert error.message().startswith(
+        "failed to get model version from specified version string 'x1' (details: ")
+
+
+def test_the_model_is_resolved_before_any_tensor_counts(server):
+    import grpc
+
+    from sluice.proto import grpc_service_pb2 as pb
+    from sluice.proto import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        # malformed: 12 raw bytes for 16 INT32 elements
+        bad = pb.ModelInferRequest(model_name="wrong_model_name", raw_input_contents=[b"x" * 12])
+        bad.inputs.add(name="INPUT0", datatype="INT32", shape=[1, 16])
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(bad, timeout=30)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert info.value.details().startswith("Request for unknown model: 'wrong_model_name'")
+        # grpc_explicit_int_content_client.py: typed contents, then one raw entry added
+        stub_client = grpcclient.InferenceServerClient(server.address)
+        stub_client.load_model("simple")
+        request = pb.ModelInferRequest(model_name="simple")
+        for name, values in (("INPUT0", list(range(16))), ("INPUT1", [1] * 16)):
+            tensor = request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+            tensor.contents.int_contents[:] = values
+        reply = stub.ModelInfer(request, timeout=30)
+        np.testing.assert_array_equal(
+            np.frombuffer(reply.raw_output_contents[0], np.int32), np.arange(16) + 1)
+        request.raw_input_contents.extend([np.arange(8, dtype=np.int32).tobytes()])
+        request.inputs[0].contents.int_contents[:] = list(range(8, 16))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert ("contents field must not be specified when using raw_input_contents for "
+                "'INPUT0' for model 'simple'") in info.value.details()
+        stub_client.close()
