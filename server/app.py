@@ -48,6 +48,7 @@ from sluice.server.metrics import (
     Metrics,
     RefusalCollector,
     ShadowCollector,
+    WarmupCollector,
 )
 from sluice.server.protocol.admin import add_admin_service
 from sluice.server.protocol.request_parsing import GuardedServices  # hardened input
@@ -63,6 +64,7 @@ from sluice.server.rollout.state_sync import DeploymentFollower
 from sluice.server.serving.budget import InflightBudget
 from sluice.server.serving.loading import load_in_order
 from sluice.server.serving.repository import ModelRepository
+from sluice.server.serving.staging import StagingArea
 from sluice.server.tls_reload import BindRefused, CertificateReloader, TlsError, open_transport
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,7 @@ class Server:
             default_max_queue_size=config.default_max_queue_size,
             latency_window_s=config.latency_window_s,
             inflight=self.inflight,
+            staging=StagingArea(config.max_load_file_bytes),  # load-time overrides (issue 16)
         )
         self.metrics = Metrics(self.repository.loaded, inflight=self.inflight)
         #: Deployment state on disk: written on the first change, read at start.
@@ -170,6 +173,7 @@ class Server:
         #: authz (issue 14 items 2-3): tokens, scopes, quotas, the access audit trail.
         self.access = AccessControl(config, self.metrics)
         self.metrics.register(RefusalCollector(self.servicer.refusals.snapshot))  # hardened input
+        self.metrics.register(WarmupCollector(lambda: self.repository.warmup_failures))  # issue 16
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
         #: The certificates gRPC and /metrics serve (None: plaintext); set by start().

@@ -140,6 +140,8 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", type=Path, default=None, metavar="FILE",
                        help="PEM CA certificates: clients must present a certificate one of "
                        "them signed (mTLS), or are refused at the handshake")
+    serve.add_argument("--max-load-file-bytes", type=_positive_int, default=256 << 20,  # issue 16
+                       metavar="N", help="most bytes of model files one load request may carry")
     serve.add_argument("--insecure", action="store_true",
                        help="allow plaintext on a --host other than loopback (logged as a "
                        "warning); without TLS only 127.0.0.1 and ::1 are served otherwise")
@@ -270,6 +272,7 @@ def _serve(args: argparse.Namespace) -> int:
         else None,
         tls=_server_tls(args),  # transport security
         insecure=args.insecure,
+        max_load_file_bytes=args.max_load_file_bytes,  # load-time overrides (issue 16)
     )
     try:
         asyncio.run(run_until_signal(config))

@@ -248,6 +248,24 @@ class RefusalCollector(Collector):
         yield family
 
 
+# string models & warm-up (issue 16 item 1)
+class WarmupCollector(Collector):
+    """``sluice_warmup_failures_total{model}``: default warm-ups that failed at load (logged
+    as warnings; those versions served anyway)."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "sluice_warmup_failures",
+            "Default warm-ups that failed at load (a warning; the version served anyway).",
+            labels=["model"])
+        for model, count in sorted(self._counts().items()):
+            family.add_metric([model], count)
+        yield family
+
+
 class Metrics:
     """Owns one CollectorRegistry and, when started, the /metrics HTTP endpoint."""
 

@@ -55,6 +55,13 @@ class TensorSpec:
     optional: bool = False
     #: Triton's reshape: the non-batch shape the model itself sees, when it differs from dims.
     reshape: tuple[int, ...] | None = None
+    # Triton parity (issue 16 item 3)
+    #: Image layout of an input (Triton's input.format: "FORMAT_NHWC" or "FORMAT_NCHW");
+    #: None for FORMAT_NONE. Kept and reported, never acted on (as in Triton).
+    format: str | None = None
+    #: Labels file of an output (a file in the model directory, one class label a line), for
+    #: the classification extension; None: classes answer without labels.
+    label_filename: str | None = None
 
     @property
     def model_dims(self) -> tuple[int, ...]:
@@ -83,6 +90,9 @@ class InferRequest:
     #: System shared memory (issue 16 item 4): the protocol's record of the inputs read from
     #: and outputs to write into client regions; None when the request uses none.
     shared_memory: Any = None
+    #: Requested output -> how many classes to answer it with (Triton's classification
+    #: extension: the top classes as BYTES "score:index[:label]"); None: none asked for.
+    classification: dict[str, int] | None = None
 
 
 @dataclass(slots=True)

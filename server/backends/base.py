@@ -67,14 +67,15 @@ class InstancesBackend:
 
 
 def warmup_inputs(config: ModelConfig, rows: int) -> dict[str, np.ndarray]:
-    """Zero (or empty-string) inputs for ``config`` with ``rows`` rows; -1 dims become 1."""
+    """Zero inputs for ``config`` with ``rows`` rows (BYTES: "0", text that string models,
+    a Cast from string to a number among them, take); -1 dims become 1."""
     out = {}
     for spec in config.inputs:
         dims = tuple(1 if d == -1 else d for d in spec.model_dims)
         shape = (rows, *dims) if config.max_batch_size > 0 else dims
         dtype = DATATYPE_DTYPES[spec.datatype]
         if spec.datatype == "BYTES":
-            out[spec.name] = np.full(shape, "", dtype=object)
+            out[spec.name] = np.full(shape, "0", dtype=object)
         else:
             out[spec.name] = np.zeros(shape, dtype=dtype)
     if config.sequence_batching is not None:  # sequence batching: the server's own inputs

@@ -167,6 +167,33 @@ class EnsembleStep:
     output_map: Mapping[str, str]
 
 
+# string models & warm-up (issue 16 item 1)
+@dataclass(frozen=True, slots=True)
+class WarmupInput:
+    """How one input of a warm-up sample is filled (Triton's ModelWarmup.Input)."""
+
+    datatype: str
+    #: Shape without the batch dimension (the sample's batch_size adds it when the model batches).
+    dims: tuple[int, ...]
+    #: "zero", "random" or "file".
+    source: str
+    #: For "file": a file in the model's ``warmup`` directory holding the raw tensor (BYTES
+    #: elements each a 4-byte little-endian length, then the bytes).
+    data_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupSample:
+    """One warm-up request the config asks for (Triton's ModelWarmup): run ``count`` times on
+    every instance before the version serves; its failure fails the load."""
+
+    name: str
+    #: Rows of the request (1 for a model that does not batch).
+    batch_size: int
+    inputs: Mapping[str, WarmupInput]
+    count: int = 1
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     """One model's configuration; complete after ``config_validation.complete_model_config``."""
@@ -193,6 +220,9 @@ class ModelConfig:
     overload: OverloadPolicy = field(default_factory=OverloadPolicy)
     #: Stateful sequences (issue 16 item 5); None: requests are independent.
     sequence_batching: SequenceBatching | None = None
+    #: Warm-up requests the config declares (model_warmup); empty: the backend's default
+    #: warm-up, whose failure is only a warning.
+    warmup: tuple[WarmupSample, ...] = ()
 
     @property
     def instance_count(self) -> int:

@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 
 from sluice.proto import model_config_pb2 as mc
 from sluice.server.config import sequence_pbtxt as sequence_config
+from sluice.server.config import triton_fields  # Triton parity (issue 16)
 from sluice.server.config.model import (
     OVERLOAD_PARAMETERS,
     DynamicBatching,
@@ -66,7 +67,7 @@ SUPPORTED_FIELDS = frozenset({
     "ensemble_scheduling.step.input_map.key", "ensemble_scheduling.step.input_map.value",
     "ensemble_scheduling.step.output_map", "ensemble_scheduling.step.output_map.key",
     "ensemble_scheduling.step.output_map.value",
-}) | sequence_config.SEQUENCE_FIELDS  # sequence batching (issue 16 item 5)
+}) | sequence_config.SEQUENCE_FIELDS | triton_fields.FIELDS  # issue 16: sequences, Triton fields
 
 _PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "ensemble": "ensemble"}
 #: Backends Sluice implements: "fil" is Triton's FIL backend name, served by our Numba kernels.
@@ -74,7 +75,7 @@ BACKENDS = ("onnxruntime", "numba", "fil", "ensemble")
 _MAX_BATCH_SET = re.compile(r"^\s*max_batch_size\s*:", re.MULTILINE)
 
 
-def _set_fields(message: Message, prefix: str = "") -> list[str]:
+def set_fields(message: Message, prefix: str = "") -> list[str]:
     """Every field path that is set in ``message``, recursively."""
     paths = []
     for field, value in message.ListFields():
@@ -89,7 +90,7 @@ def _set_fields(message: Message, prefix: str = "") -> list[str]:
         else:
             items = [value] if isinstance(value, Message) else list(value)
         for item in items:
-            paths.extend(_set_fields(item, path + "."))
+            paths.extend(set_fields(item, path + "."))
     return paths
 
 
@@ -117,7 +118,7 @@ def parse_model_config(text: str, *, source: str) -> mc.ModelConfig:
         raise ModelLoadError(f"{source}: {exc}") from None
     except DeprecationWarning as exc:
         raise ModelLoadError(f"{source}: not valid protobuf text: {exc}") from None
-    unsupported = sorted({p for p in _set_fields(message) if p not in SUPPORTED_FIELDS})
+    unsupported = sorted({p for p in set_fields(message) if p not in SUPPORTED_FIELDS})
     if unsupported:
         raise ModelLoadError(
             f"{source}: field(s) not supported by Sluice: {', '.join(unsupported)}"
@@ -172,6 +173,8 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
                 dims=tuple(t.dims),
                 optional=getattr(t, "optional", False),
                 reshape=tuple(t.reshape.shape) if t.HasField("reshape") else None,
+                **({"format": triton_fields.input_format(t)} if kind == "input" else
+                   {"label_filename": triton_fields.label_file(t, where)}),
             ))
         return tuple(out)
 
@@ -248,6 +251,7 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
         ),
         sequence_batching=sequence_config.parse_sequence_batching(message.sequence_batching, where)
         if message.HasField("sequence_batching") else None,
+        warmup=triton_fields.warmup_from_proto(message.model_warmup, where, datatype_name),
     )
 
 
@@ -384,6 +388,7 @@ def to_proto(config: ModelConfig) -> mc.ModelConfig:
         entry.output_map.update(step.output_map)
     if config.sequence_batching is not None:
         sequence_config.write_sequence_batching(config.sequence_batching, message.sequence_batching)
+    triton_fields.write_fields(config, message, proto_datatype)
     return message
 
 

@@ -101,6 +101,9 @@ class ServerConfig:
     tls: TlsFiles | None = None
     #: Serve plaintext on a non-loopback address anyway (``--insecure``; a warning is logged).
     insecure: bool = False
+    # load-time overrides (issue 16 item 2)
+    #: Most bytes of model files (``file:<path>`` parameters) one RepositoryModelLoad may carry.
+    max_load_file_bytes: int = 256 << 20
 
     @property
     def deployment_state_dir(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from sluice.server.config import triton_checks
 from sluice.server.config.model import (
     DynamicBatching,
     ModelConfig,
@@ -79,6 +80,8 @@ def complete_model_config(
         )
     done = replace(config, max_batch_size=max_batch, inputs=inputs, outputs=outputs)
     validate_model_config(done)
+    triton_checks.check_formats(done.inputs, name)  # Triton parity (issue 16)
+    triton_checks.check_warmup(done)
     return done
 
 

@@ -70,7 +70,9 @@ def decode_request(
         if rank > limits.max_rank:
             check_request_limits(limits, 0, 0, rank)
     parameters = _parameters(message.parameters, limits) if message.parameters else {}
-    requested = _requested_outputs(message.outputs, limits, shm) if n_outputs else None
+    requested, classes = (
+        _requested_outputs(message.outputs, limits, shm) if n_outputs else (None, None)
+    )
     raws = message.raw_input_contents[:]
     in_shm: tuple[str, ...] = ()
     signature = _signature(
@@ -79,6 +81,8 @@ def decode_request(
     if signature is None:
         if limits is not None:
             _check_sizes(inputs, shapes, limits)
+        if raws:
+            _check_one_form(inputs, message.model_name)
         if shm is not None and shm_tensors.uses_shared_memory(inputs):
             decoded, in_shm = shm_tensors.decode_inputs(message, shm)
         else:
@@ -99,6 +103,7 @@ def decode_request(
     return InferRequest(
         message.model_name, message.model_version, decoded, message.id, requested, parameters,
         deadline, parameters.get("priority", 0) if parameters else 0, signature, shared_memory,
+        classes,
     )
 
 
@@ -124,17 +129,23 @@ def _parameters(params: Any, limits: RequestLimits | None) -> dict[str, Any]:
 
 def _requested_outputs(
     outputs: Any, limits: RequestLimits | None, shm: SharedMemoryRegions | None = None
-) -> tuple[str, ...]:
+) -> tuple[tuple[str, ...], dict[str, int] | None]:
+    """The requested output names, and the class count of each asked for as classes."""
+    classes = None
     for output in outputs:
         if limits is not None and output.parameters:
             check_parameters(limits, f"output '{output.name}'", len(output.parameters))
-        if "classification" in output.parameters:
-            raise Unimplemented(
-                f"output '{output.name}': the classification extension is not supported"
-            )
+        if "classification" in output.parameters:  # Triton's extension (issue 16 item 3)
+            count = param_value(output.parameters["classification"])
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise InvalidInput(
+                    f"output '{output.name}': parameter 'classification' must be a positive "
+                    "integer (the number of classes)"
+                )
+            classes = {**(classes or {}), output.name: count}
         if shm is None and "shared_memory_region" in output.parameters:
             raise Unimplemented(f"output '{output.name}': shared memory is not supported")
-    return tuple(output.name for output in outputs)
+    return tuple(output.name for output in outputs), classes
 
 
 def _signature(
@@ -173,6 +184,16 @@ def _learn(
             array = decoded[tensor.name]
             extent = max(array.size, max(shape, default=0))
             _raw_plans[tensor.datatype, shape] = (array.dtype, len(raw), extent)
+
+
+def _check_one_form(inputs: list[Any], model: str) -> None:
+    """Raw contents exclude typed contents on every input, in Triton's words (issue 16)."""
+    for tensor in inputs:
+        if tensor.HasField("contents") and tensor.contents.ListFields():
+            raise tensors.TensorError(
+                "contents field must not be specified when using raw_input_contents for "
+                f"'{tensor.name}' for model '{model}'"
+            )
 
 
 def _check_sizes(inputs: list[Any], shapes: list[tuple[int, ...]], limits: RequestLimits) -> None:

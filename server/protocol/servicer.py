@@ -21,14 +21,15 @@ from sluice.server.config.settings import RequestLimits
 from sluice.server.errors import (
     Code,
     InvalidInput,
-    ModelNotFound,
     Overloaded,
     SluiceError,
     Unimplemented,
 )
 from sluice.server.monitoring.cost import CostAccountant
 from sluice.server.monitoring.hub import MonitorHub
-from sluice.server.protocol import codec, handoff, shm_tensors
+from sluice.server.protocol import codec, handoff, shm_tensors, wire
+from sluice.server.protocol.extensions import EXTENSIONS
+from sluice.server.protocol.model_control import load_arguments
 from sluice.server.protocol.refusals import Refusals
 from sluice.server.protocol.request_ids import id_maker
 from sluice.server.protocol.request_parsing import Unparsable
@@ -45,16 +46,13 @@ from sluice.server.rollout.router import (
     Router,
     ShadowTarget,
 )
+from sluice.server.serving import triton_texts
 from sluice.server.serving.model import ModelVersion
 from sluice.server.serving.repository import ModelRepository
 from sluice.server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 
-#: Extensions (Triton's names) this server really implements.
-EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters",
-              "sequence", "sequence(string_id)",  # sequence batching (issue 16 item 5)
-              "system_shared_memory")
 #: Failures that are the caller's doing: they say nothing about the arm, so arms do not count
 #: them (a canary must not be rolled back for a client's malformed requests).
 _CALLER_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED, Code.CANCELLED})
@@ -202,9 +200,9 @@ class InferenceServicer(
             v for v in loaded if v.name == name and (not version or str(v.version) == version)
         ]
         if not chosen:
-            return ModelNotFound(
-                f"model '{name}'" + (f" version '{version}'" if version else "") + " is not loaded"
-            )
+            detail = f"model '{name}'" + (f" version '{version}'" if version else "")
+            return (triton_texts.unknown_version(name, version, detail + " is not loaded")
+                    if version else triton_texts.unknown_model(name, detail + " is not loaded"))
         return chosen
 
     # -- inference ----------------------------------------------------------------------------
@@ -225,7 +223,12 @@ class InferenceServicer(
         try:
             request = codec.decode_request(message, deadline, self._limits, self.shm)
         except Exception as exc:
-            self.refusals.note(exc)
+            # As in Triton, the model is resolved before any tensor counts: an unknown model
+            # is NOT_FOUND whatever its inputs (issue 16 item 6; only failures pay for this).
+            missing = self._resolve_error(message)
+            self.refusals.note(missing or exc)
+            if missing is not None:
+                raise missing from None
             raise
         if not request.id:
             request.id = self.new_id()
@@ -243,6 +246,14 @@ class InferenceServicer(
         except Exception as exc:
             handoff.note_route(exc, request, route)  # a failure's record names its version
             raise
+
+    def _resolve_error(self, message: pb.ModelInferRequest) -> SluiceError | None:
+        """Why ``message``'s model and version resolve to nothing, or None when they do."""
+        try:
+            self._router.route(message.model_name, message.model_version)
+        except SluiceError as exc:
+            return exc
+        return None
 
     async def dispatch(self, request: InferRequest, route: Routed) -> InferResponse:
         """Infer ``request`` on ``route`` (from :meth:`answer_now`), counted as in flight."""
@@ -345,16 +356,15 @@ class InferenceServicer(
         try:
             if request.repository_name:
                 raise Unimplemented("named repositories are not supported")
-            if request.parameters:
-                raise InvalidInput(
-                    f"parameters {sorted(request.parameters)} are not supported on load; "
-                    "edit the repository instead"
-                )
-            await self._repo.load(request.model_name)
+            # load-time overrides (issue 16 item 2): 'config' and 'file:<path>' parameters
+            override, files = load_arguments(request) if request.parameters else (None, None)
+            await self._repo.load(request.model_name, override, files)
             # Its deployment (persisted or deployment.yaml) applies once the versions are in.
             await self._router.model_loaded(request.model_name)
             if self._on_loaded is not None:
                 await self._on_loaded(request.model_name)
+        except SluiceError as exc:  # Triton's words first (issue 16 item 6)
+            fail(context, triton_texts.failed_load(request.model_name, exc))
         except Exception as exc:
             fail(context, exc)
         return pb.RepositoryModelLoadResponse()

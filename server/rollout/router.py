@@ -42,6 +42,7 @@ from sluice.server.rollout.deploy_store import DeploymentStore, StoredDeployment
 from sluice.server.rollout.deployment import DeploymentState, Route, ShadowTarget, check_alias
 from sluice.server.rollout.ledger import DeclaredReader, DeploymentLedger
 from sluice.server.rollout.routing_table import rendezvous_pick
+from sluice.server.serving import triton_texts
 from sluice.server.serving.model import ModelVersion
 from sluice.server.serving.repository import ModelRepository
 
@@ -142,7 +143,8 @@ class Router:
         number = table.aliases.get(version) if table is not None else None
         if number is None:
             self._repo.get(name)  # an unknown model says so first
-            raise ModelNotFound(f"model '{name}' has no alias '{version}'")
+            # Triton's wording first (issue 16 item 6): INVALID_ARGUMENT, as in Triton
+            raise triton_texts.bad_version(version, f"model '{name}' has no alias '{version}'")
         return number
 
     def record(self, name: str, arm: str, seconds: float, ok: bool, *,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from sluice.server.backends.base import Backend
 from sluice.server.config.model import DynamicBatching, ModelConfig
 from sluice.server.errors import InvalidInput, Overloaded
+from sluice.server.serving import classification
 from sluice.server.serving.admission import FALLBACK_REASONS, Admission, AdmissionPolicy
 from sluice.server.serving.batcher import DynamicBatcher
 from sluice.server.serving.budget import InflightBudget
@@ -44,11 +45,14 @@ class ModelVersion:
         inflight: InflightBudget | None = None,
         fallback: Callable[[], ModelVersion | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        labels: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         """``max_queue_size`` bounds each priority level whose queue policy sets no bound;
         ``inflight`` is the server's shared in-flight bytes budget; ``fallback`` returns the
-        version that takes overload traffic (None when it is not loaded now)."""
+        version that takes overload traffic (None when it is not loaded now); ``labels``: the
+        class labels of outputs with a label_filename (the classification extension)."""
         self.config = config
+        self.labels = labels or {}
         self.version = version
         self.backend = backend
         self.stats = stats
@@ -127,7 +131,7 @@ class ModelVersion:
         step: Step | None = None
         try:
             inputs, rows, nbytes = self._checked_inputs(request)
-            wanted = self._check_outputs(request.requested_outputs)
+            wanted = self._check_outputs(request.requested_outputs, request.classification)
             if self.sequences is not None:  # its place in its sequence, before any await
                 step = self.sequences.begin(request, rows)
             outputs = self._inline(
@@ -192,7 +196,7 @@ class ModelVersion:
         start = self._clock()
         try:
             inputs, rows, nbytes = self._checked_inputs(request)
-            wanted = self._check_outputs(request.requested_outputs)
+            wanted = self._check_outputs(request.requested_outputs, request.classification)
             outputs = self._inline(inputs, rows, nbytes, request.deadline, start)
         except BaseException:
             self.stats.on_request(self._clock() - start, ok=False)
@@ -211,6 +215,11 @@ class ModelVersion:
             for name, dims in self._reshape_out.items():
                 value = outputs[name]
                 outputs[name] = value.reshape((value.shape[0], *dims) if self._batched else dims)
+        if request.classification:  # Triton's classification extension (issue 16 item 3)
+            outputs = dict(outputs)
+            for name, k in request.classification.items():
+                outputs[name] = classification.top_k(
+                    outputs[name], k, batched=self._batched, labels=self.labels.get(name, ()))
         self.stats.on_request(seconds, ok=True)  # the instant admission learnt from
         return InferResponse(
             model_name=self.config.name,
@@ -324,7 +333,13 @@ class ModelVersion:
                 )
         return rows or 1
 
-    def _check_outputs(self, requested: tuple[str, ...] | None) -> tuple[str, ...]:
+    def _check_outputs(
+        self, requested: tuple[str, ...] | None, classes: dict[str, int] | None = None
+    ) -> tuple[str, ...]:
+        for key in classes or ():
+            spec = self.config.output(key)
+            if spec is not None:
+                classification.check_classifiable(key, spec.datatype)
         if not requested:
             return self._output_names
         for key in requested:

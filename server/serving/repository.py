@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +21,21 @@ from sluice.server.config.containment import check_contained
 from sluice.server.config.model import ModelConfig, check_model_name
 from sluice.server.config.redaction import redact_paths
 from sluice.server.config.validation import complete_model_config
-from sluice.server.errors import ModelLoadError, ModelNotFound, ModelNotReady, SluiceError
+from sluice.server.errors import (
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    SluiceError,
+)
+from sluice.server.serving import triton_texts
 from sluice.server.serving.budget import InflightBudget
+from sluice.server.serving.classification import read_labels
+from sluice.server.serving.fallback_check import check_fallback
 from sluice.server.serving.model import ModelVersion
+from sluice.server.serving.staging import StagingArea
 from sluice.server.serving.stats import ModelStats
+from sluice.server.serving.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +84,11 @@ class ModelRepository:
         latency_window_s: float = 60.0,
         inflight: InflightBudget | None = None,
         check_version: VersionCheck | None = None,
+        staging: StagingArea | None = None,
     ) -> None:
-        """``inflight`` is the server's in-flight bytes budget, shared by every version."""
+        """``inflight`` is the server's in-flight bytes budget, shared by every version;
+        ``staging`` holds model files sent in load requests (256 MiB a request without)."""
+        self.staging = staging if staging is not None else StagingArea(256 << 20)
         self.check_version = check_version
         self.root = root.resolve()
         self._inflight = inflight
@@ -85,6 +99,8 @@ class ModelRepository:
         self._window_s = latency_window_s
         self._models: dict[str, _Model] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        #: Model -> default warm-ups that failed (logged; the version served anyway).
+        self.warmup_failures: dict[str, int] = {}
 
     # -- lookups (synchronous: resolve and submit happen without an await in between) ---------
 
@@ -93,7 +109,8 @@ class ModelRepository:
         model = self._models.get(name)
         if model is None or (not model.versions and model.state != "LOADING"):
             why = f" ({model.reason})" if model is not None and model.reason else ""
-            raise ModelNotFound(f"model '{name}' is not loaded{why}; {self._loaded_names()}")
+            raise triton_texts.unknown_model(
+                name, f"model '{name}' is not loaded{why}; {self._loaded_names()}")
         if not model.versions:  # transient: worth a retry
             raise ModelNotReady(f"model '{name}' is still loading", retry_after_ms=1000)
         if not version:
@@ -101,12 +118,12 @@ class ModelRepository:
         try:
             number = int(version)
         except ValueError:
-            raise ModelNotFound(f"model '{name}' has no version '{version}'") from None
+            raise triton_texts.bad_version(
+                version, f"model '{name}' has no version '{version}'") from None
         served = model.versions.get(number)
         if served is None:
-            raise ModelNotFound(
-                f"model '{name}' has no version '{version}' (serving {sorted(model.versions)})"
-            )
+            raise triton_texts.unknown_version(name, version, (
+                f"model '{name}' has no version '{version}' (serving {sorted(model.versions)})"))
         return served
 
     def find(self, name: str, version: int) -> ModelVersion | None:
@@ -202,20 +219,41 @@ class ModelRepository:
                 if not model.versions:
                     model.state, model.reason = "LOADING", ""
 
-    async def load(self, name: str) -> None:
-        """Load (or reload) every selected version of ``name``, then swap them in at once."""
+    async def load(
+        self, name: str, override: tuple[ModelConfig, bool] | None = None,
+        files: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Load (or reload) every selected version of ``name``, then swap them in at once.
+
+        Load-time overrides (Triton's model control): ``override`` is (config, whether it sets
+        max_batch_size), used instead of config.pbtxt; ``files`` (path -> bytes, with the
+        override) are the whole model directory, staged privately (:mod:`.staging`) and loaded
+        from there until the next load or unload."""
         check_model_name(name)
-        model_dir = self.root / name
-        if not model_dir.is_dir():
-            raise ModelNotFound(f"model '{name}' is not in the repository")
-        # hardened input: no link out of the repository, checked before any file is read
-        await asyncio.to_thread(check_contained, self.root, model_dir, name)
+        staged = None
+        if files:
+            if override is None:
+                raise InvalidInput(
+                    f"model '{name}': model files need a 'config' parameter beside them"
+                )
+            staged = model_dir = await asyncio.to_thread(self.staging.stage, name, files)
+        else:
+            model_dir = self.root / name
+            if not model_dir.is_dir():
+                raise ModelNotFound(f"model '{name}' is not in the repository")
+            # hardened input: no link out of the repository, checked before any file is read
+            await asyncio.to_thread(check_contained, self.root, model_dir, name)
         model = self._models.setdefault(name, _Model())
         started = time.perf_counter()
         async with model.lock:
             model.state = "LOADING" if not model.versions else model.state
             try:
-                versions = await self._build(name, model_dir)
+                try:
+                    versions = await self._build(name, model_dir, override)
+                except BaseException:
+                    if staged is not None:  # a failed load leaves no staged files
+                        await asyncio.to_thread(self.staging.discard, staged)
+                    raise
             except SluiceError as exc:
                 exc.message = redact_paths(exc.message)  # hardened input: libraries' words
                 exc.args = (exc.message,)
@@ -233,6 +271,7 @@ class ModelRepository:
             model.state, model.reason = "READY", ""
             for served in old.values():
                 self._retire(served)
+            await asyncio.to_thread(self.staging.adopt, name, staged)  # the old staging goes
             log.info("model '%s' ready, versions %s (load took %.1fs)", name, sorted(versions),
                      time.perf_counter() - started)
 
@@ -245,6 +284,7 @@ class ModelRepository:
             old, model.versions = model.versions, {}
             model.state, model.reason = "UNAVAILABLE", "unloaded"
         await asyncio.gather(*(served.close() for served in old.values()))
+        await asyncio.to_thread(self.staging.drop, name)
 
     async def close(self, grace_s: float) -> None:
         """Drain every version for up to ``grace_s`` seconds, then fail what is left."""
@@ -261,11 +301,15 @@ class ModelRepository:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+        await asyncio.to_thread(self.staging.close)
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _build(self, name: str, model_dir: Path) -> dict[int, ModelVersion]:
-        config, batch_set = await asyncio.to_thread(self._read_config, model_dir, name)
+    async def _build(
+        self, name: str, model_dir: Path, override: tuple[ModelConfig, bool] | None
+    ) -> dict[int, ModelVersion]:
+        config, batch_set = override if override is not None else await asyncio.to_thread(
+            self._read_config, model_dir, name)
         available = await asyncio.to_thread(_version_dirs, model_dir)
         chosen = config.version_policy.select(available)
         if not chosen:
@@ -295,10 +339,12 @@ class ModelRepository:
                 config, backend.io, max_batch_size_set=batch_set,
                 default_max_batch_size=self._default_max_batch,
             )
-            self._check_fallback(full)
+            check_fallback(full, self._newest)
             if self.check_version is not None:
                 await asyncio.to_thread(self.check_version, full, version_dir)
-            await asyncio.to_thread(backend.warmup, full)
+            labels = await asyncio.to_thread(read_labels, full, version_dir.parent)  # issue 16
+            if not await asyncio.to_thread(warm_up, backend, full, version_dir.parent, number):
+                self.warmup_failures[full.name] = self.warmup_failures.get(full.name, 0) + 1
         except BaseException:
             backend.close()
             raise
@@ -309,6 +355,7 @@ class ModelRepository:
             stats=ModelStats(window_s=self._window_s),
             inflight=self._inflight,
             fallback=(lambda: self._newest(fallback)) if fallback else None,
+            labels=labels,
         )
         served.start()
         log.info(
@@ -324,54 +371,11 @@ class ModelRepository:
             return None
         return model.versions[max(model.versions)]
 
-    def _check_fallback(self, config: ModelConfig) -> None:
-        """A fallback must be loaded and take every input and give every output of ``config``
-        with the same datatypes and compatible shapes."""
-        name = config.overload.fallback_model
-        if name is None:
-            return
-        where = f"model '{config.name}': fallback_model '{name}'"
-        target = self._newest(name)
-        if target is None:
-            raise ModelLoadError(f"{where} is not loaded (load it before this model)")
-        other = target.config
-        if (other.max_batch_size > 0) != (config.max_batch_size > 0) or (
-            other.max_batch_size < config.max_batch_size
-        ):
-            raise ModelLoadError(
-                f"{where} has max_batch_size {other.max_batch_size}; it needs at least "
-                f"{config.max_batch_size}" + (" and batching" if config.max_batch_size else
-                                              " and no batching")
-            )
-        for kind, ours, find in (
-            ("input", config.inputs, other.input), ("output", config.outputs, other.output),
-        ):
-            for spec in ours:
-                theirs = find(spec.name)
-                if theirs is None or theirs.datatype != spec.datatype or not _compatible(
-                    spec.dims, theirs.dims
-                ):
-                    have = "none" if theirs is None else f"{theirs.datatype} {list(theirs.dims)}"
-                    raise ModelLoadError(
-                        f"{where}: {kind} '{spec.name}' is {spec.datatype} {list(spec.dims)} "
-                        f"here, {have} there"
-                    )
-        names = {spec.name for spec in config.inputs}
-        missing = [t.name for t in other.inputs if not t.optional and t.name not in names]
-        if missing:
-            raise ModelLoadError(f"{where} needs input(s) {missing} that this model lacks")
-
     def _retire(self, served: ModelVersion) -> None:
         task = asyncio.create_task(served.close(), name=f"retire:{served.name}:{served.version}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-
-
-def _compatible(ours: tuple[int, ...], theirs: tuple[int, ...]) -> bool:
-    return len(ours) == len(theirs) and all(
-        a == b or -1 in (a, b) for a, b in zip(ours, theirs, strict=True)
-    )
 
 
 def _version_dirs(model_dir: Path) -> list[int]:

@@ -83,7 +83,8 @@ def test_load_and_unload_change_what_is_served(server, capsys):
 
 
 @pytest.mark.parametrize(("args", "status", "message"), [
-    (["load", "nope"], 1, "sluice repo load: [NOT_FOUND] model 'nope' is not in the repository"),
+    (["load", "nope"], 1, "sluice repo load: [NOT_FOUND] failed to load 'nope'; model 'nope' is "
+     "not in the repository"),
     (["unload", "nope"], 1, "sluice repo unload: [NOT_FOUND] model 'nope' is not loaded"),
     (["load", "../digits"], 2, "sluice repo load: invalid model name '../digits': use letters, "
      "digits, '_', '-', '.'; no path separators and no '..'"),

@@ -45,8 +45,10 @@ def test_unknown_model_and_version_are_not_found(client, bundled_server):
            f"model 'no_such_model' is not loaded; loaded: {', '.join(loaded)}")
     expect(client, "identity", [fp32_input("INPUT0", OK)], "NOT_FOUND", "'3'",
            model_version="3")
-    expect(client, "identity", [fp32_input("INPUT0", OK)], "NOT_FOUND", "'latest'",
-           model_version="latest")
+    # Triton's status and words for a version string that is no number (issue 16 item 6)
+    expect(client, "identity", [fp32_input("INPUT0", OK)], "INVALID_ARGUMENT",
+           "failed to get model version from specified version string 'latest'",
+           "model 'identity' has no alias 'latest'", model_version="latest")
 
 
 def test_wrong_datatype(client):

@@ -36,7 +36,8 @@ def test_health_and_server_metadata(client):
     assert {"add_sub", "cnn", "digits", "identity", "digits_pipeline"} <= BUNDLED
     assert set(meta["extensions"]) == {
         "model_repository", "model_configuration", "statistics", "parameters",
-        "sequence", "sequence(string_id)", "system_shared_memory",
+        "schedule_policy", "classification", "sequence", "sequence(string_id)",
+        "system_shared_memory",
     }
 
 

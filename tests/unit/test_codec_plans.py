@@ -74,7 +74,9 @@ def malformed() -> dict[str, pb.ModelInferRequest]:
 EXPECTED = {
     "short raw": r"input 'x': expected 16 bytes of raw data for FP32 \[1,4\], got 12",
     "repeated name": "input 'x': appears more than once",
-    "raw and contents": "input 'x': has both raw data and typed contents",
+    # Triton's words (issue 16 item 6)
+    "raw and contents": "contents field must not be specified when using raw_input_contents "
+                        "for 'x' for model 'm'",
     "shared memory": "input 'x': shared-memory tensors are not supported",
     "raw count": "input 'y': 1 raw_input_contents entries for 2 inputs",
 }

@@ -40,7 +40,7 @@ async def test_resolve_versions_aliases_and_weights():
     assert router.resolve("m", "", None)[0].version == 3  # no deployment: the newest
     assert router.route("m", "", None)[1] is None  # plain path: nothing to label
     assert router.resolve("m", "2", None)[1] == "v2"
-    with pytest.raises(ModelNotFound, match="model 'm' has no alias 'stable'"):
+    with pytest.raises(InvalidInput, match="model 'm' has no alias 'stable'"):
         router.resolve("m", "stable", None)
     await router.change("m", "set", full_state(), caller="t")
     served, arm = router.resolve("m", "stable", None)
@@ -50,7 +50,7 @@ async def test_resolve_versions_aliases_and_weights():
     assert abs(arms.count("candidate") / 4000 - 0.10) < 0.03
     sticky = {router.resolve("m", "", "user-42")[1] for _ in range(50)}
     assert len(sticky) == 1
-    with pytest.raises(ModelNotFound, match="no alias 'canary'"):
+    with pytest.raises(InvalidInput, match="no alias 'canary'"):
         router.resolve("m", "canary", None)
     with pytest.raises(ModelNotFound, match="model 'x' is not loaded"):
         router.resolve("x", "stable", None)
