@@ -42,6 +42,8 @@ from sluice.server.config.pbtxt import read_model_config
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import ModelLoadError, SluiceError
 from sluice.server.feedback_loop import FeedbackLoop
+from sluice.server.fleet.etcd_store import StateStoreUnavailable  # fleet (issue 15)
+from sluice.server.fleet.replica import FleetReplica  # fleet state in etcd (issue 15)
 from sluice.server.metrics import (
     ArmCollector,
     CanaryCollector,
@@ -143,8 +145,11 @@ class Server:
             staging=StagingArea(config.max_load_file_bytes),  # load-time overrides (issue 16)
         )
         self.metrics = Metrics(self.repository.loaded, inflight=self.inflight)
-        #: Deployment state on disk: written on the first change, read at start.
-        self.store = DeploymentStore(config.deployment_state_dir)
+        #: Deployment state on disk: written on the first change, read at start; or in etcd
+        #: for a fleet (issue 15: ``--state-store``).
+        self.fleet = FleetReplica.open(config) if config.state_store else None
+        self.store = (self.fleet.store if self.fleet is not None
+                      else DeploymentStore(config.deployment_state_dir))
         self.router = Router(
             self.repository, self.store,
             declared=lambda name: declared_state(self.repository.root / name),
@@ -160,7 +165,9 @@ class Server:
         self.monitors = FeedbackLoop(config, self.repository, self.metrics, self._describe)
         self.canary = CanaryController(self.router, quality=self.monitors.quality.accuracy)
         #: Serves deployment changes other processes (``--workers``) persist to the state dir.
-        self.follower = DeploymentFollower(self.router, self.store)
+        self.follower = (
+            self.fleet.follow(self.router, self.canary, self.metrics) if self.fleet is not None
+            else DeploymentFollower(self.router, self.store))  # type: ignore[arg-type]
         self.metrics.register(ArmCollector(self.router.all_arm_stats))
         self.metrics.register(ShadowCollector(self.router.shadow.reports))
         self.metrics.register(CanaryCollector(self.router.models, self.router.state))
@@ -306,7 +313,10 @@ class Server:
                 raise StartError(f"metrics port {cfg.metrics_port} on {host} cannot be bound "
                                  f"({exc.strerror}); pick another with --metrics-port, or -1 "
                                  "to serve no /metrics") from None
-        await self.router.open()  # a corrupt state file is refused here, before any model loads
+        try:  # a corrupt state file is refused here, before any model loads
+            await self.router.open()
+        except StateStoreUnavailable as exc:  # fleet: etcd unreachable at start
+            raise StartError(f"--state-store: {exc.message}") from None
         self.monitors.start()
         self.access.start()
         names = (
@@ -324,6 +334,8 @@ class Server:
         for name, message in failed.items():  # one bad model keeps no other down
             log.error("model '%s' not loaded: %s", name, message)
         self.follower.start()  # its first poll catches up on changes made while models loaded
+        if self.fleet is not None:  # fleet: the state applied whole, then the canary lock
+            await self.fleet.start()
         await self.canary.resume_all(self.router.models())  # canaries persisted or declared
         if cfg.reuse_port:
             await self._listen(listening, started)
@@ -367,6 +379,8 @@ class Server:
         )
         await self.follower.close()
         await self.canary.close()
+        if self.fleet is not None:
+            await self.fleet.close()  # hands the canary lock to another replica at once
         if self.router.shadow is not None:
             await self.router.shadow.close()  # before the candidates it feeds are closed
         await self.repository.close(max(0.0, deadline - time.monotonic()))

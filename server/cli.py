@@ -48,6 +48,7 @@ from sluice.server.cli_connect import (  # transport security (issue 14)
 from sluice.server.cli_cost import non_negative_price, print_cost
 from sluice.server.cli_drift import add_drift_commands, run_drift, run_profile
 from sluice.server.cli_health import add_health_command, run_health  # images (issue 15)
+from sluice.server.cli_fleet import add_fleet_flags, fleet_settings  # fleet (issue 15)
 from sluice.server.cli_logging import add_logging_command, run_logging
 from sluice.server.cli_quality import add_quality_commands, run_quality  # feedback + quality
 from sluice.server.cli_repo import add_repo_command, run_repo
@@ -103,6 +104,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                        help="deployment state and audit log (default: "
                        "<model repository>/.sluice-state)")
+    add_fleet_flags(serve)  # fleet state in etcd (issue 15)
     # prediction log
     serve.add_argument("--prediction-log-dir", type=Path, default=None, metavar="DIR",
                        help="where the prediction log writes Parquet files (default: "
@@ -273,6 +275,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls=_server_tls(args),  # transport security
         insecure=args.insecure,
         max_load_file_bytes=args.max_load_file_bytes,  # load-time overrides (issue 16)
+        **fleet_settings(args),  # fleet state in etcd (issue 15)
     )
     try:
         asyncio.run(run_until_signal(config))

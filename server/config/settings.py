@@ -61,6 +61,14 @@ class ServerConfig:
     #: Directory of the persisted deployment state and its audit log (created on the first
     #: deployment change); None: ``<model_repository>/.sluice-state``.
     state_dir: Path | None = None
+    # -- fleet state in etcd (issue 15 items 1-2) --
+    #: ``etcd://host:port/prefix``: the fleet's deployment state, audit log and canary driver
+    #: lock in etcd; None: the file store in ``state_dir``.
+    state_store: str | None = None
+    #: Seconds of the canary driver's etcd lease: a dead driver's canaries resume within it.
+    leader_lease_s: int = 10
+    #: Seconds an etcd call may take before the change fails UNAVAILABLE.
+    state_store_timeout_s: float = 2.0
     # -- feedback + quality (issue 13) --
     #: Predicted rows each (model, version, arm) live quality window keeps.
     quality_window_rows: int = 10_000

@@ -64,6 +64,9 @@ class CanaryController:
     same lock. ``clock`` (monotonic seconds) and ``sleep`` are injectable for tests.
     """
 
+    #: Fleet (issue 15): whether this replica may drive canaries now (None: always).
+    may_drive: Callable[[], bool] | None = None
+
     def __init__(
         self, router: Router, shadow: ShadowMirror | None = None, *,  # None: router.shadow
         clock: Callable[[], float] = time.monotonic,
@@ -129,7 +132,7 @@ class CanaryController:
             await self._router.change(
                 name, "canary_start", new, caller=caller, reason=note,
                 tried=f"start a canary of version {candidate} over stable version {stable}")
-            self._spawn(name, record["id"])
+            self.sync(name)  # drives it here unless another replica is the fleet's driver
         return self.status(name) or record
 
     async def abort(self, name: str, *, caller: str = "", reason: str = "") -> dict[str, Any]:
@@ -157,7 +160,7 @@ class CanaryController:
         """Make a driver follow the model's state: start one when the state holds a running
         canary nobody drives (after a restart, or a rollback to a running step)."""
         state = self._router.state(name)
-        if self._closed or not is_running(state):
+        if self._closed or not is_running(state) or (self.may_drive and not self.may_drive()):
             return
         cid = state.canary["id"]  # type: ignore[index]
         current = self._drivers.get(name)
@@ -178,6 +181,12 @@ class CanaryController:
                               name, exc.message)
             elif record:
                 self.sync(name)
+
+    async def stand_down(self) -> None:
+        """Stop driving (fleet leadership lost); the canaries keep running in the state."""
+        for name, (_, task) in list(self._drivers.items()):
+            async with self.guard(name):
+                task.cancel()
 
     async def close(self) -> None:
         """Cancel every driver (never in the middle of a change) and wait for them. Running

@@ -29,11 +29,12 @@ that runs changes one at a time, and the routing table served from the state. Pr
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from sluice.server.errors import InvalidInput, ModelNotFound, SluiceError
 from sluice.server.rollout.deploy_store import (
@@ -51,6 +52,20 @@ log = logging.getLogger(__name__)
 #: declared(model name) -> (state from deployment.yaml, sha256 of its text), or None when the
 #: model has no deployment.yaml. Blocking (reads a file); raises a SluiceError naming the problem.
 DeclaredReader = Callable[[str], tuple[DeploymentState, str] | None]
+
+
+class FleetStore(Protocol):
+    """A store shared by a fleet of replicas (etcd: sluice.server.fleet): the file store's
+    methods as coroutines, which the ledger awaits on the loop."""
+
+    async def load_all(self) -> dict[str, StoredDeployment]: ...
+
+    async def save(self, model: str, state: DeploymentState, *,
+                   history: tuple[DeploymentState, ...] = (), yaml_sha256: str | None = None,
+                   expect: DeploymentState | None = None) -> None: ...
+
+    async def audit(self, record: Mapping[str, Any]) -> dict[str, Any]: ...
+
 
 #: Default of DeploymentLedger.commit's ``digest``: keep the recorded deployment.yaml hash.
 KEEP_DIGEST: Any = object()
@@ -81,7 +96,7 @@ class _VersionNotLoaded(ModelNotFound):
 class DeploymentLedger:
     """Owns every model's recorded deployment state and the routing tables served from it."""
 
-    def __init__(self, repository: ModelRepository, store: DeploymentStore | None,
+    def __init__(self, repository: ModelRepository, store: DeploymentStore | FleetStore | None,
                  declared: DeclaredReader | None = None, *,
                  on_swap: SwapHook | None = None) -> None:
         """``store`` None keeps state in memory only; ``declared`` reads deployment.yaml;
@@ -103,7 +118,7 @@ class DeploymentLedger:
         """Read the persisted state (before models load). Raises DeploymentStateError when it
         is unusable and so is its last good copy."""
         if self._store is not None:
-            self._entries = await asyncio.to_thread(self._store.load_all)
+            self._entries = await self._io(self._store.load_all)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -144,8 +159,8 @@ class DeploymentLedger:
         yaml_sha: str | None = entry.yaml_sha256 if digest is KEEP_DIGEST else digest
         if self._store is not None:
             try:
-                await asyncio.to_thread(self._store.save, name, new, history=history,
-                                        yaml_sha256=yaml_sha, expect=old)
+                await self._io(self._store.save, name, new, history=history,
+                               yaml_sha256=yaml_sha, expect=old)
             except DeploymentConflict as exc:
                 self.adopt(name, exc.current)
                 raise
@@ -157,7 +172,7 @@ class DeploymentLedger:
         self._entries[name] = StoredDeployment(new, history, yaml_sha)
         self._swap(name, new)
         if self._store is not None:
-            await asyncio.to_thread(self._store.audit, {
+            await self._io(self._store.audit, {
                 "caller": caller or None, "model": name, "action": action,
                 "reason": reason, "before": old.to_json(), "after": new.to_json(),
             })
@@ -223,6 +238,14 @@ class DeploymentLedger:
         self._swap(name, state)
 
     # -- internals ----------------------------------------------------------------------------
+
+    @staticmethod
+    async def _io(method: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call a store method: the file store's block (a worker thread runs them); a fleet
+        store's (etcd) are coroutines, awaited on the loop."""
+        if inspect.iscoroutinefunction(method):
+            return await method(*args, **kwargs)
+        return await asyncio.to_thread(method, *args, **kwargs)
 
     def _fall_back(self, name: str, entry: StoredDeployment | None) -> None:
         """Serve ``entry``'s state if it can be served, else Triton's default routing."""

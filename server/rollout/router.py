@@ -40,7 +40,7 @@ from sluice.server.errors import InvalidInput, ModelNotFound
 from sluice.server.rollout.arm_stats import ArmStats, EpochStats
 from sluice.server.rollout.deploy_store import DeploymentStore, StoredDeployment
 from sluice.server.rollout.deployment import DeploymentState, Route, ShadowTarget, check_alias
-from sluice.server.rollout.ledger import DeclaredReader, DeploymentLedger
+from sluice.server.rollout.ledger import DeclaredReader, DeploymentLedger, FleetStore
 from sluice.server.rollout.routing_table import rendezvous_pick
 from sluice.server.serving import triton_texts
 from sluice.server.serving.model import ModelVersion
@@ -67,7 +67,7 @@ class Router:
     def __init__(
         self,
         repository: ModelRepository,
-        store: DeploymentStore | None,
+        store: DeploymentStore | FleetStore | None,
         shadow: Any = None,  # ShadowMirror | None (sluice.server.rollout.shadow); see the
         # servicer's hook
         rng: random.Random | None = None,
