@@ -101,6 +101,13 @@ class ServerConfig:
     tls: TlsFiles | None = None
     #: Serve plaintext on a non-loopback address anyway (``--insecure``; a warning is logged).
     insecure: bool = False
+    # -- REST (issue 17 item 1) --
+    #: KServe v2 REST port beside gRPC (``--http-port``, 8000 by default on the command line);
+    #: None: no REST door; 0 picks a free one.
+    http_port: int | None = None
+    #: Whether a REST port that cannot be bound stops the start (an explicit ``--http-port``) or
+    #: only logs a warning and serves gRPC alone (the command line's default 8000 taken).
+    http_port_required: bool = True
 
     @property
     def deployment_state_dir(self) -> Path:
