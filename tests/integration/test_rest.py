@@ -118,7 +118,8 @@ def test_statistics_and_repository_equal_grpc(clients, url):
         assert same(stats, g.get_inference_statistics(name))
         assert isinstance(stats["model_stats"][0]["inference_count"], int)
     status, headers, _ = call(url, "/v2/models/alltypes/versions/1/stats")
-    assert status == 200 and "e2e" in json.loads(headers["Sluice-Latency-Quantiles"])["alltypes"]["1"]
+    quantiles = json.loads(headers["Sluice-Latency-Quantiles"])
+    assert status == 200 and "e2e" in quantiles["alltypes"]["1"]
     index = h.get_model_repository_index()
     reference = g.get_model_repository_index().models
     assert len(index) == len(reference)
