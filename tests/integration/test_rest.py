@@ -347,3 +347,34 @@ def test_servers_without_rest_open_no_port(tmp_path: Path):
         assert running.server.rest is None
     finally:
         running.stop()
+
+
+def test_tokens_guard_rest_as_they_guard_grpc(tmp_path: Path):
+    from tests.support.authz import one_token_per_scope
+
+    tokens = one_token_per_scope(tmp_path / "tokens.json")
+    repo = tmp_path / "repo"
+    write_model(repo, "one", identity_model({"x": ("FP32", ["batch", 2])}))
+    running = start_server(ServerConfig(
+        model_repository=repo, grpc_port=0, http_port=0, metrics_port=None,
+        tokens_file=tokens.path, state_dir=tmp_path / ".s"))
+    try:
+        url = f"127.0.0.1:{running.server.rest.port}"
+        body = json.dumps({"inputs": [{"name": "IN_x", "datatype": "FP32", "shape": [1, 2],
+                                       "data": [1, 2]}]}).encode()
+        assert call(url, "/v2/health/ready")[0] == 200  # probes need no token
+        status, headers, answer = call(url, "/v2")
+        assert (status, headers["WWW-Authenticate"]) == (401, "Bearer")
+        assert "Authorization: Bearer" in json.loads(answer)["error"]
+        assert call(url, "/v2", headers={"Authorization": "Bearer nope"})[0] == 401
+        status, message = error_of(url, "/v2/models/one/infer", body, tokens.header("metadata"))
+        assert status == 403 and "lacks scope 'infer'" in message
+        status, _, answer = call(url, "/v2/models/one/infer", body, tokens.header("infer"))
+        assert status == 200 and json.loads(answer)["outputs"][0]["data"] == [1.0, 2.0]
+        assert call(url, "/v2/repository/models/one/unload", b"", tokens.header("infer"))[0] \
+            == 403
+        assert call(url, "/v2/models/one/stats", headers=tokens.header("ops"))[0] == 200
+        refused = running.server.access.interceptor.refused
+        assert refused["UNAUTHENTICATED"] == 2 and refused["PERMISSION_DENIED"] == 2
+    finally:
+        running.stop()
