@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,6 +39,7 @@ from sluice.server.protocol import handoff
 from sluice.server.protocol.access import audited
 from sluice.server.protocol.auth import AuthInterceptor, Refused
 from sluice.server.protocol.rest import codec
+from sluice.server.protocol.rest.listen import Swapping, bind
 from sluice.server.protocol.rest.messages import to_json
 from sluice.server.protocol.rest.status import error_of, http_error
 from sluice.server.protocol.servicer import InferenceServicer
@@ -138,11 +137,11 @@ class RestDoor:
     async def start(self, host: str, port: int, *, tls: CertificateReloader | None = None,
                     reuse_port: bool = False, shutdown_timeout_s: float = 10.0) -> None:
         """Bind ``host:port`` (0: any free port) and serve; OSError when it cannot be bound."""
-        sock = _bind(host, port, reuse_port)
+        sock = bind(host, port, reuse_port)
         try:
             context = None
             if tls is not None:
-                context = _Swapping(tls.material.http_context)
+                context = Swapping(tls.material.http_context)
                 tls.on_reload(context.swap)
                 self.scheme = "https"
             runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
@@ -364,41 +363,3 @@ def _common_name(request: web.Request) -> str:
             if key == "commonName":
                 return str(value)
     return ""
-
-
-def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:  # --workers: the siblings share the port, as they share gRPC's
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class _Swapping(ssl.SSLContext):
-    """A server TLS context whose handshakes use the newest certificates: asyncio keeps the
-    context a server was started with, so this one hands each new connection to the context
-    of the last reload (SIGHUP), whatever name the client asked for (none, for an address)."""
-
-    current: ssl.SSLContext
-
-    def __new__(cls, first: ssl.SSLContext) -> _Swapping:
-        made = super().__new__(cls, ssl.PROTOCOL_TLS_SERVER)
-        made.current = first
-        return made
-
-    def __init__(self, first: ssl.SSLContext) -> None:
-        pass  # SSLContext takes its protocol in __new__
-
-    def swap(self, material: Any) -> None:
-        self.current = material.http_context
-
-    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:  # type: ignore[override]
-        return self.current.wrap_bio(*args, **kwargs)
