@@ -378,3 +378,35 @@ def test_tokens_guard_rest_as_they_guard_grpc(tmp_path: Path):
         assert refused["UNAUTHENTICATED"] == 2 and refused["PERMISSION_DENIED"] == 2
     finally:
         running.stop()
+
+
+def test_rest_speaks_tls_when_the_server_does_and_after_a_reload(tmp_path: Path):
+    import http.client
+    import ssl
+
+    from sluice.server.config.tls import TlsFiles
+    from tests.support.certs import CertificateAuthority
+
+    ca = CertificateAuthority.create(tmp_path)
+    issued = ca.issue("server")
+    repo = tmp_path / "repo"
+    write_model(repo, "one", identity_model({"x": ("FP32", ["batch", 2])}))
+    running = start_server(ServerConfig(
+        model_repository=repo, grpc_port=0, http_port=0, metrics_port=None,
+        tls=TlsFiles(issued.cert, issued.key, None), state_dir=tmp_path / ".s"))
+    try:
+        rest = running.server.rest
+        context = ssl.create_default_context(cafile=str(ca.cert))
+
+        def metadata() -> str:
+            with urllib.request.urlopen(f"https://localhost:{rest.port}/v2/models/one",
+                                        context=context, timeout=10) as answer:
+                return json.loads(answer.read())["name"]
+
+        assert rest.scheme == "https" and metadata() == "one"
+        assert running.call(running.server.tls.reload())
+        assert metadata() == "one"  # new connections get the reloaded context
+        with pytest.raises((OSError, http.client.HTTPException)):  # no plaintext answer
+            urllib.request.urlopen(f"http://localhost:{rest.port}/v2/models/one", timeout=10)
+    finally:
+        running.stop()
