@@ -31,7 +31,7 @@ def binary() -> str | None:
 
 def run(
     *, target: str, model: str, concurrency: int, batch: int, streaming: bool, duration_s: float,
-    stability_percent: float | None = None, max_trials: int = 3,
+    stability_percent: float | None = None, max_trials: int = 3, protocol: str = "grpc",
 ) -> dict[str, Any]:
     """One point: ``{"rows_s", "req_s", "p50_ms", "p95_ms", "p99_ms"}`` or ``{"error": ...}``.
 
@@ -43,7 +43,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="sluice-pa-") as tmp:
         csv_path = Path(tmp) / "pa.csv"
         args = [
-            exe, "-m", model, "-u", target, "-i", "grpc",
+            exe, "-m", model, "-u", target, "-i", protocol,  # protocol "http": REST
             "--concurrency-range", str(concurrency), "-b", str(batch), "-f", str(csv_path),
             "--measurement-interval", str(int(duration_s * 1000)),
             "--max-trials", str(max_trials),

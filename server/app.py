@@ -54,6 +54,7 @@ from sluice.server.metrics import (
 )
 from sluice.server.protocol.admin import add_admin_service
 from sluice.server.protocol.request_parsing import GuardedServices  # hardened input
+from sluice.server.protocol.rest.open import RestDoor, open_rest  # REST (issue 17 item 1)
 from sluice.server.protocol.servicer import InferenceServicer
 from sluice.server.protocol.tls import add_port
 from sluice.server.protocol.wire import add_inference_service
@@ -186,6 +187,7 @@ class Server:
         #: The certificates gRPC and /metrics serve (None: plaintext); set by start().
         self.tls: CertificateReloader | None = None
         self.final_counts = (0, 0)
+        self.rest: RestDoor | None = None  # REST (issue 17 item 1): set by start()
 
     @property
     def shadow(self) -> ShadowMirror | None:
@@ -313,6 +315,12 @@ class Server:
                 raise StartError(f"metrics port {cfg.metrics_port} on {host} cannot be bound "
                                  f"({exc.strerror}); pick another with --metrics-port, or -1 "
                                  "to serve no /metrics") from None
+        if cfg.http_port is not None:  # REST beside gRPC (issue 17 item 1)
+            try:
+                self.rest = await open_rest(cfg, self.servicer, self.tls, self.access.interceptor,
+                                            self.access.audit)
+            except OSError as exc:
+                raise StartError(str(exc)) from None
         try:  # a corrupt state file is refused here, before any model loads
             await self.router.open()
         except StateStoreUnavailable as exc:  # fleet: etcd unreachable at start
@@ -372,6 +380,8 @@ class Server:
             log.warning("%d requests still in flight after %.1fs", self.servicer.in_flight, grace)
         if self._grpc is not None:
             await self._grpc.stop(max(0.5, deadline - time.monotonic()))
+        if self.rest is not None:  # REST (issue 17 item 1)
+            await self.rest.stop()
         versions = self.repository.loaded()
         #: What the models did in this process's life: (answered, refused or failed).
         self.final_counts = (

@@ -85,6 +85,9 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--grpc-port", type=int, default=8001,
                        help="gRPC port; 0 picks a free one and prints it (default 8001)")
+    serve.add_argument("--http-port", type=int, default=None,  # REST (issue 17 item 1)
+                       help="KServe v2 REST port; 0 picks a free one, -1 disables it (default "
+                       "8000, or none with a warning when 8000 is taken)")
     serve.add_argument("--metrics-port", type=int, default=8002,
                        help="Prometheus /metrics port; -1 disables it (default 8002)")
     serve.add_argument("--model-control", choices=("none", "explicit"), default="none",
@@ -276,6 +279,10 @@ def _serve(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         max_load_file_bytes=args.max_load_file_bytes,  # load-time overrides (issue 16)
         **fleet_settings(args),  # fleet state in etcd (issue 15)
+        # REST (issue 17 item 1): the default 8000 is best effort, an explicit port required
+        http_port=8000 if args.http_port is None else (None if args.http_port < 0
+                                                        else args.http_port),
+        http_port_required=args.http_port is not None,
     )
     try:
         asyncio.run(run_until_signal(config))

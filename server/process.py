@@ -40,6 +40,9 @@ async def run_until_signal(config: ServerConfig) -> None:
             host = config.metrics_host or config.host
             print(f"sluice: metrics on {endpoint.scheme}://{host}:{endpoint.port}/metrics",
                   flush=True)
+        if server.rest is not None:  # REST (issue 17 item 1)
+            print(f"sluice: HTTP listening on {server.rest.scheme}://{config.host}:"
+                  f"{server.rest.port}", flush=True)
 
     async with serve(config, listening) as server:
         while not stop.is_set():

@@ -112,6 +112,13 @@ class ServerConfig:
     # load-time overrides (issue 16 item 2)
     #: Most bytes of model files (``file:<path>`` parameters) one RepositoryModelLoad may carry.
     max_load_file_bytes: int = 256 << 20
+    # -- REST (issue 17 item 1) --
+    #: KServe v2 REST port beside gRPC (``--http-port``, 8000 by default on the command line);
+    #: None: no REST door; 0 picks a free one.
+    http_port: int | None = None
+    #: Whether a REST port that cannot be bound stops the start (an explicit ``--http-port``) or
+    #: only logs a warning and serves gRPC alone (the command line's default 8000 taken).
+    http_port_required: bool = True
 
     @property
     def deployment_state_dir(self) -> Path:

@@ -49,7 +49,9 @@ _COMMON_NAME = "x509_common_name"
 _Handler = grpc.RpcMethodHandler
 
 
-class _Refused(Exception):
+class Refused(Exception):
+    """A call refused: its gRPC ``code``, the ``message`` for the caller, the principal."""
+
     def __init__(self, code: grpc.StatusCode, message: str, principal: str = "") -> None:
         super().__init__(message)
         self.code, self.message, self.principal = code, message, principal
@@ -87,7 +89,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if header is None:
                 if self._verifier.has_certificates:
                     return await self._certificate_handler(continuation, details, scope)
-                raise _Refused(grpc.StatusCode.UNAUTHENTICATED,
+                raise Refused(grpc.StatusCode.UNAUTHENTICATED,
                                "credentials required: send metadata 'authorization: Bearer "
                                "<token>' (sluice --token, or $SLUICE_TOKEN)")
             verifier = self._verifier
@@ -97,16 +99,45 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             else:
                 principal = await self._authenticate(header)
             self._allow(principal, method, scope)
-        except _Refused as refused:
+        except Refused as refused:
             return self._refusal(await continuation(details), method, refused)
         PRINCIPAL.set(principal.name)
         return await continuation(details)
+
+    async def authorize(self, header: str | None, method: str, peer: str,
+                        common_name: str = "", model: str = "") -> str:
+        """The name of the principal that may call ``method`` (a gRPC method name, which
+        another door such as REST maps its routes to) with ``Authorization`` ``header``, or
+        without one the mTLS certificate of ``common_name``; raises :class:`Refused`, counted
+        and audited as this interceptor's own refusals are."""
+        scope = self._table.get(method)
+        if scope == EXEMPT:
+            return "anonymous"
+        try:
+            if header is not None:
+                principal = await self._authenticate(header)
+            else:
+                found = self._verifier.certificate(common_name) if common_name else None
+                if found is None:
+                    raise Refused(grpc.StatusCode.UNAUTHENTICATED,
+                                  "credentials required: send header 'Authorization: Bearer "
+                                  "<token>'")
+                principal = found
+            self._allow(principal, method, scope)
+        except Refused as refused:
+            self.refused[refused.code.name] += 1
+            if self._audit is not None:
+                self._audit.record(principal=refused.principal, peer=peer, method=method,
+                                   model=model, version="", outcome="refused",
+                                   status=refused.code.name)
+            raise
+        return principal.name
 
     # -- checks -------------------------------------------------------------------------------
 
     async def _authenticate(self, header: Any) -> Principal:
         if not isinstance(header, str) or header[:7] not in _BEARER:
-            raise _Refused(grpc.StatusCode.UNAUTHENTICATED,
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED,
                            "metadata 'authorization' must be 'Bearer <token>'")
         token = header[7:].strip()
         verifier = self._verifier
@@ -115,21 +146,21 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if principal is None:
             principal = await self._verify(token, digest)
             if principal is None:
-                raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "the bearer token is not valid "
+                raise Refused(grpc.StatusCode.UNAUTHENTICATED, "the bearer token is not valid "
                                "(unknown, revoked or mistyped)")
         return principal
 
     def _allow(self, principal: Principal, method: str, scope: str | None) -> None:
         if scope is None:
-            raise _Refused(grpc.StatusCode.PERMISSION_DENIED,
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED,
                            f"method {method[:200]} is open to no scope", principal.name)
         if scope not in principal.scopes:
-            raise _Refused(grpc.StatusCode.PERMISSION_DENIED,
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED,
                            f"'{principal.name}' lacks scope '{scope}', which {method} needs",
                            principal.name)
         bucket = principal.bucket
         if bucket is not None and not bucket.take(self._clock()):
-            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"'{principal.name}' is over its request quota "
                            f"({bucket.describe()})", principal.name)
 
@@ -162,11 +193,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 principal = self._verifier.certificate(_common_name(context))
                 try:
                     if principal is None:
-                        raise _Refused(grpc.StatusCode.UNAUTHENTICATED,
+                        raise Refused(grpc.StatusCode.UNAUTHENTICATED,
                                        "credentials required: a bearer token, or a client "
                                        "certificate this server maps to scopes")
                     self._allow(principal, method, scope)
-                except _Refused as refused:
+                except Refused as refused:
                     await self._refuse(context, method, refused, "", "")
                 PRINCIPAL.set(principal.name)  # type: ignore[union-attr]
 
@@ -175,13 +206,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     # -- refusals -----------------------------------------------------------------------------
 
-    def _refusal(self, handler: _Handler | None, method: str, refused: _Refused) -> _Handler:
+    def _refusal(self, handler: _Handler | None, method: str, refused: Refused) -> _Handler:
         async def refuse(raw: bytes | None, context: Any) -> None:
             model, version = parsed_model(handler, raw)
             await self._refuse(context, method, refused, model, version)
         return refusal(handler, refuse)
 
-    async def _refuse(self, context: Any, method: str, refused: _Refused, model: str,
+    async def _refuse(self, context: Any, method: str, refused: Refused, model: str,
                       version: str) -> None:
         self.refused[refused.code.name] += 1
         if self._audit is not None:

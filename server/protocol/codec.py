@@ -110,7 +110,12 @@ def decode_request(
 def _parameters(params: Any, limits: RequestLimits | None) -> dict[str, Any]:
     if limits is not None:
         check_parameters(limits, "request", len(params))
-    parameters = {key: param_value(value) for key, value in params.items()}
+    return checked_parameters({key: param_value(value) for key, value in params.items()})
+
+
+def checked_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """``parameters`` (a request's, as Python values, from any transport) once the rules every
+    request obeys pass: no file names, no unsupported feature, a non-negative priority."""
     for key in parameters:  # hardened input: peers took log and trace files from requests
         if key.lower().endswith(_FILE_PARAM_SUFFIXES):
             raise InvalidInput(

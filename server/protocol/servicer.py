@@ -230,6 +230,14 @@ class InferenceServicer(
             if missing is not None:
                 raise missing from None
             raise
+        return self.answer_decoded(request, metadata_key)
+
+    def answer_decoded(
+        self, request: InferRequest, metadata_key: Callable[[], str | None] | None = None,
+    ) -> tuple[InferRequest, Routed, InferResponse | None]:
+        """:meth:`answer_now` for a request another door decoded (REST)."""
+        if self._draining:
+            raise Overloaded("server is shutting down", reason="draining", retry_after_ms=1000)
         if not request.id:
             request.id = self.new_id()
         sticky = request.parameters.get(STICKY_PARAM) if request.parameters else None

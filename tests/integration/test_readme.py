@@ -8,10 +8,10 @@ The session starts as a new terminal at the repository root after the quick star
 directory linking to this checkout's top level and to the venv running these tests as
 ``.venv``, without that venv on PATH, so ``sluice`` and ``python`` are the venv's only once the
 README has activated it. The one rewrite: the README's server is the quick start's, on
-127.0.0.1:8001 (gRPC) and 127.0.0.1:8002 (metrics), while this test's listens on free ports;
-those two addresses (also as ``localhost:``) become the live ones wherever a block writes them,
-and the session has ``SLUICE_URL`` set to the gRPC address, which ``sluice`` commands naming no
-server call. Nothing else in a block changes.
+127.0.0.1:8001 (gRPC), 127.0.0.1:8002 (metrics) and 127.0.0.1:8000 (REST), while this test's
+listens on free ports; those addresses (also as ``localhost:``) become the live ones wherever a
+block writes them, and the session has ``SLUICE_URL`` set to the gRPC address, which
+``sluice`` commands naming no server call. Nothing else in a block changes.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tests.support.readme import (
     venv_root,
 )
 
-README_GRPC, README_METRICS = "8001", "8002"
+README_GRPC, README_METRICS, README_HTTP = "8001", "8002", "8000"
 
 
 def _skipped() -> list[object]:
@@ -56,11 +56,13 @@ def test_every_readme_example_runs_as_written_after_the_quick_start(tmp_path: Pa
     assert venv is not None, "run the tests from the quick start's .venv (.venv/bin/pytest)"
     workdir = reader_checkout(tmp_path / "clone", venv)
 
-    proc, grpc_address = start_cli_server("--metrics-port", "0", "--state-dir",
-                                          str(tmp_path / "state"))
+    proc, grpc_address = start_cli_server("--metrics-port", "0", "--http-port", "0",
+                                          "--state-dir", str(tmp_path / "state"))
     assert proc.stdout is not None
     metrics = re.search(r"metrics on http://(\S+)/metrics", proc.stdout.readline())
     assert metrics, "the server printed no metrics address"
+    rest = re.search(r"HTTP listening on http://(\S+)", proc.stdout.readline())  # REST
+    assert rest, "the server printed no HTTP address"
     server_output: list[str] = []
     drain = threading.Thread(target=lambda: server_output.extend(proc.stdout), daemon=True)
     drain.start()
@@ -68,6 +70,7 @@ def test_every_readme_example_runs_as_written_after_the_quick_start(tmp_path: Pa
     for host in ("127.0.0.1", "localhost"):
         replace[f"{host}:{README_GRPC}"] = grpc_address
         replace[f"{host}:{README_METRICS}"] = metrics.group(1)
+        replace[f"{host}:{README_HTTP}"] = rest.group(1)
     try:
         session = run_session(blocks, workdir,
                               {**fresh_terminal(os.environ, venv), "SLUICE_URL": grpc_address},

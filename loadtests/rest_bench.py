@@ -1,0 +1,122 @@
+"""REST on ``identity`` against a constant-answer servicer on the same HTTP library, side by side.
+
+    python -m loadtests.rest_bench [--duration S] [--rounds R] [--concurrency C] [--out DIR]
+
+Issue 17's performance section: Sluice's KServe v2 REST door on ``identity`` at concurrency 64
+(``perf_analyzer -i http``, binary tensor data both ways) must reach at least 85% of a minimal
+HTTP servicer on aiohttp that answers every infer with the same bytes
+(:mod:`loadtests.rest_constant`). Both run for the whole benchmark, one process each; every
+round measures both, the side that goes first alternating per round (the machine drifts).
+Reported: per side the median over rounds of inferences/s and p50, and the median of the
+per-round ratios (Sluice / constant) against the target. Writes ``rest_bench.json`` to ``--out``
+(default ``loadtests/results/``, git-ignored). Needs perf_analyzer on PATH
+(``python -m loadtests.get_perf_analyzer``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from loadtests import perfanalyzer
+from loadtests.models import MODEL_REPOSITORY, ROOT
+from loadtests.procs import checkout_env, terminate
+
+MIN_RATIO = 0.85
+_SIDES = ("sluice", "constant")
+_ADDRESS = re.compile(r"HTTP listening on (?:http://)?(\S+)\s*$")
+
+
+def _start(args: list[str]) -> tuple[subprocess.Popen, str]:
+    """Start ``python ARGS``; (process, host:port) once it listens and answers ready."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=checkout_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        found = _ADDRESS.search(line)
+        if found:
+            address = found.group(1)
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://{address}/v2/health/ready", timeout=5):
+                        return proc, address
+                except OSError:
+                    time.sleep(0.2)
+        if not line and proc.poll() is not None:
+            break
+    terminate(proc, 5)
+    raise RuntimeError(f"{args[:3]} did not start")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per window")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results")
+    args = parser.parse_args(argv)
+    if perfanalyzer.binary() is None:
+        print(f"rest_bench: {perfanalyzer.NOT_INSTALLED}", file=sys.stderr)
+        return 2
+    sluice = _start(["-m", "sluice.server", "serve", "--model-repository", str(MODEL_REPOSITORY),
+                     "--grpc-port", "0", "--http-port", "0", "--metrics-port", "-1",
+                     "--model-control", "explicit", "--load-model", "identity",
+                     "--log-level", "WARNING"])
+    try:
+        constant = _start(["-m", "loadtests.rest_constant", "--port", "0"])
+    except BaseException:
+        terminate(sluice[0], 10)
+        raise
+    targets = {"sluice": sluice[1], "constant": constant[1]}
+    rounds: list[dict[str, Any]] = []
+    try:
+        for index in range(args.rounds):
+            order = _SIDES if index % 2 == 0 else _SIDES[::-1]
+            point: dict[str, Any] = {}
+            for side in order:
+                point[side] = perfanalyzer.run(
+                    target=targets[side], model="identity", concurrency=args.concurrency,
+                    batch=1, streaming=False, duration_s=args.duration, stability_percent=100,
+                    max_trials=4, protocol="http")
+                print(f"round {index + 1} {side}: {point[side]}", flush=True)
+            rounds.append(point)
+    finally:
+        for proc, _ in (constant, sluice):
+            terminate(proc, 10)
+    report = _report(rounds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rest_bench.json").write_text(json.dumps(
+        {"rounds": rounds, "summary": report}, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _report(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [r for r in rounds if all("rows_s" in r[side] for side in _SIDES)]
+    if not good:
+        return {"error": "no round measured both sides"}
+    summary: dict[str, Any] = {}
+    for side in _SIDES:
+        summary[side] = {
+            "infer_s": statistics.median(r[side]["rows_s"] for r in good),
+            "p50_ms": statistics.median(r[side]["p50_ms"] for r in good),
+        }
+    ratio = statistics.median(r["sluice"]["rows_s"] / r["constant"]["rows_s"] for r in good)
+    summary["ratio"] = round(ratio, 3)
+    summary["target"] = MIN_RATIO
+    summary["meets_target"] = ratio >= MIN_RATIO
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
