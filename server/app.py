@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -36,7 +35,6 @@ from sluice.server.backends.base import Backend
 from sluice.server.backends.ensemble import EnsembleBackend
 from sluice.server.backends.numba_backend import load_numba_backend
 from sluice.server.backends.ort import OrtBackend
-from sluice.server.config.deployment_file import read_deployment
 from sluice.server.config.model import ModelConfig, check_model_name
 from sluice.server.config.pbtxt import read_model_config
 from sluice.server.config.settings import ServerConfig
@@ -60,7 +58,6 @@ from sluice.server.protocol.tls import add_port
 from sluice.server.protocol.wire import add_inference_service
 from sluice.server.rollout.canary import CanaryController
 from sluice.server.rollout.deploy_store import DeploymentStore
-from sluice.server.rollout.deployment import DeploymentState
 from sluice.server.rollout.router import Router
 from sluice.server.rollout.shadow import ShadowMirror
 from sluice.server.rollout.state_sync import DeploymentFollower
@@ -68,6 +65,7 @@ from sluice.server.serving.budget import InflightBudget
 from sluice.server.serving.loading import load_in_order
 from sluice.server.serving.repository import ModelRepository
 from sluice.server.serving.staging import StagingArea
+from sluice.server.startup import StartError, declared_state, port_free
 from sluice.server.tls_reload import BindRefused, CertificateReloader, TlsError, open_transport
 
 log = logging.getLogger(__name__)
@@ -87,45 +85,6 @@ _LOADING = {
     "fil": _NUMBA,
     "ensemble": "linking its steps",
 }
-
-
-def _port_free(host: str, port: int) -> bool:
-    """Whether a listening socket could be bound on ``host:port`` now (SO_REUSEADDR, as gRPC
-    binds: a port held only by connections in TIME_WAIT counts as free)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return True  # let gRPC report what it makes of the address
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError:
-            return False
-    return True
-
-
-class StartError(Exception):
-    """The server cannot start as configured; the message says why and which flag to change.
-    ``usage``: the command line asked for something impossible (exit status 2, else 1)."""
-
-    def __init__(self, message: str, *, usage: bool = False) -> None:
-        super().__init__(message)
-        self.usage = usage
-
-
-def declared_state(model_dir: Path) -> tuple[DeploymentState, str] | None:
-    """A model's deployment.yaml as the state it declares, with the file's sha256; None when
-    there is none. Blocking (the router calls it on a thread)."""
-    found = read_deployment(model_dir)
-    if found is None:
-        return None
-    declared, digest = found
-    try:
-        return DeploymentState.from_json(declared), digest
-    except ValueError as exc:  # the reader checked the file; this is a disagreement of ours
-        raise ModelLoadError(f"{model_dir.name}/deployment.yaml: {exc}") from None
 
 
 class Server:
@@ -296,7 +255,7 @@ class Server:
             reflection.aio.ReflectionServicer((_SERVICE, _ADMIN, reflection.SERVICE_NAME), POOL),
             registrar,
         )
-        busy = cfg.grpc_port and not cfg.reuse_port and not _port_free(cfg.host, cfg.grpc_port)
+        busy = cfg.grpc_port and not cfg.reuse_port and not port_free(cfg.host, cfg.grpc_port)
         try:  # asked only when free: grpc would also log a line of its own about a busy one
             self.port = 0 if busy else add_port(self._grpc, f"{cfg.host}:{cfg.grpc_port}", self.tls)
         except RuntimeError:  # grpc's own words say only "set GRPC_VERBOSITY=debug"
