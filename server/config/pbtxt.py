@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -24,12 +23,12 @@ from sluice.server.config.model import (
     InstanceGroup,
     InstanceKind,
     ModelConfig,
-    OverloadPolicy,
     QueuePolicy,
     TimeoutAction,
     VersionPolicy,
     check_model_name,
 )
+from sluice.server.config.overload_params import overload_parameters, overload_policy
 from sluice.server.errors import ModelLoadError
 from sluice.server.types import TensorSpec
 
@@ -244,7 +243,7 @@ def from_proto(message: mc.ModelConfig, name: str) -> ModelConfig:
             )
             for step in message.ensemble_scheduling.step
         ),
-        overload=_overload_policy(
+        overload=overload_policy(
             {k: v.string_value for k, v in message.parameters.items()
              if k in OVERLOAD_PARAMETERS},
             where,
@@ -264,64 +263,6 @@ def _queue_policy(qp: mc.ModelQueuePolicy, present: bool) -> QueuePolicy:
         timeout_action=TimeoutAction.DELAY
         if qp.timeout_action == mc.ModelQueuePolicy.DELAY else TimeoutAction.REJECT,
     )
-
-
-def _overload_policy(params: dict[str, str], where: str) -> OverloadPolicy:
-    """Sluice's overload parameters; each error names the parameter."""
-
-    def number(key: str, kind: type = float) -> float | int | None:
-        text = params.get(key)
-        if text is None:
-            return None
-        try:
-            return kind(text)
-        except ValueError:
-            raise ModelLoadError(
-                f"{where}: parameter '{key}' must be a{'n integer' if kind is int else ' number'}"
-                f", got {text!r}"
-            ) from None
-
-    policy = OverloadPolicy()
-    values: dict[str, object] = {}
-    for key in ("latency_budget_ms", "codel_interval_ms"):
-        if key in params:
-            values[key] = number(key)
-    for key in ("max_queue_rows", "max_queue_bytes"):
-        if key in params:
-            values[key] = number(key, int)
-    if "codel_target_ms" in params:
-        off = params["codel_target_ms"].strip().lower() in ("off", "none", "")
-        values["codel_target_ms"] = None if off else number("codel_target_ms")
-    if "priority_budget_fractions" in params:
-        try:
-            values["priority_budget_fractions"] = tuple(
-                float(part) for part in params["priority_budget_fractions"].split(",")
-            )
-        except ValueError:
-            raise ModelLoadError(
-                f"{where}: parameter 'priority_budget_fractions' must be comma-separated "
-                f"numbers, got {params['priority_budget_fractions']!r}"
-            ) from None
-    if params.get("fallback_model"):
-        values["fallback_model"] = params["fallback_model"].strip()
-    return replace(policy, **values)  # type: ignore[arg-type]
-
-
-def _overload_parameters(policy: OverloadPolicy) -> dict[str, str]:
-    """The inverse of :func:`_overload_policy`: the parameters that differ from the defaults."""
-    default = OverloadPolicy()
-    out: dict[str, str] = {}
-    for key in sorted(OVERLOAD_PARAMETERS):
-        value = getattr(policy, key)
-        if value == getattr(default, key):
-            continue
-        if key == "codel_target_ms" and value is None:
-            out[key] = "off"
-        elif isinstance(value, tuple):
-            out[key] = ",".join(repr(v) for v in value)
-        else:
-            out[key] = repr(value) if isinstance(value, float) else str(value)
-    return out
 
 
 def _write_queue_policy(target: mc.ModelQueuePolicy, policy: QueuePolicy) -> None:
@@ -375,7 +316,7 @@ def to_proto(config: ModelConfig) -> mc.ModelConfig:
         g = message.instance_group.add(count=group.count)
         g.kind = mc.ModelInstanceGroup.Kind.Value(group.kind.value)
         g.gpus.extend(group.gpus)
-    for key, value in {**config.parameters, **_overload_parameters(config.overload)}.items():
+    for key, value in {**config.parameters, **overload_parameters(config.overload)}.items():
         message.parameters[key].string_value = value
     accelerators = message.optimization.execution_accelerators.gpu_execution_accelerator
     for name in config.gpu_accelerators:
