@@ -47,8 +47,8 @@ from sluice.server.cli_connect import (  # transport security (issue 14)
 )
 from sluice.server.cli_cost import non_negative_price, print_cost
 from sluice.server.cli_drift import add_drift_commands, run_drift, run_profile
-from sluice.server.cli_health import add_health_command, run_health  # images (issue 15)
 from sluice.server.cli_fleet import add_fleet_flags, fleet_settings  # fleet (issue 15)
+from sluice.server.cli_health import add_health_command, run_health  # images (issue 15)
 from sluice.server.cli_logging import add_logging_command, run_logging
 from sluice.server.cli_quality import add_quality_commands, run_quality  # feedback + quality
 from sluice.server.cli_repo import add_repo_command, run_repo

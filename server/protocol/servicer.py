@@ -27,7 +27,7 @@ from sluice.server.errors import (
 )
 from sluice.server.monitoring.cost import CostAccountant
 from sluice.server.monitoring.hub import MonitorHub
-from sluice.server.protocol import codec, handoff, shm_tensors, wire
+from sluice.server.protocol import codec, handoff, shm_tensors
 from sluice.server.protocol.extensions import EXTENSIONS
 from sluice.server.protocol.model_control import load_arguments
 from sluice.server.protocol.refusals import Refusals
