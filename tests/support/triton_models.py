@@ -1,6 +1,6 @@
 """The models of Triton's documentation (``docs/examples/model_repository``) as small ONNX files,
 with the config.pbtxt Triton ships for them, for the tests that do what Triton's example clients
-do (tests/integration/test_triton_parity.py)."""
+do (tests/integration/triton_parity/)."""
 
 from __future__ import annotations
 

@@ -1,122 +1,30 @@
 """System shared memory (Triton's extension, issue 16 item 4) through a real server and
 tritonclient, as Triton's ``simple_grpc_shm_client.py`` uses it: regions made with
 ``tritonclient.utils.shared_memory``, registered, inputs read from and outputs written into
-them, checked against numpy; then every offset and size checked against its region, and the
-regions' lifetime (unregister, re-register, shutdown) read from this process's own memory map.
-
-Keys carry this process's id and a random part: /dev/shm is shared by everyone on the host.
+them, checked against numpy; then the regions' lifetime (unregister, re-register, shutdown) read
+from this process's own memory map. The bounds checks are in test_shm_bounds.py.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
 import tritonclient.utils.shared_memory as shm
-from onnx import TensorProto, helper
-from tritonclient.utils import (
-    InferenceServerException,
-    serialize_byte_tensor,
-    serialized_byte_size,
-    triton_to_np_dtype,
-)
+from tritonclient.utils import serialize_byte_tensor, serialized_byte_size, triton_to_np_dtype
 
 from sluice.server.config.settings import ServerConfig
-from tests.support.onnx_models import identity_model, write_model
-from tests.support.running import RunningServer, start_server
-
-#: Triton's documented ``simple`` model: INPUT0 + INPUT1 and INPUT0 - INPUT1, INT32 [16].
-SIMPLE_CONFIG = """
-name: "simple"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [
-  { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
-  { name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] }
-]
-output [
-  { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
-  { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 16 ] }
-]
-"""
-TENSOR_BYTES = 16 * 4  # one row of INT32 [16]
-
-
-def simple_model():
-    io = [helper.make_tensor_value_info(n, TensorProto.INT32, ["batch", 16])
-          for n in ("INPUT0", "INPUT1", "OUTPUT0", "OUTPUT1")]
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
-         helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"])],
-        "simple", io[:2], io[2:])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shm-models")
-    write_model(root, "simple", simple_model(), SIMPLE_CONFIG)
-    write_model(root, "strings", identity_model({"s": ("BYTES", ["batch", 3])}),
-                'name: "strings"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 4\n')
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(ServerConfig(model_repository=repo, grpc_port=0, metrics_port=None,
-                                        state_dir=tmp_path_factory.mktemp("shm-state")))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def client(server: RunningServer) -> Iterator[tc.InferenceServerClient]:
-    with tc.InferenceServerClient(server.address) as c:
-        c.unregister_system_shared_memory()  # each test starts with none registered
-        yield c
-        c.unregister_system_shared_memory()
-
-
-@pytest.fixture
-def regions() -> Iterator:
-    """Makes regions (tritonclient's helper) with unique keys; destroys them after the test."""
-    made = []
-
-    def make(name: str, byte_size: int):
-        key = f"/sluice_test_{os.getpid()}_{uuid.uuid4().hex[:8]}_{name}"
-        handle = shm.create_shared_memory_region(name, key, byte_size)
-        made.append(handle)
-        return handle, key
-
-    yield make
-    for handle in made:
-        shm.destroy_shared_memory_region(handle)
-
-
-def mappings_of(key: str) -> int:
-    """How many times this process maps the object ``key`` (/proc/self/maps)."""
-    path = "/dev/shm/" + key.lstrip("/")
-    with open("/proc/self/maps") as maps:
-        return sum(1 for line in maps if line.rstrip().endswith(path))
-
-
-def refused(call, *args, **kwargs) -> InferenceServerException:
-    with pytest.raises(InferenceServerException) as info:
-        call(*args, **kwargs)
-    return info.value
-
-
-def simple_inputs() -> tuple[np.ndarray, np.ndarray]:
-    return (np.arange(16, dtype=np.int32).reshape(1, 16),
-            np.full((1, 16), 3, dtype=np.int32))
+from tests.support.running import start_server
+from tests.support.system_shm import (
+    TENSOR_BYTES,
+    infer_placed,
+    mappings_of,
+    refused,
+    simple_inputs,
+)
 
 
 def test_simple_grpc_shm_client_flow(client, regions):
@@ -225,120 +133,6 @@ def test_streaming_requests_use_shared_memory_too(client, regions):
     np.testing.assert_array_equal(
         shm.get_contents_as_numpy(handle, np.int32, [1, 16], offset=2 * TENSOR_BYTES),
         input0 - input1)
-
-
-# -- bounds -------------------------------------------------------------------------------------
-
-def infer_placed(client, input_at: tuple[str, int, int], output_at=None):
-    """``simple`` with INPUT0 placed at (region, byte_size, offset), INPUT1 raw, and OUTPUT0 at
-    ``output_at`` when given."""
-    inputs = [tc.InferInput("INPUT0", [1, 16], "INT32"), tc.InferInput("INPUT1", [1, 16], "INT32")]
-    region, size, offset = input_at
-    inputs[0].set_shared_memory(region, size, offset=offset)
-    inputs[1].set_data_from_numpy(simple_inputs()[1])
-    outputs = None
-    if output_at is not None:
-        outputs = [tc.InferRequestedOutput("OUTPUT0")]
-        outputs[0].set_shared_memory(output_at[0], output_at[1], offset=output_at[2])
-    return client.infer("simple", inputs, outputs=outputs)
-
-
-@pytest.mark.parametrize(("size", "offset"), [
-    (TENSOR_BYTES, TENSOR_BYTES // 2),  # past the end by half a tensor
-    (TENSOR_BYTES, TENSOR_BYTES),  # starts at the end
-    (TENSOR_BYTES, -1),
-    (-TENSOR_BYTES, 0),
-    (TENSOR_BYTES, 2**63 - 1),
-    (2**62, 0),
-    (2**63 - 1, 1),  # offset + size overflows int64
-])
-def test_every_input_placement_is_checked_against_its_region(client, regions, size, offset):
-    handle, key = regions("bounded", TENSOR_BYTES)
-    shm.set_shared_memory_region(handle, [simple_inputs()[0]])
-    client.register_system_shared_memory("bounded", key, TENSOR_BYTES)
-    error = refused(infer_placed, client, ("bounded", size, offset))
-    assert error.status() == "StatusCode.INVALID_ARGUMENT"
-    assert error.message() == (
-        f"input 'INPUT0': shared memory region 'bounded': offset {offset} and byte_size "
-        f"{size} do not fit in the region's {TENSOR_BYTES} bytes")
-    result = infer_placed(client, ("bounded", TENSOR_BYTES, 0))  # the server still serves
-    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), sum(simple_inputs()))
-
-
-def test_a_region_smaller_than_the_tensor_is_refused_naming_both_sizes(client, regions):
-    handle, key = regions("small", TENSOR_BYTES // 2)
-    client.register_system_shared_memory("small", key, TENSOR_BYTES // 2)
-    error = refused(infer_placed, client, ("small", TENSOR_BYTES // 2, 0))
-    assert error.status() == "StatusCode.INVALID_ARGUMENT"
-    assert error.message() == (
-        "input 'INPUT0': expected 64 bytes of raw data for INT32 [1,16], got 32")
-
-
-def test_output_placements_are_checked_before_and_after_compute(client, regions, server):
-    input0, input1 = simple_inputs()
-    handle, key = regions("outs", TENSOR_BYTES * 2)
-    shm.set_shared_memory_region(handle, [input0])
-    client.register_system_shared_memory("outs", key, TENSOR_BYTES * 2)
-    computed = server.server.repository.get("simple").stats.success_count
-    error = refused(infer_placed, client, ("outs", TENSOR_BYTES, 0),
-                    ("outs", TENSOR_BYTES, TENSOR_BYTES + 8))
-    assert error.status() == "StatusCode.INVALID_ARGUMENT"
-    assert error.message() == (
-        f"output 'OUTPUT0': shared memory region 'outs': offset {TENSOR_BYTES + 8} and "
-        f"byte_size {TENSOR_BYTES} do not fit in the region's {TENSOR_BYTES * 2} bytes")
-    assert server.server.repository.get("simple").stats.success_count == computed  # no compute
-    error = refused(infer_placed, client, ("outs", TENSOR_BYTES, 0),
-                    ("outs", TENSOR_BYTES - 4, TENSOR_BYTES))
-    assert error.status() == "StatusCode.INVALID_ARGUMENT"
-    assert error.message() == (
-        "shared memory size specified with the request for output 'OUTPUT0' (60 bytes) "
-        "should be at least 64 bytes to hold the results")
-
-
-def test_half_given_placements_and_unknown_regions_are_refused(client):
-    tensor = tc.InferInput("INPUT0", [1, 16], "INT32")
-    tensor.set_shared_memory("nowhere", TENSOR_BYTES)
-    error = refused(infer_placed, client, ("nowhere", TENSOR_BYTES, 0))
-    assert error.status() == "StatusCode.NOT_FOUND"
-    assert error.message() == "input 'INPUT0': Unable to find shared memory region: 'nowhere'"
-    half = tc.InferInput("INPUT0", [1, 16], "INT32")
-    half._input.parameters["shared_memory_region"].string_param = "r"  # no byte_size
-    raw = tc.InferInput("INPUT1", [1, 16], "INT32")
-    raw.set_data_from_numpy(simple_inputs()[1])
-    error = refused(client.infer, "simple", [half, raw])
-    assert error.status() == "StatusCode.INVALID_ARGUMENT"
-    assert error.message() == ("input 'INPUT0': shared memory needs both 'shared_memory_region' "
-                               "and 'shared_memory_byte_size' (got 'shared_memory_region')")
-
-
-def test_registration_is_checked_against_the_object(client, regions):
-    _, key = regions("obj", 256)
-    error = refused(client.register_system_shared_memory, "r", key, 200, offset=100)
-    assert error.status() == "StatusCode.INVALID_ARGUMENT"
-    assert error.message() == (
-        f"failed to register shared memory region 'r': offset 100 + byte_size 200 = 300 "
-        f"exceeds the 256 bytes of shared memory object '{key}'")
-    missing = f"/sluice_test_{os.getpid()}_missing"
-    error = refused(client.register_system_shared_memory, "r", missing, 64)
-    assert error.status() == "StatusCode.NOT_FOUND"
-    assert error.message() == (
-        f"failed to register shared memory region 'r': Unable to open shared memory region: "
-        f"'{missing}' (no such shared memory object)")
-    error = refused(client.register_system_shared_memory, "r", "/dev/shm/../../etc/passwd", 64)
-    assert error.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "not a POSIX shared memory name" in error.message()
-    assert "etc" not in error.message()  # never echoes a path
-    assert client.get_system_shared_memory_status(as_json=True) == {}
-
-
-def test_an_unaligned_registration_offset_maps_the_right_bytes(client, regions):
-    """mmap needs page-aligned offsets; the region starts where the client said anyway."""
-    input0, input1 = simple_inputs()
-    handle, key = regions("unaligned", 8192)
-    shm.set_shared_memory_region(handle, [input0], offset=4100)
-    client.register_system_shared_memory("unaligned", key, TENSOR_BYTES, offset=4100)
-    result = infer_placed(client, ("unaligned", TENSOR_BYTES, 0))
-    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), input0 + input1)
 
 
 # -- lifetime -----------------------------------------------------------------------------------
