@@ -34,6 +34,7 @@ from sluice.server.access_control import AccessControl  # authz
 from sluice.server.auth.tokens import TokenFileError  # authz
 from sluice.server.backends.base import Backend
 from sluice.server.backends.ensemble import EnsembleBackend
+from sluice.server.backends.mlflow_backend import is_mlflow_model, load_mlflow_backend  # mlflow
 from sluice.server.backends.numba_backend import load_numba_backend
 from sluice.server.backends.ort import OrtBackend
 from sluice.server.config.deployment_file import read_deployment
@@ -185,6 +186,8 @@ class Server:
         """The backend named by ``config.backend`` (runs on a loader thread)."""
         log.info("model '%s' version %s: loading (%s)", config.name, version_dir.name,
                  _LOADING.get(config.backend, "starting its backend"))
+        if is_mlflow_model(version_dir):  # mlflow: an MLmodel file decides, not config.backend
+            return load_mlflow_backend(config, version_dir)
         if config.backend == "onnxruntime":
             return OrtBackend(config, version_dir)
         if config.backend in ("numba", "fil"):
