@@ -102,6 +102,25 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def make_backend(config: ModelConfig, version_dir: Path,
+                 pipeline_step: Callable[[str, int], tuple[Backend, ModelConfig]] | None = None
+                 ) -> Backend:
+    """The backend named by ``config.backend`` for one version directory (blocking); also what
+    ``sluice batch`` loads models with. ``pipeline_step``: how an ensemble finds its steps."""
+    log.info("model '%s' version %s: loading (%s)", config.name, version_dir.name,
+             _LOADING.get(config.backend, "starting its backend"))
+    if is_mlflow_model(version_dir):  # mlflow: an MLmodel file decides, not config.backend
+        return load_mlflow_backend(config, version_dir)
+    if config.backend == "onnxruntime":
+        return OrtBackend(config, version_dir)
+    if config.backend in ("numba", "fil"):
+        return load_numba_backend(config, version_dir)
+    if config.backend == "ensemble" and pipeline_step is not None:
+        return EnsembleBackend(config, version_dir, pipeline_step)
+    raise ModelLoadError(f"model '{config.name}': backend '{config.backend}' is not supported"
+                         + (" here" if config.backend == "ensemble" else ""))
+
+
 class StartError(Exception):
     """The server cannot start as configured; the message says why and which flag to change.
     ``usage``: the command line asked for something impossible (exit status 2, else 1)."""
@@ -184,17 +203,7 @@ class Server:
 
     def _make_backend(self, config: ModelConfig, version_dir: Path) -> Backend:
         """The backend named by ``config.backend`` (runs on a loader thread)."""
-        log.info("model '%s' version %s: loading (%s)", config.name, version_dir.name,
-                 _LOADING.get(config.backend, "starting its backend"))
-        if is_mlflow_model(version_dir):  # mlflow: an MLmodel file decides, not config.backend
-            return load_mlflow_backend(config, version_dir)
-        if config.backend == "onnxruntime":
-            return OrtBackend(config, version_dir)
-        if config.backend in ("numba", "fil"):
-            return load_numba_backend(config, version_dir)
-        if config.backend == "ensemble":
-            return EnsembleBackend(config, version_dir, self._pipeline_step)
-        raise ModelLoadError(f"model '{config.name}': backend '{config.backend}' is not supported")
+        return make_backend(config, version_dir, self._pipeline_step)
 
     def _describe(self, name: str, version: int) -> ModelConfig | None:
         """Config of a loaded version of ``name`` (0: the newest), else None (any thread)."""
