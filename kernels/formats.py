@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sluice.kernels import ubjson
 from sluice.kernels.forest import MISSING_NAN, ZERO_THRESHOLD, Forest
 
 
@@ -88,7 +89,7 @@ def check_feature_count(forest: Forest, n_columns: int, source: str) -> None:
 
 
 def load_xgboost_json(path: Path) -> Forest:
-    """Read an XGBoost JSON model (gbtree booster, numerical splits, one target)."""
+    """Read an XGBoost JSON (or UBJSON) model (gbtree booster, numerical splits, one target)."""
     path = Path(path)
     name = path.name
     doc = _read_json(path)
@@ -129,12 +130,19 @@ def load_xgboost_json(path: Path) -> Forest:
 
 
 def _read_json(path: Path) -> dict:
+    """The model document, from JSON or from UBJSON (XGBoost's ``model.ubj``, the same
+    document in binary: '{' then a key's length marker where JSON has '"')."""
     try:
         text = path.read_bytes()
     except OSError as exc:
         raise FormatError(f"{path.name}: cannot read: {exc.strerror}") from None
     try:
-        doc = json.loads(text)
+        if text[:1] == b"{" and text[1:2] in (b"L", b"l", b"i", b"U", b"I", b"#", b"$"):
+            doc = ubjson.loads(text)
+        else:
+            doc = json.loads(text)
+    except ubjson.UbjsonError as exc:
+        raise FormatError(f"{path.name}: invalid or truncated UBJSON: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FormatError(f"{path.name}: invalid or truncated JSON: {exc}") from None
     if not isinstance(doc, dict):

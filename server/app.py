@@ -33,6 +33,7 @@ from sluice.server.access_control import AccessControl  # authz
 from sluice.server.auth.tokens import TokenFileError  # authz
 from sluice.server.backends.base import Backend
 from sluice.server.backends.ensemble import EnsembleBackend
+from sluice.server.backends.mlflow_backend import is_mlflow_model, load_mlflow_backend  # mlflow
 from sluice.server.backends.numba_backend import load_numba_backend
 from sluice.server.backends.ort import OrtBackend
 from sluice.server.config.model import ModelConfig, check_model_name
@@ -85,6 +86,25 @@ _LOADING = {
     "fil": _NUMBA,
     "ensemble": "linking its steps",
 }
+
+
+def make_backend(config: ModelConfig, version_dir: Path,
+                 pipeline_step: Callable[[str, int], tuple[Backend, ModelConfig]] | None = None
+                 ) -> Backend:
+    """The backend named by ``config.backend`` for one version directory (blocking); also what
+    ``sluice batch`` loads models with. ``pipeline_step``: how an ensemble finds its steps."""
+    log.info("model '%s' version %s: loading (%s)", config.name, version_dir.name,
+             _LOADING.get(config.backend, "starting its backend"))
+    if is_mlflow_model(version_dir):  # mlflow: an MLmodel file decides, not config.backend
+        return load_mlflow_backend(config, version_dir)
+    if config.backend == "onnxruntime":
+        return OrtBackend(config, version_dir)
+    if config.backend in ("numba", "fil"):
+        return load_numba_backend(config, version_dir)
+    if config.backend == "ensemble" and pipeline_step is not None:
+        return EnsembleBackend(config, version_dir, pipeline_step)
+    raise ModelLoadError(f"model '{config.name}': backend '{config.backend}' is not supported"
+                         + (" here" if config.backend == "ensemble" else ""))
 
 
 class Server:
@@ -155,15 +175,7 @@ class Server:
 
     def _make_backend(self, config: ModelConfig, version_dir: Path) -> Backend:
         """The backend named by ``config.backend`` (runs on a loader thread)."""
-        log.info("model '%s' version %s: loading (%s)", config.name, version_dir.name,
-                 _LOADING.get(config.backend, "starting its backend"))
-        if config.backend == "onnxruntime":
-            return OrtBackend(config, version_dir)
-        if config.backend in ("numba", "fil"):
-            return load_numba_backend(config, version_dir)
-        if config.backend == "ensemble":
-            return EnsembleBackend(config, version_dir, self._pipeline_step)
-        raise ModelLoadError(f"model '{config.name}': backend '{config.backend}' is not supported")
+        return make_backend(config, version_dir, self._pipeline_step)
 
     def _describe(self, name: str, version: int) -> ModelConfig | None:
         """Config of a loaded version of ``name`` (0: the newest), else None (any thread)."""

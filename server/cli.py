@@ -17,6 +17,7 @@
     sluice logging MODEL [--sample F] [--inputs | --no-inputs] [--exclude A,B] [--json]
     sluice retrain MODEL [--json] | retrain-webhook [--port P]
     sluice token create NAME --scopes S,S --tokens FILE | list | revoke NAME | cert CN
+    sluice batch MODEL --input FILE --output FILE [--key COL] [--map INPUT=COLUMN ...] [--url]
     (client commands take --token, else $SLUICE_TOKEN, for a server with --tokens)
 
 Every client command also takes --url HOST:PORT and, for a server with TLS, --tls-ca FILE (and
@@ -39,6 +40,7 @@ import numpy as np
 
 from sluice.server import __version__
 from sluice.server.cli_admin import add_admin_commands, run_admin
+from sluice.server.cli_batch import add_batch_command, run_batch  # batch prediction (issue 17)
 from sluice.server.cli_connect import (  # transport security (issue 14)
     DEFAULT_TARGET,
     ConnectionFlagError,
@@ -180,6 +182,7 @@ def _parser(url: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     add_retrain_commands(sub, _add_url, BUNDLED_REPOSITORY)  # retraining (issue 13, item 9)
     add_token_command(sub)  # authz
     add_health_command(sub, _add_url)  # images (issue 15, item 3): the HEALTHCHECK's probe
+    add_batch_command(sub, _add_url, BUNDLED_REPOSITORY)  # batch prediction (issue 17)
     return parser
 
 
@@ -226,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_token(args)
     if args.command == "health":  # images (issue 15, item 3)
         return run_health(args)
+    if args.command == "batch":  # batch prediction (issue 17)
+        return run_batch(args)
     return _stats(args)
 
 

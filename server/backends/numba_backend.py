@@ -105,12 +105,15 @@ def _wants_gpu(config: ModelConfig, where: str) -> bool:
 class TreeBackend(InstancesBackend):
     """A tree ensemble served with FIL's input/output conventions."""
 
-    def __init__(self, config: ModelConfig, version_dir: Path) -> None:
+    def __init__(self, config: ModelConfig, version_dir: Path, forest: Forest | None = None
+                 ) -> None:
+        """``forest``: a model already read (an MLflow model's file); None reads the version
+        directory's model file as FIL does."""
         super().__init__(config.instance_count)
         where = self._where = f"model '{config.name}' version {version_dir.name}"
         params = _parameters(config, FIL_PARAMETERS, where, "the numba/fil backend")
         try:
-            self.forest: Forest = load_tree_model(version_dir, params.get("model_type"))
+            self.forest: Forest = forest or load_tree_model(version_dir, params.get("model_type"))
         except FormatError as exc:
             raise ModelLoadError(f"{where}: {exc}") from None
         forest = self.forest

@@ -92,7 +92,8 @@ def test_a_version_that_is_not_loaded_is_named_with_what_was_tried_and_how_to_lo
     # a reload that drops version 1 again cannot restore the saved deployment, and says so
     config.write_text(text.replace(SERVE_ALL, ""))
     assert fails("repo", "load", "digits") == (
-        "sluice repo load: [NOT_FOUND] failed to load 'digits'; model 'digits': cannot restore its saved deployment: "
+        "sluice repo load: [NOT_FOUND] failed to load 'digits'; "
+        "model 'digits': cannot restore its saved deployment: "
         "alias 'stable' would name version 1, which is not loaded (loaded versions: 2); its "
         "version_policy (latest 1) does not select it: set version_policy { all { } } in "
         "digits/config.pbtxt, then load it with `sluice repo load digits` (RepositoryModelLoad)\n")
