@@ -7,7 +7,7 @@ buckets, so they sum correctly across replicas; the window quantiles are gauges 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -116,6 +116,16 @@ class ArmReading(Protocol):
     requests: int
     errors: int
     latency: LatencyWindow
+    latency_sum_s: float
+
+    def histogram(self, bounds: Sequence[float]) -> list[tuple[str, int]]: ...
+
+
+#: Bounds (seconds) of ``sluice_arm_request_duration_seconds``: 6 per decade (neighbours at most
+#: 1.67x apart), fine enough for histogram_quantile to judge a canary's p99 ratio over a fleet.
+ARM_LATENCY_BUCKETS_S: tuple[float, ...] = (
+    *(round(m * 10.0 ** e, 6) for e in range(-4, 1) for m in (1, 1.5, 2, 3, 5, 7)), 10.0)
+
 
 class ArmCollector(Collector):
     """Per-arm requests (by outcome) and window latency quantiles, labelled model, version, arm;
@@ -136,16 +146,22 @@ class ArmCollector(Collector):
             "sluice_arm_latency_quantile_seconds",
             "Latency quantiles of an arm's successful requests over the sliding window.",
             labels=[*labels, "quantile"])
+        duration = HistogramMetricFamily(  # fleet gates (issue 15): summed over replicas
+            "sluice_arm_request_duration_seconds", "Latency of an arm's successful requests.",
+            labels=labels)
         for model, arm, stats in self._arms():
             values = [model, "" if stats.version is None else str(stats.version), arm]
             requests.add_metric([*values, "success"], stats.requests - stats.errors)
             requests.add_metric([*values, "failure"], stats.errors)
+            duration.add_metric(values, stats.histogram(ARM_LATENCY_BUCKETS_S),
+                                stats.latency_sum_s)
             q = stats.latency.quantiles((50, 95, 99))
             if q is not None:
                 for p, value in q.items():
                     quantiles.add_metric([*values, str(p / 100)], value)
         yield requests
         yield quantiles
+        yield duration
 
 
 class ShadowCollector(Collector):
@@ -153,7 +169,8 @@ class ShadowCollector(Collector):
     shed, candidate errors (counters); agreement, differences, share within tolerance and both
     sides' latency quantiles (gauges). ``reports`` is ``ShadowMirror.reports``."""
 
-    _COUNTERS = ("mirrored", "compared", "shed", "candidate_errors", "live_errors", "dropped")
+    _COUNTERS = ("mirrored", "compared", "shed", "candidate_errors", "live_errors", "dropped",
+                 "label_rows")  # label_rows: fleet agreement gate (issue 15)
     _GAUGES = ("candidate_error_rate", "agreement", "max_abs_diff", "mean_abs_diff",
                "within_tolerance")
 

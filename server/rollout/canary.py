@@ -2,14 +2,17 @@
 
 A canary moves a model's traffic through steps (e.g. 5, 25, 50, 100 % to the candidate), each
 lasting ``interval_s``. At each step boundary the gates are checked on that step's numbers only
-(the per-arm epoch stats the router keeps): candidate error rate, candidate p99 / stable p99,
-and shadow agreement when a shadow of the candidate reported. A step with fewer than
-``min_requests`` candidate requests is extended (up to ``max_extensions`` times) rather than
-judged on no data. The error-rate gate is also checked every ``check_every_s`` within a step, so
-a broken candidate is rolled back within seconds. A breach sends all traffic back to the stable
-version (action ``canary_rollback``, reason naming the gate and its numbers); passing the last
-step promotes the candidate: alias ``stable`` -> candidate, all traffic to it, and a shadow of it
-ends (``canary_promote``). The step numbers are the arms' as their versions answered them.
+(:attr:`CanaryController.evidence`: this process's per-arm epochs, or a fleet's numbers through
+etcd or Prometheus, see :mod:`~sluice.server.rollout.gate_evidence`): candidate error rate,
+candidate p99 / stable p99, and shadow agreement when a shadow of the candidate reported. While
+the evidence cannot be read, the step waits (``waiting`` in the status says why). A step with
+fewer than ``min_requests`` candidate requests is extended (up to ``max_extensions`` times)
+rather than judged on no data. The error-rate gate is also checked every ``check_every_s``
+within a step, so a broken candidate is rolled back within seconds. A breach sends all traffic
+back to the stable version (action ``canary_rollback``, reason naming the gate and its numbers);
+passing the last step promotes the candidate: alias ``stable`` -> candidate, all traffic to it,
+and a shadow of it ends (``canary_promote``). The step numbers are the arms' as their versions
+answered them.
 
 The deployment state is the truth: progress lives in ``DeploymentState.canary`` (a JSON record,
 see :func:`new_record`), persisted and audited by the router with every step. A driver task
@@ -48,7 +51,7 @@ from sluice.server.rollout.canary_plan import (
 )
 from sluice.server.rollout.deploy_store import DeploymentConflict
 from sluice.server.rollout.deployment import DeploymentState, Route
-from sluice.server.rollout.router import EpochStats
+from sluice.server.rollout.gate_evidence import GateEvidence, LocalEvidence, StepEvidence
 
 if TYPE_CHECKING:
     from sluice.server.rollout.router import Router
@@ -77,12 +80,13 @@ class CanaryController:
         """``quality(model, arm, version)``: (accuracy, labelled rows) of an arm's live quality
         window, for the accuracy gates (None: a canary asking for them is refused)."""
         self._router = router
-        self._shadow = shadow
         self._clock = clock
         self._sleep = sleep
         self._check_every_s = check_every_s
         self._max_extensions = max_extensions
         self._quality = quality
+        #: What the gates are judged on (issue 15: the fleet's numbers replace these).
+        self.evidence: GateEvidence = LocalEvidence(router, shadow, quality)
         #: model -> (canary id, its driver task); every task ever spawned is in _tasks until done.
         self._drivers: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -198,6 +202,7 @@ class CanaryController:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.evidence.close()
 
     # -- driver -------------------------------------------------------------------------------
 
@@ -275,8 +280,7 @@ class CanaryController:
         """Wait out one step and judge it: (passed, why), or None if the record changed."""
         gates = CanaryGates.from_json(record["gates"])
         interval = float(record["interval_s"])
-        for stats in self._router.arm_stats(name).values():
-            stats.start_epoch()
+        await self.evidence.start_step(name, record)
         deadline = self._clock() + interval
         extensions = 0
         self._progress[name] = {"extensions": 0}
@@ -285,16 +289,21 @@ class CanaryController:
             current = self._record(name, cid)
             if current is None or current["step"] != record["step"]:
                 return None
-            candidate, stable = self._epochs(name, record)
+            seen = await self.evidence.read(name, record)
+            if seen.pending:  # no numbers, no verdict: the step waits (extensions untouched)
+                self._progress[name] = {"extensions": extensions, "waiting": seen.pending}
+                continue
+            self._progress[name] = {"extensions": extensions}
+            candidate = seen.candidate
             # Early error gate: no need to wait out the step to see a broken candidate.
             if candidate.requests >= gates.min_requests and (breach := error_gate(candidate,
                                                                                    gates)):
                 return False, breach
             if self._clock() < deadline:
                 continue
-            waiting = accuracy_pending(*self._accuracies(name, record), gates)
+            waiting = accuracy_pending(*seen.accuracies, gates)
             if candidate.requests >= gates.min_requests and not waiting:
-                return self._judge(name, record, gates, candidate, stable)
+                return self._judge(record, gates, seen)
             if extensions >= self._max_extensions:
                 if candidate.requests >= gates.min_requests:
                     return False, f"gate min_labels: {waiting} after {extensions + 1} intervals"
@@ -304,10 +313,9 @@ class CanaryController:
             self._progress[name] = {"extensions": extensions}
             deadline += interval
 
-    def _judge(
-        self, name: str, record: dict[str, Any], gates: CanaryGates, candidate: EpochStats,
-        stable: EpochStats,
-    ) -> tuple[bool, str]:
+    def _judge(self, record: dict[str, Any], gates: CanaryGates,
+               seen: StepEvidence) -> tuple[bool, str]:
+        candidate, stable = seen.candidate, seen.stable
         if breach := error_gate(candidate, gates):
             return False, breach
         # At 100 % the stable arm takes no traffic: nothing to compare the p99 with.
@@ -318,16 +326,13 @@ class CanaryController:
                 return False, (
                     f"gate p99_ratio: candidate p99 {candidate.p99_s * 1e3:.3f} ms / stable p99 "
                     f"{stable.p99_s * 1e3:.3f} ms = {ratio:.2f} > {gates.max_p99_ratio:g}")
-        shadow = self._shadow or getattr(self._router, "shadow", None)
-        if gates.min_agreement is not None and shadow is not None:
-            for report in shadow.report(name):
-                if (report.shadow_version == record["candidate"] and report.compared
-                        and report.agreement is not None
-                        and report.agreement < gates.min_agreement):
+        if gates.min_agreement is not None:
+            for seen_agreement in seen.agreements:
+                if seen_agreement.agreement < gates.min_agreement:
                     return False, (
-                        f"gate agreement: shadow agreement {report.agreement:.4f} < "
-                        f"{gates.min_agreement:g} over {report.compared} comparisons")
-        if breach := accuracy_gate(*self._accuracies(name, record), gates):
+                        f"gate agreement: shadow agreement {seen_agreement.agreement:.4f} < "
+                        f"{gates.min_agreement:g} over {seen_agreement.compared} comparisons")
+        if breach := accuracy_gate(*seen.accuracies, gates):
             return False, breach
         percent = record["steps"][record["step"]]
         return True, (f"step {percent:g}% passed: candidate error rate "
@@ -374,20 +379,3 @@ class CanaryController:
                 f"model '{name}' routes to versions {sorted(versions)}: set alias 'stable' "
                 "(or switch to one version) before starting a canary")
         return versions.pop() if versions else self._router.resolve(name, "", None)[0].version
-
-    def _accuracies(self, name: str, record: Mapping[str, Any]) -> tuple[Accuracy, Accuracy]:
-        """(candidate, stable) live accuracy windows; (None, 0) each without live quality."""
-        if self._quality is None:
-            return (None, 0), (None, 0)
-        return (self._quality(name, "candidate", int(record["candidate"])),
-                self._quality(name, "stable", int(record["stable"])))
-
-    def _epochs(self, name: str, record: Mapping[str, Any]) -> tuple[EpochStats, EpochStats]:
-        """(candidate, stable) numbers of the current step: each arm as its version answered
-        it (not another version the arm served before)."""
-        arms = self._router.arm_stats(name)
-        empty = EpochStats(0, 0, 0.0, None, None, 0.0)
-        candidate = arms.get(("candidate", int(record["candidate"])))
-        stable = arms.get(("stable", int(record["stable"])))
-        return (candidate.epoch() if candidate is not None else empty,
-                stable.epoch() if stable is not None else empty)
