@@ -42,6 +42,7 @@ from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import ModelLoadError, SluiceError
 from sluice.server.feedback_loop import FeedbackLoop
 from sluice.server.fleet.etcd_store import StateStoreUnavailable  # fleet (issue 15)
+from sluice.server.fleet.prom_gates import judge_with_prometheus  # fleet gates (issue 15)
 from sluice.server.fleet.replica import FleetReplica  # fleet state in etcd (issue 15)
 from sluice.server.metrics import (
     ArmCollector,
@@ -144,6 +145,8 @@ class Server:
         #: monitors on it (prediction log, live quality, drift) and cost per prediction.
         self.monitors = FeedbackLoop(config, self.repository, self.metrics, self._describe)
         self.canary = CanaryController(self.router, quality=self.monitors.quality.accuracy)
+        if config.metrics_source and self.fleet is None:  # fleet gates (issue 15): PromQL
+            judge_with_prometheus(config.metrics_source, self.canary, self.metrics)
         #: Serves deployment changes other processes (``--workers``) persist to the state dir.
         self.follower = (
             self.fleet.follow(self.router, self.canary, self.metrics) if self.fleet is not None

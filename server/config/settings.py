@@ -69,6 +69,12 @@ class ServerConfig:
     leader_lease_s: int = 10
     #: Seconds an etcd call may take before the change fails UNAVAILABLE.
     state_store_timeout_s: float = 2.0
+    #: Seconds between two publications of this replica's canary gate counters to etcd (the
+    #: fleet's gates sum them).
+    fleet_counters_interval_s: float = 1.0
+    #: ``prometheus://host:port``: canary gates are PromQL over every replica; None: the
+    #: replicas' counters through etcd with ``state_store``, else this process's own.
+    metrics_source: str | None = None
     # -- feedback + quality (issue 13) --
     #: Predicted rows each (model, version, arm) live quality window keeps.
     quality_window_rows: int = 10_000

@@ -37,3 +37,25 @@ class EtcdLocation:
 
     def __str__(self) -> str:
         return f"etcd {self.host}:{self.port} prefix '{self.prefix}'"
+
+
+# fleet gates (issue 15 item 2): where the canary gates read the fleet's metrics
+class MetricsSourceURLError(ValueError):
+    """A ``--metrics-source`` value that is not ``prometheus://host:port``."""
+
+
+def prometheus_base_url(url: str) -> str:
+    """``prometheus://HOST:PORT[/PATH]`` as the HTTP base URL of Prometheus's API; raises
+    MetricsSourceURLError naming the expected form (never echoing credentials)."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "prometheus" or not parsed.hostname:
+        raise MetricsSourceURLError("--metrics-source: expected prometheus://HOST:PORT")
+    if parsed.username or parsed.password or parsed.query or parsed.fragment:
+        raise MetricsSourceURLError("--metrics-source: only prometheus://HOST:PORT[/PATH] is "
+                                    "understood (no credentials, query or fragment)")
+    try:
+        port = parsed.port or 9090
+    except ValueError:
+        raise MetricsSourceURLError("--metrics-source: the port is not a number") from None
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"http://{host}:{port}{parsed.path.rstrip('/')}"

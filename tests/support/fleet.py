@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as tc
@@ -22,12 +23,12 @@ class Replica:
     """One ``sluice serve`` of the fleet serving ``models`` (explicit model control)."""
 
     def __init__(self, state_store: str, *extra: str, models: tuple[str, ...] = ("digits",),
-                 lease_s: int = 2) -> None:
+                 lease_s: int = 2, repository: Path = BUNDLED_REPOSITORY) -> None:
         loads = [arg for name in models for arg in ("--load-model", name)]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sluice.server", "serve", "--grpc-port", "0",
              "--metrics-port", "0", "--log-level", "WARNING",
-             "--model-repository", str(BUNDLED_REPOSITORY), "--model-control", "explicit",
+             "--model-repository", str(repository), "--model-control", "explicit",
              *loads, "--state-store", state_store, "--leader-lease", str(lease_s), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
@@ -64,6 +65,11 @@ class Replica:
         self.wait_listening()
         assert wait_ready(self.address, self.proc), self.output()
         return self
+
+    @property
+    def metrics_target(self) -> str:
+        """``host:port`` of its /metrics, as a Prometheus scrape target."""
+        return self.metrics_url.split("//", 1)[-1].split("/", 1)[0]
 
     def metric(self, name: str) -> float | None:
         return scrape(self.metrics_url).get(name)

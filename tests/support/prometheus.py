@@ -151,25 +151,27 @@ def write_config(directory: Path, targets: Iterable[str], rule_files: Iterable[P
 def start_prometheus(
     directory: Path, *, targets: Iterable[str], rule_files: Iterable[Path] = (),
     interval_s: float = 1.0, binary: str | None = None, ready_timeout_s: float = 60.0,
+    port: int | None = None,
 ) -> PrometheusServer:
     """Start Prometheus in ``directory`` (config, data and log go there) on a free loopback
-    port; returns once it reports ready and has scraped every target once."""
+    port (``port`` when given: one its clients were told before it started); returns once it
+    reports ready and has scraped every target once."""
     binary = binary or find_binary()
     if binary is None:
         raise FileNotFoundError(MISSING.format("prometheus"))
     directory.mkdir(parents=True, exist_ok=True)
     config = write_config(directory, targets, rule_files, interval_s)
-    for _attempt in range(3):  # a port taken between the probe and the bind: another one
-        port = free_port()
+    for _attempt in range(1 if port else 3):  # a port taken since the probe: another one
+        chosen = port or free_port()
         log = (directory / "prometheus.log").open("wb")
         process = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={directory / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+             f"--web.listen-address=127.0.0.1:{chosen}", "--log.level=warn",
              "--storage.tsdb.retention.time=1h"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         log.close()
-        server = PrometheusServer(process, port, directory)
+        server = PrometheusServer(process, chosen, directory)
         try:
             server.wait_until(lambda s=server: _ready(s), ready_timeout_s, "ready")
         except AssertionError:
