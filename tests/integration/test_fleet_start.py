@@ -27,3 +27,12 @@ def test_sluice_serve_with_no_etcd_answering_exits_naming_the_store():
     assert (f"--state-store: deployment state store etcd 127.0.0.1:{port} prefix '/fleet' is "
             "unreachable: reading the deployment state failed") in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_sluice_serve_refuses_a_bad_metrics_source_as_a_usage_error():  # fleet gates
+    done = subprocess.run(
+        [sys.executable, "-m", "sluice.server", "serve", "--metrics-source",
+         "prometheus://user:secret@h:9090"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--metrics-source" in done.stderr and "no credentials" in done.stderr
+    assert "secret" not in done.stderr
