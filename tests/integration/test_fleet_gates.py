@@ -13,6 +13,7 @@ Without the fleet's numbers it would promote the candidate after its two steps.
 from __future__ import annotations
 
 import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
 from sluice.clients.admin import AdminClient
+from sluice.server.fleet import prom_gates
 from tests.support import prometheus
 from tests.support.etcd import MISSING, EtcdServer, find_binary, free_port, start_etcd
 from tests.support.fleet import Replica
@@ -37,6 +39,7 @@ BAD = np.array([[9.0, 2.0, 3.0, 7.0]], np.float32)  # the candidate's run fails 
 CANDIDATE_FAILED = ('sluice_arm_requests_total{arm="candidate",model="clf",outcome="failure",'
                     'version="3"}')
 CANDIDATE_OK = CANDIDATE_FAILED.replace("failure", "success")
+CANDIDATE_TOTAL = 'sluice_arm_requests_total{model="clf", arm="candidate", version="3"}'
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +56,11 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return classifier_repo(tmp_path_factory.mktemp("repo"))
 
 
-def start_fleet(state_store: str, repository: Path, *extra: str) -> list[Replica]:
-    replicas = [Replica(state_store, "--fleet-counters-interval", "0.5", *extra,
-                        models=("clf",), repository=repository) for _ in range(3)]
-    for replica in replicas:
-        replica.wait_listening()
-    return replicas
+def start_fleet(state_store: str, repository: Path, *extra: str,
+                metrics_ports: tuple[int, ...] = (0, 0, 0)) -> list[Replica]:
+    """Three replicas of ``clf``, started side by side (not waited for)."""
+    return [Replica(state_store, "--fleet-counters-interval", "0.5", "--metrics-port", str(port),
+                    *extra, models=("clf",), repository=repository) for port in metrics_ports]
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -153,7 +155,15 @@ def check_rolled_back_on_the_fleet(replicas, canary, leader, failing, answered) 
     assert answered[leader]["candidate"] > 0 and answered[leader]["failed"] == 0, answered
 
 
+def _value(prom: prometheus.PrometheusServer, expr: str) -> float | None:
+    result = prom.query(expr)["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
 def stop_all(replicas: list[Replica]) -> None:
+    for replica in replicas:  # all drain at once, then each is waited for
+        if replica.proc.poll() is None:
+            replica.proc.send_signal(signal.SIGTERM)
     for replica in replicas:
         replica.stop()
 
@@ -173,13 +183,14 @@ def test_a_canary_judged_on_fleet_counters_in_etcd_rolls_back_when_one_replica_f
                     reason=prometheus.MISSING.format("prometheus"))
 def test_a_canary_judged_with_promql_rolls_back_when_one_replica_fails(etcd, repository,
                                                                          tmp_path):
-    port = free_port()
+    port, metrics_ports = free_port(), (free_port(), free_port(), free_port())
     replicas = start_fleet(etcd.state_store("gates-prom"), repository,
-                           "--metrics-source", f"prometheus://127.0.0.1:{port}")
+                           "--metrics-source", f"prometheus://127.0.0.1:{port}",
+                           metrics_ports=metrics_ports)
     prom = None
-    try:
+    try:  # Prometheus starts while the replicas load (their /metrics ports are known)
         prom = prometheus.start_prometheus(
-            tmp_path / "prometheus", targets=[r.metrics_target for r in replicas],
+            tmp_path / "prometheus", targets=[f"127.0.0.1:{p}" for p in metrics_ports],
             interval_s=0.5, port=port)
         canary, leader, failing, answered = canary_with_one_failing_replica(replicas)
         check_rolled_back_on_the_fleet(replicas, canary, leader, failing, answered)
@@ -187,6 +198,18 @@ def test_a_canary_judged_with_promql_rolls_back_when_one_replica_fails(etcd, rep
         assert {r.metric('sluice_fleet_counters_up{store="etcd"}') for r in replicas} == {None}
         assert replicas[leader].metric(
             'sluice_canary_gate_source_up{source="prometheus"}') == 1.0
+        # Every gate's query, the agreement and accuracy ones this canary did not ask for
+        # included, is one this Prometheus accepts; the candidate's requests over the last
+        # minute are the ones the replicas counted themselves.
+        queries = {**prom_gates.arm_queries("clf", "candidate", 3, "1m"),
+                   **prom_gates.agreement_queries("clf", 3),
+                   **prom_gates.accuracy_queries("clf", "candidate", 3)}
+        for what, expr in queries.items():
+            assert prom.query(expr)["status"] == "success", (what, prom.query(expr))
+        counted = sum((r.metric(CANDIDATE_OK) or 0) + (r.metric(CANDIDATE_FAILED) or 0)
+                      for r in replicas)
+        prom.wait_until(lambda: _value(prom, f"sum({CANDIDATE_TOTAL})") == counted, 10,
+                        "the last scrape of the candidate's counters")
     finally:
         stop_all(replicas)
         if prom is not None:
