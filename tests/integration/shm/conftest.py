@@ -19,7 +19,7 @@ import tritonclient.utils.shared_memory as shm
 from sluice.server.config.settings import ServerConfig
 from tests.support.onnx_models import identity_model, write_model
 from tests.support.running import RunningServer, start_server
-from tests.support.system_shm import SIMPLE_CONFIG, simple_model
+from tests.support.triton_models import SIMPLE_CONFIG, simple_model
 
 
 @pytest.fixture(scope="module")
