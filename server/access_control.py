@@ -10,7 +10,6 @@ registers its services through :meth:`AccessControl.registrar`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 
@@ -26,6 +25,7 @@ from sluice.server.metrics import Metrics
 from sluice.server.metrics_http import MetricsCheck, metrics_auth
 from sluice.server.protocol.audited import AuditedRegistrar
 from sluice.server.protocol.auth import AuthInterceptor
+from sluice.server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,8 @@ class AccessControl:
                 log.error("tokens file unusable, the previous one stays in force: %s", exc)
 
     async def close(self) -> None:
-        if self._reload is not None:
-            self._reload.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reload
-            self._reload = None
+        reload, self._reload = self._reload, None
+        await cancel_and_wait(reload)
         await asyncio.to_thread(self.audit.close)
 
 

@@ -28,6 +28,7 @@ from sluice.server.errors import SluiceError
 from sluice.server.fleet.etcd_store import _ETCD_ERRORS, EtcdDeploymentStore
 from sluice.server.rollout.deploy_store import StoredDeployment
 from sluice.server.rollout.router import Router
+from sluice.server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,7 @@ class EtcdFollower:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def check(self) -> bool:
         """Nothing to do: the watch applies every change as etcd delivers it (an admin change

@@ -49,6 +49,7 @@ from sluice.server.fleet.etcd_store import _ETCD_ERRORS, EtcdDeploymentStore
 from sluice.server.rollout.arm_stats import EpochStats, count_difference, epoch_stats
 from sluice.server.rollout.gate_evidence import Agreement, LocalEvidence, StepEvidence
 from sluice.server.rollout.router import Router
+from sluice.server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,7 @@ class CounterPublisher:
     async def close(self) -> None:
         """Stop publishing and revoke the lease (the counters go at once, not after the TTL)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         lease, self._lease = self._lease, None
         if lease is not None:
             with contextlib.suppress(*_ETCD_ERRORS):

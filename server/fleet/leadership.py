@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sluice.server.fleet.etcd_store import _ETCD_ERRORS, EtcdDeploymentStore
+from sluice.server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,7 @@ class CanaryLeadership:
         """Stop campaigning; a leader stops driving and releases the lock (so another replica
         takes over at once, not after the lease time)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

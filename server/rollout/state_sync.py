@@ -27,7 +27,6 @@ worker's traffic only, about 1/N of the whole.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from collections.abc import Mapping
 from sluice.server.errors import SluiceError
 from sluice.server.rollout.deploy_store import DeploymentStore, StoredDeployment
 from sluice.server.rollout.router import Router
+from sluice.server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,7 @@ class DeploymentFollower:
     async def close(self) -> None:
         """Stop polling; returns once the task has ended (never in the middle of an adopt)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def check(self) -> bool:
         """One poll: True when the file was read and the router brought up to date with it."""
