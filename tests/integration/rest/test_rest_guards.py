@@ -138,9 +138,18 @@ def _wait(condition, timeout_s: float = 10.0) -> bool:
     return False
 
 
-def test_unused_path_is_404_and_wrong_method_405(url):
-    assert call(url, "/v2/nothing")[0] == 404
-    assert call(url, INFER)[0] == 405
+def test_unused_path_is_404_and_wrong_method_405_as_json(url):
+    status, headers, body = call(url, "/v2/nothing")
+    assert status == 404 and headers["Content-Type"].startswith("application/json")
+    assert json.loads(body) == {"error": "no endpoint at '/v2/nothing'"}
+    status, headers, body = call(url, INFER)  # a GET
+    assert (status, headers["Allow"]) == (405, "POST")
+    assert headers["Content-Type"].startswith("application/json")
+    assert json.loads(body) == {
+        "error": "GET is not allowed on '/v2/models/alltypes/infer' (allowed: POST)"}
+    status, headers, body = call(url, "/v2/health/ready", b"{}", method="DELETE")
+    assert (status, json.loads(body)["error"]) == (
+        405, "DELETE is not allowed on '/v2/health/ready' (allowed: GET)")
 
 
 def test_servers_without_rest_open_no_port(tmp_path: Path):
