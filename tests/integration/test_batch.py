@@ -215,7 +215,8 @@ def test_a_corrupt_row_group_stops_the_job_naming_it(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_through_a_running_server_over_a_stream(tmp_path, make_server, digits_rows, reference):
+def test_through_a_running_server_over_a_stream(tmp_path, make_server, digits_rows, reference,
+                                                monkeypatch):
     repo = tmp_path / "models"
     shutil.copytree(BUNDLED_REPOSITORY / "digits", repo / "digits",
                     ignore=shutil.ignore_patterns("*.py", "*.yaml"))
@@ -227,3 +228,26 @@ def test_through_a_running_server_over_a_stream(tmp_path, make_server, digits_ro
                  str(out), "--key", "id", "--url", server.address, "--batch-rows", "100",
                  "--window", "4", "--quiet"]) == 0
     check_outputs(pq.read_table(out), reference, np.arange(ROWS))
+    assert _rows_served(server.address) == ROWS
+
+    # --url before the verb, then $SLUICE_URL, name the server as --url after the verb does:
+    # the server computes the rows (its statistics count them), not this process.
+    small = tmp_path / "small.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(200)],
+                             "input": listed(digits_rows[:200])}), small)
+    job = ["batch", "digits", "--input", str(small), "--key", "id", "--quiet", "--output"]
+    assert main(["--url", server.address, *job, str(tmp_path / "before.parquet")]) == 0
+    assert _rows_served(server.address) == ROWS + 200
+    monkeypatch.setenv("SLUICE_URL", server.address)
+    assert main([*job, str(tmp_path / "env.parquet")]) == 0
+    assert _rows_served(server.address) == ROWS + 400
+    for name in ("before", "env"):
+        check_outputs(pq.read_table(tmp_path / f"{name}.parquet"), reference, np.arange(200))
+
+
+def _rows_served(address: str) -> int:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(address) as client:
+        stats = client.get_inference_statistics("digits").model_stats
+    return sum(s.inference_count for s in stats)
