@@ -101,11 +101,14 @@ class MLServerProcess:
         self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop())
         self._proc: subprocess.Popen[str] | None = None
         self.target = ""
+        #: Its REST (KServe v2 HTTP) address, ``HOST:PORT``, once entered.
+        self.http_target = ""
 
     def __enter__(self) -> MLServerProcess:
         port = _free_port()
         folder = Path(self._folder.name)
         write_folder(folder, self._model, port)
+        http_port = json.loads((folder / "settings.json").read_text())["http_port"]
         self._proc = subprocess.Popen(
             [self._python, "-m", "mlserver.cli.main", "start", str(folder)], cwd=folder,
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, text=True,
@@ -117,6 +120,7 @@ class MLServerProcess:
             self.stop()
             raise
         self.target = target
+        self.http_target = f"127.0.0.1:{http_port}"
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -1,6 +1,7 @@
 """REST on ``identity`` against a constant-answer servicer on the same HTTP library, side by side.
 
     python -m loadtests.rest_bench [--duration S] [--rounds R] [--concurrency C] [--out DIR]
+        [--mlserver-python PATH]
 
 Issue 17's performance section: Sluice's KServe v2 REST door on ``identity`` at concurrency 64
 (``perf_analyzer -i http``, binary tensor data both ways) must reach at least 85% of a minimal
@@ -11,11 +12,20 @@ Reported: per side the median over rounds of inferences/s and p50, and the media
 per-round ratios (Sluice / constant) against the target. Writes ``rest_bench.json`` to ``--out``
 (default ``loadtests/results/``, git-ignored). Needs perf_analyzer on PATH
 (``python -m loadtests.get_perf_analyzer``).
+
+With ``--mlserver-python PATH`` (an interpreter with MLServer 1.7.1 and onnxruntime), MLServer
+serves the same ``identity.onnx`` (:mod:`loadtests.peer_mlserver`: a plain onnxruntime runtime,
+inference in its server process) and a second table compares it over REST with Sluice and the
+constant servicer. perf_analyzer cannot drive MLServer's REST (no model config endpoint, no
+binary tensor data), so that table comes from :mod:`loadtests.rest_loadgen` (JSON tensors, the
+same concurrency, a Python closed loop) on all three, rounds alternating the order; its figures
+compare with each other only, not with the perf_analyzer table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import statistics
@@ -28,10 +38,12 @@ from typing import Any
 
 from loadtests import perfanalyzer
 from loadtests.models import MODEL_REPOSITORY, ROOT
+from loadtests.peer_mlserver import MLServerProcess
 from loadtests.procs import checkout_env, terminate
 
 MIN_RATIO = 0.85
 _SIDES = ("sluice", "constant")
+_JSON_SIDES = ("sluice", "constant", "mlserver")
 _ADDRESS = re.compile(r"HTTP listening on (?:http://)?(\S+)\s*$")
 
 
@@ -64,9 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results")
+    parser.add_argument("--mlserver-python", help="interpreter with MLServer 1.7.1 installed: "
+                        "also measure MLServer's REST on identity (JSON tensors)")
     args = parser.parse_args(argv)
     if perfanalyzer.binary() is None:
         print(f"rest_bench: {perfanalyzer.NOT_INSTALLED}", file=sys.stderr)
+        return 2
+    if args.mlserver_python and not Path(args.mlserver_python).exists():
+        print(f"rest_bench: --mlserver-python {args.mlserver_python} does not exist",
+              file=sys.stderr)
         return 2
     sluice = _start(["-m", "sluice.server", "serve", "--model-repository", str(MODEL_REPOSITORY),
                      "--grpc-port", "0", "--http-port", "0", "--metrics-port", "-1",
@@ -79,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         raise
     targets = {"sluice": sluice[1], "constant": constant[1]}
     rounds: list[dict[str, Any]] = []
+    json_rounds: list[dict[str, Any]] = []
+    peers = contextlib.ExitStack()
     try:
+        if args.mlserver_python:
+            mlserver = peers.enter_context(MLServerProcess(args.mlserver_python,
+                                                           MODEL_REPOSITORY / "identity"))
+            targets["mlserver"] = mlserver.http_target
         for index in range(args.rounds):
             order = _SIDES if index % 2 == 0 else _SIDES[::-1]
             point: dict[str, Any] = {}
@@ -90,15 +114,56 @@ def main(argv: list[str] | None = None) -> int:
                     max_trials=4, protocol="http")
                 print(f"round {index + 1} {side}: {point[side]}", flush=True)
             rounds.append(point)
+        if "mlserver" in targets:
+            json_rounds = _json_rounds(targets, args)
     finally:
+        peers.close()
         for proc, _ in (constant, sluice):
             terminate(proc, 10)
     report = _report(rounds)
+    if json_rounds:
+        report["json_loadgen"] = _json_report(json_rounds)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rest_bench.json").write_text(json.dumps(
-        {"rounds": rounds, "summary": report}, indent=2))
+        {"rounds": rounds, "json_rounds": json_rounds, "summary": report}, indent=2))
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _json_rounds(targets: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each round measures the three servers with :mod:`loadtests.rest_loadgen`, starting one
+    place later in the order each time."""
+    rounds = []
+    for index in range(args.rounds):
+        shift = index % len(_JSON_SIDES)
+        point: dict[str, Any] = {}
+        for side in _JSON_SIDES[shift:] + _JSON_SIDES[:shift]:
+            done = subprocess.run(
+                [sys.executable, "-m", "loadtests.rest_loadgen", "--target", targets[side],
+                 "--concurrency", str(args.concurrency), "--duration", str(args.duration)],
+                cwd=ROOT, env=checkout_env(), capture_output=True, text=True,
+                timeout=args.duration + 120, check=False)
+            lines = done.stdout.strip().splitlines()
+            point[side] = json.loads(lines[-1]) if lines else {
+                "error": f"rest_loadgen exited {done.returncode}: {done.stderr[-300:]}"}
+            print(f"json round {index + 1} {side}: {point[side]}", flush=True)
+        rounds.append(point)
+    return rounds
+
+
+def _json_report(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [r for r in rounds if all("infer_s" in r[side] for side in _JSON_SIDES)]
+    if not good:
+        return {"error": "no round measured all three"}
+    summary: dict[str, Any] = {side: {
+        "infer_s": statistics.median(r[side]["infer_s"] for r in good),
+        "p50_ms": statistics.median(r[side]["p50_ms"] for r in good),
+    } for side in _JSON_SIDES}
+    for side in ("constant", "mlserver"):
+        summary[f"sluice_over_{side}"] = round(statistics.median(
+            r["sluice"]["infer_s"] / r[side]["infer_s"] for r in good), 3)
+    summary["rounds"] = len(good)
+    return summary
 
 
 def _report(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """``sluice batch MODEL --input FILE --output FILE``: predict a whole file, resumably.
 
 In this process through the server's own backends (``--model-repository``, default the bundled
-one), or with ``--url`` through a running server over ModelStreamInfer. Exit status: 0 when every
+one), or through a running server over ModelStreamInfer when one is named: ``--url`` before or
+after the verb, or ``$SLUICE_URL`` (as every client verb reads it) unless ``--model-repository``
+is given. Exit status: 0 when every
 chunk is done (rejected rows are in the reject file, not failures of the job); 1 when the model
 or the input fails midway (finished chunks are kept: run the same command again to resume); 2 for
 a usage error found before any chunk (a missing column, a wrong type, a manifest of another job);
@@ -13,8 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 PROG = "sluice batch"
@@ -42,13 +45,15 @@ def add_batch_command(sub: argparse._SubParsersAction, add_url: Callable[..., No
         "key column to --output (Parquet, CSV or .npy). In this process (no server) unless "
         "--url names a running server. Finished chunks are recorded in OUTPUT.manifest.json: "
         "after a crash or Ctrl-C the same command resumes. Rows that cannot be used go to the "
-        "reject file with their reason.")
+        "reject file with their reason. A server named by $SLUICE_URL is used unless "
+        "--model-repository is given.")
     batch.add_argument("model")
     batch.add_argument("--input", required=True, type=Path, help="Parquet, CSV or .npy file")
     batch.add_argument("--output", required=True, type=Path,
                        help="output file (.parquet, .csv or .npy)")
-    batch.add_argument("--model-repository", type=Path, default=bundled,
-                       help="repository to load MODEL from, in this process (default: bundled)")
+    batch.add_argument("--model-repository", type=Path, default=None,
+                       help="repository to load MODEL from, in this process (default: bundled; "
+                       "given, $SLUICE_URL is not used)")
     batch.add_argument("--model-version", default="", help="version (default: latest)")
     batch.add_argument("--key", help="input column written beside the outputs (default: the "
                        "row number, as column 'row')")
@@ -70,7 +75,21 @@ def add_batch_command(sub: argparse._SubParsersAction, add_url: Callable[..., No
     batch.add_argument("--json", action="store_true", help="print the summary as JSON")
     batch.add_argument("--quiet", action="store_true", help="no progress line")
     add_url(batch)
-    batch.set_defaults(url=None)  # no --url after the verb: in this process
+    batch.set_defaults(bundled_repository=bundled)
+
+
+def batch_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The server a job is sent to, or None to run it in this process: ``--url`` (before or
+    after the verb), else ``$SLUICE_URL`` unless ``--model-repository`` is given. ValueError
+    when both --url and --model-repository are given."""
+    if args.url_given:
+        if args.model_repository is not None:
+            raise ValueError("give --url (a running server) or --model-repository (in this "
+                             "process), not both")
+        return str(args.url)
+    if args.model_repository is None and environ.get("SLUICE_URL"):
+        return environ["SLUICE_URL"]
+    return None
 
 
 def run_batch(args: argparse.Namespace) -> int:
@@ -87,6 +106,10 @@ def run_batch(args: argparse.Namespace) -> int:
 
     if args.output.suffix.lower() not in OUTPUT_SUFFIXES:
         return fail(f"--output must end in one of {', '.join(OUTPUT_SUFFIXES)}", 2)
+    try:
+        url = batch_target(args, os.environ)
+    except ValueError as exc:
+        return fail(str(exc), 2)
     spec = JobSpec(
         input=args.input, output=args.output,
         rejects=args.rejects or args.output.with_name(args.output.name + ".rejects.csv"),
@@ -94,7 +117,7 @@ def run_batch(args: argparse.Namespace) -> int:
         reject_nan=args.reject_nan, restart=args.restart)
     progress = None if args.quiet else Progress()
     try:
-        summary = asyncio.run(_run(args, spec, run_job, progress))
+        summary = asyncio.run(_run(args, url, spec, run_job, progress))
     except (MappingError, ManifestMismatch) as exc:
         return fail(str(exc), 2)
     except SourceError as exc:
@@ -123,15 +146,15 @@ def run_batch(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(args: argparse.Namespace, spec, run_job, progress):
-    if args.url is None:
+async def _run(args: argparse.Namespace, url: str | None, spec, run_job, progress):
+    if url is None:
         from sluice.server.app import make_backend
         from sluice.server.batch.local import LocalPredictor
 
         version = int(args.model_version) if args.model_version else None
         local = await asyncio.to_thread(
-            LocalPredictor, args.model_repository, args.model, make_backend, version=version,
-            batch_rows=args.batch_rows)
+            LocalPredictor, args.model_repository or args.bundled_repository, args.model,
+            make_backend, version=version, batch_rows=args.batch_rows)
         try:
             return await run_job(spec, local, progress)
         finally:
@@ -140,7 +163,7 @@ async def _run(args: argparse.Namespace, spec, run_job, progress):
     from sluice.server.batch.remote import RemotePredictor
     from sluice.server.cli_connect import connection
 
-    async with AsyncClient(args.url, **connection(args)) as client:
+    async with AsyncClient(url, **connection(args)) as client:
         remote = RemotePredictor(client, args.model, version=args.model_version,
                                  batch_rows=args.batch_rows, window=args.window)
         await remote.connect()

@@ -28,10 +28,20 @@ class ConnectionFlagError(Exception):
     """The TLS flags cannot be used as given; the message names the flag."""
 
 
+class _Url(argparse.Action):
+    """``--url``, also noting that it was given (``url_given``): ``sluice batch`` runs in this
+    process unless a server is named, and a default cannot say whether it was."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        namespace.url = values
+        namespace.url_given = True
+
+
 def add_connection_flags(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
     """``--url`` and the client TLS flags on ``parser`` (SUPPRESS keeps a level where a flag is
     absent from resetting it); ``top_level`` also sets their defaults."""
-    parser.add_argument("--url", default=argparse.SUPPRESS,
+    parser.add_argument("--url", action=_Url, default=argparse.SUPPRESS,
                         help=f"server to call (default $SLUICE_URL, else {DEFAULT_TARGET})")
     parser.add_argument("--token", default=argparse.SUPPRESS,  # authz
                         help="bearer token for a server with --tokens (default $SLUICE_TOKEN)")
@@ -39,7 +49,8 @@ def add_connection_flags(parser: argparse.ArgumentParser, *, top_level: bool = F
         parser.add_argument(flag, dest=dest, type=Path, default=argparse.SUPPRESS,
                             metavar="FILE", help=text)
     if top_level:
-        parser.set_defaults(token=None, **{dest: None for _flag, dest, _text in _TLS_FLAGS})
+        parser.set_defaults(token=None, url_given=False,
+                            **{dest: None for _flag, dest, _text in _TLS_FLAGS})
 
 
 def connection(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:

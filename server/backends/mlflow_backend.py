@@ -44,6 +44,11 @@ from sluice.server.types import DATATYPE_DTYPES, TensorSpec
 
 __all__ = ["MLflowBackend", "is_mlflow_model", "load_mlflow_backend"]
 
+#: Flavor -> (backend, platform) the model reports, as a model of the same runtime written for
+#: it reports itself: ONNX Runtime's, and the tree kernels' under Triton's FIL backend name.
+RUNTIMES = {"onnx": ("onnxruntime", "onnxruntime_onnx"), "xgboost": ("fil", ""),
+            "lightgbm": ("fil", "")}
+
 
 @dataclass(frozen=True, slots=True)
 class _In:
@@ -72,7 +77,8 @@ class MLflowBackend:
         self._inner: Backend = _runtime(config, version_dir, model, where)
         self._ins, inputs = _plan_inputs(model.inputs, self._inner.io.inputs, where)
         self._outs = _plan_outputs(model, self._inner.io.outputs, where)
-        self.io = ModelIO(inputs=inputs, outputs=tuple(o.served for o in self._outs))
+        self.io = ModelIO(inputs=inputs, outputs=tuple(o.served for o in self._outs),
+                          runtime=RUNTIMES[model.flavor])
         self.notes = (*self._inner.notes, f"MLflow model, flavor '{model.flavor}'")
         self.inline_safe = self._inner.inline_safe
 

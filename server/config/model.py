@@ -245,3 +245,6 @@ class ModelIO:
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    #: (backend, platform) of the runtime that really serves the file when the file, not the
+    #: config, decides it (an MLflow model: its flavor); None: the config's.
+    runtime: tuple[str, str] | None = None

@@ -79,6 +79,8 @@ def complete_model_config(
             "that config.pbtxt does not declare"
         )
     done = replace(config, max_batch_size=max_batch, inputs=inputs, outputs=outputs)
+    if io.runtime is not None:  # metadata and config name what runs (an MLflow flavor)
+        done = replace(done, backend=io.runtime[0], platform=io.runtime[1])
     validate_model_config(done)
     triton_checks.check_formats(done.inputs, name)  # Triton parity (issue 16)
     triton_checks.check_warmup(done)

@@ -1,8 +1,8 @@
 """``sluice batch`` end to end: a job's outputs equal onnxruntime run directly on the same rows
 (Parquet, CSV, .npy; in this process and through a running server); bad rows go to the reject
-file with their reason; a bad mapping stops before any chunk; a job killed with SIGKILL resumes
-without recomputing its finished chunks; a corrupt row group stops the job naming it, the chunks
-before it kept."""
+file with their reason; a bad mapping stops before any chunk; a job interrupted with Ctrl-C
+(exit 130) or killed with SIGKILL resumes without recomputing its finished chunks; a corrupt row
+group stops the job naming it, the chunks before it kept."""
 
 from __future__ import annotations
 
@@ -128,42 +128,69 @@ def test_a_bad_mapping_stops_before_the_first_chunk(tmp_path, capsys, table, fla
     assert not out.exists() and not (tmp_path / "out.parquet.manifest.json").exists()
 
 
-def test_a_killed_job_resumes_without_recomputing_finished_chunks(tmp_path, capsys):
-    rows, chunk = 20_000, 500
-    values = np.random.default_rng(3).random((rows, 16), dtype=np.float32)
-    pq.write_table(pa.table({"id": np.arange(rows) * 7, "INPUT0": listed(values)}),
-                   tmp_path / "in.parquet", row_group_size=5_000)
-    out = tmp_path / "out.parquet"
-    manifest = tmp_path / "out.parquet.manifest.json"
-    command = [sys.executable, "-m", "sluice.server", "batch", "identity", "--input",
-               str(tmp_path / "in.parquet"), "--output", str(out), "--key", "id",
-               "--chunk-rows", str(chunk), "--quiet", "--json",
-               "--model-repository", str(BUNDLED_REPOSITORY)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+KILLED_ROWS, KILLED_CHUNK = 20_000, 500
+
+
+def _run_until(command: list[str], manifest, chunks: int, how: signal.Signals
+               ) -> tuple[int, str, dict]:
+    """Run ``command`` in a real subprocess and send it ``how`` once ``chunks`` chunks are
+    recorded; (its exit status, its stderr, the chunks recorded once it ended)."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.monotonic() + 60
     done: dict = {}
-    while time.monotonic() < deadline and len(done) < 5:
+    while time.monotonic() < deadline and len(done) < chunks:
         time.sleep(0.01)
         try:
             done = json.loads(manifest.read_text())["done"]
         except (OSError, ValueError):
             continue
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    before = json.loads(manifest.read_text())["done"]
-    assert 5 <= len(before) < rows // chunk, "the job was not killed midway"
+    proc.send_signal(how)
+    _, err = proc.communicate(timeout=30)
+    recorded = json.loads(manifest.read_text())["done"]
+    assert chunks <= len(recorded) < KILLED_ROWS // KILLED_CHUNK, "not stopped midway"
+    return proc.returncode, err, recorded
+
+
+def test_ctrl_c_then_a_kill_midway_and_the_rerun_recomputes_no_finished_chunk(tmp_path, capsys):
+    values = np.random.default_rng(3).random((KILLED_ROWS, 16), dtype=np.float32)
+    pq.write_table(pa.table({"id": np.arange(KILLED_ROWS) * 7, "INPUT0": listed(values)}),
+                   tmp_path / "in.parquet", row_group_size=5_000)
+    out = tmp_path / "out.parquet"
+    manifest = tmp_path / "out.parquet.manifest.json"
+    parts = tmp_path / "out.parquet.parts"
+    command = [sys.executable, "-m", "sluice.server", "batch", "identity", "--input",
+               str(tmp_path / "in.parquet"), "--output", str(out), "--key", "id",
+               "--chunk-rows", str(KILLED_CHUNK), "--quiet", "--json",
+               "--model-repository", str(BUNDLED_REPOSITORY)]
+
+    # Ctrl-C: exit 130, one line saying so, every recorded chunk whole on disk.
+    status, err, interrupted = _run_until(command, manifest, 5, signal.SIGINT)
+    assert status == 130, err
+    assert err.strip() == ("sluice batch: interrupted; finished chunks are kept in "
+                           "out.parquet.manifest.json (run the same command to resume)")
+    for index, facts in interrupted.items():
+        assert pq.read_table(parts / f"part-{int(index):06d}.parquet").num_rows == \
+            facts["rows"] == KILLED_CHUNK
+    assert not [p.name for p in parts.iterdir() if p.name.endswith(".tmp")]
     assert not out.exists()
 
+    # The same command resumes; SIGKILL it midway: what Ctrl-C kept is still the first run's.
+    status, _, killed = _run_until(command, manifest, len(interrupted) + 3, signal.SIGKILL)
+    assert status == -signal.SIGKILL and not out.exists()
+    for index, facts in interrupted.items():
+        assert killed[index]["finished_unix"] == facts["finished_unix"]
+
     capsys.readouterr()
-    assert main(command[3:]) == 0  # the same command, resumed (in this process)
+    assert main(command[3:]) == 0  # and once more, to the end (in this process)
     summary = json.loads(capsys.readouterr().out)
     after = json.loads(manifest.read_text())
-    assert summary["chunks_skipped"] == len(before) and summary["rows"] == rows
-    for index, facts in before.items():  # recorded once, by the first run: not recomputed
+    assert summary["chunks_skipped"] == len(killed) and summary["rows"] == KILLED_ROWS
+    for index, facts in killed.items():  # recorded once, by an earlier run: not recomputed
         assert after["done"][index]["finished_unix"] == facts["finished_unix"]
-    assert len(after["done"]) == rows // chunk and after["complete"]
+    assert len(after["done"]) == KILLED_ROWS // KILLED_CHUNK and after["complete"]
     written = pq.read_table(out)
-    np.testing.assert_array_equal(written.column("id").to_numpy(), np.arange(rows) * 7)
+    np.testing.assert_array_equal(written.column("id").to_numpy(), np.arange(KILLED_ROWS) * 7)
     got = np.stack(written.column("OUTPUT0").to_numpy(zero_copy_only=False))
     np.testing.assert_array_equal(got, values)
 
@@ -188,7 +215,8 @@ def test_a_corrupt_row_group_stops_the_job_naming_it(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_through_a_running_server_over_a_stream(tmp_path, make_server, digits_rows, reference):
+def test_through_a_running_server_over_a_stream(tmp_path, make_server, digits_rows, reference,
+                                                monkeypatch):
     repo = tmp_path / "models"
     shutil.copytree(BUNDLED_REPOSITORY / "digits", repo / "digits",
                     ignore=shutil.ignore_patterns("*.py", "*.yaml"))
@@ -200,3 +228,26 @@ def test_through_a_running_server_over_a_stream(tmp_path, make_server, digits_ro
                  str(out), "--key", "id", "--url", server.address, "--batch-rows", "100",
                  "--window", "4", "--quiet"]) == 0
     check_outputs(pq.read_table(out), reference, np.arange(ROWS))
+    assert _rows_served(server.address) == ROWS
+
+    # --url before the verb, then $SLUICE_URL, name the server as --url after the verb does:
+    # the server computes the rows (its statistics count them), not this process.
+    small = tmp_path / "small.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(200)],
+                             "input": listed(digits_rows[:200])}), small)
+    job = ["batch", "digits", "--input", str(small), "--key", "id", "--quiet", "--output"]
+    assert main(["--url", server.address, *job, str(tmp_path / "before.parquet")]) == 0
+    assert _rows_served(server.address) == ROWS + 200
+    monkeypatch.setenv("SLUICE_URL", server.address)
+    assert main([*job, str(tmp_path / "env.parquet")]) == 0
+    assert _rows_served(server.address) == ROWS + 400
+    for name in ("before", "env"):
+        check_outputs(pq.read_table(tmp_path / f"{name}.parquet"), reference, np.arange(200))
+
+
+def _rows_served(address: str) -> int:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(address) as client:
+        stats = client.get_inference_statistics("digits").model_stats
+    return sum(s.inference_count for s in stats)

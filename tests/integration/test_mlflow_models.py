@@ -38,6 +38,10 @@ def infer_signature(x, y):
     return quietly(mlflow("models").infer_signature, x, y)
 
 
+CLASSES = ["setosa", "versicolor", "virginica"]
+COLUMNS = ["sepal_l", "sepal_w", "petal_l", "petal_w"]
+
+
 def tensor(name: str, value: np.ndarray, datatype: str) -> tc.InferInput:
     t = tc.InferInput(name, list(value.shape), datatype)
     t.set_data_from_numpy(value)
@@ -73,11 +77,18 @@ def mlflow_repo(tmp_path_factory, data):
                      xgb.DMatrix(iris_x, iris_y), 6)
     save("xgb_softprob", "xgboost", soft, model_format="json",
          signature=infer_signature(iris_x, soft.predict(xgb.DMatrix(iris_x))))
-    frame = pd.DataFrame(iris_x, columns=["sepal_l", "sepal_w", "petal_l", "petal_w"])
+    frame = pd.DataFrame(iris_x, columns=COLUMNS)
     reg = xgb.train({"objective": "reg:squarederror", "max_depth": 3},
                     xgb.DMatrix(frame, iris_y.astype(np.float32)), 6)
     save("xgb_columns", "xgboost", reg,
          signature=infer_signature(frame, reg.predict(xgb.DMatrix(frame))))
+    # Column-spec outputs: a prediction named as a column, and one column per class.
+    save("xgb_column_out", "xgboost", reg,
+         signature=infer_signature(frame, pd.Series(reg.predict(xgb.DMatrix(frame)),
+                                                    name="petal_score")))
+    save("xgb_class_columns", "xgboost", soft, model_format="json",
+         signature=infer_signature(iris_x, pd.DataFrame(soft.predict(xgb.DMatrix(iris_x)),
+                                                        columns=CLASSES)))
     booster = lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 7},
                         lgb.Dataset(cancer_x, cancer_y), 8)
     save("lgb_booster", "lightgbm", booster,
@@ -144,6 +155,41 @@ def test_column_signature_serves_one_input_per_column(server, mlflow_repo, data)
             tensor(n, x[:, [i]].copy(), "FP32") for i, n in enumerate(names)])
     assert [t["name"] for t in meta["inputs"]] == names
     np.testing.assert_allclose(got.as_numpy("output__0")[:, 0], expected, rtol=1e-6)
+
+
+def test_column_spec_outputs_serve_one_output_per_column(server, mlflow_repo, data):
+    x = data[2]
+    one = pyfunc_predict(mlflow_repo, "xgb_column_out", pd.DataFrame(x, columns=COLUMNS))
+    per_class = pyfunc_predict(mlflow_repo, "xgb_class_columns", x)
+    assert per_class.shape == (len(x), 3)
+    with tc.InferenceServerClient(server.address) as client:
+        meta = client.get_model_metadata("xgb_column_out", as_json=True)
+        got = client.infer("xgb_column_out", [
+            tensor(n, x[:, [i]].copy(), "FP32") for i, n in enumerate(COLUMNS)])
+        classes_meta = client.get_model_metadata("xgb_class_columns", as_json=True)
+        classes = client.infer("xgb_class_columns", [tensor("input__0", x, "FP32")])
+    assert [(t["name"], t["datatype"], t["shape"]) for t in meta["outputs"]] == [
+        ("petal_score", "FP32", ["-1", "1"])]
+    np.testing.assert_allclose(got.as_numpy("petal_score")[:, 0], one, rtol=1e-6)
+    # One [-1, 1] output per class column, each the model's column of that class.
+    assert [(t["name"], t["datatype"], t["shape"]) for t in classes_meta["outputs"]] == [
+        (name, "FP32", ["-1", "1"]) for name in CLASSES]
+    for i, name in enumerate(CLASSES):
+        np.testing.assert_allclose(classes.as_numpy(name)[:, 0], per_class[:, i], atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "backend", "platform"), [
+    ("xgb_classifier", "fil", ""),  # as a tree model written for Sluice reports itself
+    ("lgb_booster", "fil", ""),
+    ("onnx_logistic", "onnxruntime", "onnxruntime_onnx"),
+])
+def test_metadata_and_config_name_the_runtime_the_flavor_runs_on(server, name, backend,
+                                                                 platform):
+    with tc.InferenceServerClient(server.address) as client:
+        meta = client.get_model_metadata(name, as_json=True)
+        config = client.get_model_config(name, as_json=True)["config"]
+    assert meta.get("platform", "") == platform
+    assert (config.get("backend"), config.get("platform", "")) == (backend, platform)
 
 
 def test_lightgbm_booster_answers_its_probabilities_as_fp64(server, mlflow_repo, data):

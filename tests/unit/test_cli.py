@@ -77,6 +77,8 @@ def test_changing_commands_take_the_audit_options():
     ["repo", "index", "--url", "h:1"],
     ["repo", "--url", "h:1", "load", "m"],
     ["--url", "h:1", "repo", "unload", "m"],
+    ["--url", "h:1", "batch", "m", "--input", "i.csv", "--output", "o.csv"],
+    ["batch", "m", "--input", "i.csv", "--output", "o.csv", "--url", "h:1"],
 ])
 def test_url_may_stand_anywhere(argv):
     assert _parser().parse_args(argv).url == "h:1"
@@ -92,3 +94,28 @@ def test_sluice_url_replaces_the_default_and_url_still_wins():
     assert default_url({"SLUICE_URL": "h:2"}) == "h:2"
     assert _parser(default_url({"SLUICE_URL": "h:2"})).parse_args(["stats"]).url == "h:2"
     assert _parser("h:2").parse_args(["repo", "index", "--url", "h:1"]).url == "h:1"
+
+
+JOB = ["batch", "m", "--input", "i.csv", "--output", "o.csv"]
+
+
+@pytest.mark.parametrize(("argv", "environ", "target"), [
+    (JOB, {}, None),  # no server named: in this process
+    (JOB, {"SLUICE_URL": ""}, None),
+    (JOB, {"SLUICE_URL": "h:2"}, "h:2"),  # as every client verb reads it
+    (["--url", "h:1", *JOB], {"SLUICE_URL": "h:2"}, "h:1"),  # before the verb
+    ([*JOB, "--url", "h:1"], {"SLUICE_URL": "h:2"}, "h:1"),
+    (["--url", "127.0.0.1:8001", *JOB], {}, "127.0.0.1:8001"),  # the default, given
+    ([*JOB, "--model-repository", "r"], {"SLUICE_URL": "h:2"}, None),  # a repository wins
+])
+def test_batch_runs_where_the_command_line_and_sluice_url_say(argv, environ, target):
+    from sluice.server.cli_batch import batch_target
+
+    args = _parser(default_url(environ)).parse_args(argv)
+    assert batch_target(args, environ) == target
+
+
+def test_batch_with_both_a_server_and_a_repository_is_a_usage_error(capsys):
+    assert cli(["--url", "h:1", *JOB, "--model-repository", "r"]) == 2
+    assert capsys.readouterr().err == ("sluice batch: give --url (a running server) or "
+                                       "--model-repository (in this process), not both\n")

@@ -218,9 +218,10 @@ def json_tensor(data: Any, datatype: str, shape: tuple[int, ...], label: str) ->
                 raise InvalidInput(f"{label}: BYTES value {i} must be a string")
             out[i] = value.encode("utf-8")
         return out.reshape(shape)
+    floating = dtype.kind in _FLOAT_KINDS or datatype == "BF16"  # ml_dtypes' kind is 'V'
     if datatype == "BOOL":
         kinds: tuple[type, ...] = (bool,)
-    elif dtype.kind in _FLOAT_KINDS:
+    elif floating:
         kinds = (int, float)
     else:
         kinds = (int,)
@@ -238,7 +239,26 @@ def json_tensor(data: Any, datatype: str, shape: tuple[int, ...], label: str) ->
         if count and (wide.min() < info.min or wide.max() > info.max):
             raise InvalidInput(f"{label}: a value is out of range for {datatype}")
         return wide.astype(dtype).reshape(shape)
+    if floating:
+        return _floats(values, dtype, datatype, label).reshape(shape)
     return np.array(values, dtype=dtype).reshape(shape)
+
+
+def _floats(values: list[Any], dtype: np.dtype[Any], datatype: str, label: str) -> np.ndarray:
+    """``values`` as ``dtype``; InvalidInput for a finite value the datatype cannot hold (it
+    would turn into an infinity: 1e6 as FP16), as integers out of range are refused. NaN and
+    the infinities (Python's JSON reads NaN and Infinity) pass as they are."""
+    try:
+        wide = np.array(values, dtype=np.float64)
+    except OverflowError:  # an integer past float64
+        raise InvalidInput(f"{label}: a value is out of range for {datatype}") from None
+    if dtype == wide.dtype:
+        return wide
+    with np.errstate(over="ignore"):  # overflow is found below, for every float type alike
+        narrow = wide.astype(dtype)
+    if np.isinf(narrow).any() and (np.isinf(narrow) & np.isfinite(wide)).any():
+        raise InvalidInput(f"{label}: a value is out of range for {datatype}")
+    return narrow
 
 
 def _flat(data: Any, label: str) -> list[Any]:

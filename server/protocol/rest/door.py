@@ -88,6 +88,20 @@ def _failure(exc: BaseException) -> web.Response:
     return _error(*error_of(exc))
 
 
+@web.middleware
+async def _json_misses(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The router's 404 and 405 as ``{"error": ...}``, as every other error is (aiohttp writes
+    them as plain text). Costs a matched request one call frame (the chain is cached)."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return _error(405, {"Allow": allowed}, f"{request.method[:16]} is not allowed on "
+                      f"'{request.path[:200]}' (allowed: {allowed})")
+    except web.HTTPNotFound:
+        return _error(404, {}, f"no endpoint at '{request.path[:200]}'")
+
+
 class RestDoor:
     """The REST routes over ``servicer``, and the listening site once :meth:`start`-ed."""
 
@@ -100,7 +114,7 @@ class RestDoor:
         self._max_body = max_body_bytes
         self._auth = auth
         self._audit = audit
-        self.app = web.Application(client_max_size=max_body_bytes)
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_misses])
         self._runner: web.AppRunner | None = None
         #: The bound port (0 until started) and scheme.
         self.port = 0

@@ -1,11 +1,12 @@
 """KServe v2 REST beside gRPC (issue 17 item 1), what it refuses and what guards it: the status
 of each bad request, a body over the cap, a shed's 503 with Retry-After, servers without REST,
-tokens and TLS as gRPC has them."""
+tokens (and their quotas: 429), TLS and mTLS certificate principals as gRPC has them."""
 
 from __future__ import annotations
 
 import json
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -138,9 +139,18 @@ def _wait(condition, timeout_s: float = 10.0) -> bool:
     return False
 
 
-def test_unused_path_is_404_and_wrong_method_405(url):
-    assert call(url, "/v2/nothing")[0] == 404
-    assert call(url, INFER)[0] == 405
+def test_unused_path_is_404_and_wrong_method_405_as_json(url):
+    status, headers, body = call(url, "/v2/nothing")
+    assert status == 404 and headers["Content-Type"].startswith("application/json")
+    assert json.loads(body) == {"error": "no endpoint at '/v2/nothing'"}
+    status, headers, body = call(url, INFER)  # a GET
+    assert (status, headers["Allow"]) == (405, "POST")
+    assert headers["Content-Type"].startswith("application/json")
+    assert json.loads(body) == {
+        "error": "GET is not allowed on '/v2/models/alltypes/infer' (allowed: POST)"}
+    status, headers, body = call(url, "/v2/health/ready", b"{}", method="DELETE")
+    assert (status, json.loads(body)["error"]) == (
+        405, "DELETE is not allowed on '/v2/health/ready' (allowed: GET)")
 
 
 def test_servers_without_rest_open_no_port(tmp_path: Path):
@@ -153,9 +163,11 @@ def test_servers_without_rest_open_no_port(tmp_path: Path):
 
 
 def test_tokens_guard_rest_as_they_guard_grpc(tmp_path: Path):
+    from sluice.server.auth.tokens import make_quota
     from tests.support.authz import one_token_per_scope
 
     tokens = one_token_per_scope(tmp_path / "tokens.json")
+    tokens.add("quota", ["infer"], make_quota(0.01, 2))  # a burst of 2, then one per 100 s
     repo = tmp_path / "repo"
     write_model(repo, "one", identity_model({"x": ("FP32", ["batch", 2])}))
     running = start_server(ServerConfig(
@@ -177,8 +189,21 @@ def test_tokens_guard_rest_as_they_guard_grpc(tmp_path: Path):
         assert call(url, "/v2/repository/models/one/unload", b"", tokens.header("infer"))[0] \
             == 403
         assert call(url, "/v2/models/one/stats", headers=tokens.header("ops"))[0] == 200
+        # A quota: its burst answers, the next is 429 (a rate, not a size: not 413), and
+        # nothing was computed for it; another principal's bucket is its own.
+        infer = [call(url, "/v2/models/one/infer", body, tokens.header("quota"))
+                 for _ in range(3)]
+        assert [status for status, _, _ in infer] == [200, 200, 429]
+        status, headers, answer = infer[2]
+        assert headers["Retry-After"] == "1"
+        assert json.loads(answer) == {"error": "'quota' is over its request quota "
+                                               "(0.01 requests/s, burst 2)"}
+        assert call(url, "/v2/models/one/infer", body, tokens.header("infer"))[0] == 200
+        stats = json.loads(call(url, "/v2/models/one/stats", headers=tokens.header("ops"))[2])
+        assert stats["model_stats"][0]["inference_count"] == 4  # 1 + 2 of 'quota' + 1
         refused = running.server.access.interceptor.refused
         assert refused["UNAUTHENTICATED"] == 2 and refused["PERMISSION_DENIED"] == 2
+        assert refused["RESOURCE_EXHAUSTED"] == 1
     finally:
         running.stop()
 
@@ -211,5 +236,63 @@ def test_rest_speaks_tls_when_the_server_does_and_after_a_reload(tmp_path: Path)
         assert metadata() == "one"  # new connections get the reloaded context
         with pytest.raises((OSError, http.client.HTTPException)):  # no plaintext answer
             urllib.request.urlopen(f"http://localhost:{rest.port}/v2/models/one", timeout=10)
+    finally:
+        running.stop()
+
+
+def test_a_mapped_mtls_certificate_is_the_principal_over_rest(tmp_path: Path):
+    import ssl
+
+    from sluice.server.auth import tokens
+    from sluice.server.config.tls import TlsFiles
+    from tests.support.certs import CertificateAuthority
+
+    ca = CertificateAuthority.create(tmp_path / "pki")
+    server, alice = ca.issue("server"), ca.issue("alice", client=True)
+    stranger = ca.issue("stranger", client=True)  # signed by the CA, mapped to nothing
+    path = tmp_path / "tokens.json"
+    tokens.map_certificate(path, "alice", ["infer"])
+    metadata = tokens.create_token(path, "reader", ["metadata"])
+    repo = tmp_path / "repo"
+    write_model(repo, "one", identity_model({"x": ("FP32", ["batch", 2])}))
+    running = start_server(ServerConfig(
+        model_repository=repo, grpc_port=0, http_port=0, metrics_port=None, tokens_file=path,
+        tls=TlsFiles(server.cert, server.key, ca.cert), state_dir=tmp_path / ".s"))
+    body = json.dumps({"inputs": [{"name": "IN_x", "datatype": "FP32", "shape": [1, 2],
+                                   "data": [1, 2]}]}).encode()
+
+    def https(client, path: str, data: bytes | None = None, headers: dict | None = None):
+        context = ssl.create_default_context(cafile=str(ca.cert))
+        context.load_cert_chain(client.cert, client.key)
+        request = urllib.request.Request(f"https://localhost:{running.server.rest.port}{path}",
+                                         data=data, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=30) as answer:
+                return answer.status, json.loads(answer.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, json.loads(error.read())
+
+    try:
+        status, answer = https(alice, "/v2/models/one/infer", body)
+        assert status == 200 and answer["outputs"][0]["data"] == [1.0, 2.0]
+        # The certificate's principal has its scopes and no others, named as gRPC names it.
+        assert https(alice, "/v2/models/one") == (403, {
+            "error": "'cert:alice' lacks scope 'metadata', which "
+                     "/inference.GRPCInferenceService/ModelMetadata needs"})
+        # A token sent over the same mTLS connection speaks for itself.
+        status, answer = https(alice, "/v2/models/one", headers={
+            "Authorization": f"Bearer {metadata}"})
+        assert status == 200 and answer["name"] == "one"
+        # A certificate the CA signed but the tokens file does not map is no principal.
+        status, answer = https(stranger, "/v2/models/one/infer", body)
+        assert status == 401 and "Authorization: Bearer" in answer["error"]
+        # Without a client certificate there is no TLS session at all.
+        bare = ssl.create_default_context(cafile=str(ca.cert))
+        with pytest.raises((OSError, ssl.SSLError)):
+            urllib.request.urlopen(f"https://localhost:{running.server.rest.port}/v2",
+                                   context=bare, timeout=10).read()
+        refused = running.server.access.interceptor.refused
+        assert refused["PERMISSION_DENIED"] == 1 and refused["UNAUTHENTICATED"] == 1
     finally:
         running.stop()
