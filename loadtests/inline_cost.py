@@ -35,12 +35,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: The batch-1 input each model gets: (input name, shape, output name).
+#: The batch-1 input each model gets: (input name, shape).
 _INPUTS = {
     "identity": ("INPUT0", (1, 16)),
     "mlp": ("features", (1, 64)),
@@ -56,106 +55,94 @@ def _child_env(checkout: Path) -> dict[str, str]:
     return env
 
 
-def _timed(call, count: int, reps: int, clock) -> float:
-    """Best per-call CPU seconds of ``reps`` loops of ``count`` calls (``call`` is sync)."""
-    best = float("inf")
-    for _ in range(reps):
-        start = clock()
-        for _ in range(count):
-            call()
-        best = min(best, (clock() - start) / count)
-    return best
+#: The child: one measurement, printed as JSON. A program string run with ``python -c`` (as in
+#: :mod:`loadtests.prediction_log_bench`): load tests import no server module themselves.
+_PROGRAM = r"""
+import asyncio, json, sys, tempfile, time
+from pathlib import Path
+import numpy as np
+
+what, model, repository = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+count, reps = int(sys.argv[4]), int(sys.argv[5])
+name, shape = sys.argv[6], tuple(int(d) for d in sys.argv[7].split("x"))
+clock = time.thread_time if sys.argv[8] == "thread" else time.process_time
 
 
-def _measure_model(repository: Path, model: str, count: int, reps: int, clock) -> float:
-    import numpy as np
+def measure_model():
     import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(
-        str(repository / model / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"]
-    )
-    name, shape = _INPUTS[model]
+        str(repository / model / "1" / "model.onnx"), options,
+        providers=["CPUExecutionProvider"])
     feed = {name: np.ones(shape, np.float32)}
-
-    def call() -> None:
+    for _ in range(2000):
         session.run(None, feed)
+    best = float("inf")
+    for _ in range(reps):
+        start = clock()
+        for _ in range(count):
+            session.run(None, feed)
+        best = min(best, (clock() - start) / count)
+    return best
 
-    _timed(call, 2000, 1, clock)
-    return _timed(call, count, reps, clock)
+
+class Context:  # what ModelInfer reads of a grpc.aio context on the success path
+    def time_remaining(self):
+        return None
+
+    def invocation_metadata(self):
+        return ()
 
 
-def _measure_sluice(repository: Path, model: str, count: int, reps: int, clock) -> float:
-    import asyncio
-
-    import numpy as np
-
+async def measure_sluice():
     from sluice.proto import grpc_service_pb2 as pb
     from sluice.proto.tensors import make_input
     from sluice.server.app import Server
     from sluice.server.config.settings import ServerConfig
 
-    class Context:  # what ModelInfer reads of a grpc.aio context on the success path
-        def time_remaining(self) -> None:
-            return None
+    with tempfile.TemporaryDirectory(prefix="inline-cost-") as state:
+        config = ServerConfig(
+            model_repository=repository, grpc_port=0, metrics_port=None,
+            state_dir=Path(state), model_control="explicit", startup_models=(model,),
+            log_level="WARNING")
+        server = Server(config)
+        await server.start(lambda: None)
+        try:
+            servicer = server.servicer
+            tensor, raw = make_input(name, np.ones(shape, np.float32))
+            data = pb.ModelInferRequest(
+                model_name=model, inputs=[tensor], raw_input_contents=[raw]
+            ).SerializeToString()
+            context, parse = Context(), pb.ModelInferRequest.FromString
 
-        def invocation_metadata(self) -> tuple[()]:
-            return ()
+            async def loop(n):
+                for _ in range(n):
+                    await servicer.ModelInfer(parse(data), context)
 
-    async def main() -> float:
-        with tempfile.TemporaryDirectory(prefix="inline-cost-") as state:
-            config = ServerConfig(
-                model_repository=repository, grpc_port=0, metrics_port=None,
-                state_dir=Path(state), model_control="explicit", startup_models=(model,),
-                log_level="WARNING",
-            )
-            server = Server(config)
-            await server.start(lambda: None)
-            try:
-                servicer = server.servicer
-                name, shape = _INPUTS[model]
-                tensor, raw = make_input(name, np.ones(shape, np.float32))
-                data = pb.ModelInferRequest(
-                    model_name=model, inputs=[tensor], raw_input_contents=[raw]
-                ).SerializeToString()
-                context = Context()
-                parse = pb.ModelInferRequest.FromString
-
-                async def loop(n: int) -> None:
-                    for _ in range(n):
-                        await servicer.ModelInfer(parse(data), context)
-
-                await loop(3000)
-                best = float("inf")
-                for _ in range(reps):
-                    start = clock()
-                    await loop(count)
-                    best = min(best, (clock() - start) / count)
-                return best
-            finally:
-                await server.stop(1)
-
-    return asyncio.run(main())
+            await loop(3000)
+            best = float("inf")
+            for _ in range(reps):
+                start = clock()
+                await loop(count)
+                best = min(best, (clock() - start) / count)
+            return best
+        finally:
+            await server.stop(1)
 
 
-def _child(args: argparse.Namespace) -> None:
-    clock = time.thread_time if args.clock == "thread" else time.process_time
-    repository = Path(args.repository)
-    if args.child == "model":
-        seconds = _measure_model(repository, args.model, args.count, args.reps, clock)
-    else:
-        seconds = _measure_sluice(repository, args.model, args.count, args.reps, clock)
-    print(json.dumps({"us": seconds * 1e6}))
+seconds = measure_model() if what == "model" else asyncio.run(measure_sluice())
+print(json.dumps({"us": seconds * 1e6}))
+"""
 
 
 def _run_child(checkout: Path, what: str, model: str, repository: Path,
                args: argparse.Namespace) -> float:
+    name, shape = _INPUTS[model]
     done = subprocess.run(
-        [sys.executable, "-m", "loadtests.inline_cost", "--child", what, "--model", model,
-         "--repository", str(repository), "--count", str(args.count), "--reps", str(args.reps),
-         "--clock", args.clock],
+        [sys.executable, "-c", _PROGRAM, what, model, str(repository), str(args.count),
+         str(args.reps), name, "x".join(str(d) for d in shape), args.clock],
         cwd=ROOT, env=_child_env(checkout), capture_output=True, text=True, timeout=600,
         check=False,
     )
@@ -173,13 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clock", choices=("thread", "process"), default="thread")
     parser.add_argument("--against", type=Path, default=None,
                         help="another checkout to measure side by side with this one")
-    parser.add_argument("--child", choices=("sluice", "model"), help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--repository", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        _child(args)
-        return
 
     from loadtests.peer_models import build_repository
 
