@@ -66,19 +66,20 @@ def decode_request(
         check_request_limits(limits, len(inputs), n_outputs, 0)
     shapes = [tuple(tensor.shape[:]) for tensor in inputs]
     if limits is not None:
-        rank = max(map(len, shapes), default=0)
-        if rank > limits.max_rank:
-            check_request_limits(limits, 0, 0, rank)
+        for shape in shapes:  # (a loop: max(map(len, ...)) costs more for one or two inputs)
+            if len(shape) > limits.max_rank:
+                check_request_limits(limits, 0, 0, max(map(len, shapes)))
     parameters = _parameters(message.parameters, limits) if message.parameters else {}
     requested, classes = (
         _requested_outputs(message.outputs, limits, shm) if n_outputs else (None, None)
     )
     raws = message.raw_input_contents[:]
     in_shm: tuple[str, ...] = ()
-    signature = _signature(
+    planned = _planned(
         inputs, shapes, raws, limits.max_elements if limits is not None else _NO_CAP
     )
-    if signature is None:
+    if planned is None:
+        signature = None
         if limits is not None:
             _check_sizes(inputs, shapes, limits)
         if raws:
@@ -92,9 +93,7 @@ def decode_request(
         if not in_shm:
             _learn(inputs, shapes, raws, decoded)
     else:
-        decoded = {}
-        for (name, datatype, shape), raw in zip(signature, raws, strict=True):
-            decoded[name] = np.frombuffer(raw, _raw_plans[datatype, shape][0]).reshape(shape)
+        signature, decoded = planned
     shared_memory = None
     if shm is not None and (in_shm or n_outputs):  # system shared memory (issue 16 item 4)
         placed = shm_tensors.output_slices(message.outputs, shm) if n_outputs else {}
@@ -153,15 +152,16 @@ def _requested_outputs(
     return tuple(output.name for output in outputs), classes
 
 
-def _signature(
+def _planned(
     inputs: list[Any], shapes: list[tuple[int, ...]], raws: list[bytes], max_elements: int
-) -> tuple[tuple[str, str, tuple[int, ...]], ...] | None:
-    """(name, datatype, shape) per input when every input is plain raw data of a known plan
-    with the plan's length and an extent within ``max_elements`` (and no parameters, no
-    contents, no repeated name); else None."""
+) -> tuple[tuple[tuple[str, str, tuple[int, ...]], ...], dict[str, np.ndarray]] | None:
+    """The signature, (name, datatype, shape) per input, and the decoded inputs when every
+    input is plain raw data of a known plan with the plan's length and an extent within
+    ``max_elements`` (and no parameters, no contents, no repeated name); else None."""
     if not raws or len(raws) != len(inputs):
         return None
     signature = []
+    decoded = {}
     for tensor, shape, raw in zip(inputs, shapes, raws, strict=True):
         datatype = tensor.datatype
         plan = _raw_plans.get((datatype, shape))
@@ -169,10 +169,12 @@ def _signature(
             tensor.parameters or tensor.HasField("contents")
         ):
             return None
-        signature.append((tensor.name, datatype, shape))
-    if len(signature) > 1 and len({name for name, _, _ in signature}) != len(signature):
+        name = tensor.name
+        signature.append((name, datatype, shape))
+        decoded[name] = np.frombuffer(raw, plan[0]).reshape(shape)
+    if len(decoded) != len(signature):  # a repeated name: the general path says which
         return None
-    return tuple(signature)
+    return tuple(signature), decoded
 
 
 def _learn(

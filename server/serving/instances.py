@@ -99,6 +99,9 @@ class InstancePool:
         self._rate = rate
         self._cutter = cutter
         self._lock = lock
+        # The lock's own acquire and release (a Condition exposes them): the inline path takes
+        # the lock twice per request, and ``with`` a Condition adds two Python calls each time.
+        self._acquire, self._release = lock.acquire, lock.release
         self._idle = idle
         self._clock = clock
         self._observer = observer
@@ -173,11 +176,14 @@ class InstancePool:
         allowed, probe = self.inline_policy.allows()
         if not allowed:
             return None
-        with self._lock:
-            if self._queue or self.busy or self.closing:
+        self._acquire()
+        try:
+            if self._queue.requests or self.busy or self.closing:
                 return None
             self.busy += 1
             self._rate.started(0, now, rows)
+        finally:
+            self._release()
         error: BaseException | None = None
         started = self._clock()
         try:
@@ -188,9 +194,12 @@ class InstancePool:
         except BaseException as exc:
             error = self._batch_error(exc)
         end = self._clock()
-        with self._lock:
+        self._acquire()
+        try:
             self._rate.finished(0, end, error is None)
             self.busy -= 1
+        finally:
+            self._release()
         if error is not None:
             if self._observer is not None:
                 self._observer(BatchReport(rows, [started - now], 0.0, end - started, 0.0, True))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 
 from sluice.server.serving.instances import BatchReport
@@ -81,3 +83,44 @@ def test_model_stats_follow_tritons_accounting():
     assert stats.queue_count == 3 and stats.queue_ns == 7_000_000
     assert stats.compute_infer_ns == 2 * 3_000_000  # each member saw the batch's compute
     assert stats.batch_stats[5].count == 1 and 1 not in stats.batch_stats
+
+
+def test_model_stats_windows_and_histograms_match_their_own_methods():
+    """on_batch / on_request write the window records and histogram observes out (hot path):
+    what they leave must equal LatencyWindow.record / CumulativeHistogram.observe fed the same
+    values, across sub-window turnovers."""
+    clock = Clock()
+    stats = ModelStats(window_s=60.0, clock=clock)
+    ref = {name: LatencyWindow(60.0, clock=clock) for name in ("e2e", "queue", "compute")}
+    hist = {
+        "e2e": CumulativeHistogram(), "queue": CumulativeHistogram(),
+        "compute": CumulativeHistogram(),
+        "rows": CumulativeHistogram((1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)),
+    }
+    rng = random.Random(7)
+    for step in range(400):
+        clock.now += rng.choice((0.0, 0.5, 3.0, 11.0))  # sub-windows are 10 s long
+        queue_s = [rng.uniform(0, 0.02) for _ in range(rng.randint(0, 4))]
+        report = BatchReport(rows=rng.randint(1, 600), queue_s=queue_s,
+                             gather_s=rng.uniform(0, 1e-4), run_s=rng.uniform(0, 0.05),
+                             scatter_s=rng.uniform(0, 1e-4), failed=step % 9 == 0)
+        stats.on_batch(report)
+        for waited in queue_s:
+            ref["queue"].record(waited)
+            hist["queue"].observe(waited)
+        if not report.failed:
+            compute = report.gather_s + report.run_s + report.scatter_s
+            ref["compute"].record(compute)
+            hist["compute"].observe(compute)
+            hist["rows"].observe(report.rows)
+        seconds = rng.uniform(0, 0.1)
+        stats.on_request(seconds, ok=step % 5 != 0)
+        if step % 5:
+            ref["e2e"].record(seconds)
+            hist["e2e"].observe(seconds)
+    for name, window in (("e2e", stats.e2e), ("queue", stats.queue), ("compute", stats.compute)):
+        assert window.quantiles((1, 50, 90, 99, 100)) == ref[name].quantiles((1, 50, 90, 99, 100))
+        assert window._slots == ref[name]._slots and window._epochs == ref[name]._epochs
+    for name, mine in (("e2e", stats.e2e_hist), ("queue", stats.queue_hist),
+                       ("compute", stats.compute_hist), ("rows", stats.batch_size_hist)):
+        assert mine.counts == hist[name].counts and mine.total == hist[name].total, name
