@@ -76,7 +76,7 @@ _HEADS = ("p50", "burst p50", "client cpu", "best", "loop cpu", "best", "server 
 
 def _sluice_args(extra: list[str]) -> list[str]:
     return ["-m", "sluice.server", "serve", "--model-repository", str(MODEL_REPOSITORY),
-            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
+            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1", "--http-port", "-1",
             "--model-control", "explicit", "--load-model", "identity",
             "--log-level", "WARNING", *extra]
 
@@ -142,7 +142,9 @@ class Pair:
         }
 
 
-def _client_pair(server: str, kind: str, proc: ServerProcess, request: Any) -> Pair:
+def _client_pair(server: str, kind: str, proc: Any, request: Any) -> Pair:
+    """``kind``'s calls of ``request`` to ``proc`` (a ServerProcess, or anything with its
+    ``target``, ``credentials``, ``token`` and ``pid``)."""
     if kind.startswith("client"):
         client = AsyncClient(proc.target, timeout=30.0, retries=0, credentials=proc.credentials,
                              token=proc.token)
@@ -219,33 +221,45 @@ def _log(text: str) -> None:
     print(f"[auth_latency] {text}", flush=True)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+#: What starts a server and how a client reaches it: argv (after the interpreter), TLS
+#: credentials (None: plaintext) and the token clients send.
+Spec = tuple[list[str], grpc.ChannelCredentials | None, str | None]
+
+
+def server_specs(directory: Path) -> tuple[dict[str, Spec], Path]:
+    """Every server of :data:`SERVERS`, with a throwaway CA, server certificate and tokens
+    file (a token with scopes infer and metadata) made in ``directory``; and the CA's PEM.
+    Clients send the token to ``tokens``, ``tls_tokens`` and the ceilings (which ignore it)."""
     from tests.support.certs import CertificateAuthority  # the test extra's cryptography
 
+    ca = CertificateAuthority.create(directory / "ca")
+    issued = ca.issue("server")
+    credentials = tls_credentials(ca.cert)
+    token = _make_token(directory)
+    tls_flags = ["--tls-cert", str(issued.cert), "--tls-key", str(issued.key)]
+    token_flags = ["--tokens", str(directory / "tokens.json")]
+    return {
+        "plain": (_sluice_args([]), None, None),
+        "tls": (_sluice_args(tls_flags), credentials, None),
+        "tokens": (_sluice_args(token_flags), None, token),
+        "tls_tokens": (_sluice_args(tls_flags + token_flags), credentials, token),
+        "ceiling": (["-m", "loadtests.ceiling"], None, token),
+        "ceiling_tls": (["-m", "loadtests.ceiling", *tls_flags], credentials, token),
+    }, ca.cert
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sluice-auth-latency-") as tmp:
-        ca = CertificateAuthority.create(Path(tmp) / "ca")
-        issued = ca.issue("server")
-        cert, key = str(issued.cert), str(issued.key)
-        credentials = tls_credentials(ca.cert)
-        token = _make_token(Path(tmp))
-        tls_flags = ["--tls-cert", cert, "--tls-key", key]
-        token_flags = ["--tokens", str(Path(tmp) / "tokens.json")]
-        specs: dict[str, tuple[list[str], grpc.ChannelCredentials | None, str | None]] = {
-            "plain": (_sluice_args([]), None, None),
-            "tls": (_sluice_args(tls_flags), credentials, None),
-            "tokens": (_sluice_args(token_flags), None, token),
-            "tls_tokens": (_sluice_args(tls_flags + token_flags), credentials, token),
-            "ceiling": (["-m", "loadtests.ceiling"], None, token),
-            "ceiling_tls": (["-m", "loadtests.ceiling", *tls_flags], credentials, token),
-        }
+        specs, ca = server_specs(Path(tmp))
         procs: dict[str, ServerProcess] = {}
         try:
             for name in args.servers:
-                argv, creds, tok = specs[name]
-                procs[name] = ServerProcess(name, argv, credentials=creds, token=tok).__enter__()
+                argv, creds, token = specs[name]
+                procs[name] = ServerProcess(name, argv, credentials=creds,
+                                            token=token).__enter__()
             _log("servers: " + ", ".join(f"{n} {p.target}" for n, p in procs.items()))
             pairs = asyncio.run(_measure(procs, args.clients, args.rounds, args.calls))
-            pa = (_perf_analyzer(procs, str(ca.cert), args.pa_rounds, args.pa_duration)
+            pa = (_perf_analyzer(procs, str(ca), args.pa_rounds, args.pa_duration)
                   if args.perf_analyzer else None)
         finally:
             for proc in procs.values():
