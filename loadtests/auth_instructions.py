@@ -193,11 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                                                   "tls_tokens": "plain",
                                                   "ceiling_tls": "ceiling"}),
         "client_instructions_per_call": client,
-        "client_rise": _rises(client, {
-            **{f"ceiling_tls/{k}": f"ceiling/{k}" for k in kinds},
-            **{f"{t}/bare_interceptor": f"{t}/bare" for t in ("ceiling", "ceiling_tls")},
-            **{f"{t}/client_interceptor": f"{t}/client" for t in ("ceiling", "ceiling_tls")},
-        }),
+        "client_tls_rise": _rises(client, {f"ceiling_tls/{k}": f"ceiling/{k}" for k in kinds}),
+        "client_interceptor_rise": _rises(client, {
+            f"{t}/{kind}_interceptor": f"{t}/{kind}"
+            for t in ("ceiling", "ceiling_tls") for kind in ("bare", "client")}),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "auth_instructions.json").write_text(json.dumps(payload, indent=2))
