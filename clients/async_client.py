@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from sluice.clients.auth import aio_interceptors
+from sluice.clients.auth import resolve_token, token_stub
 from sluice.clients.errors import error_from_rpc
 from sluice.clients.messages import (
     ParameterValue,
@@ -70,7 +70,7 @@ class AsyncClient:
         health_check: bool | None = None,
     ) -> None:
         self.target = grpc_target(target)  # replicas: a list becomes one balanced target
-        self._interceptors = aio_interceptors(token)  # authz: the bearer token on every call
+        self._token = resolve_token(token)  # authz: sent with every call (per-call metadata)
         self.timeout = timeout
         self.policy = RetryPolicy(retries, backoff_base_s, backoff_max_s, retry_budget,
                                   spread=spreads(target))
@@ -78,16 +78,16 @@ class AsyncClient:
             [*balancing_options(target, health_check), *(channel_options or ())])
         self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None
-        self._stub_instance: pb_grpc.GRPCInferenceServiceStub | None = None
+        self._stub_instance: Any = None  # the stub, wrapped to send the token
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     @property
     def _stub(self) -> Any:
         if self._stub_instance is None:
-            self._channel = open_aio_channel(self.target, self._options, self._credentials,
-                                             self._interceptors)
-            self._stub_instance = pb_grpc.GRPCInferenceServiceStub(self._channel)
+            self._channel = open_aio_channel(self.target, self._options, self._credentials)
+            self._stub_instance = token_stub(pb_grpc.GRPCInferenceServiceStub(self._channel),
+                                             self._token)
         return self._stub_instance
 
     async def close(self) -> None:

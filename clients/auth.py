@@ -2,9 +2,17 @@
 
 A server started with ``sluice serve --tokens FILE`` wants gRPC metadata ``authorization:
 Bearer <token>`` on every call. Our clients take ``token=``; None reads ``$SLUICE_TOKEN`` (unset
-or empty: no token, for a server without ``--tokens``). The token rides on a channel
-interceptor, so every call, present or future, carries it. tritonclient users pass
+or empty: no token, for a server without ``--tokens``). tritonclient users pass
 ``headers={"authorization": "Bearer <token>"}`` to each call instead.
+
+:class:`AsyncClient <sluice.clients.AsyncClient>` sends it as per-call metadata through
+:class:`TokenStub`, not through a channel interceptor: grpc.aio runs every call of an
+intercepted channel through its intercepted-call machinery (a task per call, a second await, a
+``Metadata`` rebuilt), which cost 89k instructions per unary call (AsyncClient: 413k against
+325k, +27%; ``python -m loadtests.auth_instructions``) and 50-110 us of client CPU on the loaded
+2-core development box (``loadtests.auth_latency``), most of issue 14's c=1 budget of 100 us;
+per-call metadata costs about a microsecond. The blocking clients keep :func:`with_token`'s
+interceptor (grpc's sync stack runs it without a task; its cost is not measured here).
 """
 
 from __future__ import annotations
@@ -29,6 +37,34 @@ def resolve_token(token: str | None) -> str | None:
 def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
     """The metadata that carries ``token`` (tritonclient: ``headers=dict(...)``)."""
     return (("authorization", f"Bearer {token}"),)
+
+
+class TokenStub:
+    """``stub`` (a generated stub) whose every method sends the bearer token's metadata with
+    each call, after any ``metadata=`` the caller gives. Methods are looked up on ``stub`` once
+    and kept."""
+
+    def __init__(self, stub: Any, token: str) -> None:
+        self._stub = stub
+        self._header = bearer_metadata(token)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        header = self._header
+
+        def call(*args: Any, metadata: Any = None, **kwargs: Any) -> Any:
+            return method(*args, metadata=(*metadata, *header) if metadata else header,
+                          **kwargs)
+
+        setattr(self, name, call)  # found on the instance from now on, never here again
+        return call
+
+
+def token_stub(stub: Any, token: str | None) -> Any:
+    """``stub`` sending ``token`` (resolved by :func:`resolve_token`) with every call: a
+    :class:`TokenStub`, or ``stub`` itself when there is no token."""
+    token = resolve_token(token)
+    return stub if token is None else TokenStub(stub, token)
 
 
 class _Details(NamedTuple):
@@ -98,6 +134,8 @@ class _AioBearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClien
 
 
 def aio_interceptors(token: str | None) -> list[grpc.aio.ClientInterceptor] | None:
-    """Interceptors for ``grpc.aio`` channels sending ``token`` (resolved as above)."""
+    """Interceptors for ``grpc.aio`` channels sending ``token`` (resolved as above): for a
+    channel whose calls are made elsewhere; prefer :func:`token_stub` (see the module's
+    docstring for what an interceptor costs)."""
     token = resolve_token(token)
     return None if token is None else [_AioBearer(token)]

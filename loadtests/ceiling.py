@@ -1,6 +1,7 @@
 """The Python gRPC ceiling: the least a grpc.aio KServe servicer can do per request.
 
     python -m loadtests.ceiling [--host 127.0.0.1] [--port 0] [--shed] [--model-dir DIR]
+        [--tls-cert FILE --tls-key FILE]
 
 With ``--shed``, ModelInfer instead turns every request away as Sluice sheds one (UNAVAILABLE,
 trailers ``grpc-retry-pushback-ms`` and ``sluice-shed-reason``): the least a grpc.aio server can
@@ -15,7 +16,9 @@ distinct id and cached, so the cost stays that of sending a constant. ``--model-
 Triton-layout model directory; default the bundled identity) names the model whose answer is
 imitated and whose ModelMetadata/ModelConfig are served (:mod:`loadtests.peer_metadata`), so
 perf_analyzer can measure the ceiling (:mod:`loadtests.peers`); those, ServerLive, ServerReady and
-ModelReady are built once at start. Every other RPC is UNIMPLEMENTED. Prints
+ModelReady are built once at start. Every other RPC is UNIMPLEMENTED. ``--tls-cert/--tls-key``
+serve TLS with plain ``grpc.ssl_server_credentials`` (what grpc's own TLS costs a bare servicer,
+:mod:`loadtests.auth_latency`). Prints
 ``ceiling: gRPC listening on HOST:PORT`` once it accepts calls; SIGTERM or SIGINT stop it (exit 0).
 Nothing here imports ``server``: Sluice is measured against this, not with it.
 """
@@ -82,11 +85,12 @@ class SheddingServicer(CeilingServicer):
 
 
 async def serve_servicer(
-    servicer: grpc_service_pb2_grpc.GRPCInferenceServiceServicer, label: str, host: str, port: int
+    servicer: grpc_service_pb2_grpc.GRPCInferenceServiceServicer, label: str, host: str, port: int,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> None:
     """Serve ``servicer`` until SIGTERM/SIGINT; prints ``LABEL: gRPC listening on HOST:PORT``
-    first. Shared with :mod:`loadtests.inline_ort`, so both bare servers differ only in
-    ModelInfer."""
+    first (TLS with ``credentials``, else plaintext). Shared with :mod:`loadtests.inline_ort`,
+    so both bare servers differ only in ModelInfer."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
@@ -95,7 +99,9 @@ async def serve_servicer(
         ]
     )
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = (server.add_insecure_port(address) if credentials is None
+             else server.add_secure_port(address, credentials))
     if bound == 0:
         raise SystemExit(f"{label}: could not bind {host}:{port}")
     await server.start()
@@ -109,10 +115,11 @@ async def serve_servicer(
 
 
 async def serve(host: str, port: int, shed: bool = False,
-                model_dir: Path = IDENTITY_DIR) -> None:
+                model_dir: Path = IDENTITY_DIR,
+                credentials: grpc.ServerCredentials | None = None) -> None:
     """Serve the ceiling until SIGTERM/SIGINT; prints the bound address first."""
     servicer = SheddingServicer(model_dir) if shed else CeilingServicer(model_dir)
-    await serve_servicer(servicer, "ceiling", host, port)
+    await serve_servicer(servicer, "ceiling", host, port, credentials)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +130,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="refuse every ModelInfer with UNAVAILABLE, as Sluice sheds")
     parser.add_argument("--model-dir", type=Path, default=IDENTITY_DIR,
                         help="model whose answer and description are served (default identity)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
+    parser.add_argument("--tls-key", type=Path, help="its PEM private key")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port, args.shed, args.model_dir))
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    credentials = None if args.tls_cert is None else grpc.ssl_server_credentials(
+        [(args.tls_key.read_bytes(), args.tls_cert.read_bytes())])
+    asyncio.run(serve(args.host, args.port, args.shed, args.model_dir, credentials))
     return 0
 
 

@@ -26,8 +26,8 @@ and print one JSON line. A request counts if it completes inside the window; thr
 count over the window. Counted runs (``--count``) just send K requests and print JSON.
 
 Security (issue 14): ``--tls-ca`` (and ``--tls-cert``/``--tls-key`` for mTLS) make every channel
-TLS; ``--token`` sends ``authorization: Bearer TOKEN`` on every call the way the clients do (their
-channel interceptor, :mod:`sluice.clients.auth`), so its cost is measured with the rest.
+TLS; ``--token`` sends ``authorization: Bearer TOKEN`` on every call the way the clients do
+(per-call metadata, :mod:`sluice.clients.auth`), so its cost is measured with the rest.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import numpy as np
 
 from loadtests.models import InputSpec, make_inputs
 from sluice.clients import AsyncClient, SluiceClientError
-from sluice.clients.auth import aio_interceptors
+from sluice.clients.auth import bearer_metadata, resolve_token
 from sluice.clients.messages import build_request, channel_options
 from sluice.clients.tls import open_aio_channel, tls_credentials
 from sluice.proto import grpc_service_pb2 as pb
@@ -98,8 +98,9 @@ class StreamDriver:
     def __init__(self, target: str, model: str, inputs: dict[str, np.ndarray],
                  credentials: grpc.ChannelCredentials | None = None,
                  token: str | None = None) -> None:
-        self._channel = open_aio_channel(target, channel_options(None), credentials,
-                                         aio_interceptors(token))
+        self._channel = open_aio_channel(target, channel_options(None), credentials)
+        token = resolve_token(token)  # sent as the call's metadata, as AsyncClient does
+        self._metadata = bearer_metadata(token) if token else None
         self._model = model
         self._inputs = inputs
         self._payloads: list[bytes] = []
@@ -116,7 +117,7 @@ class StreamDriver:
         ]
         # No serializers: payloads are bytes already, answers are parsed by the reader.
         method = self._channel.stream_stream(_STREAM_METHOD)
-        self._call = method(timeout=None)
+        self._call = method(timeout=None, metadata=self._metadata)
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:

@@ -32,10 +32,12 @@ def binary() -> str | None:
 def run(
     *, target: str, model: str, concurrency: int, batch: int, streaming: bool, duration_s: float,
     stability_percent: float | None = None, max_trials: int = 3, protocol: str = "grpc",
+    extra_args: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """One point: ``{"rows_s", "req_s", "p50_ms", "p95_ms", "p99_ms"}`` or ``{"error": ...}``.
 
     ``stability_percent`` None keeps perf_analyzer's own (10%); see the module docstring.
+    ``extra_args`` go to perf_analyzer as they are (e.g. its ``--ssl-grpc-*`` flags).
     """
     exe = binary()
     if exe is None:
@@ -52,6 +54,7 @@ def run(
             args += ["--stability-percentage", f"{stability_percent:g}"]
         if streaming:
             args.append("--streaming")
+        args += extra_args
         try:
             done = subprocess.run(
                 args, capture_output=True, text=True, check=False,

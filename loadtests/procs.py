@@ -59,17 +59,19 @@ class ServerProcess:
     and is ready once its ServerReady says so (Sluice listens before its models load).
 
     Use as a context manager; ``target`` is ``HOST:PORT``, ``pid`` the server's own pid (the
-    command is the interpreter itself, no shell), ``rss()`` its resident memory in bytes.
+    command is the interpreter itself, no shell, or ``wrapper`` running it in its own process,
+    as valgrind does), ``rss()`` its resident memory in bytes.
     """
 
     def __init__(
         self, name: str, args: list[str], *, start_timeout_s: float = 60.0,
         credentials: grpc.ChannelCredentials | None = None, token: str | None = None,
+        wrapper: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         #: What a client needs to reach it: TLS credentials (None: plaintext), a bearer token.
         self.credentials, self.token = credentials, token
-        self._args = [sys.executable, *args]
+        self._args = [*wrapper, sys.executable, *args]  # wrapper: e.g. valgrind, which execs
         self._start_timeout_s = start_timeout_s
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop())
