@@ -101,7 +101,10 @@ class RecordSchema:
 
     def table(self, records: Sequence[Finished]) -> pa.Table:
         """The rows of ``records`` (one per request row; a failed request: one row)."""
-        rows = np.fromiter((self._rows(r) for r in records), np.int64, len(records))
+        all_ok = all(r.status == "OK" for r in records)
+        rows = self._row_counts(records) if all_ok and self.batched else None
+        if rows is None:
+            rows = np.fromiter((self._rows(r) for r in records), np.int64, len(records))
         total = int(rows.sum())
         owner = np.repeat(np.arange(len(records)), rows)
         starts = np.cumsum(rows) - rows
@@ -119,10 +122,19 @@ class RecordSchema:
             pa.array([r.status for r in records], pa.string()).take(owner),
             pa.array(np.fromiter((r.latency_s for r in records), np.float64, len(records))[owner]),
         ]
-        all_ok = all(r.status == "OK" for r in records)
         for column in self.columns:
             arrays.append(self._tensor(column, records, rows, total, all_ok))
         return pa.Table.from_arrays(arrays, schema=self.schema)
+
+    @staticmethod
+    def _row_counts(records: Sequence[Finished]) -> np.ndarray | None:
+        """:meth:`_rows` of answered requests of a batched model, in one pass (None when one
+        has no output or a 0-d one: those go through :meth:`_rows`)."""
+        try:
+            return np.array([next(iter(r.outputs.values())).shape[0] for r in records],
+                            dtype=np.int64)
+        except (StopIteration, IndexError):
+            return None
 
     def _rows(self, record: Finished) -> int:
         if record.status != "OK" or not self.batched:
@@ -143,7 +155,7 @@ class RecordSchema:
             arrays = [(r.inputs if column.is_input else r.outputs).get(column.tensor)
                       for r in records]
             if not any(a is None for a in arrays):
-                flat = np.concatenate([a.reshape(-1) for a in arrays]).astype(dtype, copy=False)
+                flat = np.concatenate(arrays, axis=None).astype(dtype, copy=False)
                 if flat.size == total * width:
                     values = pa.array(flat, ARROW_TYPES[column.datatype])
                     return values if width == 1 else pa.FixedSizeListArray.from_arrays(
