@@ -160,6 +160,8 @@ class PredictionLog:
     def on_finished(self, batch: list[Finished]) -> None:
         """Sample ``batch`` and queue the kept records (the hub subscriber: quick)."""
         active = self._active
+        if not active:
+            return  # the hub hands over other monitors' models only
         uniform = self._uniform
         # grouped by (model, version): hashing the settings per record cost ~0.5 us
         kept: dict[tuple[str, int], tuple[LoggingConfig, list[Finished]]] = {}

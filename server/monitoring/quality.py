@@ -4,8 +4,8 @@ The monitor subscribes to the :class:`~sluice.server.monitoring.hub.MonitorHub` 
 loaded model whose outputs say what it predicts (:mod:`.quality_spec`). For each answered
 request of such a model it keeps, in the (version, arm) :class:`~.quality_window.QualityWindow`,
 the predicted class (or value) and top-class probability of each row: the answers of one drain
-of the hub go in as one chunk of arrays, a few numpy calls per drain and about a microsecond
-per answer on the hub's thread (a dict entry per request id for the label join), never on the
+of the hub go in as one chunk of arrays, a few numpy calls per drain and ~3 us per answer on
+the hub's thread (grouping, and a dict entry per request id for the label join), never on the
 request path. Labels come by request id through
 :meth:`QualityMonitor.feedback` (the Admin ``Feedback`` RPC, ``sluice feedback``): a label for
 the request applies to its rows, one with a row number to that row; a later label replaces an
@@ -133,6 +133,8 @@ class QualityMonitor:
         self._log = feedback_log
         self._clock = clock
         self._models: dict[str, _Model] = {}
+        #: Whether some model is scored (records of others are not even grouped).
+        self._watching = False
         self._lock = threading.Lock()
         if hub is not None:
             hub.subscribe("quality", self.on_finished)
@@ -163,6 +165,7 @@ class QualityMonitor:
             if watch != model.watched and self._hub is not None:
                 (self._hub.watch if watch else self._hub.unwatch)(name)
             model.watched = watch
+            self._watching = any(m.watched for m in self._models.values())
 
     # -- the hub's subscriber -----------------------------------------------------------------
 
@@ -170,14 +173,20 @@ class QualityMonitor:
         """Take a batch of finished requests (the hub's thread): the answers of each (model,
         version, arm) are scored together (:func:`read_group`; what cannot be, one by one) and
         go into its window as one :class:`Chunk`."""
-        groups: dict[tuple[str, int, str], list[Finished]] = {}
-        for record in records:
-            key = (record.model, record.version, record.arm)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [record]
-            else:
-                group.append(record)
+        if not self._watching:
+            return  # the hub hands over other monitors' models only
+        keys = [(r.model, r.version, r.arm) for r in records]
+        groups: dict[tuple[str, int, str], list[Finished]]
+        if keys and keys.count(keys[0]) == len(keys):
+            groups = {keys[0]: records}  # one model version and arm: no per-record grouping
+        else:
+            groups = {}
+            for key, record in zip(keys, records, strict=True):
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [record]
+                else:
+                    group.append(record)
         read: list[tuple[_Model, tuple[int, str], QualitySpec, _Scored]] = []
         for (name, version, arm), group in groups.items():
             model = self._models.get(name)

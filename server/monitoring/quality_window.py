@@ -13,8 +13,9 @@ confidences, their histogram bins and the labels. Adding a chunk is a few numpy 
 its size (``np.bincount`` for the confidence histogram), and eviction takes whole chunks, or a
 chunk's oldest requests by moving its ``head``. One object and a few counter updates per
 request, as this module did before, cost ~20 us of the hub thread's GIL per answer of identity
-and ~20% of its throughput at concurrency 64 on 2 cores (issue 13); chunks cost ~1-2 us per answer
-(``python -m loadtests.monitor_cost --subscribers``).
+and ~20% of its throughput at concurrency 64 on 2 cores (issue 13); with chunks the whole
+subscriber costs ~3 us per answer in drains of 500 (``python -m loadtests.monitor_cost
+--subscribers``).
 
 Confidences are summed as integers (:data:`CONFIDENCE_SCALE` parts per 1): sums kept by adding
 and taking away never drift, and equal windows give equal figures whatever the chunking.
