@@ -4,11 +4,12 @@ Owns one :class:`~.drift_window.VersionWindow` per model version that has a refe
 (``<version>/reference_profile.json``) and drift not turned off in its ``deployment.yaml``
 (:mod:`sluice.server.config.drift`). Fed by the :class:`~.hub.MonitorHub`: its subscriber samples
 ``sample`` of the finished requests of each watched version (a random draw per request) and
-queues their rows; nothing else happens on the hub's thread. The monitor's own thread computes
-every ``interval_s``: bins the new rows with the Numba kernel the composition root injects
-(``sluice.kernels.binning.bin_counts``; this package imports no Numba), then PSI, KS, missing and
-out-of-range rates per feature, and the prediction's drift (:mod:`.drift_stats`). /metrics
-(:mod:`.drift_metrics`) and the ``DriftReport`` admin RPC read the last figures.
+queues their rows, one block per version and drain; nothing else happens on the hub's thread.
+The monitor's own thread computes every ``interval_s``: bins the new rows with the Numba kernel
+the composition root injects (``sluice.kernels.binning.bin_counts``; this package imports no
+Numba), then PSI, KS, missing and out-of-range rates per feature, and the prediction's drift
+(:mod:`.drift_stats`). /metrics (:mod:`.drift_metrics`) and the ``DriftReport`` admin RPC read
+the last figures.
 
 Promises:
 - Nothing here runs on the request path; a request never waits for, or fails because of, drift.
@@ -117,12 +118,20 @@ class DriftMonitor:
         if not windows:
             return
         now = self._clock()
-        draws = self._rng.random(len(batch))
+        draws = self._rng.random(len(batch)).tolist()
+        picked: dict[tuple[str, int], list[Finished]] = {}
         for record, draw in zip(batch, draws, strict=True):
-            window = windows.get((record.model, record.version))
+            key = (record.model, record.version)
+            window = windows.get(key)
             if window is None or record.status != "OK" or draw >= window.settings.sample:
                 continue
-            window.add(record, now)
+            group = picked.get(key)
+            if group is None:
+                picked[key] = [record]
+            else:
+                group.append(record)
+        for key, records in picked.items():
+            windows[key].add_many(records, now)
 
     # -- the monitor's thread ---------------------------------------------------------------
 

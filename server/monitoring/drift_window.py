@@ -1,7 +1,8 @@
 """One model version's live window: sampled rows in, drift figures out.
 
-The hub's thread hands sampled records to :meth:`VersionWindow.add` (rows extracted and queued,
-nothing computed; a full queue drops rows and counts them). The drift monitor's own thread calls
+The hub's thread hands sampled records to :meth:`VersionWindow.add_many` (rows extracted and
+queued, one block per drain when the records are batched alike, nothing computed; a full queue
+drops rows and counts them). The drift monitor's own thread calls
 :meth:`VersionWindow.compute` on its schedule: the queued rows are binned once into the
 cumulative counters (exported per bin, so Prometheus can add replicas up), written into a ring
 of the newest ``window_rows`` rows, and the rows of the ring not older than ``window_s`` are
@@ -16,6 +17,7 @@ NaN, counted as missing.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -145,6 +147,55 @@ class VersionWindow:
                 return
             self._pending.append((now, rows))
             self._pending_rows += rows.shape[0]
+
+    def add_many(self, records: list[Finished], now: float) -> None:
+        """:meth:`add` of each of ``records``, as one block of rows when they are batched alike
+        and fit the queue whole (a few numpy calls for the lot: one block per drain, binned and
+        written to the ring at once), else one by one."""
+        rows = self._rows_together(records) if self._batched and len(records) > 1 else None
+        if rows is not None:
+            with self._lock:
+                if self._pending_rows + rows.shape[0] <= self._max_pending:
+                    self._pending.append((now, rows))
+                    self._pending_rows += rows.shape[0]
+                    return
+        for record in records:
+            self.add(record, now)
+
+    def _rows_together(self, records: list[Finished]) -> np.ndarray | None:
+        """:meth:`_rows` of every record, stacked; None unless every record has every profiled
+        tensor with the same per-row shape and rows agree (those go one by one)."""
+        columns: list[np.ndarray] = []
+        counts: list[int] | None = None
+        named = [(name, True, int(np.prod(dims))) for name, dims in self.profile.inputs]
+        prediction = self.profile.prediction
+        if prediction is not None:
+            named.append((prediction.output, False, 0))
+        for name, is_input, width in named:
+            parts = [(r.inputs if is_input else r.outputs).get(name) for r in records]
+            try:  # refuses a missing (None) or 0-d tensor and mixed per-row shapes
+                merged = np.concatenate(parts)
+                lengths = [len(part) for part in parts]
+            except (ValueError, TypeError):
+                return None
+            if counts is None:
+                counts = lengths
+            elif lengths != counts:
+                return None
+            if is_input:
+                if math.prod(merged.shape[1:]) != width:
+                    return None
+                columns.append(merged.reshape(len(merged), width).astype(np.float64))
+            else:
+                assert prediction is not None
+                try:
+                    values = prediction_values(prediction.kind, merged.reshape(len(merged), -1))
+                except (ValueError, TypeError):
+                    return None
+                columns.append(values.reshape(-1, 1))
+        if not columns or not self.profile.inputs:
+            return None
+        return np.ascontiguousarray(np.hstack(columns))
 
     def _rows(self, record: Finished) -> np.ndarray | None:
         """The record's rows as columns (features, then the prediction); None when a tensor

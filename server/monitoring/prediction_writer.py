@@ -25,6 +25,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from sluice.server.monitoring.hub import Finished
 from sluice.server.monitoring.prediction_files import PartitionFiles
 from sluice.server.monitoring.prediction_schema import RecordSchema
@@ -204,9 +206,9 @@ class PredictionWriter:
 
 def _by_date(records: list[Finished]) -> dict[str, list[Finished]]:
     """``records`` by the UTC date of their time (nearly always one date)."""
-    first = _day(records[0].time)
-    last = _day(records[-1].time)
-    if first == last and all(_day(r.time) == first for r in records):
+    days = np.fromiter((r.time for r in records), np.float64, len(records)) // 86400
+    first = int(days[0])
+    if (days == first).all():
         return {_date(first): records}
     groups: dict[str, list[Finished]] = {}
     for record in records:

@@ -146,22 +146,22 @@ def read_group(
     (batch) dimension, so a drained batch costs a few numpy calls, not a few per answer.
     ValueError when an answer is not batched alike (read those one by one)."""
     names = [n for n in (spec.scores, spec.prediction) if n is not None]
-    rows: list[int] = []
-    columns: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for outputs in answers:
-        counts = set()
-        for name in names:
-            raw = outputs.get(name)
-            if raw is None or getattr(raw, "ndim", 0) < 2:
-                raise ValueError(f"output '{name}' missing or not batched")
-            counts.add(raw.shape[0])
-            columns[name].append(raw)
-        if len(counts) != 1:
+    rows: list[int] | None = None
+    merged: dict[str, np.ndarray] = {}
+    for name in names:
+        # one concatenate per output: it refuses a missing (None) or 0-d output and outputs
+        # of mixed ranks; all 1-D (not batched) is refused below
+        parts = [outputs.get(name) for outputs in answers]
+        merged[name] = np.concatenate(parts)
+        if merged[name].ndim < 2:
+            raise ValueError(f"output '{name}' not batched")
+        counts = [len(part) for part in parts]
+        if rows is None:
+            rows = counts
+        elif counts != rows:
             raise ValueError("outputs disagree on rows")
-        rows.append(counts.pop())
-    merged = {name: np.concatenate(parts) for name, parts in columns.items()}
     predicted, confidence = read_rows(spec, merged)
-    return predicted, confidence, rows
+    return predicted, confidence, rows or []
 
 
 def _top_probability(scores: np.ndarray) -> np.ndarray:

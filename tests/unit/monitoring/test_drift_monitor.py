@@ -160,3 +160,29 @@ def test_the_kernel_runs_once_when_a_version_attaches_before_any_traffic():
     assert calls == [1]  # one row, into scratch counts
     (report,) = monitor.compute_now()
     assert report.rows == 0 and report.sampled_rows == 0  # the warm-up counted nothing
+
+
+def test_a_drain_binned_as_one_block_gives_what_record_by_record_gives():
+    """Records batched alike go in as one block per drain; one that is not (no 'label' output,
+    rows that disagree, 63 values a row) makes the drain go record by record. Either way the
+    window, the counters and what is counted are those of one record at a time."""
+    rng = np.random.default_rng(3)
+    records = []
+    for i in range(0, 300, 12):
+        rows = HELD_OUT[i:i + int(rng.integers(1, 12))] * (1.0 + (i % 5) / 4)
+        records.append(_record(rows, rng.integers(0, 10, (len(rows), 1))))
+    odd = [_record(HELD_OUT[:3]),  # no prediction: its column is missing
+           _record(HELD_OUT[:4], np.zeros((2, 1), np.int64)),  # 4 rows, 2 labels: malformed
+           _record(np.zeros((2, 63), np.float32), np.zeros((2, 1), np.int64))]  # malformed
+    for drain in (records, [*records[:10], *odd, *records[10:]]):
+        _, together, _ = _monitor(DriftSettings(sample=1.0))
+        together.on_finished(drain)
+        _, alone, _ = _monitor(DriftSettings(sample=1.0))
+        for record in drain:
+            alone.on_finished([record])
+        (a,), (b,) = together.compute_now(), alone.compute_now()
+        assert (a.rows, a.sampled_rows, a.malformed) == (b.rows, b.sampled_rows, b.malformed)
+        assert a.features == b.features and a.prediction == b.prediction
+        assert (a.cumulative == b.cumulative).all()
+        assert (a.cumulative_special == b.cumulative_special).all()
+    assert a.malformed == 2 and a.prediction.missing_rate > 0

@@ -179,3 +179,19 @@ def test_sampling_keeps_each_request_with_its_probability(tmp_path):
     assert not hub.wants("digits")
     log.close()
     assert log.writer.written == {"digits": kept}
+
+
+def test_one_row_requests_with_arms_that_differ_read_back_exactly(tmp_path):
+    """The batch-1 shortcut (no per-row repetition) and string columns that are not all equal
+    (arms, callers) against the records themselves."""
+    out = writer(tmp_path)
+    records = [record(i, 1) for i in range(6)]
+    for i, r in enumerate(records):
+        r.arm, r.caller = ("stable", "candidate")[i % 2], f"caller{i // 3}"
+    out.put("digits", RecordSchema(DIGITS, LoggingConfig(1.0)), records)
+    out.close()
+    rows = read(tmp_path).to_pylist()
+    assert [(r["id"], r["row"], r["arm"], r["caller"], r["status"]) for r in rows] == [
+        (f"r{i}", 0, ("stable", "candidate")[i % 2], f"caller{i // 3}", "OK") for i in range(6)]
+    assert [r["output_label"] for r in rows] == [int(r.outputs["label"][0, 0]) for r in records]
+    assert [r["latency_s"] for r in rows] == [r.latency_s for r in records]
