@@ -22,16 +22,8 @@ class EtcdLocation:
 
     @classmethod
     def parse(cls, url: str) -> EtcdLocation:
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme != "etcd" or not parsed.hostname:
-            raise StateStoreURLError(f"--state-store {url!r}: expected etcd://HOST:PORT/PREFIX")
-        if parsed.username or parsed.password or parsed.query or parsed.fragment:
-            raise StateStoreURLError("--state-store: only etcd://HOST:PORT/PREFIX is understood "
-                                     "(no credentials, query or fragment)")
-        try:
-            port = parsed.port or 2379
-        except ValueError:
-            raise StateStoreURLError(f"--state-store {url!r}: the port is not a number") from None
+        parsed, port = _split(url, "etcd", "--state-store", "etcd://HOST:PORT/PREFIX", 2379,
+                              StateStoreURLError)
         prefix = "/" + parsed.path.strip("/") if parsed.path.strip("/") else "/sluice"
         return cls(parsed.hostname, port, prefix)
 
@@ -47,15 +39,23 @@ class MetricsSourceURLError(ValueError):
 def prometheus_base_url(url: str) -> str:
     """``prometheus://HOST:PORT[/PATH]`` as the HTTP base URL of Prometheus's API; raises
     MetricsSourceURLError naming the expected form (never echoing credentials)."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme != "prometheus" or not parsed.hostname:
-        raise MetricsSourceURLError("--metrics-source: expected prometheus://HOST:PORT")
-    if parsed.username or parsed.password or parsed.query or parsed.fragment:
-        raise MetricsSourceURLError("--metrics-source: only prometheus://HOST:PORT[/PATH] is "
-                                    "understood (no credentials, query or fragment)")
-    try:
-        port = parsed.port or 9090
-    except ValueError:
-        raise MetricsSourceURLError("--metrics-source: the port is not a number") from None
+    parsed, port = _split(url, "prometheus", "--metrics-source", "prometheus://HOST:PORT[/PATH]",
+                          9090, MetricsSourceURLError)
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
     return f"http://{host}:{port}{parsed.path.rstrip('/')}"
+
+
+def _split(url: str, scheme: str, flag: str, form: str, default_port: int,
+           error: type[ValueError]) -> tuple[urllib.parse.SplitResult, int]:
+    """``url`` split, and its port (``default_port`` when none), when it is ``scheme://HOST``
+    with an optional port and path and nothing else; else ``error`` naming ``flag`` and the
+    expected ``form``. The value itself is never echoed: it may carry credentials."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != scheme or not parsed.hostname:
+        raise error(f"{flag}: expected {form}")
+    if parsed.username or parsed.password or parsed.query or parsed.fragment:
+        raise error(f"{flag}: only {form} is understood (no credentials, query or fragment)")
+    try:
+        return parsed, parsed.port or default_port
+    except ValueError:
+        raise error(f"{flag}: the port is not a number") from None

@@ -26,6 +26,7 @@ def test_an_etcd_url_names_a_member_and_a_prefix(url, host, port, prefix):
     ("etcd:///x", "expected etcd://HOST:PORT/PREFIX"),
     ("etcd://h:port/x", "the port is not a number"),
     ("etcd://user:secret@h:2379/x", "no credentials"),
+    ("etcdx://user:secret@h:2379/x", "expected etcd://HOST:PORT/PREFIX"),  # not echoed
 ])
 def test_anything_else_is_refused_naming_the_form(url, words):
     with pytest.raises(StateStoreURLError) as refused:
@@ -47,6 +48,7 @@ def test_a_metrics_source_names_prometheus_http_api(url, base):
 
 @pytest.mark.parametrize(("url", "words"), [
     ("http://127.0.0.1:9090", "expected prometheus://HOST:PORT"),
+    ("https://user:secret@h:9090", "expected prometheus://HOST:PORT"),
     ("prometheus://h:port", "the port is not a number"),
     ("prometheus://user:secret@h:9090", "no credentials"),
     ("prometheus://h:9090/?token=secret", "no credentials, query or fragment"),
