@@ -44,15 +44,7 @@ class LatencyWindow:
         self._epochs = [-1] * slots
 
     def _current(self) -> dict[int, int]:
-        return self.counts_at(int(self._clock() / self._slot_s))
-
-    def epoch(self) -> int:
-        """The current sub-window's number (pass it to :meth:`counts_at`)."""
-        return int(self._clock() / self._slot_s)
-
-    def counts_at(self, epoch: int) -> dict[int, int]:
-        """The counts of sub-window ``epoch`` (the current one: :meth:`epoch`), cleared when it
-        held an older sub-window's. Windows of one clock and length share epochs."""
+        epoch = int(self._clock() / self._slot_s)
         index = epoch % len(self._slots)
         if self._epochs[index] != epoch:
             self._slots[index] = {}
@@ -198,14 +190,8 @@ class ModelStats:
         if ok:
             self.success_count += 1
             self.success_ns += ns
-            # The window's record and the histogram's observe, written out: this runs once per
-            # request on the event loop, and the calls were a third of its cost.
-            counts = self.e2e.counts_at(self.e2e.epoch())
-            key = _key(seconds)
-            counts[key] = counts.get(key, 0) + 1
-            hist = self.e2e_hist
-            hist.counts[bisect_left(hist.bounds, seconds)] += 1
-            hist.total += seconds
+            self.e2e.record(seconds)
+            self.e2e_hist.observe(seconds)
             self.last_inference_ms = int(time.time() * 1000)
         else:
             self.fail_count += 1
@@ -221,36 +207,19 @@ class ModelStats:
 
     def on_batch(self, report: BatchReport) -> None:
         """One batch executed (see :class:`BatchReport`)."""
-        queue_s = report.queue_s
-        members = len(queue_s)
-        # One epoch for both windows (same clock, same length), and the records and observes
-        # written out: once per batch on the loop, so once per request at low load.
-        epoch = self.queue.epoch()
-        counts = self.queue.counts_at(epoch)
-        hist = self.queue_hist
-        bounds, buckets = hist.bounds, hist.counts
-        total = hist.total
-        for waited in queue_s:
-            key = _key(waited)
-            counts[key] = counts.get(key, 0) + 1
-            buckets[bisect_left(bounds, waited)] += 1
-            total += waited
-        hist.total = total
+        members = len(report.queue_s)
+        self.queue.record_many(report.queue_s)
+        observe = self.queue_hist.observe
+        for waited in report.queue_s:
+            observe(waited)
         self.queue_count += members
-        self.queue_ns += int(sum(queue_s) * 1e9)
+        self.queue_ns += int(sum(report.queue_s) * 1e9)
         if report.failed:
             return
         compute = report.gather_s + report.run_s + report.scatter_s
-        counts = self.compute.counts_at(epoch)
-        key = _key(compute)
-        counts[key] = counts.get(key, 0) + 1
-        hist = self.compute_hist
-        hist.counts[bisect_left(hist.bounds, compute)] += 1
-        hist.total += compute
-        rows = report.rows
-        hist = self.batch_size_hist
-        hist.counts[bisect_left(hist.bounds, rows)] += 1
-        hist.total += rows
+        self.compute.record(compute)
+        self.compute_hist.observe(compute)
+        self.batch_size_hist.observe(report.rows)
         in_ns, infer_ns, out_ns = (
             int(report.gather_s * 1e9), int(report.run_s * 1e9), int(report.scatter_s * 1e9)
         )
@@ -258,11 +227,11 @@ class ModelStats:
         self.compute_input_ns += in_ns * members
         self.compute_infer_ns += infer_ns * members
         self.compute_output_ns += out_ns * members
-        self.inference_count += rows
+        self.inference_count += report.rows
         self.execution_count += 1
-        stat = self.batch_stats.get(rows)
+        stat = self.batch_stats.get(report.rows)
         if stat is None:
-            stat = self.batch_stats[rows] = BatchStat()
+            stat = self.batch_stats[report.rows] = BatchStat()
         stat.count += 1
         stat.compute_input_ns += in_ns
         stat.compute_infer_ns += infer_ns
