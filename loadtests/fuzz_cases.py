@@ -287,7 +287,7 @@ class Caller:
 
     def __init__(self, channel: grpc.Channel, tally: Tally, deadline_s: float = 10.0) -> None:
         self._channel = channel
-        self._tally = tally
+        self.tally = tally
         self._deadline_s = deadline_s
         self._calls: dict[str, Any] = {}
 
@@ -305,7 +305,7 @@ class Caller:
     def send(self, method: Method, messages: list[bytes]) -> bool:
         """Send ``messages`` (one unless the method takes a stream); True when every answer is
         acceptable (stream items included)."""
-        self._tally.cases += 1
+        self.tally.cases += 1
         call = self._call(method)
         sent = b"|".join(messages)
         try:
@@ -315,16 +315,16 @@ class Caller:
                 replies = call(messages[0], timeout=self._deadline_s)
             items = list(replies) if method.server_streaming else [replies]
         except grpc.RpcError as error:
-            return self._tally.record(method, error.code(), error.details() or "", sent)
-        ok = self._tally.record(method, grpc.StatusCode.OK, "", sent)
+            return self.tally.record(method, error.code(), error.details() or "", sent)
+        ok = self.tally.record(method, grpc.StatusCode.OK, "", sent)
         if method.path.endswith("/ModelStreamInfer"):
             for item in items:
                 text = pb.ModelStreamInferResponse.FromString(item).error_message
                 if text.startswith(STREAM_FAILURES):
-                    self._tally.failures.append(f"{method.full_name}: stream item {text!r}")
+                    self.tally.failures.append(f"{method.full_name}: stream item {text!r}")
                     ok = False
             if len(items) != len(messages):
-                self._tally.failures.append(
+                self.tally.failures.append(
                     f"{method.full_name}: {len(messages)} messages, {len(items)} answers")
                 ok = False
         return ok

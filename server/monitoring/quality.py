@@ -293,7 +293,8 @@ class QualityMonitor:
                 logged.append(LoggedLabel(label.id, label.row, label.value, *window.key))
             for key in ("joined", "replaced_rows", "unknown", "invalid"):
                 model.counts[key] += getattr(result, key)
-            classifier = newest is None or newest.kind == CLASSIFIER
+            classifier = (newest.kind == CLASSIFIER if newest is not None
+                          else all(_class_id_like(x.value) for x in logged))
         if self._log is not None and logged:
             result.log_error = self._log.write(name, logged, classifier=classifier)
             result.logged = 0 if result.log_error else len(logged)
@@ -356,6 +357,15 @@ def _unindex(index: dict[str, tuple[Chunk, int]], gone: list[tuple[Chunk, int, i
                 del index[rid]
 
 
+_CLASS_ID_END = 2.0 ** 63  # the log's label column is int64
+
+
+def _class_id_like(value: float) -> bool:
+    """Whether ``value`` fits the log's class-id column; a model without a quality spec logs
+    its labels there when all do, else as values (never a truncated or overflowing id)."""
+    return float(value).is_integer() and 0 <= value < _CLASS_ID_END
+
+
 def _problem(label: Label, spec: QualitySpec | None, rows: int | None) -> str:
     """Why ``label`` cannot be taken ("" when it can); ``rows``: its request's rows, None when
     the id is in no window."""
@@ -372,4 +382,6 @@ def _problem(label: Label, spec: QualitySpec | None, rows: int | None) -> str:
             return f"label: a class id (a whole number) is expected, got {label.value:g}"
         if spec.classes is not None and not 0 <= label.value < spec.classes:
             return f"label: class {int(label.value)} is not in 0..{spec.classes - 1}"
+        if not 0 <= label.value < _CLASS_ID_END:
+            return f"label: a class id is from 0 to 2^63-1, got {label.value:g}"
     return ""

@@ -213,6 +213,34 @@ def test_feedback_goes_to_parquet_with_the_version_and_arm_it_joined(tmp_path):
     assert table["version"] == [1, None] and table["arm"] == ["stable", None]
 
 
+def test_class_ids_past_the_log_column_are_refused_not_an_internal_error(tmp_path):
+    """Found by the fuzz test: 9.2e18 as a class id overflowed the int64 column."""
+    quality = QualityMonitor(None, feedback_log=FeedbackLog(tmp_path))
+    ids_only = ModelConfig(name="ids", max_batch_size=8,
+                           outputs=(TensorSpec("label", "INT64", (1,)),))  # classes unknown
+    quality.model_loaded("ids", {1: ids_only})
+    result = quality.feedback("ids", [Label("a", None, 2.0 ** 63), Label("b", None, -3)])
+    assert result.invalid == 2 and result.logged == 0
+    assert [e[2] for e in result.errors] == [
+        "label: a class id is from 0 to 2^63-1, got 9.22337e+18",
+        "label: a class id is from 0 to 2^63-1, got -3",
+    ]
+
+
+def test_a_model_without_a_quality_spec_logs_whole_labels_as_ids_and_others_as_values(tmp_path):
+    quality = QualityMonitor(None, feedback_log=FeedbackLog(tmp_path))
+    plain = ModelConfig(name="plain", max_batch_size=8, outputs=(
+        TensorSpec("a", "FP32", (16,)), TensorSpec("b", "FP32", (16,))))
+    quality.model_loaded("plain", {1: plain})
+    assert quality.feedback("plain", [Label("x", None, 3), Label("y", None, 4)]).logged == 2
+    assert quality.feedback("plain", [Label("x", None, 0.5),
+                                      Label("y", None, 9.3e18)]).logged == 2
+    tables = [pq.read_table(p).to_pydict()
+              for p in sorted((tmp_path / "feedback" / "model=plain").glob("date=*/part-*"))]
+    columns = sorted(((t["label"], t["value"]) for t in tables), key=lambda c: c[0][0] is None)
+    assert columns == [([3, 4], [None, None]), ([None, None], [0.5, 9.3e18])]
+
+
 def test_a_log_that_cannot_be_written_is_reported_without_its_path(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
