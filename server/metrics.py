@@ -58,6 +58,10 @@ class _ModelCollector(Collector):
             "sluice_requests", "Requests answered, by outcome.", labels=[*_LABELS, "outcome"])
         rows = CounterMetricFamily("sluice_inference_rows", "Rows inferred.", labels=_LABELS)
         batches = CounterMetricFamily("sluice_batches", "Batches executed.", labels=_LABELS)
+        inline = CounterMetricFamily(
+            "sluice_inline_batches",
+            "Batches of one request computed on the event loop, not handed to an instance "
+            "thread (counted in sluice_batches too).", labels=_LABELS)
         quantiles = GaugeMetricFamily(
             "sluice_latency_quantile_seconds",
             "Latency quantiles over the sliding window, by stage (e2e, queue, compute).",
@@ -93,12 +97,13 @@ class _ModelCollector(Collector):
                         quantiles.add_metric([*labels, stage, str(p / 100)], value)
             queue = served.queue_stats()
             depth.add_metric(labels, queue["queued_requests"])
+            inline.add_metric(labels, queue["inline_batches"])
             depth_rows.add_metric(labels, queue["queued_rows"])
             for (reason, level), count in list(s.shed.items()):
                 shed.add_metric([*labels, reason, str(level)], count)
             fallback.add_metric(labels, s.fallback_count)
         yield from hists.values()
-        yield from (requests, rows, batches, quantiles, depth, depth_rows, shed, fallback)
+        yield from (requests, rows, batches, inline, quantiles, depth, depth_rows, shed, fallback)
         if self._inflight is not None:
             inflight = GaugeMetricFamily(
                 "sluice_inflight_bytes",

@@ -198,6 +198,7 @@ class DynamicBatcher:
             "peak_queued_bytes": queue.peak_bytes,
             "busy_instances": self._pool.busy,
             "background_requests": self._pool.background_requests,
+            "inline_batches": self._pool.inline_batches,
             "rows_per_s": self.rate.rows_per_s,
         }
 

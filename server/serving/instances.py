@@ -121,6 +121,9 @@ class InstancePool:
         self._inline = inline
         #: What one-request batches measure, and whether one may run inline now.
         self.inline_policy = InlinePolicy(clock)
+        #: Batches run on the event loop so far (a share of all batches; the metric
+        #: sluice_inline_batches_total).
+        self.inline_batches = 0
         #: The request last queued while the pool was idle (set by the batcher under the lock):
         #: answered alone, it times a hand-off (:meth:`InlinePolicy.handed_off`).
         self.timed_item: QueueItem | None = None
@@ -184,6 +187,7 @@ class InstancePool:
             self._rate.started(0, now, rows)
         finally:
             self._release()
+        self.inline_batches += 1
         error: BaseException | None = None
         started = self._clock()
         try:

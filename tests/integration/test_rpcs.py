@@ -181,6 +181,9 @@ def test_prometheus_metrics_endpoint(bundled_server, client):
         labels(**model, outcome="success"): 3}
     assert moved(before, after, "sluice_inference_rows_total") == {labels(**model): 6}
     assert moved(before, after, "sluice_batches_total") == {labels(**model): 3}
+    # some of those may have run on the event loop (when measured cheaper than the hand-off)
+    assert ("sluice_inline_batches_total", labels(**model)) in after
+    assert sum(moved(before, after, "sluice_inline_batches_total").values()) <= 3
     for histogram in ("request_duration_seconds", "queue_duration_seconds",
                       "compute_duration_seconds"):
         name = f"sluice_{histogram}"
