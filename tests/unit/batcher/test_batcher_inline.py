@@ -9,6 +9,7 @@ The fake backend advances a fake clock by its "compute time" and records the thr
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 
@@ -85,16 +86,41 @@ async def test_a_fast_model_runs_inline_once_measured_and_counts_as_a_batch(cloc
 
 
 async def test_a_model_that_turns_slow_goes_back_to_its_threads(clock):
+    """Each slow inline run lifts the estimate by at most x1.2 (INLINE_RISE_FACTOR 2 at
+    weight 0.2), so from FAST_S to the limit takes a bounded number of runs."""
     backend = TimedBackend(clock, cost_s=FAST_S)
     batcher = make(backend, clock, [])
     loop_thread = threading.get_ident()
     await ask(batcher, 0)  # measured on the thread
     await ask(batcher, 1)  # inline
     backend.cost_s = SLOW_S
-    await ask(batcher, 2)  # still inline: it was measured fast; this run measures it slow
-    await ask(batcher, 3)
-    await ask(batcher, 4)
-    assert [t == loop_thread for t in backend.threads] == [False, True, True, False, False]
+    bound = math.ceil(math.log(INLINE_CAP_S / FAST_S) / math.log(1.2)) + 1
+    for tag in range(2, 2 + bound + 2):
+        await ask(batcher, tag)
+    on_loop = [t == loop_thread for t in backend.threads]
+    back = on_loop.index(False, 1)
+    assert on_loop[1:back] == [True] * (back - 1) and 3 <= back <= 2 + bound
+    assert not any(on_loop[back:])
+    assert batcher.stats()["inline_batches"] == back - 1
+    await batcher.close()
+
+
+async def test_one_stalled_inline_run_does_not_send_a_fast_model_to_its_threads(clock):
+    """A GIL stall after the model returned (another thread held the GIL for milliseconds)
+    reads as one slow run; it moves the estimate by a fraction, not over the limit."""
+    backend = TimedBackend(clock, cost_s=FAST_S)
+    batcher = make(backend, clock, [])
+    loop_thread = threading.get_ident()
+    await ask(batcher, 0)  # measured on the thread
+    await ask(batcher, 1)
+    backend.cost_s = 2e-3  # the stall
+    await ask(batcher, 2)
+    backend.cost_s = FAST_S
+    for tag in range(3, 8):
+        await ask(batcher, tag)
+    assert [t == loop_thread for t in backend.threads] == [False] + [True] * 7
+    assert batcher._pool.inline_policy.single_s < 2 * FAST_S
+    assert batcher.stats()["inline_batches"] == 7
     await batcher.close()
 
 
