@@ -21,17 +21,17 @@ with the same tensors decodes to (the binary section decodes through
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sluice.proto import tensors
-from sluice.proto.datatypes import DATATYPES, TensorError, dtype_for
+from sluice.proto.datatypes import DATATYPES, TensorError
 from sluice.server.config.settings import RequestLimits
 from sluice.server.errors import InvalidInput, Unimplemented
 from sluice.server.protocol.codec import checked_parameters
+from sluice.server.protocol.rest.json_tensors import SCALARS, json_tensor
 from sluice.server.serving.budget import (
     check_element_bytes,
     check_parameters,
@@ -44,9 +44,6 @@ from sluice.server.types import InferRequest, InferResponse
 HEADER_LENGTH = "Inference-Header-Content-Length"
 #: Request parameters of the REST codec itself, never passed on to the core.
 _REST_PARAMS = ("binary_data_output",)
-_SCALARS = (bool, int, float, str)
-#: Python types a JSON value of each kind of datatype may have (bool is not an int here).
-_FLOAT_KINDS = "f"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +143,7 @@ def _parameters(raw: Any, where: str, limits: RequestLimits | None) -> dict[str,
     if limits is not None:
         check_parameters(limits, where, len(raw))
     for key, value in raw.items():
-        if not isinstance(value, _SCALARS):
+        if not isinstance(value, SCALARS):
             raise InvalidInput(
                 f"{where} parameter '{key}' must be a boolean, number or string"
             )
@@ -199,91 +196,6 @@ def _input(
     if datatype == "BYTES" and limits is not None:
         check_element_bytes(limits, name, array.ravel().tolist())
     return name, array, size or 0
-
-
-def json_tensor(data: Any, datatype: str, shape: tuple[int, ...], label: str) -> np.ndarray:
-    """The array of ``shape`` that JSON ``data`` (flat or nested in row-major order) holds;
-    InvalidInput when its values do not fit ``datatype`` or their count does not fit ``shape``."""
-    dtype = dtype_for(datatype, label)
-    values = _flat(data, label)
-    count = math.prod(shape)
-    if len(values) != count:
-        raise InvalidInput(
-            f"{label}: shape {list(shape)} needs {count} values, 'data' holds {len(values)}"
-        )
-    if datatype == "BYTES":
-        out = np.empty(count, dtype=object)
-        for i, value in enumerate(values):
-            if not isinstance(value, str):
-                raise InvalidInput(f"{label}: BYTES value {i} must be a string")
-            out[i] = value.encode("utf-8")
-        return out.reshape(shape)
-    floating = dtype.kind in _FLOAT_KINDS or datatype == "BF16"  # ml_dtypes' kind is 'V'
-    if datatype == "BOOL":
-        kinds: tuple[type, ...] = (bool,)
-    elif floating:
-        kinds = (int, float)
-    else:
-        kinds = (int,)
-    for i, value in enumerate(values):
-        if type(value) not in kinds:
-            raise InvalidInput(
-                f"{label}: value {i} ({str(value)[:20]}) is not a {datatype} value"
-            )
-    if dtype.kind in "iu":
-        try:
-            wide = np.array(values, dtype=np.int64 if dtype.kind == "i" else np.uint64)
-        except OverflowError:
-            raise InvalidInput(f"{label}: a value is out of range for {datatype}") from None
-        info = np.iinfo(dtype)
-        if count and (wide.min() < info.min or wide.max() > info.max):
-            raise InvalidInput(f"{label}: a value is out of range for {datatype}")
-        return wide.astype(dtype).reshape(shape)
-    if floating:
-        return _floats(values, dtype, datatype, label).reshape(shape)
-    return np.array(values, dtype=dtype).reshape(shape)
-
-
-def _floats(values: list[Any], dtype: np.dtype[Any], datatype: str, label: str) -> np.ndarray:
-    """``values`` as ``dtype``; InvalidInput for a finite value the datatype cannot hold (it
-    would turn into an infinity: 1e6 as FP16), as integers out of range are refused. NaN and
-    the infinities (Python's JSON reads NaN and Infinity) pass as they are."""
-    try:
-        wide = np.array(values, dtype=np.float64)
-    except OverflowError:  # an integer past float64
-        raise InvalidInput(f"{label}: a value is out of range for {datatype}") from None
-    if dtype == wide.dtype:
-        return wide
-    with np.errstate(over="ignore"):  # overflow is found below, for every float type alike
-        narrow = wide.astype(dtype)
-    if np.isinf(narrow).any() and (np.isinf(narrow) & np.isfinite(wide)).any():
-        raise InvalidInput(f"{label}: a value is out of range for {datatype}")
-    return narrow
-
-
-def _flat(data: Any, label: str) -> list[Any]:
-    """The scalars of ``data`` in row-major order (a lone scalar is one value)."""
-    if not isinstance(data, list):
-        if isinstance(data, _SCALARS):
-            return [data]
-        raise InvalidInput(f"{label}: 'data' must be a list of values")
-    if not data or not isinstance(data[0], list):
-        flat = data
-    else:
-        flat = []
-        stack = [iter(data)]
-        while stack:
-            for item in stack[-1]:
-                if isinstance(item, list):
-                    stack.append(iter(item))
-                    break
-                flat.append(item)
-            else:
-                stack.pop()
-    for value in flat:
-        if not isinstance(value, _SCALARS):
-            raise InvalidInput(f"{label}: 'data' must hold only numbers, booleans or strings")
-    return flat
 
 
 def _outputs(outputs: list[Any], limits: RequestLimits | None) -> dict[str, bool | None]:
