@@ -32,6 +32,7 @@ from sluice.server.config.settings import RequestLimits
 from sluice.server.errors import InvalidInput, Unimplemented
 from sluice.server.protocol.codec import checked_parameters
 from sluice.server.protocol.rest.json_tensors import SCALARS, json_tensor
+from sluice.server.protocol.rest.plans import Plans
 from sluice.server.serving.budget import (
     check_element_bytes,
     check_parameters,
@@ -91,10 +92,17 @@ def parse_json(text: bytes, what: str = "request") -> Any:
 
 def decode_infer(
     body: bytes, header_length: str | None, model: str, version: str,
-    limits: RequestLimits | None,
+    limits: RequestLimits | None, plans: Plans | None = None,
 ) -> Decoded:
-    """Decode a POST to ``/v2/models/{model}[/versions/{version}]/infer``."""
+    """Decode a POST to ``/v2/models/{model}[/versions/{version}]/infer``; with ``plans``, by
+    the plan of its JSON part when there is one (:mod:`.plans`: the same outcome), and the plan
+    of a binary-data body is kept there for the next one."""
     text, binary = split_body(body, header_length)
+    if plans is not None:
+        planned = plans.decode(text, binary, model, version, limits)
+        if planned is not None:
+            request, plan = planned
+            return Decoded(request, plan.binary, plan.binary_default)
     doc = parse_json(text)
     if not isinstance(doc, dict):
         raise InvalidInput("the request must be a JSON object")
@@ -115,12 +123,14 @@ def decode_infer(
         raise InvalidInput("parameter 'binary_data_output' must be true or false")
     parameters = checked_parameters(parameters) if parameters else parameters
     decoded: dict[str, np.ndarray] = {}
+    kinds: list[tuple[str, int | None]] = []  # (datatype, binary bytes or None) per input
     offset = 0
     for index, tensor in enumerate(inputs):
         name, array, used = _input(tensor, index, binary, offset, limits)
         if name in decoded:
             raise InvalidInput(f"input '{name}': appears more than once")
         decoded[name] = array
+        kinds.append((tensor["datatype"], None if "data" in tensor else used))
         offset += used
     if offset != len(binary):
         raise InvalidInput(
@@ -132,6 +142,8 @@ def decode_infer(
         model, version, decoded, request_id, tuple(binary_of) if outputs else None, parameters,
         None, parameters.get("priority", 0) if parameters else 0,
     )
+    if plans is not None:
+        plans.learn(text, request, kinds, binary_of, binary_default)
     return Decoded(request, binary_of, binary_default)
 
 
@@ -261,5 +273,5 @@ def _json_values(array: np.ndarray, datatype: str, name: str) -> list[Any]:
         ) from None
 
 
-__all__ = ["HEADER_LENGTH", "Decoded", "TensorError", "decode_infer", "encode_infer",
+__all__ = ["HEADER_LENGTH", "Decoded", "Plans", "TensorError", "decode_infer", "encode_infer",
            "json_tensor", "parse_json", "split_body"]

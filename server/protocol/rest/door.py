@@ -114,6 +114,7 @@ class RestDoor:
         self._max_body = max_body_bytes
         self._auth = auth
         self._audit = audit
+        self._plans = codec.Plans()
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_misses])
         self._runner: web.AppRunner | None = None
         #: The bound port (0 until started) and scheme.
@@ -328,7 +329,7 @@ class RestDoor:
         try:
             try:
                 plan = codec.decode_infer(body, request.headers.get(codec.HEADER_LENGTH), model,
-                                          match.get("version", ""), self._limits)
+                                          match.get("version", ""), self._limits, self._plans)
             except Exception as exc:
                 servicer.refusals.note(exc)
                 raise
