@@ -1,6 +1,7 @@
 """The REST codec's decode plans (server/protocol/rest/plans.py): a body decoded by the plan of
 its JSON part is the request a full decode gives (the full decode without plans is the
-reference), and a body that does not fit its plan gets the full decode's own error."""
+reference), and a body that does not fit its plan gets the full decode's own error. The kept
+heads of binary answers (rest/heads.py) write the bytes the full encoding writes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sluice.proto.datatypes import TensorError
 from sluice.server.config.settings import RequestLimits
 from sluice.server.errors import InvalidInput, ResourceExhausted
 from sluice.server.protocol.rest import codec
+from sluice.server.types import InferRequest, InferResponse
 from tests.support.rest import VALUES
 
 LIMITS = RequestLimits(max_element_bytes=8)
@@ -130,3 +132,42 @@ def test_bodies_with_an_id_or_json_data_are_not_planned():
                                    "data": [1.5]}]}).encode()
     codec.decode_infer(data, None, "m", "", None, plans)
     assert len(plans) == 0
+
+
+# -- heads of binary answers ---------------------------------------------------------------------
+
+
+def _decoded(outputs: dict[str, bool | None], default: bool = False) -> codec.Decoded:
+    return codec.Decoded(InferRequest("m", "", {}), outputs, default)
+
+
+@pytest.mark.parametrize("request_id", ["", "r-1", 'caf\u00e9 "q" \\ \x01'])
+def test_a_kept_head_writes_the_bytes_a_full_encoding_writes(request_id: str):
+    heads = codec.Heads()
+    outputs = {f'OUT_{d} \u00e9"': v for d, v in VALUES.items()}
+    decoded = _decoded({name: True for name in outputs})
+    for _ in range(2):
+        for rid in (request_id, "other-id"):
+            response = InferResponse("m\u00e9", "1", outputs, rid)
+            assert (codec.encode_infer(response, decoded, heads)
+                    == codec.encode_infer(response, decoded))
+    assert len(heads) == (1 if request_id else 2)
+    # Other shapes or sizes: another head.
+    response = InferResponse("m\u00e9", "1", {"OUT_FP32 \u00e9\"": np.ones((2, 3), np.float32)},
+                             "x")
+    decoded = _decoded({}, default=True)
+    assert codec.encode_infer(response, decoded, heads) == codec.encode_infer(response, decoded)
+
+
+def test_answers_with_json_outputs_or_parameters_are_written_in_full():
+    heads = codec.Heads()
+    outputs = {"a": np.ones((1, 2), np.float32), "b": np.zeros((1, 2), np.int8)}
+    for decoded, parameters in (
+        (_decoded({"a": True, "b": False}), {}),
+        (_decoded({"a": True}, default=False), {}),
+        (_decoded({"a": True, "b": True}), {"sequence_end": True}),
+    ):
+        response = InferResponse("m", "1", outputs, "r", parameters)
+        assert (codec.encode_infer(response, decoded, heads)
+                == codec.encode_infer(response, decoded))
+    assert len(heads) == 0

@@ -31,6 +31,7 @@ from sluice.proto.datatypes import DATATYPES, TensorError
 from sluice.server.config.settings import RequestLimits
 from sluice.server.errors import InvalidInput, Unimplemented
 from sluice.server.protocol.codec import checked_parameters
+from sluice.server.protocol.rest.heads import Heads
 from sluice.server.protocol.rest.json_tensors import SCALARS, json_tensor
 from sluice.server.protocol.rest.plans import Plans
 from sluice.server.serving.budget import (
@@ -228,10 +229,16 @@ def _outputs(outputs: list[Any], limits: RequestLimits | None) -> dict[str, bool
     return binary
 
 
-def encode_infer(response: InferResponse, decoded: Decoded) -> tuple[bytes, int | None]:
+def encode_infer(response: InferResponse, decoded: Decoded, heads: Heads | None = None
+                 ) -> tuple[bytes, int | None]:
     """(body, JSON header length or None when no output is binary) of the answer to
-    ``decoded``. Raises TensorError for an output with no KServe datatype, InvalidInput for a
-    BYTES output that is not UTF-8 asked for as JSON."""
+    ``decoded``; with ``heads``, an answer of binary outputs only by its kept head (the same
+    bytes, :mod:`.heads`). Raises TensorError for an output with no KServe datatype,
+    InvalidInput for a BYTES output that is not UTF-8 asked for as JSON."""
+    if heads is not None:
+        answer = heads.encode(response, decoded.binary, decoded.binary_default)
+        if answer is not None:
+            return answer
     outputs = []
     raws = []
     for name, array in response.outputs.items():
@@ -273,5 +280,5 @@ def _json_values(array: np.ndarray, datatype: str, name: str) -> list[Any]:
         ) from None
 
 
-__all__ = ["HEADER_LENGTH", "Decoded", "Plans", "TensorError", "decode_infer", "encode_infer",
-           "json_tensor", "parse_json", "split_body"]
+__all__ = ["HEADER_LENGTH", "Decoded", "Heads", "Plans", "TensorError", "decode_infer",
+           "encode_infer", "json_tensor", "parse_json", "split_body"]
