@@ -21,17 +21,19 @@ with the same tensors decodes to (the binary section decodes through
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sluice.proto import tensors
-from sluice.proto.datatypes import DATATYPES, TensorError, dtype_for
+from sluice.proto.datatypes import DATATYPES, TensorError
 from sluice.server.config.settings import RequestLimits
 from sluice.server.errors import InvalidInput, Unimplemented
 from sluice.server.protocol.codec import checked_parameters
+from sluice.server.protocol.rest.heads import Heads
+from sluice.server.protocol.rest.json_tensors import SCALARS, json_tensor
+from sluice.server.protocol.rest.plans import Plans
 from sluice.server.serving.budget import (
     check_element_bytes,
     check_parameters,
@@ -44,9 +46,6 @@ from sluice.server.types import InferRequest, InferResponse
 HEADER_LENGTH = "Inference-Header-Content-Length"
 #: Request parameters of the REST codec itself, never passed on to the core.
 _REST_PARAMS = ("binary_data_output",)
-_SCALARS = (bool, int, float, str)
-#: Python types a JSON value of each kind of datatype may have (bool is not an int here).
-_FLOAT_KINDS = "f"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +93,17 @@ def parse_json(text: bytes, what: str = "request") -> Any:
 
 def decode_infer(
     body: bytes, header_length: str | None, model: str, version: str,
-    limits: RequestLimits | None,
+    limits: RequestLimits | None, plans: Plans | None = None,
 ) -> Decoded:
-    """Decode a POST to ``/v2/models/{model}[/versions/{version}]/infer``."""
+    """Decode a POST to ``/v2/models/{model}[/versions/{version}]/infer``; with ``plans``, by
+    the plan of its JSON part when there is one (:mod:`.plans`: the same outcome), and the plan
+    of a binary-data body is kept there for the next one."""
     text, binary = split_body(body, header_length)
+    if plans is not None:
+        planned = plans.decode(text, binary, model, version, limits)
+        if planned is not None:
+            request, plan = planned
+            return Decoded(request, plan.binary, plan.binary_default)
     doc = parse_json(text)
     if not isinstance(doc, dict):
         raise InvalidInput("the request must be a JSON object")
@@ -118,12 +124,14 @@ def decode_infer(
         raise InvalidInput("parameter 'binary_data_output' must be true or false")
     parameters = checked_parameters(parameters) if parameters else parameters
     decoded: dict[str, np.ndarray] = {}
+    kinds: list[tuple[str, int | None]] = []  # (datatype, binary bytes or None) per input
     offset = 0
     for index, tensor in enumerate(inputs):
         name, array, used = _input(tensor, index, binary, offset, limits)
         if name in decoded:
             raise InvalidInput(f"input '{name}': appears more than once")
         decoded[name] = array
+        kinds.append((tensor["datatype"], None if "data" in tensor else used))
         offset += used
     if offset != len(binary):
         raise InvalidInput(
@@ -135,6 +143,8 @@ def decode_infer(
         model, version, decoded, request_id, tuple(binary_of) if outputs else None, parameters,
         None, parameters.get("priority", 0) if parameters else 0,
     )
+    if plans is not None:
+        plans.learn(text, request, kinds, binary_of, binary_default)
     return Decoded(request, binary_of, binary_default)
 
 
@@ -146,7 +156,7 @@ def _parameters(raw: Any, where: str, limits: RequestLimits | None) -> dict[str,
     if limits is not None:
         check_parameters(limits, where, len(raw))
     for key, value in raw.items():
-        if not isinstance(value, _SCALARS):
+        if not isinstance(value, SCALARS):
             raise InvalidInput(
                 f"{where} parameter '{key}' must be a boolean, number or string"
             )
@@ -201,91 +211,6 @@ def _input(
     return name, array, size or 0
 
 
-def json_tensor(data: Any, datatype: str, shape: tuple[int, ...], label: str) -> np.ndarray:
-    """The array of ``shape`` that JSON ``data`` (flat or nested in row-major order) holds;
-    InvalidInput when its values do not fit ``datatype`` or their count does not fit ``shape``."""
-    dtype = dtype_for(datatype, label)
-    values = _flat(data, label)
-    count = math.prod(shape)
-    if len(values) != count:
-        raise InvalidInput(
-            f"{label}: shape {list(shape)} needs {count} values, 'data' holds {len(values)}"
-        )
-    if datatype == "BYTES":
-        out = np.empty(count, dtype=object)
-        for i, value in enumerate(values):
-            if not isinstance(value, str):
-                raise InvalidInput(f"{label}: BYTES value {i} must be a string")
-            out[i] = value.encode("utf-8")
-        return out.reshape(shape)
-    floating = dtype.kind in _FLOAT_KINDS or datatype == "BF16"  # ml_dtypes' kind is 'V'
-    if datatype == "BOOL":
-        kinds: tuple[type, ...] = (bool,)
-    elif floating:
-        kinds = (int, float)
-    else:
-        kinds = (int,)
-    for i, value in enumerate(values):
-        if type(value) not in kinds:
-            raise InvalidInput(
-                f"{label}: value {i} ({str(value)[:20]}) is not a {datatype} value"
-            )
-    if dtype.kind in "iu":
-        try:
-            wide = np.array(values, dtype=np.int64 if dtype.kind == "i" else np.uint64)
-        except OverflowError:
-            raise InvalidInput(f"{label}: a value is out of range for {datatype}") from None
-        info = np.iinfo(dtype)
-        if count and (wide.min() < info.min or wide.max() > info.max):
-            raise InvalidInput(f"{label}: a value is out of range for {datatype}")
-        return wide.astype(dtype).reshape(shape)
-    if floating:
-        return _floats(values, dtype, datatype, label).reshape(shape)
-    return np.array(values, dtype=dtype).reshape(shape)
-
-
-def _floats(values: list[Any], dtype: np.dtype[Any], datatype: str, label: str) -> np.ndarray:
-    """``values`` as ``dtype``; InvalidInput for a finite value the datatype cannot hold (it
-    would turn into an infinity: 1e6 as FP16), as integers out of range are refused. NaN and
-    the infinities (Python's JSON reads NaN and Infinity) pass as they are."""
-    try:
-        wide = np.array(values, dtype=np.float64)
-    except OverflowError:  # an integer past float64
-        raise InvalidInput(f"{label}: a value is out of range for {datatype}") from None
-    if dtype == wide.dtype:
-        return wide
-    with np.errstate(over="ignore"):  # overflow is found below, for every float type alike
-        narrow = wide.astype(dtype)
-    if np.isinf(narrow).any() and (np.isinf(narrow) & np.isfinite(wide)).any():
-        raise InvalidInput(f"{label}: a value is out of range for {datatype}")
-    return narrow
-
-
-def _flat(data: Any, label: str) -> list[Any]:
-    """The scalars of ``data`` in row-major order (a lone scalar is one value)."""
-    if not isinstance(data, list):
-        if isinstance(data, _SCALARS):
-            return [data]
-        raise InvalidInput(f"{label}: 'data' must be a list of values")
-    if not data or not isinstance(data[0], list):
-        flat = data
-    else:
-        flat = []
-        stack = [iter(data)]
-        while stack:
-            for item in stack[-1]:
-                if isinstance(item, list):
-                    stack.append(iter(item))
-                    break
-                flat.append(item)
-            else:
-                stack.pop()
-    for value in flat:
-        if not isinstance(value, _SCALARS):
-            raise InvalidInput(f"{label}: 'data' must hold only numbers, booleans or strings")
-    return flat
-
-
 def _outputs(outputs: list[Any], limits: RequestLimits | None) -> dict[str, bool | None]:
     binary: dict[str, bool | None] = {}
     for index, output in enumerate(outputs):
@@ -304,10 +229,16 @@ def _outputs(outputs: list[Any], limits: RequestLimits | None) -> dict[str, bool
     return binary
 
 
-def encode_infer(response: InferResponse, decoded: Decoded) -> tuple[bytes, int | None]:
+def encode_infer(response: InferResponse, decoded: Decoded, heads: Heads | None = None
+                 ) -> tuple[bytes, int | None]:
     """(body, JSON header length or None when no output is binary) of the answer to
-    ``decoded``. Raises TensorError for an output with no KServe datatype, InvalidInput for a
-    BYTES output that is not UTF-8 asked for as JSON."""
+    ``decoded``; with ``heads``, an answer of binary outputs only by its kept head (the same
+    bytes, :mod:`.heads`). Raises TensorError for an output with no KServe datatype,
+    InvalidInput for a BYTES output that is not UTF-8 asked for as JSON."""
+    if heads is not None:
+        answer = heads.encode(response, decoded.binary, decoded.binary_default)
+        if answer is not None:
+            return answer
     outputs = []
     raws = []
     for name, array in response.outputs.items():
@@ -349,5 +280,5 @@ def _json_values(array: np.ndarray, datatype: str, name: str) -> list[Any]:
         ) from None
 
 
-__all__ = ["HEADER_LENGTH", "Decoded", "TensorError", "decode_infer", "encode_infer",
-           "json_tensor", "parse_json", "split_body"]
+__all__ = ["HEADER_LENGTH", "Decoded", "Heads", "Plans", "TensorError", "decode_infer",
+           "encode_infer", "json_tensor", "parse_json", "split_body"]

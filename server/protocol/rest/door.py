@@ -88,20 +88,6 @@ def _failure(exc: BaseException) -> web.Response:
     return _error(*error_of(exc))
 
 
-@web.middleware
-async def _json_misses(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The router's 404 and 405 as ``{"error": ...}``, as every other error is (aiohttp writes
-    them as plain text). Costs a matched request one call frame (the chain is cached)."""
-    try:
-        return await handler(request)
-    except web.HTTPMethodNotAllowed as exc:
-        allowed = ", ".join(sorted(exc.allowed_methods))
-        return _error(405, {"Allow": allowed}, f"{request.method[:16]} is not allowed on "
-                      f"'{request.path[:200]}' (allowed: {allowed})")
-    except web.HTTPNotFound:
-        return _error(404, {}, f"no endpoint at '{request.path[:200]}'")
-
-
 class RestDoor:
     """The REST routes over ``servicer``, and the listening site once :meth:`start`-ed."""
 
@@ -114,7 +100,9 @@ class RestDoor:
         self._max_body = max_body_bytes
         self._auth = auth
         self._audit = audit
-        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_misses])
+        self._plans = codec.Plans()
+        self._heads = codec.Heads()
+        self.app = web.Application(client_max_size=max_body_bytes)
         self._runner: web.AppRunner | None = None
         #: The bound port (0 until started) and scheme.
         self.port = 0
@@ -123,11 +111,15 @@ class RestDoor:
             wrapped = self._guard(rpc, handler)
             for variant in (path, path.replace(_MODEL, _VERSION)) if _MODEL in path else (path,):
                 self.app.router.add_route(method, variant, wrapped)
+        # Last: what no route above takes. A route, not a middleware: with no middleware
+        # aiohttp wraps no handler in per-request frames (its own and ours).
+        self.app.router.add_route("*", "/{_path:.*}", self._miss)
 
     def _routes(self) -> list[tuple[str, str, str, Handler]]:
         """(HTTP method, path, the gRPC method whose scope it needs, handler); a path under
         ``/v2/models/{model}`` also answers under ``.../versions/{version}``."""
-        return [
+        return [  # infer first: aiohttp tries the routes under /v2/models in this order
+            ("POST", _MODEL + "/infer", _GRPC + "ModelInfer", self._infer),
             ("GET", "/v2/health/live", "/grpc.health.v1.Health/Check", self._live),
             ("GET", "/v2/health/ready", "/grpc.health.v1.Health/Check", self._ready),
             ("GET", "/v2", _GRPC + "ServerMetadata", self._simple(
@@ -136,7 +128,6 @@ class RestDoor:
             ("GET", _MODEL + "/stats", _GRPC + "ModelStatistics", self._stats),
             ("GET", _MODEL + "/ready", _GRPC + "ModelReady", self._model_ready),
             ("GET", _MODEL + "/config", _GRPC + "ModelConfig", self._config),
-            ("POST", _MODEL + "/infer", _GRPC + "ModelInfer", self._infer),
             ("GET", _MODEL, _GRPC + "ModelMetadata", self._simple(
                 "ModelMetadata", lambda r: pb.ModelMetadataRequest(**_model(r)))),
             ("POST", "/v2/repository/index", _GRPC + "RepositoryIndex", self._index),
@@ -210,6 +201,19 @@ class RestDoor:
         return guarded
 
     # -- endpoints ----------------------------------------------------------------------------
+
+    async def _miss(self, request: web.Request) -> web.Response:
+        """A path no route serves (404), or one served for other methods (405, with Allow), as
+        ``{"error": ...}`` like every other error (aiohttp writes them as plain text)."""
+        allowed: set[str] = set()
+        for resource in self.app.router.resources():
+            if resource is not request.match_info.route.resource:
+                allowed |= (await resource.resolve(request))[1]
+        if not allowed:
+            return _error(404, {}, f"no endpoint at '{request.path[:200]}'")
+        listed = ", ".join(sorted(allowed))
+        return _error(405, {"Allow": listed}, f"{request.method[:16]} is not allowed on "
+                      f"'{request.path[:200]}' (allowed: {listed})")
 
     async def _rpc(self, name: str, message: Any) -> tuple[Any, _Call]:
         call = _Call()
@@ -328,7 +332,7 @@ class RestDoor:
         try:
             try:
                 plan = codec.decode_infer(body, request.headers.get(codec.HEADER_LENGTH), model,
-                                          match.get("version", ""), self._limits)
+                                          match.get("version", ""), self._limits, self._plans)
             except Exception as exc:
                 servicer.refusals.note(exc)
                 raise
@@ -338,7 +342,7 @@ class RestDoor:
                 response = await servicer.dispatch(decoded, route)
             if watched:
                 hub.offer(handoff.answered(decoded, route, response, started))
-            answer, header_length = codec.encode_infer(response, plan)
+            answer, header_length = codec.encode_infer(response, plan, self._heads)
         except asyncio.CancelledError as exc:
             if watched:
                 hub.offer(handoff.failed(pb.ModelInferRequest(model_name=model), decoded, route,
