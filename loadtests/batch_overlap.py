@@ -5,7 +5,10 @@ worked before), and the job as it runs now (the model starts on the first piece 
 the next is read). Rounds interleave the three (A B C, C B A, ...), so a burst of load on a
 shared machine hits each alike; per round, the ceiling's seconds over the job's
 (``Summary.seconds``: read, convert, predict, write parts, assemble), for wall time and for
-process CPU time (every thread: ORT's pool, the reader, the writer). Medians and the best round.
+process CPU time (every thread: ORT's pool, the reader, the writer), and the share of the job's
+wall time spent outside the model's runs (waiting for rows, writing, assembling: load slows the
+model and the reading alike, so this share is steadier than the ratios on a shared machine).
+Medians and the best round.
 
     python -m loadtests.batch_overlap [--rows 20000] [--batch 256] [--chunk-rows 8192] [--rounds 4]
 
@@ -45,6 +48,19 @@ session = ort.InferenceSession(str(BUNDLED_REPOSITORY / "cnn" / "1" / "model.onn
 session.run(["logits"], {"image": x[:batch]})
 predictor = LocalPredictor(BUNDLED_REPOSITORY, "cnn", make_backend, batch_rows=batch)
 pieces = predictor.piece_rows
+in_model = [0.0]  # seconds the job spent in the model's runs (its instance thread)
+model_run = predictor.backend.run
+
+
+def timed_run(instance, inputs):
+    started = time.perf_counter()
+    try:
+        return model_run(instance, inputs)
+    finally:
+        in_model[0] += time.perf_counter() - started
+
+
+predictor.backend.run = timed_run
 
 
 def ceiling():
@@ -68,13 +84,18 @@ with tempfile.TemporaryDirectory() as tmp:
     sides = [("ceiling", ceiling), ("whole chunks", lambda: job(None)),
              (f"pieces of {pieces} rows", lambda: job(pieces))]
     got = {name: [] for name, _ in sides}
+    outside = {name: [] for name, _ in sides[1:]}
     for round_ in range(rounds):
         for name, run in sides if round_ % 2 == 0 else sides[::-1]:
             cpu, wall = time.process_time(), time.perf_counter()
+            in_model[0] = 0.0
             seconds = run()
             got[name].append((seconds or time.perf_counter() - wall, time.process_time() - cpu))
+            if name in outside:
+                outside[name].append(1 - in_model[0] / seconds)
         print(f"round {round_}: " + "; ".join(f"{name} {v[-1][0]:.2f} s wall, {v[-1][1]:.2f} s cpu"
-                                             for name, v in got.items()), flush=True)
+                                             for name, v in got.items()) + "; outside the model "
+              + ", ".join(f"{v[-1]:.1%}" for v in outside.values()), flush=True)
 predictor.close()
 base = got["ceiling"]
 for name, values in list(got.items())[1:]:
@@ -82,7 +103,8 @@ for name, values in list(got.items())[1:]:
     cpu = [c[1] / j[1] for c, j in zip(base, values)]
     print(f"{name}: of onnxruntime alone, wall {statistics.median(wall):.3f} median "
           f"({max(wall):.3f} best round), cpu {statistics.median(cpu):.3f} median "
-          f"({max(cpu):.3f} best round)")
+          f"({max(cpu):.3f} best round); the job's wall time outside the model's runs "
+          f"{statistics.median(outside[name]):.1%} median ({min(outside[name]):.1%} least)")
 """
 
 
