@@ -1,8 +1,10 @@
 """One batch prediction job: read chunks, predict, write parts, record them, assemble the output.
 
-Three things overlap: the next chunk is read and converted on a thread while the current one is
-predicted (the backend releases the GIL; a server works meanwhile), and a chunk's part is written
-while the next is predicted. Nothing is held beyond two chunks.
+Three things overlap: the next piece of rows is read and converted on a thread while the current
+one is predicted (the backend releases the GIL; a server works meanwhile), and a chunk's part is
+written while the next is predicted. A piece is a whole chunk unless the predictor names its
+``piece_rows`` (an in-process model does: then the model starts on the first rows at once, not
+after a whole chunk is read). Nothing is held beyond two pieces and a chunk's outputs.
 
 Promises:
 
@@ -45,6 +47,8 @@ class Predictor(Protocol):
     outputs: tuple[TensorSpec, ...]
     #: Identifies the model for the manifest ({"model": ..., "version": ...}).
     identity: dict[str, Any]
+    # Optional: ``piece_rows`` (int), rows handed to one ``predict`` call (a whole chunk when
+    # the predictor has none; the chunk stays the unit that is recorded and resumed).
 
     async def predict(self, inputs: dict[str, np.ndarray]
                       ) -> tuple[dict[str, np.ndarray], list[Failure]]:
@@ -127,7 +131,8 @@ async def run_job(spec: JobSpec, predictor: Predictor, progress: Progress | None
         return summary
     columns = sorted({c for p in plans for c in p.columns} | ({spec.key} if spec.key else set()))
     text = [c for p in plans if p.spec.datatype not in ("BYTES", "BOOL") for c in p.columns]
-    chunks = source.chunks(columns, set(manifest.done), text)
+    chunks = source.chunks(columns, set(manifest.done), text,
+                           getattr(predictor, "piece_rows", None))
     prepare = _preparer(plans, spec)
     if progress is not None:
         progress.start(source.total_rows, summary.rows)
@@ -139,6 +144,7 @@ async def run_job(spec: JobSpec, predictor: Predictor, progress: Progress | None
     computed = 0
     writing: asyncio.Future[None] | None = None
     reading = asyncio.ensure_future(asyncio.to_thread(read_next))
+    held = _Outcome()  # the pieces of the chunk being predicted
     try:
         while True:
             try:
@@ -149,7 +155,13 @@ async def run_job(spec: JobSpec, predictor: Predictor, progress: Progress | None
             if prepared is None:
                 break
             reading = asyncio.ensure_future(asyncio.to_thread(read_next))
-            table, rejects, facts = await _predict(prepared, predictor, spec)
+            held.add(*await _predict(prepared, predictor, spec))
+            if progress is not None:
+                progress.advance(prepared.chunk.rows)
+            if not prepared.chunk.last:
+                continue
+            table, rejects, facts = held.whole()
+            held = _Outcome()
             if writing is not None:
                 await writing
             writing = asyncio.ensure_future(asyncio.to_thread(
@@ -158,8 +170,6 @@ async def run_job(spec: JobSpec, predictor: Predictor, progress: Progress | None
             summary.predicted += facts["predicted"]
             summary.rejected.update(facts["rejected"])
             computed += facts["predicted"]
-            if progress is not None:
-                progress.advance(facts["rows"])
     finally:
         if writing is not None:
             await writing
@@ -176,6 +186,33 @@ async def run_job(spec: JobSpec, predictor: Predictor, progress: Progress | None
     if progress is not None:
         progress.finish()
     return summary
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What the pieces of one chunk came to, so far."""
+
+    tables: list[pa.Table] = field(default_factory=list)
+    rejects: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
+    predicted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def add(self, table: pa.Table, rejects: pa.Table | None, facts: dict[str, Any]) -> None:
+        self.tables.append(table)
+        if rejects is not None:
+            self.rejects.append(rejects)
+        self.rows += facts["rows"]
+        self.predicted += facts["predicted"]
+        self.rejected.update(facts["rejected"])
+
+    def whole(self) -> tuple[pa.Table, pa.Table | None, dict[str, Any]]:
+        """The chunk's part, its rejects (None: none) and its facts for the manifest."""
+        table = self.tables[0] if len(self.tables) == 1 else pa.concat_tables(self.tables)
+        rejects = (None if not self.rejects else self.rejects[0] if len(self.rejects) == 1
+                   else pa.concat_tables(self.rejects))
+        return table, rejects, {"rows": self.rows, "predicted": self.predicted,
+                                "rejected": dict(self.rejected)}
 
 
 def _preparer(plans: list[InputPlan], spec: JobSpec) -> Callable[[Chunk], _Prepared]:

@@ -4,11 +4,16 @@ The model directory is checked (no link out of the repository), its config read 
 against the model file, the backend built by the server's own factory (injected: the composition
 root names the backends) and warmed up. Rows are run in batches of ``batch_rows`` on one
 instance thread, the config's reshapes applied as the server applies them.
+
+A job hands it ``piece_rows`` rows at a time: whole batches of about :data:`PIECE_BYTES` of
+input, so the model starts on a job's first rows while the next are read, and the reading
+thread never holds more than two pieces.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,10 @@ from sluice.server.types import DATATYPE_DTYPES
 
 #: make_backend(partial config, version_dir) -> Backend, as the server builds them.
 BackendFactory = Callable[[ModelConfig, Path], Backend]
+
+#: Input bytes per piece, rounded up to whole batches: ~30 ms of Parquet reading for ``cnn``
+#: (one batch of 256 images), against ~1 s to read its first 8192-row chunk whole.
+PIECE_BYTES = 2 << 20
 
 
 class LocalPredictor:
@@ -65,6 +74,10 @@ class LocalPredictor:
         self.config = full
         self.version = version
         self.batch_rows = batch_rows or full.max_batch_size
+        row_bytes = sum(math.prod(max(d, 1) for d in s.dims) *
+                        DATATYPE_DTYPES[s.datatype].itemsize for s in full.inputs)
+        self.piece_rows = self.batch_rows * max(
+            1, -(-PIECE_BYTES // max(1, row_bytes * self.batch_rows)))
         self.inputs = full.inputs
         self.outputs = full.outputs
         self.identity: dict[str, Any] = {"model": name, "version": version}
