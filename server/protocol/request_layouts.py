@@ -70,7 +70,7 @@ class _Layout:
     """What the normal decode made of one layout, shared by its hits and never changed."""
 
     __slots__ = ("classes", "middle", "model_name", "model_version", "parameters", "prefix",
-                 "priority", "raws", "requested", "signature")
+                 "priority", "raws", "requested", "signature", "tail")
 
     def __init__(self, key: bytes, cut: int, request: InferRequest,
                  inputs: list[tuple[str, np.dtype[Any], tuple[int, ...], int]],
@@ -81,6 +81,8 @@ class _Layout:
         #: array it makes (input name, dtype, shape), of that many bytes.
         self.raws = [(bytes([_RAW << 3 | 2]) + _varint(length), name, dtype, shape, length)
                      for name, dtype, shape, length in inputs]
+        #: The bytes the raw contents take, tags and lengths included.
+        self.tail = sum(len(raw[0]) + raw[4] for raw in self.raws)
         self.model_name = request.model_name
         self.model_version = request.model_version
         self.requested = request.requested_outputs
@@ -264,6 +266,8 @@ def _matched(layout: _Layout, data: bytes) -> InferRequest | None:
     if not data.startswith(middle, pos):
         return None
     pos += len(middle)
+    if pos + layout.tail != len(data):
+        return None
     arrays = {}
     for header, name, dtype, shape, length in layout.raws:
         if not data.startswith(header, pos):
@@ -274,8 +278,6 @@ def _matched(layout: _Layout, data: bytes) -> InferRequest | None:
             array = _ndarray(shape, dtype, data[pos:pos + length])
         arrays[name] = array
         pos += length
-    if pos != len(data):
-        return None
     request_id = ""
     if id_end:
         try:
