@@ -3,14 +3,16 @@
 Load generators and services send the same request again and again: the same model, version,
 input names, datatypes and shapes, parameters and requested outputs; only the id and the raw
 tensor bytes differ. Parsing such a request with ``ModelInferRequest.FromString`` and decoding
-it with :func:`~sluice.server.protocol.codec.decode_request` costs ~20 us of the loop's CPU on
-the loaded 2-core development box (``FromString`` ~1.5 us of it), the same work each time.
+it with :func:`~sluice.server.protocol.codec.decode_request` is the same work each time: a hit
+here saves ~19-23 us of the loop's CPU per batch-1 request on the loaded 2-core development
+box (``loadtests.inline_cost --against``: identity 138 -> 114 us, mlp 149 -> 127, cnn28
+199 -> 171, medians of 3 interleaved rounds).
 
 :class:`RequestLayouts` is ModelInfer's request deserializer. It walks the few top-level fields
 of the bytes (tag, length; nothing nested is read) and, when they come in protobuf's own order
 (model name, version, id, parameters, inputs, outputs, raw contents), cuts out the id and the
-raw contents: what is left, compared byte for byte, is the request's **layout**. A layout that
-decoded once the normal way (:meth:`learn`, called by ModelInfer after the normal path succeeded
+raw contents: what is left, compared byte for byte, is the request's **layout**. A layout seen a
+second time and decoded the normal way (:meth:`learn`, called after the normal decode succeeded
 on it) is cached with what that decode made of it; a request of a cached layout then becomes its
 :class:`~sluice.server.types.InferRequest` directly: the id decoded from its bytes, each input a
 ``np.frombuffer`` view of its raw contents in the request's own bytes (copied only where the
@@ -23,8 +25,11 @@ Promises (tests/unit/test_request_layouts.py holds them against protobuf's own p
 - anything else takes the normal path, byte for byte as before (the same message, the same
   errors): fields out of order, unknown or repeated top-level fields, no raw contents, raw
   contents of another count or length than the layout's, an id that is not UTF-8, a layout
-  never learned. Only layouts the normal path decoded without error, without shared memory and
-  with plain raw datatypes (not BOOL, not BYTES) are learned;
+  not learned. Only layouts seen twice, at most 4 KiB long, that the normal path decoded
+  without error, without shared memory and with plain raw datatypes (not BOOL, not BYTES) are
+  learned: requests that all differ (e.g. by a per-request parameter) never churn the cache,
+  and after 256 misses in a row only one request in 16 is scanned (~2-3 us a scan) until the
+  next hit;
 - the cache holds at most ``capacity`` layouts (the oldest learned goes first); ``hits`` and
   ``misses`` count lookups (``sluice_request_layout_lookups_total{result}``).
 
@@ -47,6 +52,15 @@ from sluice.server.types import InferRequest
 
 #: Layouts kept before the oldest is dropped (clients with many batch sizes make many).
 CAPACITY = 64
+#: Layouts seen once remembered (by hash) before that memory starts again: a layout is learned
+#: when seen a second time, so traffic whose every request differs (a per-request parameter)
+#: never churns the cache.
+_SEEN_LIMIT = 1024
+#: Misses in a row after which only one request in _COLD_SAMPLE is scanned (traffic of layouts
+#: that never repeat pays ~1/16 of a scan; a layout that starts repeating is still learned).
+_COLD_AFTER, _COLD_SAMPLE = 256, 16
+#: Longest layout learned, in bytes (large parameters: the normal path, no copies kept).
+_KEY_LIMIT = 4096
 #: ModelInferRequest's top-level field numbers: id (cut out), raw_input_contents (the payloads).
 _ID, _RAW = 3, 7
 _ID_TAG = b"\x1a"
@@ -160,11 +174,17 @@ class RequestLayouts:
     """ModelInfer's request deserializer with a cache of learned layouts (see the module)."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError("a request-layout cache holds at least one layout")
         self.capacity = capacity
         self.hits = 0
         self.misses = 0
         #: Layout -> what it decodes to, or None for one the normal path must always take.
         self._layouts: dict[bytes, _Layout | None] = {}
+        #: Misses since the last hit.
+        self._streak = 0
+        #: Hashes of layouts seen once and not learned.
+        self._seen: set[int] = set()
         #: The layout of the last hit, tried first (load generators repeat one layout).
         self._recent: _Layout | None = None
         self._parse = tolerant(pb.ModelInferRequest.FromString)
@@ -190,24 +210,38 @@ class RequestLayouts:
             request = _matched(recent, data)
             if request is not None:
                 self.hits += 1
+                self._streak = 0
                 return request
-        key = _scan(data)
+        streak = self._streak
+        layout = None
+        key = _scan(data) if streak < _COLD_AFTER or not streak % _COLD_SAMPLE else None
         if key is not None:
             layout = self._layouts.get(key, _UNSEEN)
-            if layout is _UNSEEN:
-                self.misses += 1
-                message = self._parse(data)
-                if type(message) is pb.ModelInferRequest:
-                    self._candidate = (message, key)
-                return message
-            if layout is not None:
+            if layout is not None and layout is not _UNSEEN:
                 request = _matched(layout, data)
                 if request is not None:
                     self.hits += 1
+                    self._streak = 0
                     self._recent = layout
                     return request
         self.misses += 1
-        return self._parse(data)
+        self._streak = streak + 1
+        message = self._parse(data)
+        if layout is _UNSEEN and type(message) is pb.ModelInferRequest and len(key) <= _KEY_LIMIT:
+            self._sighted(message, key)  # type: ignore[arg-type]
+        return message
+
+    def _sighted(self, message: Any, key: bytes) -> None:
+        """A layout not cached came in ``message``: a candidate to learn the second time."""
+        seen = self._seen
+        digest = hash(key)
+        if digest in seen:
+            seen.discard(digest)
+            self._candidate = (message, key)
+        else:
+            if len(seen) >= _SEEN_LIMIT:
+                seen.clear()
+            seen.add(digest)
 
     def learn(self, message: Any, request: InferRequest) -> None:
         """Remember the layout of ``message`` (the last miss this deserializer parsed), which
@@ -221,7 +255,9 @@ class RequestLayouts:
             del layouts[next(iter(layouts))]
             self._recent = None
         key = candidate[1]
-        layouts[key] = _learned(key, message, request)
+        layout = layouts[key] = _learned(key, message, request)
+        if layout is not None:  # a layout that repeats: tried first, scanned again
+            self._recent, self._streak = layout, 0
 
 
 def _learned(key: bytes, message: Any, request: InferRequest) -> _Layout | None:

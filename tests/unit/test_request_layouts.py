@@ -71,11 +71,13 @@ def normal(data: bytes) -> InferRequest:
     return codec.decode_request(pb.ModelInferRequest.FromString(data), None, LIMITS)
 
 
-def taught(cache: RequestLayouts, data: bytes) -> None:
-    """Send ``data`` through ``cache`` as ModelInfer does, decoding and learning a miss."""
-    message = cache(data)
-    assert type(message) is pb.ModelInferRequest
-    cache.learn(message, codec.decode_request(message, None, LIMITS))
+def taught(cache: RequestLayouts, data: bytes, times: int = 2) -> None:
+    """Send ``data`` through ``cache`` ``times`` as ModelInfer does, decoding and offering each
+    miss to learn (a layout is learned the second time it is seen)."""
+    for _ in range(times):
+        message = cache(data)
+        assert type(message) is pb.ModelInferRequest
+        cache.learn(message, codec.decode_request(message, None, LIMITS))
 
 
 def assert_same(hit: InferRequest, expected: InferRequest) -> None:
@@ -189,8 +191,7 @@ def test_bool_bytes_and_shared_memory_layouts_always_take_the_normal_path():
     for request in requests:
         cache = RequestLayouts()
         data = request.SerializeToString()
-        for _ in range(3):
-            taught(cache, data)
+        taught(cache, data, times=3)
         assert cache.hits == 0 and cache.misses == 3
     # A layout the normal path refuses (an output in shared memory, no regions) is never
     # learned: ModelInfer learns only what decoded.
@@ -257,4 +258,37 @@ def test_the_cache_holds_at_most_its_capacity_oldest_learned_out_first():
     assert type(cache(request(1))) is pb.ModelInferRequest  # the oldest went first
     hit = cache(request(CAPACITY + 5))
     assert type(hit) is InferRequest and hit.inputs["X"][0, 0] == CAPACITY + 5
-    assert cache.counts() == {"hit": 1, "miss": CAPACITY + 6}
+    assert cache.counts() == {"hit": 1, "miss": 2 * (CAPACITY + 5) + 1}
+
+
+def test_a_layout_is_learned_the_second_time_it_is_seen_and_only_when_short():
+    cache = RequestLayouts()
+    tensor, raw = make_input("X", np.ones((1, 2), np.float32))
+    message = pb.ModelInferRequest(model_name="m", inputs=[tensor], raw_input_contents=[raw])
+    for tag in range(5):  # every request its own layout: nothing learned
+        message.parameters["tag"].int64_param = tag
+        taught(cache, message.SerializeToString(), times=1)
+    assert cache.size == 0
+    taught(cache, message.SerializeToString(), times=1)  # the last one, again
+    assert cache.size == 1
+    message.parameters["note"].string_param = "x" * 5000  # a layout over 4 KiB
+    taught(cache, message.SerializeToString(), times=3)
+    assert cache.size == 1 and type(cache(message.SerializeToString())) is pb.ModelInferRequest
+
+
+def test_after_a_long_run_of_misses_a_repeated_layout_is_still_learned():
+    cache = RequestLayouts()
+    tensor, raw = make_input("X", np.ones((1, 2), np.float32))
+    message = pb.ModelInferRequest(model_name="m", inputs=[tensor], raw_input_contents=[raw])
+    for tag in range(300):  # layouts that never repeat: the cache goes cold
+        message.parameters["tag"].int64_param = tag
+        taught(cache, message.SerializeToString(), times=1)
+    data = message.SerializeToString()
+    kinds = []
+    for _ in range(40):  # one request in 16 is scanned: learned at its second scan
+        got = cache(data)
+        kinds.append(type(got))
+        if type(got) is pb.ModelInferRequest:
+            cache.learn(got, codec.decode_request(got, None, LIMITS))
+    first = kinds.index(InferRequest)
+    assert first <= 21 and set(kinds[first:]) == {InferRequest}
