@@ -5,8 +5,9 @@ input names, datatypes and shapes, parameters and requested outputs; only the id
 tensor bytes differ. Parsing such a request with ``ModelInferRequest.FromString`` and decoding
 it with :func:`~sluice.server.protocol.codec.decode_request` is the same work each time: a hit
 here saves ~19-23 us of the loop's CPU per batch-1 request on the loaded 2-core development
-box (``loadtests.inline_cost --against``: identity 138 -> 114 us, mlp 149 -> 127, cnn28
-199 -> 171, medians of 3 interleaved rounds).
+box (``loadtests.inline_cost --against``, medians of 3 interleaved rounds, two runs:
+identity 138 -> 114 and 151 -> 123 us, mlp 149 -> 127 and 153 -> 132, cnn28 199 -> 171 and
+217 -> 199).
 
 :class:`RequestLayouts` is ModelInfer's request deserializer. It walks the few top-level fields
 of the bytes (tag, length; nothing nested is read) and, when they come in protobuf's own order
@@ -227,8 +228,10 @@ class RequestLayouts:
         self.misses += 1
         self._streak = streak + 1
         message = self._parse(data)
-        if layout is _UNSEEN and type(message) is pb.ModelInferRequest and len(key) <= _KEY_LIMIT:
-            self._sighted(message, key)  # type: ignore[arg-type]
+        if layout is _UNSEEN and key is not None and len(key) <= _KEY_LIMIT and (
+            type(message) is pb.ModelInferRequest
+        ):
+            self._sighted(message, key)
         return message
 
     def _sighted(self, message: Any, key: bytes) -> None:
