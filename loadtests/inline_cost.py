@@ -11,7 +11,9 @@ the calls go straight to ``InferenceServicer.ModelInfer`` with a pre-serialized 
 parsed per call, as the generated handler would) and measures, per request:
 
 - **sluice**: CPU time of one ``ModelInfer`` call, parse included, awaited one at a time (c=1:
-  the model is always idle, so every request takes the inline path when the model is fast);
+  the model is always idle, so every request takes the inline path when the model is fast),
+  parsed by ModelInfer's registered deserializer (the request-layout cache where the checkout
+  has one: :mod:`sluice.server.protocol.request_layouts`);
 - **model**: the same input through ``onnxruntime.InferenceSession.run`` called directly on a
   session of the same file with one intra-op thread (the model's own cost).
 
@@ -115,7 +117,10 @@ async def measure_sluice():
             data = pb.ModelInferRequest(
                 model_name=model, inputs=[tensor], raw_input_contents=[raw]
             ).SerializeToString()
-            context, parse = Context(), pb.ModelInferRequest.FromString
+            # ModelInfer's registered deserializer (server/protocol/wire.py): the request-layout
+            # cache where the checkout has one (issue 11), else protobuf's own parser.
+            context = Context()
+            parse = getattr(servicer, "layouts", pb.ModelInferRequest.FromString)
 
             async def loop(n):
                 for _ in range(n):

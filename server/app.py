@@ -47,6 +47,7 @@ from sluice.server.fleet.replica import FleetReplica  # fleet state in etcd (iss
 from sluice.server.metrics import (
     ArmCollector,
     CanaryCollector,
+    LayoutCollector,
     Metrics,
     RefusalCollector,
     ShadowCollector,
@@ -164,6 +165,7 @@ class Server:
         self.access = AccessControl(config, self.metrics)
         self.metrics.register(RefusalCollector(self.servicer.refusals.snapshot))  # hardened input
         self.metrics.register(WarmupCollector(lambda: self.repository.warmup_failures))  # issue 16
+        self.metrics.register(LayoutCollector(self.servicer.layouts.counts))  # request layouts
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
         #: The certificates gRPC and /metrics serve (None: plaintext); set by start().

@@ -288,6 +288,24 @@ class WarmupCollector(Collector):
         yield family
 
 
+# request layouts (issue 11): ModelInfer requests decoded without protobuf
+class LayoutCollector(Collector):
+    """``sluice_request_layout_lookups_total{result}``: ModelInfer requests whose layout was
+    cached (``hit``: decoded from their bytes) or not (``miss``: parsed by protobuf)."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "sluice_request_layout_lookups",
+            "ModelInfer requests decoded from a cached request layout (hit) or parsed by "
+            "protobuf (miss).", labels=["result"])
+        for result, count in sorted(self._counts().items()):
+            family.add_metric([result], count)
+        yield family
+
+
 class Metrics:
     """Owns one CollectorRegistry and, when started, the /metrics HTTP endpoint."""
 

@@ -51,7 +51,7 @@ def note_route(exc: BaseException, request: InferRequest, route: tuple[Any, Any,
 
 
 def failed(
-    message: pb.ModelInferRequest, request: InferRequest | None,
+    message: pb.ModelInferRequest | InferRequest, request: InferRequest | None,
     route: tuple[Any, str | None, Any] | None, started: float, exc: BaseException,
     new_id: Callable[[], str],
 ) -> Finished:

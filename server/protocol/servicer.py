@@ -32,6 +32,7 @@ from sluice.server.protocol.extensions import EXTENSIONS
 from sluice.server.protocol.model_control import load_arguments
 from sluice.server.protocol.refusals import Refusals
 from sluice.server.protocol.request_ids import id_maker
+from sluice.server.protocol.request_layouts import RequestLayouts
 from sluice.server.protocol.request_parsing import Unparsable
 from sluice.server.protocol.shm_regions import SharedMemoryRegions
 from sluice.server.protocol.shm_service import SystemSharedMemoryService
@@ -94,6 +95,7 @@ class InferenceServicer(
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.layouts = RequestLayouts()  # ModelInfer's deserializer (issue 11, request_layouts)
 
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
@@ -208,16 +210,18 @@ class InferenceServicer(
     # -- inference ----------------------------------------------------------------------------
 
     def answer_now(
-        self, message: pb.ModelInferRequest, deadline: float | None,
+        self, message: pb.ModelInferRequest | InferRequest, deadline: float | None,
         metadata_key: Callable[[], str | None] | None = None,
     ) -> tuple[InferRequest, Routed, InferResponse | None]:
-        """Decode and route ``message`` (refused while draining), and answer it at once when the
-        answer can be computed right now on the loop (the plain path, its model idle and fast
-        enough to run inline);
-        the answer is None otherwise: :meth:`dispatch` the request on the route, with no await
-        in between (a concurrent reload or deployment switch can never move a request that
-        already chose its version). ``metadata_key`` gives the sticky key sent as gRPC
-        metadata; it is called only when weights decide and the request carries none."""
+        """Decode (unless :attr:`layouts` did) and route ``message`` (refused while draining), and
+        answer it at once when the answer can be computed now on the loop (the plain path, its model
+        idle and fast enough to run inline); else the answer is None: :meth:`dispatch` the request
+        on the route, with no await in between (a concurrent reload or deployment switch can never
+        move a request that already chose its version). ``metadata_key`` gives the sticky key sent
+        as gRPC metadata, called only when weights decide and the request carries none."""
+        if type(message) is InferRequest:
+            message.deadline = deadline
+            return self.answer_decoded(message, metadata_key)
         if self._draining:
             raise Overloaded("server is shutting down", reason="draining", retry_after_ms=1000)
         try:
@@ -230,6 +234,7 @@ class InferenceServicer(
             if missing is not None:
                 raise missing from None
             raise
+        self.layouts.learn(message, request)  # decoded: its layout may be cached
         return self.answer_decoded(request, metadata_key)
 
     def answer_decoded(

@@ -165,7 +165,9 @@ def add_inference_service(servicer: pb_grpc.GRPCInferenceServiceServicer,
     for method, factory in make.items():
         handlers[method] = factory(
             getattr(servicer, method),
-            request_deserializer=parse,
+            # ModelInfer: repeated request layouts are decoded without protobuf (issue 11)
+            request_deserializer=getattr(servicer, "layouts", parse) if method == "ModelInfer"
+            else parse,
             response_serializer=_serialize,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
