@@ -213,12 +213,11 @@ class InferenceServicer(
         self, message: pb.ModelInferRequest | InferRequest, deadline: float | None,
         metadata_key: Callable[[], str | None] | None = None,
     ) -> tuple[InferRequest, Routed, InferResponse | None]:
-        """Decode (unless :attr:`layouts` did) and route ``message`` (refused while draining), and
-        answer it at once when the answer can be computed now on the loop (the plain path, its model
-        idle and fast enough to run inline); else the answer is None: :meth:`dispatch` the request
-        on the route, with no await in between (a concurrent reload or deployment switch can never
-        move a request that already chose its version). ``metadata_key`` gives the sticky key sent
-        as gRPC metadata, called only when weights decide and the request carries none."""
+        """Decode (unless :attr:`layouts` did) and route ``message`` (refused while draining);
+        answer it now when it can be, on the loop (plain path, model idle and fast enough to run
+        inline), else None: :meth:`dispatch` it on the route with no await in between (a reload
+        or switch never moves a request that chose its version). ``metadata_key`` gives the
+        sticky key sent as gRPC metadata, called only when weights decide and none was sent."""
         if type(message) is InferRequest:
             message.deadline = deadline
             return self.answer_decoded(message, metadata_key)
