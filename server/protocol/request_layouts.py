@@ -49,6 +49,7 @@ import numpy as np
 from sluice.proto import grpc_service_pb2 as pb
 from sluice.proto.datatypes import DATATYPES
 from sluice.server.protocol.request_parsing import tolerant
+from sluice.server.protocol.wire import varint
 from sluice.server.types import InferRequest
 
 #: Layouts kept before the oldest is dropped (clients with many batch sizes make many).
@@ -72,15 +73,6 @@ _ndarray = np.ndarray
 _UNSEEN: Any = object()
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 class _Layout:
     """What the normal decode made of one layout, shared by its hits and never changed."""
 
@@ -94,7 +86,7 @@ class _Layout:
         self.prefix, self.middle = key[:cut], key[cut:]
         #: Per raw contents, in order: its tag and length as protobuf writes them, and the
         #: array it makes (input name, dtype, shape), of that many bytes.
-        self.raws = [(bytes([_RAW << 3 | 2]) + _varint(length), name, dtype, shape, length)
+        self.raws = [(bytes([_RAW << 3 | 2]) + varint(length), name, dtype, shape, length)
                      for name, dtype, shape, length in inputs]
         #: The bytes the raw contents take, tags and lengths included.
         self.tail = sum(len(raw[0]) + raw[4] for raw in self.raws)

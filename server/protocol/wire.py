@@ -44,7 +44,8 @@ _AS_IS = "<|=" if sys.byteorder == "little" else "<|"
 _CACHE_LIMIT = 1024
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """``value`` (>= 0) as a protobuf varint."""
     if value < 0x80:
         return _SMALL[value]
     out = bytearray()
@@ -56,7 +57,7 @@ def _varint(value: int) -> bytes:
 
 
 def _field(tag: bytes, data: bytes) -> bytes:
-    return tag + _varint(len(data)) + data
+    return tag + varint(len(data)) + data
 
 
 def _text(tag: bytes, text: str) -> bytes:
@@ -85,7 +86,7 @@ def _output(name: str, array: np.ndarray) -> tuple[bytes, str]:
         datatype = tensors.dtype_to_datatype(array.dtype)
         body = _text(_TENSOR_NAME, name) + _text(_TENSOR_DATATYPE, datatype)
         if array.shape:
-            body += _field(_TENSOR_SHAPE, b"".join(_varint(d) for d in array.shape))
+            body += _field(_TENSOR_SHAPE, b"".join(varint(d) for d in array.shape))
         if len(_outputs) >= _CACHE_LIMIT:
             _outputs.clear()
         cached = _outputs[key] = (_field(_OUTPUT, body), datatype)
@@ -121,7 +122,7 @@ def encode_response(response: InferResponse, in_shm: Container[str] = ()) -> byt
         described, datatype = _output(name, array)
         parts.append(described)
         raw = _raw(array, datatype, name) if name not in in_shm else b""
-        raws.append(_RAW + _varint(len(raw)))
+        raws.append(_RAW + varint(len(raw)))
         raws.append(raw)
     return b"".join(parts + raws)
 
