@@ -382,6 +382,6 @@ def _problem(label: Label, spec: QualitySpec | None, rows: int | None) -> str:
             return f"label: a class id (a whole number) is expected, got {label.value:g}"
         if spec.classes is not None and not 0 <= label.value < spec.classes:
             return f"label: class {int(label.value)} is not in 0..{spec.classes - 1}"
-        if not 0 <= label.value < _CLASS_ID_END:
+        if not _class_id_like(label.value):
             return f"label: a class id is from 0 to 2^63-1, got {label.value:g}"
     return ""

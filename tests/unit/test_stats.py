@@ -85,10 +85,11 @@ def test_model_stats_follow_tritons_accounting():
     assert stats.batch_stats[5].count == 1 and 1 not in stats.batch_stats
 
 
-def test_model_stats_windows_and_histograms_match_their_own_methods():
-    """on_batch / on_request write the window records and histogram observes out (hot path):
-    what they leave must equal LatencyWindow.record / CumulativeHistogram.observe fed the same
-    values, across sub-window turnovers."""
+def test_model_stats_route_each_time_to_its_window_and_histogram():
+    """on_batch / on_request feed each value where Triton's accounting puts it (every member's
+    queue time; compute and rows of successful batches only; e2e of successful requests only):
+    what they leave equals windows and histograms fed those values by hand, across sub-window
+    turnovers."""
     clock = Clock()
     stats = ModelStats(window_s=60.0, clock=clock)
     ref = {name: LatencyWindow(60.0, clock=clock) for name in ("e2e", "queue", "compute")}
