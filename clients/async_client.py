@@ -87,7 +87,7 @@ class AsyncClient:
         if self._stub_instance is None:
             self._channel = open_aio_channel(self.target, self._options, self._credentials)
             self._stub_instance = token_stub(pb_grpc.GRPCInferenceServiceStub(self._channel),
-                                             self._token)
+                                             self._token, reuse_metadata=True)
         return self._stub_instance
 
     async def close(self) -> None:

@@ -65,14 +65,17 @@ async def echo() -> AsyncIterator[str]:
     await server.stop(0)
 
 
-async def test_the_token_follows_the_callers_own_metadata(echo: str):
+@pytest.mark.parametrize("reuse", [False, True])
+async def test_the_token_follows_the_callers_own_metadata(echo: str, reuse: bool):
     async with grpc.aio.insecure_channel(echo) as channel:
-        stub = TokenStub(pb_grpc.GRPCInferenceServiceStub(channel), TOKEN)
+        stub = TokenStub(pb_grpc.GRPCInferenceServiceStub(channel), TOKEN, reuse_metadata=reuse)
         alone = await stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=30)
         both = await stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=30,
                                          metadata=(("x-caller", "batch-7"),))
+        again = await stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=30)
     assert list(alone.extensions) == EXPECTED
     assert list(both.extensions) == ["x-caller=batch-7", *EXPECTED]
+    assert list(again.extensions) == EXPECTED  # the shared header is the token alone, still
 
 
 def test_no_token_leaves_the_stub_as_it_is(monkeypatch: pytest.MonkeyPatch):
