@@ -20,6 +20,11 @@ constant servicer. perf_analyzer cannot drive MLServer's REST (no model config e
 binary tensor data), so that table comes from :mod:`loadtests.rest_loadgen` (JSON tensors, the
 same concurrency, a Python closed loop) on all three, rounds alternating the order; its figures
 compare with each other only, not with the perf_analyzer table.
+
+``--inline-ort`` adds a third side to the perf_analyzer table: :mod:`loadtests.rest_constant`
+``--inline-ort``, the same aiohttp servicer running identity's ONNX file on each request (no
+validation, batching or statistics), and its ratio to the constant: what computing the answer
+costs at all on this library and machine, beside what Sluice's whole path costs.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results")
+    parser.add_argument("--inline-ort", action="store_true",
+                        help="also measure an aiohttp servicer running identity inline")
     parser.add_argument("--mlserver-python", help="interpreter with MLServer 1.7.1 installed: "
                         "also measure MLServer's REST on identity (JSON tensors)")
     args = parser.parse_args(argv)
@@ -90,12 +97,22 @@ def main(argv: list[str] | None = None) -> int:
                      "--grpc-port", "0", "--http-port", "0", "--metrics-port", "-1",
                      "--model-control", "explicit", "--load-model", "identity",
                      "--log-level", "WARNING"])
+    started = [sluice]
     try:
         constant = _start(["-m", "loadtests.rest_constant", "--port", "0"])
+        started.append(constant)
+        if args.inline_ort:
+            started.append(_start(["-m", "loadtests.rest_constant", "--port", "0",
+                                   "--inline-ort"]))
     except BaseException:
-        terminate(sluice[0], 10)
+        for proc, _ in started:
+            terminate(proc, 10)
         raise
     targets = {"sluice": sluice[1], "constant": constant[1]}
+    sides = _SIDES
+    if args.inline_ort:
+        targets["inline_ort"] = started[2][1]
+        sides = (*_SIDES, "inline_ort")
     rounds: list[dict[str, Any]] = []
     json_rounds: list[dict[str, Any]] = []
     peers = contextlib.ExitStack()
@@ -105,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            MODEL_REPOSITORY / "identity"))
             targets["mlserver"] = mlserver.http_target
         for index in range(args.rounds):
-            order = _SIDES if index % 2 == 0 else _SIDES[::-1]
+            order = sides if index % 2 == 0 else sides[::-1]
             point: dict[str, Any] = {}
             for side in order:
                 point[side] = perfanalyzer.run(
@@ -118,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             json_rounds = _json_rounds(targets, args)
     finally:
         peers.close()
-        for proc, _ in (constant, sluice):
+        for proc, _ in started:
             terminate(proc, 10)
-    report = _report(rounds)
+    report = _report(rounds, sides)
     if json_rounds:
         report["json_loadgen"] = _json_report(json_rounds)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -166,12 +183,12 @@ def _json_report(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _report(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    good = [r for r in rounds if all("rows_s" in r[side] for side in _SIDES)]
+def _report(rounds: list[dict[str, Any]], sides: tuple[str, ...] = _SIDES) -> dict[str, Any]:
+    good = [r for r in rounds if all("rows_s" in r[side] for side in sides)]
     if not good:
-        return {"error": "no round measured both sides"}
+        return {"error": "no round measured every side"}
     summary: dict[str, Any] = {}
-    for side in _SIDES:
+    for side in sides:
         summary[side] = {
             "infer_s": statistics.median(r[side]["rows_s"] for r in good),
             "p50_ms": statistics.median(r[side]["p50_ms"] for r in good),
@@ -180,6 +197,9 @@ def _report(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     summary["ratio"] = round(ratio, 3)
     summary["target"] = MIN_RATIO
     summary["meets_target"] = ratio >= MIN_RATIO
+    if "inline_ort" in sides:
+        summary["inline_ort_ratio"] = round(statistics.median(
+            r["inline_ort"]["rows_s"] / r["constant"]["rows_s"] for r in good), 3)
     return summary
 
 

@@ -1,7 +1,7 @@
 """A minimal KServe v2 HTTP servicer answering a constant: the ceiling REST on ``identity`` is
 measured against (``loadtests.rest_bench``), on the same HTTP library as Sluice's REST door.
 
-    python -m loadtests.rest_constant [--library aiohttp|starlette] [--port P]
+    python -m loadtests.rest_constant [--library aiohttp|starlette] [--port P] [--inline-ort]
 
 It answers what ``perf_analyzer -i http`` asks for ``identity`` (model metadata, config,
 readiness) and every POST to ``/v2/models/identity/infer`` with the same bytes: its body read,
@@ -9,6 +9,13 @@ then a binary-data response of ``OUTPUT0`` FP32 [1, 16] zeros, nothing parsed or
 ``HTTP listening on HOST:PORT`` once it listens. ``starlette`` (served by uvicorn on a loop it is
 handed, not one of its own) was the other candidate when the library was chosen; it needs
 ``starlette``, ``uvicorn`` and ``httptools`` installed, which Sluice does not depend on.
+
+``--inline-ort`` (aiohttp) computes instead: the simplest real REST servicer, the REST twin of
+:mod:`loadtests.inline_ort`. Each infer body is split at its ``Inference-Header-Content-Length``,
+the JSON header parsed, the one binary input read with ``np.frombuffer`` in the shape it names,
+``identity``'s ONNX file run once on the event loop (one intra-op thread), and the output sent
+back as binary data under a header built per request. No validation, batching or statistics:
+what running the model costs over a constant answer on this HTTP library.
 """
 
 from __future__ import annotations
@@ -18,6 +25,10 @@ import asyncio
 import json
 import signal
 import socket
+from pathlib import Path
+from typing import Any
+
+_IDENTITY = Path(__file__).resolve().parent.parent / "model_repository/identity/1/model.onnx"
 
 _META = {
     "name": "identity", "versions": ["1"], "platform": "onnxruntime_onnx",
@@ -50,11 +61,45 @@ def _bound(port: int) -> socket.socket:
     return sock
 
 
-async def _serve_aiohttp(sock: socket.socket, stop: asyncio.Event) -> None:
+def _inline_ort() -> Any:
+    """An infer function that runs ``identity`` on each body (see ``--inline-ort``)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(_IDENTITY), options, providers=["CPUExecutionProvider"])
+
+    def infer(body: bytes, header_length: int) -> tuple[bytes, dict[str, str]]:
+        request = json.loads(body[:header_length])
+        shape = request["inputs"][0]["shape"]
+        tensor = np.frombuffer(body, np.float32, offset=header_length).reshape(shape)
+        (output,) = session.run(["OUTPUT0"], {"INPUT0": tensor})
+        raw = output.tobytes()
+        header = json.dumps({
+            "model_name": "identity", "model_version": "1",
+            "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": list(output.shape),
+                         "parameters": {"binary_data_size": len(raw)}}],
+        }).encode()
+        return header + raw, {"Content-Type": "application/octet-stream",
+                              "Inference-Header-Content-Length": str(len(header))}
+
+    return infer
+
+
+async def _serve_aiohttp(sock: socket.socket, stop: asyncio.Event,
+                         inline_ort: bool = False) -> None:
     from aiohttp import web
 
+    compute = _inline_ort() if inline_ort else None
+
     async def infer(request: web.Request) -> web.Response:
-        await request.read()
+        body = await request.read()
+        if compute is not None:
+            answer, headers = compute(
+                body, int(request.headers["Inference-Header-Content-Length"]))
+            return web.Response(body=answer, headers=headers)
         return web.Response(body=_ANSWER, headers=_ANSWER_HEADERS)
 
     async def meta(request: web.Request) -> web.Response:
@@ -134,21 +179,27 @@ def _announce(sock: socket.socket) -> None:
     print(f"HTTP listening on {host}:{port}", flush=True)
 
 
-async def _main(library: str, port: int) -> None:
+async def _main(library: str, port: int, inline_ort: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    serve = _serve_aiohttp if library == "aiohttp" else _serve_starlette
-    await serve(_bound(port), stop)
+    if library == "aiohttp":
+        await _serve_aiohttp(_bound(port), stop, inline_ort)
+    else:
+        await _serve_starlette(_bound(port), stop)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--library", choices=("aiohttp", "starlette"), default="aiohttp")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--inline-ort", action="store_true",
+                        help="run identity's ONNX file on each request instead (aiohttp only)")
     args = parser.parse_args(argv)
-    asyncio.run(_main(args.library, args.port))
+    if args.inline_ort and args.library != "aiohttp":
+        parser.error("--inline-ort is served by aiohttp only")
+    asyncio.run(_main(args.library, args.port, args.inline_ort))
 
 
 if __name__ == "__main__":
