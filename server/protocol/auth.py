@@ -23,8 +23,8 @@ which the keyed BLAKE2b digest is ~1 us; a quota adds a clock read and a few flo
 An allowed call's handler comes from a per-method cache after the first, not through
 grpc.aio's continuation (c=1 p50 -10 us against resolving it each call, TLS and tokens on both,
 calls alternated between the two servers: ``loadtests.paired``). Without ``--tokens`` nothing
-is installed: 0 us. A small-model request costs ~1-2 ms of server
-CPU on that box, so the check is well under 1% of it.
+is installed: 0 us. A small-model request costs ~1-2 ms of server CPU on that box, so the check
+is well under 1% of it.
 """
 
 from __future__ import annotations
