@@ -128,7 +128,10 @@ def test_a_bad_mapping_stops_before_the_first_chunk(tmp_path, capsys, table, fla
     assert not out.exists() and not (tmp_path / "out.parquet.manifest.json").exists()
 
 
-KILLED_ROWS, KILLED_CHUNK = 20_000, 500
+#: 200 chunks of identity: ~4-6 s of work, so the poller below sees the job midway even when a
+#: busy machine leaves it unscheduled for a second or more (with 40 chunks, ~1 s of work, the
+#: job once finished before the poller saw 5 of them, beside a CPU hog).
+KILLED_ROWS, KILLED_CHUNK = 100_000, 500
 
 
 def _run_until(command: list[str], manifest, chunks: int, how: signal.Signals
