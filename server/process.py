@@ -17,6 +17,7 @@ import sys
 
 from sluice.server.app import Server, serve
 from sluice.server.config.settings import ServerConfig
+from sluice.server.heap import freeze_startup_heap
 from sluice.server.workers.supervisor import first_set
 
 log = logging.getLogger("sluice.server.app")  # the name these lines have always had
@@ -45,6 +46,7 @@ async def run_until_signal(config: ServerConfig) -> None:
                   f"{server.rest.port}", flush=True)
 
     async with serve(config, listening) as server:
+        freeze_startup_heap()  # models loaded: what lives now lives as long as the process
         while not stop.is_set():
             await first_set(stop, hangup)
             if hangup.is_set() and not stop.is_set():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -83,8 +84,11 @@ def test_port_zero_prints_the_bound_port_before_any_model_loads():
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(30)
+        rest = proc.stdout.read()
         proc.stdout.close()
     assert code == 0
+    # once its models were loaded it froze its heap out of the collector's full walks
+    assert re.search(r"Sluice ready.*\n(.*\n)*.*heap settled: \d+ objects frozen", rest), rest
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
