@@ -34,6 +34,7 @@ from sluice.server.config.drift import DriftSettings, read_drift
 from sluice.server.config.model import ModelConfig
 from sluice.server.monitoring.drift_window import BinKernel, DriftReport, VersionWindow
 from sluice.server.monitoring.hub import Finished, MonitorHub
+from sluice.server.monitoring.pacing import Pacer
 from sluice.server.monitoring.profile import Profile
 from sluice.server.monitoring.profile_load import load_profile
 
@@ -51,15 +52,18 @@ class DriftMonitor:
         self, hub: MonitorHub, kernel: BinKernel, *, interval_s: float = DEFAULT_INTERVAL_S,
         is_loaded: Callable[[str, int], bool] | None = None,
         clock: Callable[[], float] = time.monotonic, seed: int | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         """``is_loaded(model, version)``: whether a version serves (reports leave out the rest;
-        None: all). ``seed`` fixes the sampling draws (tests)."""
+        None: all). ``seed`` fixes the sampling draws (tests). ``pacer`` spreads the scheduled
+        computes (between features) so they never hold the GIL long."""
         self._hub = hub
         self._kernel = kernel
         self._interval_s = interval_s
         self._is_loaded = is_loaded
         self._clock = clock
         self._rng = np.random.default_rng(seed)
+        self._pacer = pacer or Pacer()
         #: (model, version) -> window; replaced whole (copy on write), so readers need no lock.
         self._windows: dict[tuple[str, int], VersionWindow] = {}
         self._changing = threading.Lock()
@@ -135,11 +139,15 @@ class DriftMonitor:
 
     # -- the monitor's thread ---------------------------------------------------------------
 
-    def compute_now(self) -> list[DriftReport]:
-        """Compute every window now (the schedule does this every ``interval_s``)."""
+    def compute_now(self, *, paced: bool = False) -> list[DriftReport]:
+        """Compute every window now (the schedule does this every ``interval_s``, ``paced``)."""
         with self._computing:
             now = self._clock()
-            return [window.compute(now) for window in list(self._windows.values())]
+            tick = None
+            if paced:
+                self._pacer.start()
+                tick = self._pacer.tick
+            return [window.compute(now, tick) for window in list(self._windows.values())]
 
     def start(self) -> None:
         if self._thread is None:
@@ -156,7 +164,7 @@ class DriftMonitor:
     def _main(self) -> None:
         while not self._stop.wait(self._interval_s):
             try:
-                self.compute_now()
+                self.compute_now(paced=True)
             except Exception:  # a bug of ours: logged, counted, and the schedule goes on
                 self.failures += 1
                 log.exception("drift compute failed")

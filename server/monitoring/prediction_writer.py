@@ -4,9 +4,12 @@ that turns them into Parquet row groups (:mod:`.prediction_files`).
 Why a thread of its own: encoding and compressing a row group takes milliseconds, which the
 monitor hub's thread (shared by every monitor) must not spend. The intake is a deque of batches
 with a record count under a lock; :meth:`PredictionWriter.put` never waits for the disk: what
-does not fit is dropped and counted (``queue_full``). The thread groups records per (model,
-logging schema) and writes one row group when ``batch_records`` are pending or the oldest has
-waited ``flush_s``, so files hold a few large row groups rather than many small ones.
+does not fit is dropped and counted (``queue_full``). The thread turns what arrives into Arrow
+tables at once, ``slice_records`` at a time with a :class:`~.pacing.Pacer` between slices (the
+conversion is Python work that holds the GIL the event loop needs: one table of a second's
+records at once held it for tens of milliseconds), and writes one row group per (model, logging
+schema) when ``batch_records`` are pending or the oldest has waited ``flush_s``, so files hold a
+few large row groups rather than many small ones.
 
 Promises:
 - ``put`` never blocks on I/O and never raises.
@@ -26,8 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from sluice.server.monitoring.hub import Finished
+from sluice.server.monitoring.pacing import Pacer
 from sluice.server.monitoring.prediction_files import PartitionFiles
 from sluice.server.monitoring.prediction_schema import RecordSchema
 
@@ -37,20 +42,36 @@ log = logging.getLogger(__name__)
 _LOG_EVERY_S = 60.0
 
 
+class _Pending:
+    """Converted records of one (model, schema) waiting for their row group."""
+
+    __slots__ = ("schema", "tables", "records", "since")
+
+    def __init__(self, schema: RecordSchema, since: float) -> None:
+        self.schema = schema
+        #: (UTC date, table, records in it), in arrival order.
+        self.tables: list[tuple[str, pa.Table, int]] = []
+        self.records = 0
+        self.since = since
+
+
 class PredictionWriter:
     """Bounded intake + writer thread for the prediction log's Parquet files."""
 
     def __init__(
         self, root: Path, *, tag: str, capacity_records: int = 100_000,
-        batch_records: int = 8192, flush_s: float = 1.0,
+        batch_records: int = 8192, flush_s: float = 1.0, slice_records: int = 128,
         max_file_bytes: int = 64 * 1024 * 1024, max_file_age_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, pacer: Pacer | None = None,
     ) -> None:
+        """``slice_records``: records converted between two of ``pacer``'s ticks."""
         self.root = root
         self.capacity = capacity_records
         self._batch_records = batch_records
         self._flush_s = flush_s
+        self._slice_records = slice_records
         self._clock = clock
+        self._pacer = pacer or Pacer()
         self.files = PartitionFiles(root, tag=tag, max_file_bytes=max_file_bytes,
                                     max_file_age_s=max_file_age_s, settled=self._settled,
                                     clock=clock)
@@ -78,8 +99,7 @@ class PredictionWriter:
             if taken:
                 self._intake.append((model, schema, taken))
                 self._queued += len(taken)
-                if self._queued >= self._batch_records:
-                    self._cond.notify()
+                self._cond.notify()  # converted while recent (the hub puts every ~50 ms)
         refused = len(records) - len(taken)
         if refused:
             self.drop(model, "queue_full", refused)
@@ -130,13 +150,14 @@ class PredictionWriter:
     # -- the thread ------------------------------------------------------------------------------
 
     def _main(self) -> None:
-        pending: dict[tuple[str, str], tuple[RecordSchema, list[Finished], float]] = {}
+        pending: dict[tuple[str, str], _Pending] = {}
         while True:
             with self._cond:
                 if not (self._intake or self._flushes or self._stop):
                     self._cond.wait(self._flush_s)
                 stopping, flushes = self._stop, self._flushes
                 self._flushes = []
+            self._pacer.start()
             self._take(pending)
             self._write(pending, flush=stopping or bool(flushes))
             for done in flushes:
@@ -145,57 +166,65 @@ class PredictionWriter:
                 return
 
     def _serve(self, flush: bool) -> None:
-        pending: dict[tuple[str, str], tuple[RecordSchema, list[Finished], float]] = {}
+        pending: dict[tuple[str, str], _Pending] = {}
         self._take(pending)
         self._write(pending, flush)
 
-    def _take(
-        self, pending: dict[tuple[str, str], tuple[RecordSchema, list[Finished], float]]
-    ) -> None:
+    def _take(self, pending: dict[tuple[str, str], _Pending]) -> None:
+        """Convert what the intake holds into tables, pending per (model, schema)."""
         with self._cond:
             items = list(self._intake)
             self._intake.clear()
         now = self._clock()
+        step = self._slice_records
         for model, schema, records in items:
             key = (model, schema.key)
             entry = pending.get(key)
             if entry is None:
-                pending[key] = (schema, list(records), now)
-            else:
-                entry[1].extend(records)
+                entry = pending[key] = _Pending(schema, now)
+            for at in range(0, len(records), step):
+                self._convert(model, entry, records[at:at + step])
+                self._pacer.tick()
         # counted out only once held here: the capacity bounds the queue and this thread's hand
         taken = sum(len(records) for _, _, records in items)
         if taken:
             with self._cond:
                 self._queued -= taken
 
-    def _write(
-        self, pending: dict[tuple[str, str], tuple[RecordSchema, list[Finished], float]],
-        flush: bool,
-    ) -> None:
-        self.files.rotate()  # before writing: a file past its age takes no more rows
-        now = self._clock()
-        for key in list(pending):
-            schema, records, since = pending[key]
-            if flush or len(records) >= self._batch_records or now - since >= self._flush_s:
-                del pending[key]
-                self._write_batch(key[0], schema, records)
-        if flush:
-            self.files.close_all()
-
-    def _write_batch(self, model: str, schema: RecordSchema, records: list[Finished]) -> None:
+    def _convert(self, model: str, entry: _Pending, records: list[Finished]) -> None:
         for date, group in _by_date(records).items():
             try:
-                table = schema.table(group)
+                table = entry.schema.table(group)
             except Exception:
                 log.exception("prediction log: records of model '%s' do not fit its schema",
                               model)
                 self.drop(model, "encode_error", len(group))
                 continue
+            entry.tables.append((date, table, len(group)))
+            entry.records += len(group)
+
+    def _write(self, pending: dict[tuple[str, str], _Pending], flush: bool) -> None:
+        self.files.rotate()  # before writing: a file past its age takes no more rows
+        now = self._clock()
+        for key in list(pending):
+            entry = pending[key]
+            if flush or entry.records >= self._batch_records or now - entry.since >= self._flush_s:
+                del pending[key]
+                self._write_entry(key, entry)
+        if flush:
+            self.files.close_all()
+
+    def _write_entry(self, key: tuple[str, str], entry: _Pending) -> None:
+        by_date: dict[str, tuple[list[pa.Table], int]] = {}
+        for date, table, records in entry.tables:
+            tables, count = by_date.get(date, ([], 0))
+            tables.append(table)
+            by_date[date] = (tables, count + records)
+        for date, (tables, records) in by_date.items():
             try:
-                self.files.write(model, date, schema.key, table, len(group))
+                self.files.write(key[0], date, key[1], pa.concat_tables(tables), records)
             except OSError:
-                self.drop(model, "write_error", len(group))
+                self.drop(key[0], "write_error", records)
 
     def _settled(self, model: str, records: int, readable: bool) -> None:
         if readable:

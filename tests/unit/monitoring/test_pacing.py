@@ -1,0 +1,107 @@
+"""The pacer that keeps monitor threads' work in short stretches: it pauses once a stretch is
+long enough, never before, starts a new stretch after each pause or wait; the prediction log's
+writer ticks it between slices of records, drift's scheduled compute between features."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sluice.kernels.binning import bin_counts
+from sluice.server.app import BUNDLED_REPOSITORY
+from sluice.server.config.drift import DriftSettings
+from sluice.server.config.pbtxt import read_model_config
+from sluice.server.config.prediction_logging import LoggingConfig
+from sluice.server.monitoring.drift import DriftMonitor
+from sluice.server.monitoring.hub import Finished, MonitorHub
+from sluice.server.monitoring.pacing import Pacer
+from sluice.server.monitoring.prediction_schema import RecordSchema
+from sluice.server.monitoring.prediction_writer import PredictionWriter
+from sluice.server.monitoring.profile_load import load_profile
+from tests.support.fake_clock import FakeClock
+from tests.unit.monitoring.test_prediction_writer import DIGITS, read, record
+
+
+class Sleeps:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.taken: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.taken.append(seconds)
+        self.clock.advance(seconds)
+
+
+def test_pauses_only_once_a_stretch_is_long_enough():
+    clock = FakeClock()
+    sleep = Sleeps(clock)
+    pacer = Pacer(stretch_s=0.002, pause_s=0.001, clock=clock, sleep=sleep)
+    for _ in range(3):
+        clock.advance(0.0006)
+        pacer.tick()
+    assert sleep.taken == []  # 1.8 ms of work
+    clock.advance(0.0003)
+    pacer.tick()
+    assert sleep.taken == [0.001]  # 2.1 ms
+    clock.advance(0.0019)
+    pacer.tick()
+    assert sleep.taken == [0.001]  # the pause started a new stretch: 1.9 ms of it
+    clock.advance(0.0001)
+    pacer.tick()
+    assert sleep.taken == [0.001, 0.001] and pacer.pauses == 2
+
+
+def test_a_wait_for_work_starts_a_new_stretch_and_pause_zero_never_sleeps():
+    clock = FakeClock()
+    sleep = Sleeps(clock)
+    pacer = Pacer(stretch_s=0.002, pause_s=0.001, clock=clock, sleep=sleep)
+    clock.advance(1.0)  # waited for work
+    pacer.start()
+    clock.advance(0.001)
+    pacer.tick()
+    assert sleep.taken == []
+    off = Pacer(stretch_s=0.002, pause_s=0.0, clock=clock, sleep=sleep)
+    clock.advance(5.0)
+    off.tick()
+    assert sleep.taken == [] and off.pauses == 0
+
+
+def test_the_writer_converts_in_slices_with_a_tick_between_and_loses_no_row(tmp_path):
+    ticks = []
+
+    class Counting(Pacer):
+        def tick(self) -> None:
+            ticks.append(1)
+
+    out = PredictionWriter(tmp_path, tag="t", clock=FakeClock(), slice_records=4,
+                           pacer=Counting())
+    records = [record(i, 1 + i % 3) for i in range(10)]
+    out.put("digits", RecordSchema(DIGITS, LoggingConfig(1.0)), records)
+    out.close()
+    table = read(tmp_path)
+    assert len(ticks) == 3  # 4 + 4 + 2 records
+    assert out.written == {"digits": 10} and not out.dropped
+    assert table.num_rows == sum(1 + i % 3 for i in range(10))
+    got = {(r["id"], r["row"]): r["output_label"] for r in table.to_pylist()}
+    assert got == {(f"r{i}", n): n + i for i in range(10) for n in range(1 + i % 3)}
+
+
+def test_the_scheduled_drift_compute_ticks_between_features():
+    ticks = []
+
+    class Counting(Pacer):
+        def tick(self) -> None:
+            ticks.append(1)
+
+    digits = BUNDLED_REPOSITORY / "digits"
+    config, _ = read_model_config(digits, "digits")
+    profile = load_profile(config, digits / "2")
+    monitor = DriftMonitor(MonitorHub(), bin_counts, seed=0, pacer=Counting())
+    monitor.attach("digits", 2, profile, DriftSettings(sample=1.0))
+    x = np.load(digits / "test_split.npz")["X"][:20]
+    monitor.on_finished([Finished("r", 0.0, "digits", 2, "", "", {}, {"input": x}, 0.001)])
+    monitor.compute_now()  # asked for (the admin's, a test's): not paced
+    assert ticks == []
+    monitor.on_finished([Finished("s", 0.0, "digits", 2, "", "", {}, {"input": x}, 0.001)])
+    (report,) = monitor.compute_now(paced=True)
+    assert len(ticks) == len(profile.features) + 1  # each feature, then the prediction
+    assert report.rows == 40
