@@ -130,6 +130,12 @@ class VersionWindow:
         self.malformed = 0
         self._cumulative = np.zeros((cols, self._width), dtype=np.int64)
         self._special = np.zeros((cols, 3), dtype=np.int64)
+        #: Each column's edges and reference fractions as the reports carry them (made once).
+        self._fixed = [(tuple(c.edges.tolist()), tuple(c.fractions.tolist()))
+                       for c in self._columns]
+        #: What the last report was computed from: (oldest live row's time, the counters); a
+        #: compute with no new rows and none aged out keeps that report.
+        self._basis: tuple[float, int, int, int] | None = None
         self.report: DriftReport | None = None
 
     # -- the hub's thread -------------------------------------------------------------------
@@ -244,7 +250,16 @@ class VersionWindow:
             self._bin(rows, self._cumulative, self._special)
             self.sampled_rows += rows.shape[0]
             self._write(when, rows)
-        live = self._ring[self._times >= now - self.settings.window_s]
+        cutoff = now - self.settings.window_s
+        if self.report is not None and not pending and self._basis is not None and (
+            self._basis == (max(self._basis[0], cutoff), self.sampled_rows, self.dropped_rows,
+                            self.malformed)
+        ):
+            return self.report  # nothing came in or aged out: the same figures (an idle model)
+        in_window = self._times >= cutoff
+        live = self._ring[in_window]
+        self._basis = (float(self._times[in_window].min()) if live.shape[0] else np.inf,
+                       self.sampled_rows, self.dropped_rows, self.malformed)
         counts = np.zeros_like(self._cumulative)
         special = np.zeros_like(self._special)
         self._bin(live, counts, special)
@@ -304,6 +319,6 @@ class VersionWindow:
             missing_rate=special[i, 0] / n if n else None,
             below_rate=special[i, 1] / n if n else None,
             above_rate=special[i, 2] / n if n else None,
-            edges=tuple(column.edges.tolist()), reference=tuple(column.fractions.tolist()),
-            live=tuple(int(c) for c in counts[i, :bins]),
+            edges=self._fixed[i][0], reference=self._fixed[i][1],
+            live=tuple(counts[i, :bins].tolist()),
         )
