@@ -133,9 +133,11 @@ class VersionWindow:
         #: Each column's edges and reference fractions as the reports carry them (made once).
         self._fixed = [(tuple(c.edges.tolist()), tuple(c.fractions.tolist()))
                        for c in self._columns]
-        #: What the last report was computed from: (oldest live row's time, the counters); a
-        #: compute with no new rows and none aged out keeps that report.
-        self._basis: tuple[float, int, int, int] | None = None
+        #: The counters (sampled, dropped, malformed) the last report was computed at, and its
+        #: oldest live row's time: a compute with the same counters (so no new row) and no row
+        #: aged out keeps that report.
+        self._basis: tuple[int, int, int] | None = None
+        self._oldest_live = np.inf
         self.report: DriftReport | None = None
 
     # -- the hub's thread -------------------------------------------------------------------
@@ -251,15 +253,13 @@ class VersionWindow:
             self.sampled_rows += rows.shape[0]
             self._write(when, rows)
         cutoff = now - self.settings.window_s
-        if self.report is not None and not pending and self._basis is not None and (
-            self._basis == (max(self._basis[0], cutoff), self.sampled_rows, self.dropped_rows,
-                            self.malformed)
-        ):
+        basis = (self.sampled_rows, self.dropped_rows, self.malformed)
+        if self.report is not None and basis == self._basis and self._oldest_live >= cutoff:
             return self.report  # nothing came in or aged out: the same figures (an idle model)
         in_window = self._times >= cutoff
         live = self._ring[in_window]
-        self._basis = (float(self._times[in_window].min()) if live.shape[0] else np.inf,
-                       self.sampled_rows, self.dropped_rows, self.malformed)
+        self._basis = basis
+        self._oldest_live = float(self._times[in_window].min()) if live.shape[0] else np.inf
         counts = np.zeros_like(self._cumulative)
         special = np.zeros_like(self._special)
         self._bin(live, counts, special)
