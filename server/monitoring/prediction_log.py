@@ -34,6 +34,7 @@ from sluice.server.config.prediction_logging import LoggingConfig, check_exclude
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import InvalidInput, ModelNotFound, SluiceError
 from sluice.server.monitoring.hub import Finished, MonitorHub
+from sluice.server.monitoring.prediction_files import warm_up
 from sluice.server.monitoring.prediction_schema import RecordSchema
 from sluice.server.monitoring.prediction_settings import ADMIN, OFF, LoggingSettings
 from sluice.server.monitoring.prediction_writer import PredictionWriter
@@ -63,6 +64,8 @@ class PredictionLog:
         #: model -> its deployment.yaml's block when it last loaded.
         self._declared: dict[str, LoggingConfig | None] = {}
         self._schemas: dict[tuple[str, int, LoggingConfig], RecordSchema | None] = {}
+        #: Whether Arrow's one-time work is done (:meth:`warm`).
+        self._warm = False
         hub.subscribe("prediction_log", self.on_finished)
 
     @classmethod
@@ -84,6 +87,8 @@ class PredictionLog:
         try:
             declared = await asyncio.to_thread(read_logging, model_dir)
             self.model_loaded(model, declared)
+            if model in self._active:
+                await self.warm()
         except SluiceError as exc:
             log.error("model '%s': prediction log not applied: %s", model, exc.message)
         except ValueError as exc:
@@ -126,6 +131,14 @@ class PredictionLog:
         self._settings.set(model, config, self._declared.get(model))
         self._apply(model, config, ADMIN)
         return config
+
+    async def warm(self) -> None:
+        """Arrow's one-time work (imports, codec), on a thread, before the first row group
+        needs it (:func:`.prediction_files.warm_up`); once per process, when a model's log
+        turns on as it loads or from the admin API."""
+        if not self._warm:
+            await asyncio.to_thread(warm_up)
+            self._warm = True
 
     def loaded(self, model: str) -> bool:
         """Whether some version of ``model`` is loaded."""

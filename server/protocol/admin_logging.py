@@ -60,6 +60,8 @@ class PredictionLoggingRpcs:
             )
             log.info("model '%s': prediction log changed by %s%s", request.model,
                      _caller(context), f" ({request.reason})" if request.reason else "")
+            if target.config(request.model)[0].on:
+                await target.warm()
             return self._logging_message(request.model)
         except asyncio.CancelledError:
             raise
