@@ -18,7 +18,7 @@ temporary repository per variant:
 For each (checkout, variant) a subprocess starts the server's ``Server`` in-process on that
 repository and awaits ``InferenceServicer.ModelInfer`` on a pre-serialized request ``--requests``
 times, ``--reps`` times; the figure is the best rep's **process** CPU time per request (all
-threads: the event loop, the monitor hub's thread that feeds the monitors every 50 ms, the
+threads: the event loop, the monitor hub's thread that feeds the monitors every 250 ms, the
 prediction log's writer; drift's compute runs every 10 s, so a rep may or may not hold one, and
 best-of filters it out: what it costs is in ``--subscribers``). Rounds interleave checkouts and
 variants (the order reversed every other round); the table shows each median over rounds and
@@ -26,7 +26,7 @@ the extra over ``off`` of the same checkout. Give two checkouts (``--checkout /p
 --checkout .``) to compare before and after side by side.
 
 **Per record** (``--subscribers``): the monitors' own CPU on the hub's thread for synthetic
-identity answers handed over in drains of ``--drain`` records (500: one 50 ms drain at 10k
+identity answers handed over in drains of ``--drain`` records (500: one 250 ms drain at 2k
 requests/s), best of 5: live quality's ``on_finished``, the prediction log's sampling and
 hand-off, its writer (Arrow table and zstd Parquet row group), drift's sampling, and drift's
 compute amortized over 20,000 records. These are the figures that hold the GIL the event loop
