@@ -5,7 +5,7 @@
 Digits-sized records (one row: a 64-float input, an int64 label and 10 float probabilities)
 go the whole way a logged request goes after the request path: the hub subscriber
 (``PredictionLog.on_finished``: sampling at 1.0, grouping, the writer's bounded intake) in
-batches of 500 (what the hub hands over in one 50 ms drain at 10k requests/s), then the writer
+batches of 500 (what the hub hands over in one 250 ms drain at 2k requests/s), then the writer
 thread (Arrow arrays, zstd Parquet row groups, Hive directories, rotation) until ``flush`` has
 closed every file. Both run in one process pinned to one CPU, so the figure is what one core
 sustains; it is measured with outputs only and with inputs too, ``--repeats`` times each (the
