@@ -35,12 +35,17 @@ def bin_counts(x, edges, starts, lo, hi, counts, special):
     cols = min(x.shape[1], starts.shape[0] - 1, lo.shape[0], hi.shape[0], counts.shape[0],
                special.shape[0])
     width = counts.shape[1]
+    usable = np.zeros(cols, dtype=np.bool_)
     for j in range(cols):
         s = starts[j]
         e = starts[j + 1]
-        if s < 0 or e > edges.shape[0] or e < s or e - s + 1 > width:
-            continue
-        for i in range(x.shape[0]):
+        usable[j] = not (s < 0 or e > edges.shape[0] or e < s or e - s + 1 > width)
+    # rows outer, features inner: a row-major window is read in order (features outer walked
+    # it a cache line per value: 0.96 s against 0.48 s for a 5,000 x 3,072 window, cnn's)
+    for i in range(x.shape[0]):
+        for j in range(cols):
+            if not usable[j]:
+                continue
             v = x[i, j]
             if v != v:
                 special[j, MISSING] += 1
@@ -50,8 +55,9 @@ def bin_counts(x, edges, starts, lo, hi, counts, special):
             elif v > hi[j]:
                 special[j, ABOVE] += 1
             # lower bound: the first edge >= v
+            s = starts[j]
             a = s
-            b = e
+            b = starts[j + 1]
             while a < b:
                 m = (a + b) >> 1
                 if edges[m] < v:
