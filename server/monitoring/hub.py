@@ -3,15 +3,15 @@
 The servicer calls :meth:`MonitorHub.wants` (a dict lookup) and, for a watched model,
 :meth:`MonitorHub.offer` with one :class:`Finished` record: an append to a bounded deque, no lock,
 no wake-up. One background thread drains the deque every ``interval_s`` and hands each batch of
-records to every subscriber (the prediction log, quality, drift), in arrival order.
+records to every subscriber (the prediction log, quality, drift), in arrival order. When the deque
+is full the record is dropped and counted (``dropped``); a subscriber that raises loses that
+batch only, counted per subscriber (``failures``), and is called again with the next one.
 
 Why 250 ms: each drain has fixed costs (a subscriber's numpy calls per group, a cold start on the
 GIL the loop is using), paid per drain rather than per record. At 50 ms a drain held ~50 identity
 answers at c=64 and the hub's thread spent 31-32 us of CPU per request inside the server; at
 250 ms, 10 us (perf_analyzer, side by side). Labels never wait for it: feedback drains the hub
-before it joins. When the deque
-is full the record is dropped and counted (``dropped``); a subscriber that raises loses that
-batch only, counted per subscriber (``failures``), and is called again with the next one.
+before it joins.
 
 Promises:
 - ``offer`` never blocks and never raises; the request path never waits for a subscriber.

@@ -136,9 +136,14 @@ class PredictionLog:
         """Arrow's one-time work (imports, codec), on a thread, before the first row group
         needs it (:func:`.prediction_files.warm_up`); once per process, when a model's log
         turns on as it loads or from the admin API."""
-        if not self._warm:
+        if self._warm:
+            return
+        try:
             await asyncio.to_thread(warm_up)
-            self._warm = True
+        except Exception:  # the first row group does it then, as before; the load goes on
+            log.exception("prediction log: Arrow's one-time setup failed")
+            return
+        self._warm = True
 
     def loaded(self, model: str) -> bool:
         """Whether some version of ``model`` is loaded."""
