@@ -15,6 +15,7 @@ from collections.abc import Callable
 from prometheus_client import ProcessCollector
 
 from sluice.kernels.binning import bin_counts
+from sluice.kernels.ks import ks_columns
 from sluice.server.config.model import ModelConfig
 from sluice.server.config.settings import ServerConfig
 from sluice.server.metrics import Metrics
@@ -50,7 +51,7 @@ class FeedbackLoop:
         metrics.register(QualityCollector(self.quality.reports))
         # drift: a version's reference profile is read (and checked) as it loads
         self.drift = DriftMonitor(
-            self.hub, bin_counts, interval_s=config.drift_interval_s,
+            self.hub, bin_counts, interval_s=config.drift_interval_s, ks_kernel=ks_columns,
             is_loaded=lambda model, version: repository.find(model, version) is not None,
         )
         repository.check_version = self.drift.load_version

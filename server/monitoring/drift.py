@@ -32,7 +32,7 @@ import numpy as np
 
 from sluice.server.config.drift import DriftSettings, read_drift
 from sluice.server.config.model import ModelConfig
-from sluice.server.monitoring.drift_window import BinKernel, DriftReport, VersionWindow
+from sluice.server.monitoring.drift_window import BinKernel, DriftReport, KsKernel, VersionWindow
 from sluice.server.monitoring.hub import Finished, MonitorHub
 from sluice.server.monitoring.pacing import Pacer
 from sluice.server.monitoring.profile import Profile
@@ -52,13 +52,16 @@ class DriftMonitor:
         self, hub: MonitorHub, kernel: BinKernel, *, interval_s: float = DEFAULT_INTERVAL_S,
         is_loaded: Callable[[str, int], bool] | None = None,
         clock: Callable[[], float] = time.monotonic, seed: int | None = None,
-        pacer: Pacer | None = None,
+        pacer: Pacer | None = None, ks_kernel: KsKernel | None = None,
     ) -> None:
         """``is_loaded(model, version)``: whether a version serves (reports leave out the rest;
         None: all). ``seed`` fixes the sampling draws (tests). ``pacer`` spreads the scheduled
-        computes (between features) so they never hold the GIL long."""
+        computes (between features) so they never hold the GIL long. ``ks_kernel``: every
+        feature's KS in one GIL-free call (the server's: ``sluice.kernels.ks.ks_columns``);
+        None: NumPy per feature, the same figures."""
         self._hub = hub
         self._kernel = kernel
+        self._ks_kernel = ks_kernel
         self._interval_s = interval_s
         self._is_loaded = is_loaded
         self._clock = clock
@@ -91,7 +94,8 @@ class DriftMonitor:
     def attach(self, model: str, version: int, profile: Profile, settings: DriftSettings,
                *, batched: bool = True) -> None:
         """Start a fresh window for ``model`` ``version`` (replacing any)."""
-        window = VersionWindow(model, version, profile, settings, batched, self._kernel)
+        window = VersionWindow(model, version, profile, settings, batched, self._kernel,
+                               ks_kernel=self._ks_kernel)
         window.warm()  # the kernel compiles (or loads) now, on the loader's thread
         window.compute(self._clock())  # the empty window's report: served, no rows yet
         with self._changing:

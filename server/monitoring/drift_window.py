@@ -32,6 +32,9 @@ from sluice.server.monitoring.profile import FeatureProfile, Profile, prediction
 
 #: bin_counts(x, edges, starts, lo, hi, counts, special): ``sluice.kernels.binning.bin_counts``.
 BinKernel = Callable[..., None]
+#: ks_columns(x, values, starts, cdf, out): ``sluice.kernels.ks.ks_columns`` (every feature's
+#: KS statistic in one call, without the GIL); None: NumPy per feature (``drift_stats``).
+KsKernel = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class VersionWindow:
     def __init__(
         self, model: str, version: int, profile: Profile, settings: DriftSettings,
         batched: bool, kernel: BinKernel, max_pending_rows: int | None = None,
+        ks_kernel: KsKernel | None = None,
     ) -> None:
         """``max_pending_rows``: rows queued between two computes before more are dropped
         (default: the larger of ``window_rows`` and 10000)."""
@@ -112,6 +116,20 @@ class VersionWindow:
         self._columns: list[FeatureProfile] = list(profile.features)
         if profile.prediction is not None:
             self._columns.append(profile.prediction.bins)
+        self._ks_kernel = ks_kernel
+        # each column's ECDF points for the kernel (none where no KS is reported: a class
+        # prediction, or a profile without points)
+        kinds = [""] * len(profile.features) + (
+            [profile.prediction.kind] if profile.prediction is not None else [])
+        ks_points = [c.ks_values.size if k in ("", "value") else 0
+                     for c, k in zip(self._columns, kinds, strict=True)]
+        self._ks_values = np.concatenate(
+            [c.ks_values[:n] for c, n in zip(self._columns, ks_points, strict=True)]
+            + [np.zeros(0)]).astype(np.float64)
+        self._ks_cdf = np.concatenate(
+            [c.ks_cdf[:n] for c, n in zip(self._columns, ks_points, strict=True)]
+            + [np.zeros(0)]).astype(np.float64)
+        self._ks_starts = np.cumsum([0, *ks_points]).astype(np.int64)
         cols = len(self._columns)
         self._edges = np.concatenate([c.edges for c in self._columns] + [np.zeros(0)])
         self._starts = np.cumsum([0] + [c.edges.size for c in self._columns]).astype(np.int64)
@@ -263,9 +281,13 @@ class VersionWindow:
         counts = np.zeros_like(self._cumulative)
         special = np.zeros_like(self._special)
         self._bin(live, counts, special)
+        ks = None
+        if self._ks_kernel is not None:
+            ks = np.full(len(self._columns), np.nan)
+            self._ks_kernel(live, self._ks_values, self._ks_starts, self._ks_cdf, ks)
         drifts = []
         for i, column in enumerate(self._columns):
-            drifts.append(self._drift(i, column, live, counts, special))
+            drifts.append(self._drift(i, column, live, counts, special, ks))
             if tick is not None:
                 tick()
         prediction = self.profile.prediction
@@ -289,8 +311,12 @@ class VersionWindow:
         version serves, not on the monitor's thread under traffic: measured with py-spy, the
         first compute held the GIL for seconds there and cut identity's throughput."""
         scratch = np.zeros_like(self._cumulative)
-        self._kernel(np.full((1, self._ring.shape[1]), np.nan), self._edges, self._starts,
-                     self._lo, self._hi, scratch, np.zeros_like(self._special))
+        row = np.full((1, self._ring.shape[1]), np.nan)
+        self._kernel(row, self._edges, self._starts, self._lo, self._hi, scratch,
+                     np.zeros_like(self._special))
+        if self._ks_kernel is not None:
+            self._ks_kernel(row, self._ks_values, self._ks_starts, self._ks_cdf,
+                            np.zeros(row.shape[1]))
 
     def _bin(self, rows: np.ndarray, counts: np.ndarray, special: np.ndarray) -> None:
         if rows.shape[0]:
@@ -306,13 +332,17 @@ class VersionWindow:
         self._head = int((self._head + rows.shape[0]) % size)
 
     def _drift(self, i: int, column: FeatureProfile, live: np.ndarray, counts: np.ndarray,
-               special: np.ndarray) -> FeatureDrift:
+               special: np.ndarray, ks_all: np.ndarray | None) -> FeatureDrift:
+        """``ks_all``: every column's KS from the kernel (NaN: none), or None to compute
+        this one's with NumPy."""
         bins = column.edges.size + 1
         n = live.shape[0]
         kind = self.profile.prediction.kind if (
             self.profile.prediction is not None and i == len(self.profile.features)) else ""
         ks = None
-        if column.ks_values.size and kind in ("", "value"):
+        if ks_all is not None:
+            ks = None if math.isnan(ks_all[i]) else float(ks_all[i])
+        elif column.ks_values.size and kind in ("", "value"):
             ks = ks_statistic(live[:, i], column.ks_values, column.ks_cdf)
         return FeatureDrift(
             name=column.name, psi=psi(column.fractions, counts[i, :bins]), ks=ks,

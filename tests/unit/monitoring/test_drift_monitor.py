@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sluice.kernels.binning import bin_counts
+from sluice.kernels.ks import ks_columns
 from sluice.server.app import BUNDLED_REPOSITORY
 from sluice.server.config.drift import DriftSettings
 from sluice.server.config.pbtxt import read_model_config
@@ -27,9 +28,11 @@ class Clock:
         return self.now
 
 
-def _monitor(settings: DriftSettings, clock: Clock | None = None, seed: int = 0):
+def _monitor(settings: DriftSettings, clock: Clock | None = None, seed: int = 0,
+             ks_kernel=None):
     hub = MonitorHub()
-    monitor = DriftMonitor(hub, bin_counts, clock=clock or Clock(), seed=seed)
+    monitor = DriftMonitor(hub, bin_counts, clock=clock or Clock(), seed=seed,
+                           ks_kernel=ks_kernel)
     config, _ = read_model_config(DIGITS, "digits")
     profile = load_profile(config, DIGITS / "2")
     assert profile is not None
@@ -211,3 +214,29 @@ def test_a_window_with_nothing_new_or_aged_out_keeps_its_report_without_recomput
     np.testing.assert_array_equal(  # the live counts of the 2 rows left, not the 12
         [sum(f.live) for f in aged.features], [2] * len(aged.features))
     assert monitor.compute_now()[0] is aged
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.5])
+def test_the_ks_kernel_gives_the_figures_numpy_gives_per_feature(scale):
+    rows = HELD_OUT * scale
+    reports = []
+    for kernel in (None, ks_columns):
+        _, monitor, _ = _monitor(DriftSettings(sample=1.0), ks_kernel=kernel)
+        labels = np.arange(len(rows), dtype=np.int64).reshape(-1, 1) % 10
+        monitor.on_finished([_record(rows[i:i + 10], labels[i:i + 10])
+                             for i in range(0, len(rows), 10)])
+        (report,) = monitor.compute_now()
+        reports.append(report)
+    numpy_report, kernel_report = reports
+    assert kernel_report.rows == numpy_report.rows == len(rows)
+    pairs = list(zip(numpy_report.features, kernel_report.features, strict=True))
+    assert sum(a.ks is not None for a, _ in pairs) > 30  # digits' profile keeps ECDF points
+    for a, b in pairs:
+        assert (a.ks is None) == (b.ks is None), a.name
+        if a.ks is not None:
+            assert b.ks == pytest.approx(a.ks, abs=1e-12), a.name
+        assert b.psi == a.psi
+    # a class prediction reports PSI, no KS, either way
+    assert numpy_report.prediction is not None and kernel_report.prediction is not None
+    assert numpy_report.prediction.ks is None and kernel_report.prediction.ks is None
+    assert kernel_report.prediction.psi == numpy_report.prediction.psi
