@@ -58,15 +58,15 @@ def ks_columns(x, values, starts, cdf, out):
                 if hi <= lo or lo < 0 or hi > values.shape[0]:
                     continue
                 live[b] += 1
-                # a = #{points <= v}, branch-free halving (a data-dependent branch per step
-                # mispredicts about half the time on live data)
+                # a = #{points <= v} (upper bound)
                 a = lo
-                size = hi - lo
-                while size > 1:
-                    half = size >> 1
-                    a += half * (values[a + half - 1] <= v)
-                    size -= half
-                a += values[a] <= v
+                c = hi
+                while a < c:
+                    m = (a + c) >> 1
+                    if values[m] <= v:
+                        a = m + 1
+                    else:
+                        c = m
                 if a > lo and values[a - 1] == v:
                     equal[b, a - 1 - lo] += 1
                 else:
@@ -94,9 +94,3 @@ def ks_columns(x, values, starts, cdf, out):
                 best = max(best, abs(1.0 - before))
             out[j] = best
 
-
-def warmup() -> None:
-    """Compile :func:`ks_columns` for the types the monitor passes (or read it from Numba's
-    cache), so the first compute does not pay for it."""
-    ks_columns(np.zeros((1, 1)), np.zeros(1), np.array([0, 1], dtype=np.int64), np.ones(1),
-               np.zeros(1))

@@ -337,12 +337,10 @@ class VersionWindow:
         this one's with NumPy."""
         bins = column.edges.size + 1
         n = live.shape[0]
-        kind = self.profile.prediction.kind if (
-            self.profile.prediction is not None and i == len(self.profile.features)) else ""
         ks = None
         if ks_all is not None:
             ks = None if math.isnan(ks_all[i]) else float(ks_all[i])
-        elif column.ks_values.size and kind in ("", "value"):
+        elif self._ks_starts[i + 1] > self._ks_starts[i]:  # a column KS is reported for
             ks = ks_statistic(live[:, i], column.ks_values, column.ks_cdf)
         return FeatureDrift(
             name=column.name, psi=psi(column.fractions, counts[i, :bins]), ks=ks,
