@@ -28,10 +28,10 @@ the extra over ``off`` of the same checkout. Give two checkouts (``--checkout /p
 **Per record** (``--subscribers``): the monitors' own CPU on the hub's thread for synthetic
 identity answers handed over in drains of ``--drain`` records (500: one 250 ms drain at 2k
 requests/s), best of 5: live quality's ``on_finished``, the prediction log's sampling and
-hand-off, its writer (Arrow table and zstd Parquet row group), drift's sampling, and drift's
-compute amortized over 20,000 records. These are the figures that hold the GIL the event loop
-needs (issue 13: quality at ~20 us per record cost ~20% of identity's throughput at c=64 on
-2 cores).
+hand-off (the Arrow table included), its writer (zstd Parquet row groups), drift's sampling,
+and drift's compute amortized over 20,000 records. These are the figures that hold the GIL
+the event loop needs (issue 13: quality at ~20 us per record cost ~20% of identity's
+throughput at c=64 on 2 cores).
 
 Like every benchmark here, the measured programs run the server's code in subprocesses (with
 ``python -c``, the checkout's ``.ci/pythonpath`` and root first on PYTHONPATH); this module never

@@ -3,13 +3,13 @@ for long.
 
 Why: CPython gives the GIL to a waiting thread whenever its holder releases it, and takes it back
 from a busy holder only after the switch interval (5 ms). A monitor thread that computes for
-200 ms in Python (the prediction log's Arrow tables, drift's per-feature statistics) gets the GIL
-each time the event loop releases it, which the loop does at every poll of its selector; for those
-200 ms the loop runs in slivers of one iteration per switch interval, and every request in flight
-waits: with the whole feedback loop on, that and the full garbage collections
-(:mod:`sluice.server.heap`) multiplied identity's p99 at c=64 (x2.7). A thread that sleeps a
-little after each short stretch leaves the loop whole stretches of GIL: the same work, spread
-out.
+200 ms in Python (drift's per-feature statistics; the prediction log's Arrow tables when its
+writer built them) gets the GIL each time the event loop releases it, which the loop does at
+every poll of its selector; for those 200 ms the loop runs in slivers of one iteration per
+switch interval, and every request in flight waits: with the whole feedback loop on, that and
+the full garbage collections (:mod:`sluice.server.heap`) multiplied identity's p99 at c=64
+(x2.7). A thread that sleeps a little after each short stretch leaves the loop whole stretches
+of GIL: the same work, spread out.
 
 :class:`Pacer` is that rhythm: call :meth:`Pacer.tick` between small units of work; once the
 current stretch is ``stretch_s`` long it sleeps ``pause_s`` (the GIL released) and starts the

@@ -1,9 +1,10 @@
 """The prediction log: a sampled share of each configured model's finished requests, written to
 Parquet off the request path.
 
-Its hub subscriber (:meth:`PredictionLog.on_finished`, on the monitor hub's thread) only samples
-and hands the kept records to the :class:`~.prediction_writer.PredictionWriter`'s bounded intake;
-encoding and disk I/O happen on the writer's own thread. A model is watched on the hub only while
+Its hub subscriber (:meth:`PredictionLog.on_finished`, on the monitor hub's thread) samples and
+hands the kept records to the :class:`~.prediction_writer.PredictionWriter`'s bounded intake,
+which turns them into an Arrow table there and then; Parquet encoding, compression and disk I/O
+happen on the writer's own thread. A model is watched on the hub only while
 its sample rate is above 0, so a model that is not logged costs the request path one dict lookup.
 
 Settings per model (:class:`~sluice.server.config.prediction_logging.LoggingConfig`) come from

@@ -1,26 +1,27 @@
-"""The prediction log's background writer: a bounded intake of sampled records and the one thread
-that turns them into Parquet row groups (:mod:`.prediction_files`).
+"""The prediction log's background writer: a bounded intake of sampled records, already turned into
+Arrow tables, and the one thread that writes them as Parquet row groups (:mod:`.prediction_files`).
 
-Why a thread of its own: encoding and compressing a row group takes milliseconds, which the
-monitor hub's thread (shared by every monitor) must not spend. The intake is a deque of batches
-with a record count under a lock; :meth:`PredictionWriter.put` never waits for the disk: what
-does not fit is dropped and counted (``queue_full``). The thread groups records per (model,
-logging schema) and writes one row group when ``batch_records`` are pending or the oldest has
-waited ``flush_s``, so files hold a few large row groups rather than many small ones. It turns
-them into Arrow ``slice_records`` at a time with a :class:`~.pacing.Pacer` tick between slices:
-the conversion is Python work that holds the GIL the event loop needs (one table of a second's
-records held it for tens of milliseconds). Few, large slices: each table has a fixed cost
-(~0.3 ms), so converting every hub hand-off (~50 records) on arrival cost more in all
-(prediction_log_bench: 22.7 us of CPU per record against 14.8 with 512-record slices). With
-250 ms drains (~300 records a hand-off) it still did, inside the server: woken for each
-hand-off, this thread spent 22-25 us per identity request under perf_analyzer (c=64) against
-14-17 when woken once a second, and the hub's thread 14-15 against 9-12.
+Who does what: :meth:`PredictionWriter.put` converts the records it takes into an Arrow table
+on the caller's thread (the monitor hub's, right after the log sampled them) and queues the
+table; the writer's thread joins the queued tables of each (model, logging schema) and writes
+one row group when ``batch_records`` records are pending or the oldest has waited ``flush_s``,
+so files hold a few large row groups rather than many small ones. Encoding and compressing a row
+group takes milliseconds, mostly without the GIL, which the hub's thread (shared by every
+monitor) must not spend; the conversion is Python work that holds the GIL, done where it is
+cheapest and least bursty. Measured inside the server under perf_analyzer (identity, c=64, the
+log at 100%, three rounds side by side): converting on the writer's thread once a second, in
+paced slices, took p99 to 36.0 / 33.4 / 31.9 ms against 26.3 / 25.8 / 27.7 with the model
+watched but nothing logged; converting at the hand-off, 26.8 / 30.9 / 26.4. At the hand-off the
+records were touched a moment ago (cold records, a second old, cost twice the CPU to convert)
+and each table is a quarter of a second's records, not a second's; the writer then holds no
+record, so nothing of a request outlives its hand-off.
 
 Promises:
 - ``put`` never blocks on I/O and never raises.
 - Every record put is, in the end, in a readable file (``written``), or counted in ``dropped``
   under one reason: ``queue_full``, ``write_error`` (the disk refused it or the file it was in),
-  ``encode_error`` (it does not fit its model's schema; a bug of ours, logged).
+  ``encode_error`` (it does not fit its model's schema; a bug of ours, logged; counted by
+  ``put``).
 - ``flush`` returns once every record put before it is settled (its file closed or dropped).
 """
 
@@ -37,7 +38,6 @@ import numpy as np
 import pyarrow as pa
 
 from sluice.server.monitoring.hub import Finished
-from sluice.server.monitoring.pacing import Pacer
 from sluice.server.monitoring.prediction_files import PartitionFiles
 from sluice.server.monitoring.prediction_schema import RecordSchema
 
@@ -48,13 +48,15 @@ _LOG_EVERY_S = 60.0
 
 
 class _Pending:
-    """Records of one (model, schema) waiting for their row group, oldest first."""
+    """Tables of one (model, schema) waiting for their row group, oldest first."""
 
-    __slots__ = ("schema", "records", "since")
+    __slots__ = ("schema", "parts", "records", "since")
 
     def __init__(self, schema: RecordSchema, since: float) -> None:
         self.schema = schema
-        self.records: list[Finished] = []
+        #: (UTC date, table, records in it).
+        self.parts: list[tuple[str, pa.Table, int]] = []
+        self.records = 0
         #: When the oldest arrived (this thread's clock).
         self.since = since
 
@@ -64,23 +66,20 @@ class PredictionWriter:
 
     def __init__(
         self, root: Path, *, tag: str, capacity_records: int = 100_000,
-        batch_records: int = 8192, flush_s: float = 1.0, slice_records: int = 512,
+        batch_records: int = 8192, flush_s: float = 1.0,
         max_file_bytes: int = 64 * 1024 * 1024, max_file_age_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic, pacer: Pacer | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``slice_records``: records converted between two of ``pacer``'s ticks."""
         self.root = root
         self.capacity = capacity_records
         self._batch_records = batch_records
         self._flush_s = flush_s
-        self._slice_records = slice_records
         self._clock = clock
-        self._pacer = pacer or Pacer()
         self.files = PartitionFiles(root, tag=tag, max_file_bytes=max_file_bytes,
                                     max_file_age_s=max_file_age_s, settled=self._settled,
                                     clock=clock)
         self._cond = threading.Condition()
-        self._intake: deque[tuple[str, RecordSchema, list[Finished]]] = deque()
+        self._intake: deque[tuple[str, RecordSchema, str, pa.Table, int]] = deque()
         self._queued = 0
         #: Flush requests not yet served (each an event set once it is).
         self._flushes: list[threading.Event] = []
@@ -95,20 +94,46 @@ class PredictionWriter:
     # -- producers (the hub's thread) ------------------------------------------------------------
 
     def put(self, model: str, schema: RecordSchema, records: list[Finished]) -> int:
-        """Queue ``records`` of ``model`` for writing under ``schema``; those beyond the
-        capacity are dropped and counted. Returns how many were queued."""
-        with self._cond:
+        """Convert ``records`` of ``model`` into Arrow under ``schema`` (on this thread) and
+        queue them for writing; those beyond the capacity are dropped and counted, as are
+        records that do not fit the schema. Returns how many were queued."""
+        with self._cond:  # the room is taken before converting: nothing converted is dropped
             room = self.capacity - self._queued
             taken = records if len(records) <= room else records[:max(room, 0)]
-            if taken:
-                self._intake.append((model, schema, taken))
-                self._queued += len(taken)
-                if self._queued >= self._batch_records:
-                    self._cond.notify()
+            self._queued += len(taken)
         refused = len(records) - len(taken)
         if refused:
             self.drop(model, "queue_full", refused)
-        return len(taken)
+        if not taken:
+            return 0
+        tables = []
+        for date, group in _by_date(taken).items():
+            table, fitting = self._convert(model, schema, group)
+            if table is not None:
+                tables.append((model, schema, date, table, fitting))
+        queued = sum(t[-1] for t in tables)
+        with self._cond:
+            self._intake.extend(tables)
+            self._queued -= len(taken) - queued
+            if self._queued >= self._batch_records:
+                self._cond.notify()
+        return queued
+
+    def _convert(self, model: str, schema: RecordSchema,
+                 records: list[Finished]) -> tuple[pa.Table | None, int]:
+        """(the table of ``records``, how many it holds); when some do not fit the schema (a
+        bug of ours), each is converted alone and only those are dropped (logged once)."""
+        try:
+            return schema.table(records), len(records)
+        except Exception:
+            log.exception("prediction log: records of model '%s' do not fit its schema", model)
+        tables = []
+        for record in records:
+            try:
+                tables.append(schema.table([record]))
+            except Exception:
+                self.drop(model, "encode_error", 1)
+        return (pa.concat_tables(tables), len(tables)) if tables else (None, 0)
 
     def drop(self, model: str, reason: str, count: int) -> None:
         """Count ``count`` records of ``model`` dropped for ``reason`` (logged now and then)."""
@@ -162,7 +187,6 @@ class PredictionWriter:
                     self._cond.wait(self._flush_s)
                 stopping, flushes = self._stop, self._flushes
                 self._flushes = []
-            self._pacer.start()
             self._take(pending)
             self._write(pending, flush=stopping or bool(flushes))
             for done in flushes:
@@ -180,14 +204,15 @@ class PredictionWriter:
             items = list(self._intake)
             self._intake.clear()
         now = self._clock()
-        for model, schema, records in items:
+        for model, schema, date, table, records in items:
             key = (model, schema.key)
             entry = pending.get(key)
             if entry is None:
                 entry = pending[key] = _Pending(schema, now)
-            entry.records.extend(records)
+            entry.parts.append((date, table, records))
+            entry.records += records
         # counted out only once held here: the capacity bounds the queue and this thread's hand
-        taken = sum(len(records) for _, _, records in items)
+        taken = sum(item[-1] for item in items)
         if taken:
             with self._cond:
                 self._queued -= taken
@@ -197,7 +222,7 @@ class PredictionWriter:
         now = self._clock()
         for key in list(pending):
             entry = pending[key]
-            if (flush or len(entry.records) >= self._batch_records
+            if (flush or entry.records >= self._batch_records
                     or now - entry.since >= self._flush_s):
                 del pending[key]
                 self._write_entry(key[0], entry)
@@ -205,29 +230,17 @@ class PredictionWriter:
             self.files.close_all()
 
     def _write_entry(self, model: str, entry: _Pending) -> None:
-        """One row group per date: the records converted ``slice_records`` at a time, a pacer
-        tick between slices, the slices' tables joined (no copy) and written."""
-        for date, records in _by_date(entry.records).items():
-            tables: list[pa.Table] = []
-            converted = 0
-            step = self._slice_records
-            for at in range(0, len(records), step):
-                part = records[at:at + step]
-                try:
-                    tables.append(entry.schema.table(part))
-                    converted += len(part)
-                except Exception:
-                    log.exception("prediction log: records of model '%s' do not fit its schema",
-                                  model)
-                    self.drop(model, "encode_error", len(part))
-                self._pacer.tick()
-            if not tables:
-                continue
+        """One row group per date: the tables of that date joined (no copy) and written."""
+        dates: dict[str, list[tuple[pa.Table, int]]] = {}
+        for date, table, records in entry.parts:
+            dates.setdefault(date, []).append((table, records))
+        for date, parts in dates.items():
+            records = sum(n for _, n in parts)
             try:
-                self.files.write(model, date, entry.schema.key, pa.concat_tables(tables),
-                                 converted)
+                self.files.write(model, date, entry.schema.key,
+                                 pa.concat_tables([table for table, _ in parts]), records)
             except OSError:
-                self.drop(model, "write_error", converted)
+                self.drop(model, "write_error", records)
 
     def _settled(self, model: str, records: int, readable: bool) -> None:
         if readable:

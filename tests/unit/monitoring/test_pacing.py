@@ -1,6 +1,6 @@
 """The pacer that keeps monitor threads' work in short stretches: it pauses once a stretch is
-long enough, never before, starts a new stretch after each pause or wait; the prediction log's
-writer ticks it between slices of records, drift's scheduled compute between features."""
+long enough, never before, starts a new stretch after each pause or wait; drift's scheduled
+compute ticks it between features."""
 
 from __future__ import annotations
 
@@ -10,15 +10,11 @@ from sluice.kernels.binning import bin_counts
 from sluice.server.app import BUNDLED_REPOSITORY
 from sluice.server.config.drift import DriftSettings
 from sluice.server.config.pbtxt import read_model_config
-from sluice.server.config.prediction_logging import LoggingConfig
 from sluice.server.monitoring.drift import DriftMonitor
 from sluice.server.monitoring.hub import Finished, MonitorHub
 from sluice.server.monitoring.pacing import Pacer
-from sluice.server.monitoring.prediction_schema import RecordSchema
-from sluice.server.monitoring.prediction_writer import PredictionWriter
 from sluice.server.monitoring.profile_load import load_profile
 from tests.support.fake_clock import FakeClock
-from tests.unit.monitoring.test_prediction_writer import DIGITS, read, record
 
 
 class Sleeps:
@@ -63,26 +59,6 @@ def test_a_wait_for_work_starts_a_new_stretch_and_pause_zero_never_sleeps():
     clock.advance(5.0)
     off.tick()
     assert sleep.taken == [] and off.pauses == 0
-
-
-def test_the_writer_converts_in_slices_with_a_tick_between_and_loses_no_row(tmp_path):
-    ticks = []
-
-    class Counting(Pacer):
-        def tick(self) -> None:
-            ticks.append(1)
-
-    out = PredictionWriter(tmp_path, tag="t", clock=FakeClock(), slice_records=4,
-                           pacer=Counting())
-    records = [record(i, 1 + i % 3) for i in range(10)]
-    out.put("digits", RecordSchema(DIGITS, LoggingConfig(1.0)), records)
-    out.close()
-    table = read(tmp_path)
-    assert len(ticks) == 3  # 4 + 4 + 2 records
-    assert out.written == {"digits": 10} and not out.dropped
-    assert table.num_rows == sum(1 + i % 3 for i in range(10))
-    got = {(r["id"], r["row"]): r["output_label"] for r in table.to_pylist()}
-    assert got == {(f"r{i}", n): n + i for i in range(10) for n in range(1 + i % 3)}
 
 
 def test_the_scheduled_drift_compute_ticks_between_features():

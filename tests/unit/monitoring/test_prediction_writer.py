@@ -195,3 +195,29 @@ def test_one_row_requests_with_arms_that_differ_read_back_exactly(tmp_path):
         (f"r{i}", 0, ("stable", "candidate")[i % 2], f"caller{i // 3}", "OK") for i in range(6)]
     assert [r["output_label"] for r in rows] == [int(r.outputs["label"][0, 0]) for r in records]
     assert [r["latency_s"] for r in rows] == [r.latency_s for r in records]
+
+
+def test_put_converts_the_records_so_the_writer_holds_none_of_them(tmp_path):
+    """The Arrow conversion happens in ``put``, on the caller's (the hub's) thread: arrays the
+    records point to can change, or go, once it returns, and the file has what was put."""
+    out = writer(tmp_path)
+    records = [record(i, 2) for i in range(3)]
+    put = [r.outputs["label"].copy() for r in records]
+    assert out.put("digits", RecordSchema(DIGITS, LoggingConfig(1.0)), records) == 3
+    assert out.queued == 3
+    for r in records:
+        r.outputs["label"][:] = -1
+    out.close()
+    rows = read(tmp_path).to_pylist()
+    assert [r["output_label"] for r in rows] == [int(v) for p in put for v in p[:, 0]]
+
+
+def test_a_record_that_does_not_fit_its_schema_loses_only_itself(tmp_path):
+    out = writer(tmp_path)
+    records = [record(i, 1) for i in range(5)]
+    records[2].outputs["probabilities"] = np.array([["not a number"] * 10], dtype=object)
+    assert out.put("digits", RecordSchema(DIGITS, LoggingConfig(1.0)), records) == 4
+    assert out.dropped == {("digits", "encode_error"): 1}  # counted by put, before any write
+    out.close()
+    assert out.written == {"digits": 4}
+    assert read(tmp_path).column("id").to_pylist() == ["r0", "r1", "r3", "r4"]
