@@ -26,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sluice.server.monitoring.prediction_schema import DICTIONARY_COLUMNS
+
 log = logging.getLogger(__name__)
 
 
@@ -109,7 +111,9 @@ class PartitionFiles:
         # without the GIL; a Python sink took the GIL back for every page written.
         sink = pa.OSFile(str(partial), "wb")
         try:
-            writer = pq.ParquetWriter(sink, schema, compression="zstd")
+            writer = pq.ParquetWriter(
+                sink, schema, compression="zstd",
+                use_dictionary=[c for c in DICTIONARY_COLUMNS if c in schema.names])
         except BaseException:
             sink.close()
             raise

@@ -46,6 +46,12 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "INT64": pa.int64(), "FP16": pa.float16(), "FP32": pa.float32(), "FP64": pa.float64(),
     "BYTES": pa.binary(),
 }
+#: The columns Parquet dictionary-encodes: few distinct values in a row group. The rest (ids,
+#: times, latencies, tensors) are mostly distinct, where a dictionary is built, outgrown and
+#: dropped for each column chunk: writing every column with one cost 1.12 us per identity row
+#: against 0.45 with these only, and made files larger (116 against 77 bytes per row; digits
+#: with inputs 4.48 against 1.07 us, 450 against 286 bytes; zstd, 4,400 distinct records).
+DICTIONARY_COLUMNS = ("version", "arm", "caller", "status")
 _FIXED = pa.schema([
     ("id", pa.string()), ("row", pa.int32()), ("time", pa.timestamp("us", tz="UTC")),
     ("version", pa.int64()), ("arm", pa.string()), ("caller", pa.string()),

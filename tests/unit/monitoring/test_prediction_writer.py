@@ -221,3 +221,25 @@ def test_a_record_that_does_not_fit_its_schema_loses_only_itself(tmp_path):
     out.close()
     assert out.written == {"digits": 4}
     assert read(tmp_path).column("id").to_pylist() == ["r0", "r1", "r3", "r4"]
+
+
+def test_only_the_few_valued_columns_are_dictionary_encoded(tmp_path):
+    """Ids, times and tensors are mostly distinct: a dictionary for them costs CPU and bytes
+    (prediction_schema.DICTIONARY_COLUMNS says how much); version, arm, caller, status get one."""
+    import pyarrow.parquet as pq
+
+    out = writer(tmp_path)
+    out.put("digits", RecordSchema(DIGITS, LoggingConfig(1.0, inputs=True)),
+            [record(i, 2) for i in range(20)])
+    out.close()
+    (path,) = tmp_path.rglob("*.parquet")
+    meta = pq.ParquetFile(path).metadata
+    names = meta.schema.to_arrow_schema().names
+    chunks = meta.row_group(0)
+    dictionary = {
+        chunks.column(i).path_in_schema.split(".")[0]
+        for i in range(chunks.num_columns)
+        if any("DICTIONARY" in e for e in chunks.column(i).encodings)
+    }
+    assert dictionary == {"version", "arm", "caller", "status"}, dictionary
+    assert {"id", "time", "latency_s", "output_probabilities", "input_input"} <= set(names)
