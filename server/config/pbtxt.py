@@ -117,6 +117,8 @@ def parse_model_config(text: str, *, source: str) -> mc.ModelConfig:
         raise ModelLoadError(f"{source}: {exc}") from None
     except DeprecationWarning as exc:
         raise ModelLoadError(f"{source}: not valid protobuf text: {exc}") from None
+    except ValueError as exc:  # protobuf's own check on setting a value (an enum out of range)
+        raise ModelLoadError(f"{source}: not valid protobuf text: {exc}") from None
     unsupported = sorted({p for p in set_fields(message) if p not in SUPPORTED_FIELDS})
     if unsupported:
         raise ModelLoadError(

@@ -214,3 +214,14 @@ def test_an_invalid_escape_in_config_text_is_a_load_error_naming_the_file():
     with pytest.raises(ModelLoadError, match=r"^model 'm' config.pbtxt: not valid protobuf text: "
                                              r".*invalid escape sequence"):
         parse_model_config('name: "a\\i"', source="model 'm' config.pbtxt")
+
+
+def test_an_enum_number_out_of_range_is_a_load_error_naming_the_file():
+    """protobuf's text parser raises ValueError, not its ParseError, when setting an enum to a
+    number past int32 (found by the fuzz campaign: data_type: 99999999999999999999)."""
+    from sluice.server.config.pbtxt import parse_model_config
+
+    with pytest.raises(ModelLoadError, match=r"^model 'm' config.pbtxt: not valid protobuf text: "
+                                             r"Value out of range: 99999999999999999999"):
+        parse_model_config("input [ { name: \"x\" data_type: 99999999999999999999 } ]",
+                           source="model 'm' config.pbtxt")
