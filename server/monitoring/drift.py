@@ -9,7 +9,10 @@ The monitor's own thread computes every ``interval_s``: bins the new rows with t
 the composition root injects (``sluice.kernels.binning.bin_counts``; this package imports no
 Numba), then PSI, KS, missing and out-of-range rates per feature, and the prediction's drift
 (:mod:`.drift_stats`). /metrics (:mod:`.drift_metrics`) and the ``DriftReport`` admin RPC read
-the last figures.
+the last figures. A scheduled compute runs its kernels in chunks at 15% of one CPU
+(:class:`~.pacing.DutyCycle`: for cnn's 3,072 features, ~1 s of kernels becomes ~6 s, inside the
+interval) and its Python in short stretches (:class:`~.pacing.Pacer`); one asked for (admin,
+tests) runs at full speed.
 
 Promises:
 - Nothing here runs on the request path; a request never waits for, or fails because of, drift.
@@ -34,7 +37,7 @@ from sluice.server.config.drift import DriftSettings, read_drift
 from sluice.server.config.model import ModelConfig
 from sluice.server.monitoring.drift_window import BinKernel, DriftReport, KsKernel, VersionWindow
 from sluice.server.monitoring.hub import Finished, MonitorHub
-from sluice.server.monitoring.pacing import Pacer
+from sluice.server.monitoring.pacing import DutyCycle, Pacer
 from sluice.server.monitoring.profile import Profile
 from sluice.server.monitoring.profile_load import load_profile
 
@@ -53,12 +56,14 @@ class DriftMonitor:
         is_loaded: Callable[[str, int], bool] | None = None,
         clock: Callable[[], float] = time.monotonic, seed: int | None = None,
         pacer: Pacer | None = None, ks_kernel: KsKernel | None = None,
+        duty: DutyCycle | None = None,
     ) -> None:
         """``is_loaded(model, version)``: whether a version serves (reports leave out the rest;
         None: all). ``seed`` fixes the sampling draws (tests). ``pacer`` spreads the scheduled
-        computes (between features) so they never hold the GIL long. ``ks_kernel``: every
-        feature's KS in one GIL-free call (the server's: ``sluice.kernels.ks.ks_columns``);
-        None: NumPy per feature, the same figures."""
+        computes (between features) so they never hold the GIL long, and ``duty`` their
+        kernels (in chunks, at a share of one CPU: :class:`~.pacing.DutyCycle`).
+        ``ks_kernel``: every feature's KS in one GIL-free call (the server's:
+        ``sluice.kernels.ks.ks_columns``); None: NumPy per feature, the same figures."""
         self._hub = hub
         self._kernel = kernel
         self._ks_kernel = ks_kernel
@@ -67,6 +72,7 @@ class DriftMonitor:
         self._clock = clock
         self._rng = np.random.default_rng(seed)
         self._pacer = pacer or Pacer()
+        self._duty = duty or DutyCycle()
         #: (model, version) -> window; replaced whole (copy on write), so readers need no lock.
         self._windows: dict[tuple[str, int], VersionWindow] = {}
         self._changing = threading.Lock()
@@ -147,11 +153,11 @@ class DriftMonitor:
         """Compute every window now (the schedule does this every ``interval_s``, ``paced``)."""
         with self._computing:
             now = self._clock()
-            tick = None
+            tick = duty = None
             if paced:
                 self._pacer.start()
-                tick = self._pacer.tick
-            return [window.compute(now, tick) for window in list(self._windows.values())]
+                tick, duty = self._pacer.tick, self._duty
+            return [window.compute(now, tick, duty) for window in list(self._windows.values())]
 
     def start(self) -> None:
         if self._thread is None:

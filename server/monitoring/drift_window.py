@@ -28,7 +28,12 @@ import numpy as np
 from sluice.server.config.drift import DriftSettings
 from sluice.server.monitoring.drift_stats import ks_statistic, psi
 from sluice.server.monitoring.hub import Finished
+from sluice.server.monitoring.pacing import DutyCycle
 from sluice.server.monitoring.profile import FeatureProfile, Profile, prediction_values
+
+#: Rows binned, and columns given their KS, per kernel call when the compute is paced.
+_ROW_CHUNK = 500
+_KS_COLUMNS = 256
 
 #: bin_counts(x, edges, starts, lo, hi, counts, special): ``sluice.kernels.binning.bin_counts``.
 BinKernel = Callable[..., None]
@@ -259,15 +264,17 @@ class VersionWindow:
 
     # -- the monitor's thread ---------------------------------------------------------------
 
-    def compute(self, now: float, tick: Callable[[], None] | None = None) -> DriftReport:
+    def compute(self, now: float, tick: Callable[[], None] | None = None,
+                duty: DutyCycle | None = None) -> DriftReport:
         """Take the queued rows in, recompute the window's figures, publish and return them;
         ``tick`` is called between features (a :class:`~.pacing.Pacer`'s: a model of 784
-        features takes tens of milliseconds of Python)."""
+        features takes tens of milliseconds of Python); with ``duty``, the kernels run in
+        chunks of rows (binning) and of columns (KS), each through it (the same figures)."""
         with self._lock:
             pending, self._pending = self._pending, deque()
             self._pending_rows = 0
         for when, rows in pending:
-            self._bin(rows, self._cumulative, self._special)
+            self._bin(rows, self._cumulative, self._special, duty)
             self.sampled_rows += rows.shape[0]
             self._write(when, rows)
         cutoff = now - self.settings.window_s
@@ -280,11 +287,8 @@ class VersionWindow:
         self._oldest_live = float(self._times[in_window].min()) if live.shape[0] else np.inf
         counts = np.zeros_like(self._cumulative)
         special = np.zeros_like(self._special)
-        self._bin(live, counts, special)
-        ks = None
-        if self._ks_kernel is not None:
-            ks = np.full(len(self._columns), np.nan)
-            self._ks_kernel(live, self._ks_values, self._ks_starts, self._ks_cdf, ks)
+        self._bin(live, counts, special, duty)
+        ks = self._ks(live, duty) if self._ks_kernel is not None else None
         drifts = []
         for i, column in enumerate(self._columns):
             drifts.append(self._drift(i, column, live, counts, special, ks))
@@ -318,10 +322,34 @@ class VersionWindow:
             self._ks_kernel(row, self._ks_values, self._ks_starts, self._ks_cdf,
                             np.zeros(row.shape[1]))
 
-    def _bin(self, rows: np.ndarray, counts: np.ndarray, special: np.ndarray) -> None:
-        if rows.shape[0]:
-            self._kernel(np.ascontiguousarray(rows), self._edges, self._starts, self._lo,
-                         self._hi, counts, special)
+    def _bin(self, rows: np.ndarray, counts: np.ndarray, special: np.ndarray,
+             duty: DutyCycle | None = None) -> None:
+        rows = np.ascontiguousarray(rows)
+        step = _ROW_CHUNK if duty is not None else max(rows.shape[0], 1)
+        for at in range(0, rows.shape[0], step):
+            args = (rows[at:at + step], self._edges, self._starts, self._lo, self._hi, counts,
+                    special)
+            if duty is None:
+                self._kernel(*args)
+            else:
+                duty.run(self._kernel, *args)
+
+    def _ks(self, live: np.ndarray, duty: DutyCycle | None) -> np.ndarray:
+        """Every column's KS from the kernel (NaN: none); with ``duty``, ``_KS_COLUMNS``
+        columns at a time (each chunk copied contiguous: the kernel reads rows of a block)."""
+        ks_kernel = self._ks_kernel
+        assert ks_kernel is not None
+        ks = np.full(len(self._columns), np.nan)
+        if duty is None:
+            ks_kernel(live, self._ks_values, self._ks_starts, self._ks_cdf, ks)
+            return ks
+        for first in range(0, len(self._columns), _KS_COLUMNS):
+            end = min(first + _KS_COLUMNS, len(self._columns))
+            part = np.full(end - first, np.nan)
+            duty.run(ks_kernel, np.ascontiguousarray(live[:, first:end]), self._ks_values,
+                     self._ks_starts[first:end + 1], self._ks_cdf, part)
+            ks[first:end] = part
+        return ks
 
     def _write(self, when: float, rows: np.ndarray) -> None:
         size = self._ring.shape[0]
