@@ -167,7 +167,8 @@ def test_the_kernel_runs_once_when_a_version_attaches_before_any_traffic():
 
 def test_a_drain_binned_as_one_block_gives_what_record_by_record_gives():
     """Records batched alike go in as one block per drain; one that is not (no 'label' output,
-    rows that disagree, 63 values a row) makes the drain go record by record. Either way the
+    rows that disagree, 63 values a row, values that are not numbers) makes the drain go record
+    by record. Either way the
     window, the counters and what is counted are those of one record at a time."""
     rng = np.random.default_rng(3)
     records = []
@@ -177,7 +178,10 @@ def test_a_drain_binned_as_one_block_gives_what_record_by_record_gives():
     odd = [_record(HELD_OUT[:3]),  # no prediction: its column is missing
            _record(HELD_OUT[:4], np.zeros((2, 1), np.int64)),  # 4 rows, 2 labels: malformed
            _record(np.zeros((2, 63), np.float32), np.zeros((2, 1), np.int64))]  # malformed
-    for drain in (records, [*records[:10], *odd, *records[10:]]):
+    not_numbers = _record(np.full((2, 64), "x", dtype=object), np.zeros((2, 1), np.int64))
+    malformed = []
+    for drain in (records, [*records[:5], not_numbers, *records[5:]],
+                  [*records[:10], *odd, *records[10:]]):
         _, together, _ = _monitor(DriftSettings(sample=1.0))
         together.on_finished(drain)
         _, alone, _ = _monitor(DriftSettings(sample=1.0))
@@ -188,7 +192,8 @@ def test_a_drain_binned_as_one_block_gives_what_record_by_record_gives():
         assert a.features == b.features and a.prediction == b.prediction
         assert (a.cumulative == b.cumulative).all()
         assert (a.cumulative_special == b.cumulative_special).all()
-    assert a.malformed == 2 and a.prediction.missing_rate > 0
+        malformed.append(a.malformed)
+    assert malformed == [0, 1, 2] and a.prediction.missing_rate > 0
 
 
 def test_a_window_with_nothing_new_or_aged_out_keeps_its_report_without_recomputing():
