@@ -86,17 +86,16 @@ def measure(repository: Path, logs: Path, model: str, batch: int,
     ])
     try:
         with server:
-            if args.warmup > 0:  # the same load, its figures discarded (see the docstring)
-                perfanalyzer.run(
+            def load(duration_s: float, max_trials: int) -> dict[str, Any]:
+                return perfanalyzer.run(
                     target=server.target, model=model, concurrency=args.concurrency,
-                    batch=batch, streaming=False, duration_s=args.warmup,
-                    stability_percent=100, max_trials=1,
+                    batch=batch, streaming=False, duration_s=duration_s, stability_percent=100,
+                    max_trials=max_trials,
                 )
-            return perfanalyzer.run(
-                target=server.target, model=model, concurrency=args.concurrency, batch=batch,
-                streaming=False, duration_s=args.window, stability_percent=100,
-                max_trials=args.max_trials,
-            )
+
+            if args.warmup > 0:  # the same load, its figures discarded (see the docstring)
+                load(args.warmup, 1)
+            return load(args.window, args.max_trials)
     except RuntimeError as exc:
         return {"error": str(exc)[-1000:]}
 
