@@ -338,28 +338,19 @@ class VersionWindow:
         rows = np.ascontiguousarray(rows)
         step = _ROW_CHUNK if duty is not None else max(rows.shape[0], 1)
         for at in range(0, rows.shape[0], step):
-            args = (rows[at:at + step], self._edges, self._starts, self._lo, self._hi, counts,
-                    special)
-            if duty is None:
-                self._kernel(*args)
-            else:
-                duty.run(self._kernel, *args)
+            _call(duty, self._kernel, rows[at:at + step], self._edges, self._starts, self._lo,
+                  self._hi, counts, special)
 
     def _ks(self, live: np.ndarray, duty: DutyCycle | None) -> np.ndarray:
         """Every column's KS from the kernel (NaN: none); with ``duty``, ``_KS_COLUMNS``
         columns at a time (each chunk copied contiguous: the kernel reads rows of a block)."""
-        ks_kernel = self._ks_kernel
-        assert ks_kernel is not None
+        assert self._ks_kernel is not None
         ks = np.full(len(self._columns), np.nan)
-        if duty is None:
-            ks_kernel(live, self._ks_values, self._ks_starts, self._ks_cdf, ks)
-            return ks
-        for first in range(0, len(self._columns), _KS_COLUMNS):
-            end = min(first + _KS_COLUMNS, len(self._columns))
-            part = np.full(end - first, np.nan)
-            duty.run(ks_kernel, np.ascontiguousarray(live[:, first:end]), self._ks_values,
-                     self._ks_starts[first:end + 1], self._ks_cdf, part)
-            ks[first:end] = part
+        step = _KS_COLUMNS if duty is not None else max(len(self._columns), 1)
+        for first in range(0, len(self._columns), step):
+            end = first + step  # slices stop at the last column
+            _call(duty, self._ks_kernel, np.ascontiguousarray(live[:, first:end]),
+                  self._ks_values, self._ks_starts[first:end + 1], self._ks_cdf, ks[first:end])
         return ks
 
     def _write(self, when: float, rows: np.ndarray) -> None:
@@ -389,3 +380,11 @@ class VersionWindow:
             edges=self._fixed[i][0], reference=self._fixed[i][1],
             live=tuple(counts[i, :bins].tolist()),
         )
+
+
+def _call(duty: DutyCycle | None, kernel: Callable[..., None], *args: object) -> None:
+    """``kernel(*args)``, through ``duty`` when the compute is paced."""
+    if duty is None:
+        kernel(*args)
+    else:
+        duty.run(kernel, *args)
