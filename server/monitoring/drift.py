@@ -35,7 +35,8 @@ import numpy as np
 
 from sluice.server.config.drift import DriftSettings, read_drift
 from sluice.server.config.model import ModelConfig
-from sluice.server.monitoring.drift_window import BinKernel, DriftReport, KsKernel, VersionWindow
+from sluice.server.monitoring.drift_report import DriftReport
+from sluice.server.monitoring.drift_window import BinKernel, KsKernel, VersionWindow
 from sluice.server.monitoring.hub import Finished, MonitorHub
 from sluice.server.monitoring.pacing import DutyCycle, Pacer
 from sluice.server.monitoring.profile import Profile

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sluice.server.monitoring.drift_window import DriftReport, FeatureDrift
+from sluice.server.monitoring.drift_report import DriftReport, FeatureDrift
 
 #: Features per version on the per-feature gauges unless configured (``--drift-top-features``).
 DEFAULT_TOP = 20

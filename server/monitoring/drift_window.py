@@ -21,15 +21,16 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from sluice.server.config.drift import DriftSettings
+from sluice.server.monitoring.drift_report import DriftReport, FeatureDrift
+from sluice.server.monitoring.drift_rows import record_rows, rows_together
 from sluice.server.monitoring.drift_stats import ks_statistic, psi
 from sluice.server.monitoring.hub import Finished
 from sluice.server.monitoring.pacing import DutyCycle
-from sluice.server.monitoring.profile import FeatureProfile, Profile, prediction_values
+from sluice.server.monitoring.profile import FeatureProfile, Profile
 
 #: Rows binned, and columns given their KS, per kernel call when the compute is paced.
 _ROW_CHUNK = 500
@@ -40,69 +41,6 @@ BinKernel = Callable[..., None]
 #: ks_columns(x, values, starts, cdf, out): ``sluice.kernels.ks.ks_columns`` (every feature's
 #: KS statistic in one call, without the GIL); None: NumPy per feature (``drift_stats``).
 KsKernel = Callable[..., None]
-
-
-@dataclass(frozen=True)
-class FeatureDrift:
-    """One feature (or the prediction) over the window."""
-
-    name: str
-    #: None until the window has a value of it.
-    psi: float | None
-    ks: float | None
-    #: Shares of the window's rows: NaN, below the reference min, above its max.
-    missing_rate: float | None
-    below_rate: float | None
-    above_rate: float | None
-    edges: tuple[float, ...]
-    reference: tuple[float, ...]
-    #: Live rows per bin over the window.
-    live: tuple[int, ...]
-
-    @property
-    def out_of_range_rate(self) -> float | None:
-        if self.below_rate is None or self.above_rate is None:
-            return None
-        return self.below_rate + self.above_rate
-
-
-@dataclass(frozen=True)
-class DriftReport:
-    """A model version's drift as last computed."""
-
-    model: str
-    version: int
-    sample: float
-    window_rows: int
-    window_s: float
-    #: Rows in the window when computed.
-    rows: int
-    features: tuple[FeatureDrift, ...]
-    prediction: FeatureDrift | None
-    prediction_output: str
-    #: "class", "argmax" or "value" ("" without a profiled prediction).
-    prediction_kind: str
-    #: Since the window was made: rows sampled and binned, rows dropped (queue full), records
-    #: whose tensors did not fit the profile.
-    sampled_rows: int
-    dropped_rows: int
-    malformed: int
-    #: Cumulative live rows per bin and (missing, below, above) per column, features then the
-    #: prediction, for the per-bin counters.
-    cumulative: np.ndarray
-    cumulative_special: np.ndarray
-
-    @property
-    def max_psi(self) -> float | None:
-        values = [f.psi for f in self.features if f.psi is not None]
-        return max(values) if values else None
-
-    @property
-    def prediction_drift(self) -> float | None:
-        """PSI of the class distribution, or KS for a regressor's values."""
-        if self.prediction is None:
-            return None
-        return self.prediction.ks if self.prediction_kind == "value" else self.prediction.psi
 
 
 class VersionWindow:
@@ -168,7 +106,7 @@ class VersionWindow:
     def add(self, record: Finished, now: float) -> None:
         """Queue the rows of ``record`` (quick: a reshape and a copy); counted when they do not
         fit the profile or the queue is full."""
-        rows = self._rows(record)
+        rows = record_rows(self.profile, self._batched, record)
         if rows is None:
             self.malformed += 1
             return
@@ -183,7 +121,7 @@ class VersionWindow:
         """:meth:`add` of each of ``records``, as one block of rows when they are batched alike
         and fit the queue whole (a few numpy calls for the lot: one block per drain, binned and
         written to the ring at once), else one by one."""
-        rows = self._rows_together(records) if self._batched and len(records) > 1 else None
+        rows = rows_together(self.profile, records) if self._batched and len(records) > 1 else None
         if rows is not None:
             with self._lock:
                 if self._pending_rows + rows.shape[0] <= self._max_pending:
@@ -192,86 +130,6 @@ class VersionWindow:
                     return
         for record in records:
             self.add(record, now)
-
-    def _rows_together(self, records: list[Finished]) -> np.ndarray | None:
-        """:meth:`_rows` of every record, stacked; None unless every record has every profiled
-        tensor with the same per-row shape and rows agree (those go one by one)."""
-        columns: list[np.ndarray] = []
-        counts: list[int] | None = None
-        named = [(name, True, int(np.prod(dims))) for name, dims in self.profile.inputs]
-        prediction = self.profile.prediction
-        if prediction is not None:
-            named.append((prediction.output, False, 0))
-        for name, is_input, width in named:
-            parts = [(r.inputs if is_input else r.outputs).get(name) for r in records]
-            try:  # refuses a missing (None) or 0-d tensor and mixed per-row shapes
-                merged = np.concatenate(parts)
-                lengths = [len(part) for part in parts]
-            except (ValueError, TypeError):
-                return None
-            if counts is None:
-                counts = lengths
-            elif lengths != counts:
-                return None
-            if is_input:
-                if math.prod(merged.shape[1:]) != width:
-                    return None
-                columns.append(merged.reshape(len(merged), width))
-            else:
-                assert prediction is not None
-                try:
-                    values = prediction_values(prediction.kind, merged.reshape(len(merged), -1))
-                except (ValueError, TypeError):
-                    return None
-                columns.append(values.reshape(-1, 1))
-        if not columns or not self.profile.inputs:
-            return None
-        # each block converted to float64 as it is copied into place: one pass, one array
-        # (astype then hstack made two copies of cnn's 3,072 columns: ~60% of the hub thread's
-        # samples with drift on, py-spy inside the server)
-        rows = np.empty((len(columns[0]), sum(c.shape[1] for c in columns)))
-        at = 0
-        try:
-            for block in columns:
-                rows[:, at:at + block.shape[1]] = block
-                at += block.shape[1]
-        except (ValueError, TypeError):  # not numbers: one by one, where they count as malformed
-            return None
-        return rows
-
-    def _rows(self, record: Finished) -> np.ndarray | None:
-        """The record's rows as columns (features, then the prediction); None when a tensor
-        does not fit the profile."""
-        blocks: list[np.ndarray | None] = []
-        n = None
-        for name, dims in self.profile.inputs:
-            value = record.inputs.get(name)
-            if value is None:
-                blocks.append(None)
-                continue
-            try:
-                block = np.asarray(value, dtype=np.float64).reshape(
-                    -1 if self._batched else 1, int(np.prod(dims)))
-            except (ValueError, TypeError):
-                return None
-            if n is not None and block.shape[0] != n:
-                return None
-            n = block.shape[0]
-            blocks.append(block)
-        if n is None:
-            return None
-        columns = [np.full((n, int(np.prod(dims))), np.nan) if block is None else block
-                   for block, (_, dims) in zip(blocks, self.profile.inputs, strict=True)]
-        prediction = self.profile.prediction
-        if prediction is not None:
-            out = record.outputs.get(prediction.output)
-            try:
-                values = (np.full(n, np.nan) if out is None else
-                          prediction_values(prediction.kind, np.asarray(out).reshape(n, -1)))
-            except (ValueError, TypeError):
-                return None
-            columns.append(values.reshape(n, 1))
-        return np.ascontiguousarray(np.hstack(columns))
 
     # -- the monitor's thread ---------------------------------------------------------------
 

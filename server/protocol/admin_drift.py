@@ -9,7 +9,7 @@ from typing import Any
 from sluice.proto import admin_pb2 as pb
 from sluice.server.errors import InvalidInput, ModelNotFound
 from sluice.server.monitoring.drift import DriftMonitor
-from sluice.server.monitoring.drift_window import DriftReport, FeatureDrift
+from sluice.server.monitoring.drift_report import DriftReport, FeatureDrift
 from sluice.server.protocol.status import fail
 
 _RATES = ("psi", "ks", "missing_rate", "below_rate", "above_rate")
