@@ -114,8 +114,6 @@ _PER_RECORD = r"""
 import json, sys, tempfile, time
 from pathlib import Path
 import numpy as np
-from sluice.kernels.binning import bin_counts
-from sluice.kernels.ks import ks_columns
 from sluice.server.config.pbtxt import read_model_config
 from sluice.server.config.prediction_logging import LoggingConfig
 from sluice.server.monitoring.drift import DriftMonitor
@@ -161,7 +159,13 @@ with tempfile.TemporaryDirectory() as root:
     figures["log (hub)"] = best(each(log.on_finished))
     writer.flush()
     figures["log (hub + writer)"] = best(lambda: (each(log.on_finished)(), writer.flush()))
-drift = DriftMonitor(MonitorHub(), bin_counts, seed=1, ks_kernel=ks_columns)  # as served
+try:  # as served: the coding kernels, or before them (an older checkout) binning and KS
+    from sluice.kernels import drift_codes
+    drift = DriftMonitor(MonitorHub(), drift_codes, seed=1)
+except ImportError:
+    from sluice.kernels.binning import bin_counts
+    from sluice.kernels.ks import ks_columns
+    drift = DriftMonitor(MonitorHub(), bin_counts, seed=1, ks_kernel=ks_columns)
 drift.load_version(config, model_dir / "1")
 each(drift.on_finished)()
 drift.compute_now()

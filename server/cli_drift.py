@@ -106,6 +106,7 @@ async def _profile(args: argparse.Namespace) -> tuple[Path, Any]:
     from sluice.server.errors import ModelNotFound
     from sluice.server.monitoring.profile import (
         FILENAME,
+        MAX_BINS,
         build_profile,
         choose_prediction,
         profiled_inputs,
@@ -114,8 +115,8 @@ async def _profile(args: argparse.Namespace) -> tuple[Path, Any]:
     from sluice.server.monitoring.profile_data import read_reference
 
     check_model_name(args.model)
-    if args.bins < 2:
-        raise ValueError(f"--bins must be at least 2, got {args.bins}")
+    if not 2 <= args.bins <= MAX_BINS:
+        raise ValueError(f"--bins must be from 2 to {MAX_BINS}, got {args.bins}")
     server = Server(ServerConfig(model_repository=args.model_repository, metrics_port=None))
     server.repository.check_version = None  # the profile being replaced may not match
     await server.repository.load(args.model)

@@ -4,7 +4,7 @@ Finished requests reach the monitors through :class:`~sluice.server.monitoring.h
 (the servicer offers them); on it sit the prediction log, live quality and drift. Cost per
 prediction reads the instances' CPU meters. Each registers its collector on the server's
 :class:`~sluice.server.metrics.Metrics`. Part of the composition root: it names the Numba
-binning kernel drift runs on, which the monitors themselves may not import.
+kernels drift runs on, which the monitors themselves may not import.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from collections.abc import Callable
 
 from prometheus_client import ProcessCollector
 
-from sluice.kernels.binning import bin_counts
-from sluice.kernels.ks import ks_columns
+from sluice.kernels import drift_codes
 from sluice.server.config.model import ModelConfig
 from sluice.server.config.settings import ServerConfig
 from sluice.server.metrics import Metrics
@@ -51,7 +50,7 @@ class FeedbackLoop:
         metrics.register(QualityCollector(self.quality.reports))
         # drift: a version's reference profile is read (and checked) as it loads
         self.drift = DriftMonitor(
-            self.hub, bin_counts, interval_s=config.drift_interval_s, ks_kernel=ks_columns,
+            self.hub, drift_codes, interval_s=config.drift_interval_s,
             is_loaded=lambda model, version: repository.find(model, version) is not None,
         )
         repository.check_version = self.drift.load_version

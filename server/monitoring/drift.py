@@ -5,19 +5,19 @@ Owns one :class:`~.drift_window.VersionWindow` per model version that has a refe
 (:mod:`sluice.server.config.drift`). Fed by the :class:`~.hub.MonitorHub`: its subscriber samples
 ``sample`` of the finished requests of each watched version (a random draw per request) and
 queues their rows, one block per version and drain; nothing else happens on the hub's thread.
-The monitor's own thread computes every ``interval_s``: bins the new rows with the Numba kernel
-the composition root injects (``sluice.kernels.binning.bin_counts``; this package imports no
-Numba), then PSI, KS, missing and out-of-range rates per feature, and the prediction's drift
-(:mod:`.drift_stats`). /metrics (:mod:`.drift_metrics`) and the ``DriftReport`` admin RPC read
-the last figures. A scheduled compute runs its kernels in chunks at 15% of one CPU
-(:class:`~.pacing.DutyCycle`: for cnn's 3,072 features, ~1 s of kernels becomes ~6 s, inside the
-interval) and its Python in short stretches (:class:`~.pacing.Pacer`); one asked for (admin,
-tests) runs at full speed.
+The monitor's own thread takes the queued rows in every ``intake_s`` (each value coded once by
+the Numba kernels the composition root injects, ``sluice.kernels.drift_codes``; this package
+imports no Numba), and every ``interval_s`` turns each window's counts into PSI, KS, missing and
+out-of-range rates per feature, and the prediction's drift (:mod:`.drift_window`). /metrics
+(:mod:`.drift_metrics`) and the ``DriftReport`` admin RPC read the last figures. On the
+schedule the kernels run in chunks of ~5 ms at most 15% of one CPU (:class:`~.pacing.DutyCycle`)
+and the report's Python in short stretches (:class:`~.pacing.Pacer`); a compute asked for
+(admin, tests) runs at full speed.
 
 Promises:
 - Nothing here runs on the request path; a request never waits for, or fails because of, drift.
-- Every sampled row is either binned into the window and the per-bin counters once, or counted
-  (``dropped_rows`` when the queue between two computes is full, ``malformed`` when its tensors
+- Every sampled row is either coded into the window and the per-bin counters once, or counted
+  (``dropped_rows`` when the queue between two intakes is full, ``malformed`` when its tensors
   do not fit the profile).
 - A profile that does not match its model fails that model's load, naming the feature
   (:func:`load_version`, called on the loader thread before the version serves).
@@ -36,7 +36,7 @@ import numpy as np
 from sluice.server.config.drift import DriftSettings, read_drift
 from sluice.server.config.model import ModelConfig
 from sluice.server.monitoring.drift_report import DriftReport
-from sluice.server.monitoring.drift_window import BinKernel, KsKernel, VersionWindow
+from sluice.server.monitoring.drift_window import DriftKernels, VersionWindow
 from sluice.server.monitoring.hub import Finished, MonitorHub
 from sluice.server.monitoring.pacing import DutyCycle, Pacer
 from sluice.server.monitoring.profile import Profile
@@ -44,8 +44,11 @@ from sluice.server.monitoring.profile_load import load_profile
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two computes of every window.
+#: Seconds between two computes of every window's figures.
 DEFAULT_INTERVAL_S = 10.0
+#: Seconds between two intakes of the queued rows (at most the interval): a short queue, and
+#: the kernels' work spread evenly rather than in one burst per interval.
+INTAKE_S = 1.0
 
 
 class DriftMonitor:
@@ -53,22 +56,21 @@ class DriftMonitor:
     computes them."""
 
     def __init__(
-        self, hub: MonitorHub, kernel: BinKernel, *, interval_s: float = DEFAULT_INTERVAL_S,
+        self, hub: MonitorHub, kernels: DriftKernels, *,
+        interval_s: float = DEFAULT_INTERVAL_S, intake_s: float = INTAKE_S,
         is_loaded: Callable[[str, int], bool] | None = None,
         clock: Callable[[], float] = time.monotonic, seed: int | None = None,
-        pacer: Pacer | None = None, ks_kernel: KsKernel | None = None,
-        duty: DutyCycle | None = None,
+        pacer: Pacer | None = None, duty: DutyCycle | None = None,
     ) -> None:
-        """``is_loaded(model, version)``: whether a version serves (reports leave out the rest;
-        None: all). ``seed`` fixes the sampling draws (tests). ``pacer`` spreads the scheduled
-        computes (between features) so they never hold the GIL long, and ``duty`` their
-        kernels (in chunks, at a share of one CPU: :class:`~.pacing.DutyCycle`).
-        ``ks_kernel``: every feature's KS in one GIL-free call (the server's:
-        ``sluice.kernels.ks.ks_columns``); None: NumPy per feature, the same figures."""
+        """``kernels``: ``sluice.kernels.drift_codes``. ``is_loaded(model, version)``: whether a
+        version serves (reports leave out the rest; None: all). ``seed`` fixes the sampling
+        draws (tests). ``pacer`` spreads the scheduled reports (between features) so they never
+        hold the GIL long, and ``duty`` the kernels (in chunks, at a share of one CPU:
+        :class:`~.pacing.DutyCycle`)."""
         self._hub = hub
-        self._kernel = kernel
-        self._ks_kernel = ks_kernel
+        self._kernels = kernels
         self._interval_s = interval_s
+        self._intake_s = min(intake_s, interval_s)
         self._is_loaded = is_loaded
         self._clock = clock
         self._rng = np.random.default_rng(seed)
@@ -101,9 +103,8 @@ class DriftMonitor:
     def attach(self, model: str, version: int, profile: Profile, settings: DriftSettings,
                *, batched: bool = True) -> None:
         """Start a fresh window for ``model`` ``version`` (replacing any)."""
-        window = VersionWindow(model, version, profile, settings, batched, self._kernel,
-                               ks_kernel=self._ks_kernel)
-        window.warm()  # the kernel compiles (or loads) now, on the loader's thread
+        window = VersionWindow(model, version, profile, settings, batched, self._kernels)
+        window.warm()  # the kernels compile (or load) now, on the loader's thread
         window.compute(self._clock())  # the empty window's report: served, no rows yet
         with self._changing:
             windows = dict(self._windows)
@@ -172,10 +173,23 @@ class DriftMonitor:
             self._thread.join(timeout_s)
             self._thread = None
 
+    def intake_now(self) -> None:
+        """Take every window's queued rows in, paced (the schedule does this every
+        ``intake_s``)."""
+        with self._computing:
+            now = self._clock()
+            for window in list(self._windows.values()):
+                window.ingest(now, self._duty)
+
     def _main(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        due = time.monotonic() + self._interval_s
+        while not self._stop.wait(self._intake_s):
             try:
-                self.compute_now(paced=True)
+                if time.monotonic() >= due:
+                    due = time.monotonic() + self._interval_s
+                    self.compute_now(paced=True)
+                else:
+                    self.intake_now()
             except Exception:  # a bug of ours: logged, counted, and the schedule goes on
                 self.failures += 1
                 log.exception("drift compute failed")

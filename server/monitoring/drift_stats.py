@@ -1,4 +1,4 @@
-"""The drift statistics, plain NumPy over what the binning kernel counted.
+"""The drift statistics, plain NumPy over what the coding kernels counted.
 
 - **PSI** (population stability index) of live bin counts against the reference's bin
   fractions: ``sum((a - e) * ln(a / e))`` over the bins, where ``a`` and ``e`` are the live and
@@ -24,12 +24,25 @@ PSI_FLOOR = 1e-4
 
 def psi(reference: np.ndarray, live_counts: np.ndarray) -> float | None:
     """PSI of ``live_counts`` (per bin) against ``reference`` fractions; None without rows."""
-    total = float(live_counts.sum())
-    if total <= 0:
-        return None
-    actual = np.maximum(live_counts / total, PSI_FLOOR)
-    expected = np.maximum(np.asarray(reference, dtype=np.float64), PSI_FLOOR)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
+    counts = np.asarray(live_counts)
+    value = psi_rows(np.asarray(reference, dtype=np.float64)[None, :], counts[None, :],
+                     np.array([counts.size]))[0]
+    return None if np.isnan(value) else float(value)
+
+
+def psi_rows(reference: np.ndarray, counts: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """PSI of each row of ``counts`` [f, width] against the same row of ``reference``
+    fractions, over its first ``bins[j]`` bins (the rest are padding); NaN for a row without
+    counts. Every feature of a window in a few NumPy calls."""
+    total = counts.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        actual = np.maximum(counts / total[:, None], PSI_FLOOR)
+    expected = np.maximum(reference, PSI_FLOOR)
+    terms = (actual - expected) * np.log(actual / expected)
+    terms[np.arange(counts.shape[1])[None, :] >= bins[:, None]] = 0.0
+    out = terms.sum(axis=1)
+    out[total <= 0] = np.nan
+    return out
 
 
 def ks_statistic(live: np.ndarray, values: np.ndarray, cdf: np.ndarray) -> float | None:

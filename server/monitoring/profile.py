@@ -41,6 +41,10 @@ DEFAULT_BINS = 10
 DEFAULT_KS_POINTS = 256
 #: Most classes a class prediction may have (the bins of a prediction are its classes).
 MAX_CLASSES = 1000
+#: Most bins and most KS points a feature may have: what drift's per-value codes hold
+#: (``sluice.kernels.drift_codes``: 14 bits of bin, 15 of KS point).
+MAX_BINS = 1 << 14
+MAX_KS_POINTS = (1 << 15) - 1
 _INTEGER = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")
 _FLOAT = ("FP16", "FP32", "FP64", "BF16")
 

@@ -21,7 +21,9 @@ from sluice.server.errors import ModelLoadError
 from sluice.server.monitoring.profile import (
     FILENAME,
     FORMAT,
+    MAX_BINS,
     MAX_CLASSES,
+    MAX_KS_POINTS,
     FeatureProfile,
     PredictionProfile,
     Profile,
@@ -165,6 +167,9 @@ def _feature(item: Any, where: str) -> FeatureProfile:
         np.diff(ks_cdf) < 0
     ):
         raise _Bad(f"{where}: ks_values and ks_cdf must be ascending and of one length")
+    if edges.size + 1 > MAX_BINS or ks_values.size > MAX_KS_POINTS:
+        raise _Bad(f"{where}: at most {MAX_BINS} bins and {MAX_KS_POINTS} ks_values, not "
+                   f"{edges.size + 1} and {ks_values.size}")
     bounds = []
     for key in ("min", "max", "missing"):
         value = item.get(key)

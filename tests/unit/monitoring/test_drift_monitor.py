@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sluice.kernels.binning import bin_counts
-from sluice.kernels.ks import ks_columns
+from sluice.kernels import drift_codes
 from sluice.server.app import BUNDLED_REPOSITORY
 from sluice.server.config.drift import DriftSettings
 from sluice.server.config.pbtxt import read_model_config
 from sluice.server.monitoring.drift import DriftMonitor
+from sluice.server.monitoring.drift_stats import ks_statistic
 from sluice.server.monitoring.hub import Finished, MonitorHub
 from sluice.server.monitoring.profile_load import load_profile
 
@@ -28,11 +28,9 @@ class Clock:
         return self.now
 
 
-def _monitor(settings: DriftSettings, clock: Clock | None = None, seed: int = 0,
-             ks_kernel=None):
+def _monitor(settings: DriftSettings, clock: Clock | None = None, seed: int = 0):
     hub = MonitorHub()
-    monitor = DriftMonitor(hub, bin_counts, clock=clock or Clock(), seed=seed,
-                           ks_kernel=ks_kernel)
+    monitor = DriftMonitor(hub, drift_codes, clock=clock or Clock(), seed=seed)
     config, _ = read_model_config(DIGITS, "digits")
     profile = load_profile(config, DIGITS / "2")
     assert profile is not None
@@ -146,23 +144,28 @@ def test_missing_inputs_and_nan_count_as_missing():
     assert report.prediction.missing_rate == 1.0  # no 'label' output was returned
 
 
-def test_the_kernel_runs_once_when_a_version_attaches_before_any_traffic():
-    """Its compile (or load from Numba's cache) then happens on the loader's thread, not on the
-    monitor's under traffic, where py-spy saw it hold the GIL for seconds."""
-    calls: list[int] = []
+def test_the_kernels_run_once_when_a_version_attaches_before_any_traffic():
+    """Their compile (or load from Numba's cache) then happens on the loader's thread, not on
+    the monitor's under traffic, where py-spy saw it hold the GIL for seconds."""
+    calls: list[str] = []
 
-    def counting(x, *args):
-        calls.append(x.shape[0])
-        return bin_counts(x, *args)
+    class Counting:
+        def __getattr__(self, name):
+            def kernel(*args):
+                calls.append(name)
+                return getattr(drift_codes, name)(*args)
+            return kernel
 
-    monitor = DriftMonitor(MonitorHub(), counting, clock=Clock(), seed=0)
+    monitor = DriftMonitor(MonitorHub(), Counting(), clock=Clock(), seed=0)
     config, _ = read_model_config(DIGITS, "digits")
     profile = load_profile(config, DIGITS / "2")
     assert profile is not None
     monitor.attach("digits", 2, profile, DriftSettings())
-    assert calls == [1]  # one row, into scratch counts
+    assert sorted(calls) == ["encode_rows", "evict_rows", "ks_from_cells", "ks_from_cells",
+                             "ks_guide"]  # the second KS: the empty window's first report
     (report,) = monitor.compute_now()
     assert report.rows == 0 and report.sampled_rows == 0  # the warm-up counted nothing
+    assert report.cumulative.sum() == 0
 
 
 def test_a_drain_binned_as_one_block_gives_what_record_by_record_gives():
@@ -222,26 +225,33 @@ def test_a_window_with_nothing_new_or_aged_out_keeps_its_report_without_recomput
 
 
 @pytest.mark.parametrize("scale", [1.0, 1.5])
-def test_the_ks_kernel_gives_the_figures_numpy_gives_per_feature(scale):
+def test_the_figures_are_what_numpy_gives_per_feature_from_the_rows(scale):
+    """PSI, KS and the rates from the window's counts, against NumPy on the rows themselves
+    (``drift_stats.ks_statistic`` per feature, PSI by hand), after rows came in in drains and
+    the oldest were overwritten."""
     rows = HELD_OUT * scale
-    reports = []
-    for kernel in (None, ks_columns):
-        _, monitor, _ = _monitor(DriftSettings(sample=1.0), ks_kernel=kernel)
-        labels = np.arange(len(rows), dtype=np.int64).reshape(-1, 1) % 10
+    labels = np.arange(len(rows), dtype=np.int64).reshape(-1, 1) % 10
+    _, monitor, profile = _monitor(DriftSettings(sample=1.0, window_rows=300))
+    for first in range(0, len(rows), 120):  # three intakes; the last overwrites 60 rows
         monitor.on_finished([_record(rows[i:i + 10], labels[i:i + 10])
-                             for i in range(0, len(rows), 10)])
+                             for i in range(first, min(first + 120, len(rows)), 10)])
         (report,) = monitor.compute_now()
-        reports.append(report)
-    numpy_report, kernel_report = reports
-    assert kernel_report.rows == numpy_report.rows == len(rows)
-    pairs = list(zip(numpy_report.features, kernel_report.features, strict=True))
-    assert sum(a.ks is not None for a, _ in pairs) > 30  # digits' profile keeps ECDF points
-    for a, b in pairs:
-        assert (a.ks is None) == (b.ks is None), a.name
-        if a.ks is not None:
-            assert b.ks == pytest.approx(a.ks, abs=1e-12), a.name
-        assert b.psi == a.psi
-    # a class prediction reports PSI, no KS, either way
-    assert numpy_report.prediction is not None and kernel_report.prediction is not None
-    assert numpy_report.prediction.ks is None and kernel_report.prediction.ks is None
-    assert kernel_report.prediction.psi == numpy_report.prediction.psi
+    kept = rows[-300:]
+    assert report.rows == 300 and report.sampled_rows == len(rows)
+    np.testing.assert_allclose([f.psi for f in report.features], _by_hand_psi(profile, kept),
+                               rtol=1e-9, atol=1e-12)
+    compared = 0
+    for j, (feature, drift) in enumerate(zip(profile.features, report.features, strict=True)):
+        expected = ks_statistic(kept[:, j], feature.ks_values, feature.ks_cdf)
+        assert (drift.ks is None) == (expected is None), drift.name
+        if expected is not None:
+            assert drift.ks == pytest.approx(expected, abs=1e-12), drift.name
+            compared += 1
+        assert drift.above_rate == np.mean(kept[:, j] > feature.max), drift.name
+        assert drift.below_rate == np.mean(kept[:, j] < feature.min), drift.name
+        assert drift.live == tuple(np.bincount(
+            np.searchsorted(feature.edges, kept[:, j]), minlength=feature.edges.size + 1))
+    assert compared > 30  # digits' profile keeps ECDF points
+    # a class prediction reports PSI, no KS
+    assert report.prediction is not None and report.prediction.ks is None
+    assert report.prediction.live == tuple(np.bincount(labels[-300:, 0], minlength=10))

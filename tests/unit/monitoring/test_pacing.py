@@ -8,8 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sluice.kernels.binning import bin_counts
-from sluice.kernels.ks import ks_columns
+from sluice.kernels import drift_codes
 from sluice.server.app import BUNDLED_REPOSITORY
 from sluice.server.config.drift import DriftSettings
 from sluice.server.config.pbtxt import read_model_config
@@ -75,7 +74,7 @@ def test_the_scheduled_drift_compute_ticks_between_features():
     digits = BUNDLED_REPOSITORY / "digits"
     config, _ = read_model_config(digits, "digits")
     profile = load_profile(config, digits / "2")
-    monitor = DriftMonitor(MonitorHub(), bin_counts, seed=0, pacer=Counting())
+    monitor = DriftMonitor(MonitorHub(), drift_codes, seed=0, pacer=Counting())
     monitor.attach("digits", 2, profile, DriftSettings(sample=1.0))
     x = np.load(digits / "test_split.npz")["X"][:20]
     monitor.on_finished([Finished("r", 0.0, "digits", 2, "", "", {}, {"input": x}, 0.001)])
@@ -101,27 +100,31 @@ def test_a_duty_cycle_rests_in_proportion_to_each_unit_of_work():
     assert len(sleep.taken) == 2  # a share of 1: no rest
 
 
-def test_the_scheduled_compute_runs_its_kernels_in_chunks_and_gets_the_same_figures(monkeypatch):
-    monkeypatch.setattr(drift_window, "_ROW_CHUNK", 7)
-    monkeypatch.setattr(drift_window, "_KS_COLUMNS", 10)
+def test_the_scheduled_intake_runs_its_kernels_in_chunks_and_gets_the_same_figures(
+        monkeypatch):
     digits = BUNDLED_REPOSITORY / "digits"
     config, _ = read_model_config(digits, "digits")
     profile = load_profile(config, digits / "2")
+    columns = len(profile.features) + 1
+    monkeypatch.setattr(drift_window, "_CHUNK_VALUES", 7 * columns)  # 7 rows a call
     x = np.load(digits / "test_split.npz")["X"][:45]
     clock = FakeClock()
     duty = DutyCycle(0.5, clock=clock, sleep=Sleeps(clock))
     reports = []
     for paced in (False, True):
-        monitor = DriftMonitor(MonitorHub(), bin_counts, seed=0, ks_kernel=ks_columns,
-                               duty=duty, clock=lambda: 0.0)
-        monitor.attach("digits", 2, profile, DriftSettings(sample=1.0))
-        monitor.on_finished([Finished("r", 0.0, "digits", 2, "", "", {}, {"input": x}, 0.001)])
+        monitor = DriftMonitor(MonitorHub(), drift_codes, seed=0, duty=duty, clock=lambda: 0.0)
+        monitor.attach("digits", 2, profile, DriftSettings(sample=1.0, window_rows=30))
+        for rows in (x[:25], x[25:]):  # two drains, two blocks
+            monitor.on_finished([Finished("r", 0.0, "digits", 2, "", "", {}, {"input": rows},
+                                          0.001)])
+        if paced:
+            monitor.intake_now()
         (report,) = monitor.compute_now(paced=paced)
         reports.append(report)
-    columns = len(profile.features) + 1
-    # new rows and the window's, 7 at a time; the KS of 10 columns at a time
-    assert duty.units == 2 * -(-45 // 7) + -(-columns // 10)
+    # 25 then 20 rows coded 7 at a time; the 15 the second block overwrites in the 30-row
+    # ring leave 7 at a time
+    assert duty.units == -(-25 // 7) + -(-20 // 7) + -(-15 // 7)
     plain, chunked = reports
     assert chunked.features == plain.features and chunked.prediction == plain.prediction
-    assert (chunked.cumulative == plain.cumulative).all() and chunked.rows == plain.rows == 45
+    assert (chunked.cumulative == plain.cumulative).all() and chunked.rows == plain.rows == 30
     assert any(f.ks for f in plain.features)  # KS figures were compared, not all None
