@@ -216,7 +216,9 @@ class VersionWindow:
         self._kept[at] = True
         self._times[at] = when
         self._head = int((self._head + keep) % size)
-        rows = np.ascontiguousarray(rows)
+        # float64 always: the kernels were compiled for it at warm(); another dtype would
+        # compile on this thread, under traffic
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
         lay = self._layout
         step = self._chunk(n, duty)
         for first in range(0, n, step):
