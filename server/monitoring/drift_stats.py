@@ -22,25 +22,16 @@ import numpy as np
 PSI_FLOOR = 1e-4
 
 
-def psi(reference: np.ndarray, live_counts: np.ndarray) -> float | None:
-    """PSI of ``live_counts`` (per bin) against ``reference`` fractions; None without rows."""
-    counts = np.asarray(live_counts)
-    value = psi_rows(np.asarray(reference, dtype=np.float64)[None, :], counts[None, :],
-                     np.array([counts.size]))[0]
-    return None if np.isnan(value) else float(value)
-
-
-def psi_rows(reference: np.ndarray, counts: np.ndarray, bins: np.ndarray) -> np.ndarray:
+def psi_rows(reference: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """PSI of each row of ``counts`` [f, width] against the same row of ``reference``
-    fractions, over its first ``bins[j]`` bins (the rest are padding); NaN for a row without
-    counts. Every feature of a window in a few NumPy calls."""
+    fractions; NaN for a row without counts. Every feature of a window in a few NumPy calls. A
+    row padded past its own bins (zero counts against zero fractions) gets nothing from the
+    padding: both sides floor to :data:`PSI_FLOOR`, and the term is 0."""
     total = counts.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         actual = np.maximum(counts / total[:, None], PSI_FLOOR)
     expected = np.maximum(reference, PSI_FLOOR)
-    terms = (actual - expected) * np.log(actual / expected)
-    terms[np.arange(counts.shape[1])[None, :] >= bins[:, None]] = 0.0
-    out = terms.sum(axis=1)
+    out = np.sum((actual - expected) * np.log(actual / expected), axis=1)
     out[total <= 0] = np.nan
     return out
 

@@ -149,7 +149,7 @@ class VersionWindow:
         self._basis = basis
         lay = self._layout
         n = int(np.count_nonzero(self._kept))
-        psis = psi_rows(lay.reference, self._counts, lay.bins).tolist()
+        psis = psi_rows(lay.reference, self._counts).tolist()
         ks = np.full(len(lay.columns), np.nan)
         self._kernels.ks_from_cells(self._cells, lay.ks_starts, lay.ks_cdf,
                                     n - self._window_special[:, 0], ks)

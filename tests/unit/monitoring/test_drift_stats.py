@@ -13,9 +13,16 @@ from sluice.server.monitoring.drift_stats import (
     PSI_FLOOR,
     ecdf_points,
     ks_statistic,
-    psi,
+    psi_rows,
     quantile_edges,
 )
+
+
+def psi(reference, counts):
+    """One feature's PSI through the window's every-feature function (None: no counts)."""
+    counts = np.asarray(counts)
+    value = psi_rows(np.asarray(reference, dtype=np.float64)[None, :], counts[None, :])[0]
+    return None if np.isnan(value) else float(value)
 
 
 def test_psi_by_hand():
@@ -27,6 +34,17 @@ def test_psi_by_hand():
     assert by_hand == pytest.approx(0.1648, abs=1e-4)  # 0.1374 + 0.0091 + 0.0182
     assert psi(reference, np.array([25, 25, 50])) == 0.0
     assert psi(reference, np.zeros(3)) is None
+
+
+def test_psi_rows_leave_each_rows_padding_out():
+    """Rows of features with fewer bins than the widest are padded with zeros; the padding counts
+    in neither the total nor the sum: each row gives what its own bins give alone."""
+    reference = np.array([[0.25, 0.25, 0.5, 0.0], [0.5, 0.5, 0.0, 0.0]])
+    counts = np.array([[10, 30, 60, 0], [40, 60, 0, 0]])
+    got = psi_rows(reference, counts)
+    assert got[0] == pytest.approx(psi([0.25, 0.25, 0.5], [10, 30, 60]), rel=1e-12)
+    by_hand = (0.4 - 0.5) * math.log(0.4 / 0.5) + (0.6 - 0.5) * math.log(0.6 / 0.5)
+    assert got[1] == pytest.approx(by_hand, rel=1e-12)
 
 
 def test_psi_floors_empty_bins():
