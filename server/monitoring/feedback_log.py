@@ -21,10 +21,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sluice.server.config.model import check_model_name
+from sluice.server.monitoring import arrow_arrays
 
 SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -65,15 +67,7 @@ class FeedbackLog:
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
         folder = self.root / "feedback" / f"model={model}" / f"date={day}"
         name = f"part-{time.strftime('%H%M%S', time.gmtime(now))}-{uuid.uuid4().hex[:12]}.parquet"
-        table = pa.table({
-            "id": [x.id for x in labels],
-            "row": [x.row for x in labels],
-            "label": [int(x.value) if classifier else None for x in labels],
-            "value": [None if classifier else x.value for x in labels],
-            "received_at": [int(now * 1000)] * len(labels),
-            "version": [x.version for x in labels],
-            "arm": [x.arm for x in labels],
-        }, schema=SCHEMA)
+        table = _table(labels, classifier, now)
         temporary = folder / f".{name}.tmp"
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -86,3 +80,29 @@ class FeedbackLog:
                 pass
             return f"labels not written to the feedback log: {exc.strerror or 'I/O error'}"
         return ""
+
+
+def _table(labels: list[LoggedLabel], classifier: bool, now: float) -> pa.Table:
+    """``labels`` as one table of :data:`SCHEMA` (built by :mod:`.arrow_arrays`, so that the
+    serving process never imports pandas)."""
+    n = len(labels)
+
+    def optional(values: list[object], type: pa.DataType, dtype: type) -> pa.Array:
+        valid = np.fromiter((v is not None for v in values), np.bool_, n)
+        filled = np.fromiter((0 if v is None else v for v in values), dtype, n)
+        return arrow_arrays.array(filled, type, valid)
+
+    values = np.fromiter((x.value for x in labels), np.float64, n)
+    # a classifier's labels are ints, a regressor's values floats; the other column is null
+    labels_column = values.astype(np.int64) if classifier else np.zeros(n, dtype=np.int64)
+    return pa.Table.from_arrays([
+        arrow_arrays.strings([x.id for x in labels]),
+        optional([x.row for x in labels], pa.int64(), np.int64),
+        arrow_arrays.array(labels_column, pa.int64(), np.full(n, classifier)),
+        arrow_arrays.array(values, pa.float64(), np.full(n, not classifier)),
+        arrow_arrays.array(np.full(n, int(now * 1000), dtype=np.int64), SCHEMA.field(
+            "received_at").type),
+        optional([x.version for x in labels], pa.int64(), np.int64),
+        arrow_arrays.binary([x.arm or "" for x in labels], pa.string(),
+                            np.fromiter((x.arm is not None for x in labels), np.bool_, n)),
+    ], schema=SCHEMA)

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sluice.server.monitoring import arrow_arrays
 from sluice.server.monitoring.prediction_schema import DICTIONARY_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -145,12 +146,13 @@ class PartitionFiles:
 
 
 def warm_up() -> None:
-    """Do once, now, what the first row group would do lazily: pyarrow's first array imports
-    pandas when it is installed (~380 modules, ~0.7 s holding the GIL in long stretches), and
-    the zstd codec starts. Done at model load, not on the writer's first row group, which
-    stalled serving for tens to hundreds of milliseconds soon after traffic began."""
+    """Do once, now, what the first row group would do lazily: start Parquet's writer and the
+    zstd codec. Done at model load, not on the writer's first row group, which stalled serving
+    for tens to hundreds of milliseconds soon after traffic began (pandas, which ``pa.array``
+    imported then, is no longer imported at all: :mod:`.arrow_arrays`)."""
     sink = pa.BufferOutputStream()
-    table = pa.Table.from_arrays([pa.array(np.zeros(1, np.float32))], names=["warm"])
+    table = pa.Table.from_arrays(
+        [arrow_arrays.array(np.zeros(1, np.float32), pa.float32())], names=["warm"])
     with pq.ParquetWriter(sink, table.schema, compression="zstd") as writer:
         writer.write_table(table)
 

@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from sluice.server.config.model import ModelConfig
 from sluice.server.config.prediction_logging import LoggingConfig
+from sluice.server.monitoring import arrow_arrays
 from sluice.server.monitoring.hub import Finished
 from sluice.server.types import DATATYPE_DTYPES, TensorSpec
 
@@ -124,15 +125,18 @@ class RecordSchema:
                    np.int32))
         arrays: list[pa.Array] = [
             _strings([r.id for r in records], owner, total),
-            pa.array(row),
-            pa.array(per_row(
+            arrow_arrays.array(row, pa.int32()),
+            arrow_arrays.array(per_row(
                 (np.fromiter((r.time for r in records), np.float64, n) * 1e6).astype(np.int64)),
                 pa.timestamp("us", tz="UTC")),
-            pa.array(per_row(np.fromiter((r.version for r in records), np.int64, n))),
+            arrow_arrays.array(
+                per_row(np.fromiter((r.version for r in records), np.int64, n)), pa.int64()),
             _strings([r.arm for r in records], owner, total),
             _strings([r.caller for r in records], owner, total),
             _strings([r.status for r in records], owner, total),
-            pa.array(per_row(np.fromiter((r.latency_s for r in records), np.float64, n))),
+            arrow_arrays.array(
+                per_row(np.fromiter((r.latency_s for r in records), np.float64, n)),
+                pa.float64()),
         ]
         for column in self.columns:
             arrays.append(self._tensor(column, records, rows, total, all_ok))
@@ -173,7 +177,7 @@ class RecordSchema:
                     flat = np.concatenate(arrays, axis=None)
                 flat = flat.astype(dtype, copy=False)
                 if flat.size == total * width:
-                    values = pa.array(flat, ARROW_TYPES[column.datatype])
+                    values = arrow_arrays.array(flat, ARROW_TYPES[column.datatype])
                     return values if width == 1 else pa.FixedSizeListArray.from_arrays(
                         values, width)
         parts: list[np.ndarray] = []
@@ -194,16 +198,16 @@ class RecordSchema:
                 sizes.append(np.full(n, per_row, dtype=np.int32))
             at += n
         flat = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-        values = pa.array(flat, ARROW_TYPES[column.datatype])
-        mask = None if valid.all() else pa.array(~valid)
         if width == 1:
-            return values if mask is None else pa.array(flat, ARROW_TYPES[column.datatype],
-                                                         mask=~valid)
+            return arrow_arrays.array(flat, ARROW_TYPES[column.datatype], valid)
+        values = arrow_arrays.array(flat, ARROW_TYPES[column.datatype])
+        mask = None if valid.all() else arrow_arrays.mask(~valid)
         if width is not None:
             return pa.FixedSizeListArray.from_arrays(values, width, mask=mask)
         offsets = np.zeros(total + 1, dtype=np.int32)
         np.cumsum(np.concatenate(sizes) if sizes else [], out=offsets[1:])
-        return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask)
+        return pa.ListArray.from_arrays(arrow_arrays.array(offsets, pa.int32()), values,
+                                        mask=mask)
 
 
 def _strings(values: list[str], owner: np.ndarray | None, total: int) -> pa.Array:
@@ -211,6 +215,6 @@ def _strings(values: list[str], owner: np.ndarray | None, total: int) -> pa.Arra
     ``owner`` says (None: one row each); one repeated scalar when all are equal (the arm,
     caller and status of a batch nearly always are)."""
     if values and values.count(values[0]) == len(values):
-        return pa.repeat(pa.scalar(values[0], pa.string()), total)
-    array = pa.array(values, pa.string())
-    return array if owner is None else array.take(owner)
+        return arrow_arrays.repeated(values[0], total)
+    array = arrow_arrays.strings(values)
+    return array if owner is None else arrow_arrays.take(array, owner)
