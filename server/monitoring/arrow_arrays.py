@@ -25,7 +25,8 @@ import pyarrow as pa
 _MAX_OFFSET = (1 << 31) - 1
 
 
-def array(values: np.ndarray, type: pa.DataType, valid: np.ndarray | None = None) -> pa.Array:
+def array(values: np.ndarray | Sequence[bytes | str], type: pa.DataType,
+          valid: np.ndarray | None = None) -> pa.Array:
     """The 1-d ``values`` as an Arrow array of ``type``; where ``valid`` is False the row is
     null. Fixed-width types take the values' own buffer (their dtype must have ``type``'s
     width); ``binary`` and ``string`` take a sequence of bytes or str."""

@@ -87,22 +87,23 @@ def _table(labels: list[LoggedLabel], classifier: bool, now: float) -> pa.Table:
     serving process never imports pandas)."""
     n = len(labels)
 
-    def optional(values: list[object], type: pa.DataType, dtype: type) -> pa.Array:
+    def optional(values: list[int | None]) -> pa.Array:
+        """An int64 column, null where a value is None."""
         valid = np.fromiter((v is not None for v in values), np.bool_, n)
-        filled = np.fromiter((0 if v is None else v for v in values), dtype, n)
-        return arrow_arrays.array(filled, type, valid)
+        filled = np.fromiter((0 if v is None else v for v in values), np.int64, n)
+        return arrow_arrays.array(filled, pa.int64(), valid)
 
     values = np.fromiter((x.value for x in labels), np.float64, n)
     # a classifier's labels are ints, a regressor's values floats; the other column is null
     labels_column = values.astype(np.int64) if classifier else np.zeros(n, dtype=np.int64)
     return pa.Table.from_arrays([
         arrow_arrays.strings([x.id for x in labels]),
-        optional([x.row for x in labels], pa.int64(), np.int64),
+        optional([x.row for x in labels]),
         arrow_arrays.array(labels_column, pa.int64(), np.full(n, classifier)),
         arrow_arrays.array(values, pa.float64(), np.full(n, not classifier)),
         arrow_arrays.array(np.full(n, int(now * 1000), dtype=np.int64), SCHEMA.field(
             "received_at").type),
-        optional([x.version for x in labels], pa.int64(), np.int64),
-        arrow_arrays.binary([x.arm or "" for x in labels], pa.string(),
-                            np.fromiter((x.arm is not None for x in labels), np.bool_, n)),
+        optional([x.version for x in labels]),
+        arrow_arrays.array([x.arm or "" for x in labels], pa.string(),
+                           np.fromiter((x.arm is not None for x in labels), np.bool_, n)),
     ], schema=SCHEMA)
