@@ -78,3 +78,45 @@ def test_the_deployment_reader_allows_the_quality_block_and_ignores_it():
     declared = parse_deployment("routes: {1: 1}\nquality: {prediction: label}\n")
     assert "quality" not in declared and declared["routes"][0]["version"] == 1
     assert parse_quality({"prediction": "label"}) == QualityDeclared(prediction="label")
+
+
+def _top_by_row(scores):
+    """The reference, one row at a time: the row's largest score when the row is a distribution
+    (every score in [0, 1], summing to 1 within 1e-3), else the largest softmax entry."""
+    import math
+
+    out = []
+    for row in scores.tolist():
+        top = max(row) if not any(math.isnan(v) for v in row) else math.nan
+        if all(0.0 <= v <= 1.0 for v in row) and abs(math.fsum(row) - 1.0) <= 1e-3:
+            out.append(top)
+        else:
+            out.append(1.0 / sum(math.exp(v - top) for v in row) if not math.isnan(top)
+                       and not math.isinf(top) else math.nan)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["distributions", "logits", "mixed", "odd"])
+def test_the_top_class_probability_matches_a_row_by_row_reference(kind):
+    import numpy as np
+
+    from sluice.server.monitoring.quality_spec import read_rows
+
+    rng = np.random.default_rng(3)
+    dist = rng.dirichlet(np.ones(7), size=40)
+    logits = rng.standard_normal((40, 7)) * 3
+    scores = {"distributions": dist, "logits": logits,
+              "mixed": np.where((np.arange(40) % 3 == 0)[:, None], logits, dist)}.get(kind)
+    if kind == "odd":  # NaN, +-inf, all-zero rows, in-range rows that do not sum to 1
+        scores = dist.copy()
+        scores[0, 2] = np.nan
+        scores[1, 4] = np.inf
+        scores[2, 1] = -np.inf
+        scores[3] = 0.0
+        scores[4] = 0.5
+    spec = QualitySpec(kind="classifier", prediction=None, scores="p", classes=7,
+                       window_rows=100, window_s=None)
+    predicted, confidence = read_rows(spec, {"p": scores.astype(np.float32)})
+    wide = scores.astype(np.float32).astype(np.float64)
+    assert predicted.tolist() == wide.argmax(axis=1).tolist()
+    np.testing.assert_allclose(confidence, _top_by_row(wide), rtol=1e-12, equal_nan=True)
