@@ -37,7 +37,7 @@ from sluice.server.config.drift import DriftSettings, read_drift
 from sluice.server.config.model import ModelConfig
 from sluice.server.monitoring.drift_report import DriftReport
 from sluice.server.monitoring.drift_window import DriftKernels, VersionWindow
-from sluice.server.monitoring.hub import Finished, MonitorHub
+from sluice.server.monitoring.hub import Finished, MonitorHub, grouped
 from sluice.server.monitoring.pacing import DutyCycle, Pacer
 from sluice.server.monitoring.profile import Profile
 from sluice.server.monitoring.profile_load import load_profile
@@ -134,20 +134,14 @@ class DriftMonitor:
         if not windows:
             return
         now = self._clock()
-        draws = self._rng.random(len(batch)).tolist()
-        picked: dict[tuple[str, int], list[Finished]] = {}
-        for record, draw in zip(batch, draws, strict=True):
-            key = (record.model, record.version)
+        for key, records in grouped(batch).items():
             window = windows.get(key)
-            if window is None or record.status != "OK" or draw >= window.settings.sample:
+            if window is None:
                 continue
-            group = picked.get(key)
-            if group is None:
-                picked[key] = [record]
-            else:
-                group.append(record)
-        for key, records in picked.items():
-            windows[key].add_many(records, now)
+            kept = np.flatnonzero(self._rng.random(len(records)) < window.settings.sample)
+            picked = [r for r in map(records.__getitem__, kept.tolist()) if r.status == "OK"]
+            if picked:
+                window.add_many(picked, now)
 
     # -- the monitor's thread ---------------------------------------------------------------
 

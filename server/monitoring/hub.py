@@ -61,6 +61,28 @@ class Finished:
     parameters: dict[str, object] = field(default_factory=dict)
 
 
+def grouped(records: list[Finished], *, by_arm: bool = False) -> dict[tuple, list[Finished]]:
+    """``records`` by (model, version), or (model, version, arm) with ``by_arm``, each group in
+    arrival order. A drain nearly always holds one model version (and arm): that costs a list
+    pass per field and a count, not a key tuple and a dict lookup per record (~0.3 us of the
+    hub's thread per record, paid by every subscriber)."""
+    if not records:
+        return {}
+    fields = [[r.model for r in records], [r.version for r in records]]
+    if by_arm:
+        fields.append([r.arm for r in records])
+    if all(f.count(f[0]) == len(f) for f in fields):
+        return {tuple(f[0] for f in fields): records}
+    groups: dict[tuple, list[Finished]] = {}
+    for key, record in zip(zip(*fields, strict=True), records, strict=True):
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [record]
+        else:
+            group.append(record)
+    return groups
+
+
 class MonitorHub:
     """Bounded queue of :class:`Finished` records and the thread that fans them out."""
 

@@ -34,7 +34,7 @@ from sluice.server.config.model import ModelConfig
 from sluice.server.config.prediction_logging import LoggingConfig, check_exclude, check_sample
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import InvalidInput, ModelNotFound, SluiceError
-from sluice.server.monitoring.hub import Finished, MonitorHub
+from sluice.server.monitoring.hub import Finished, MonitorHub, grouped
 from sluice.server.monitoring.prediction_files import warm_up
 from sluice.server.monitoring.prediction_schema import RecordSchema
 from sluice.server.monitoring.prediction_settings import ADMIN, OFF, LoggingSettings
@@ -181,26 +181,21 @@ class PredictionLog:
         active = self._active
         if not active:
             return  # the hub hands over other monitors' models only
-        uniform = self._uniform
-        # grouped by (model, version): hashing the settings per record cost ~0.5 us
-        kept: dict[tuple[str, int], tuple[LoggingConfig, list[Finished]]] = {}
-        for record in batch:
-            config = active.get(record.model)
-            # a draw per record, except at rate 1 where every draw keeps it
-            if config is None or (config.sample < 1.0 and uniform() >= config.sample):
+        for (model, version), records in grouped(batch).items():
+            config = active.get(model)
+            if config is None:
                 continue
-            group = kept.get((record.model, record.version))
-            if group is None:
-                kept[record.model, record.version] = (config, [record])
-            else:
-                group[1].append(record)
-        for (model, version), (config, records) in kept.items():
+            if config.sample < 1.0:  # a draw per record; at rate 1 every draw would keep it
+                uniform, sample = self._uniform, config.sample
+                records = [r for r in records if uniform() < sample]
+                if not records:
+                    continue
             key = (model, version, config)
             schema = self._schema(key)
             if schema is None:
-                self.writer.drop(key[0], "not_loaded", len(records))
+                self.writer.drop(model, "not_loaded", len(records))
             else:
-                self.writer.put(key[0], schema, records)
+                self.writer.put(model, schema, records)
 
     def _schema(self, key: tuple[str, int, LoggingConfig]) -> RecordSchema | None:
         if key in self._schemas:

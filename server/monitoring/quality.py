@@ -46,7 +46,7 @@ from sluice.server.config.model import ModelConfig
 from sluice.server.config.quality_file import QualityDeclared, read_quality
 from sluice.server.errors import ModelNotFound, SluiceError
 from sluice.server.monitoring.feedback_log import FeedbackLog, LoggedLabel
-from sluice.server.monitoring.hub import Finished, MonitorHub
+from sluice.server.monitoring.hub import Finished, MonitorHub, grouped
 from sluice.server.monitoring.quality_spec import (
     CLASSIFIER,
     QualitySpec,
@@ -175,18 +175,7 @@ class QualityMonitor:
         go into its window as one :class:`Chunk`."""
         if not self._watching:
             return  # the hub hands over other monitors' models only
-        keys = [(r.model, r.version, r.arm) for r in records]
-        groups: dict[tuple[str, int, str], list[Finished]]
-        if keys and keys.count(keys[0]) == len(keys):
-            groups = {keys[0]: records}  # one model version and arm: no per-record grouping
-        else:
-            groups = {}
-            for key, record in zip(keys, records, strict=True):
-                group = groups.get(key)
-                if group is None:
-                    groups[key] = [record]
-                else:
-                    group.append(record)
+        groups = grouped(records, by_arm=True)
         read: list[tuple[_Model, tuple[int, str], QualitySpec, _Scored]] = []
         for (name, version, arm), group in groups.items():
             model = self._models.get(name)

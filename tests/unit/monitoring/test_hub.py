@@ -91,3 +91,23 @@ def test_watch_counts_interested_subscribers() -> None:
     assert hub.wants("m")
     hub.unwatch("m")
     assert not hub.wants("m")
+
+
+def test_grouped_keeps_arrival_order_within_each_model_version_and_arm() -> None:
+    from sluice.server.monitoring.hub import grouped
+
+    rng = np.random.default_rng(5)
+    records = [Finished(id=str(i), time=0.0, model=f"m{m}", version=int(v), arm=f"a{a}",
+                        caller="", outputs={}, inputs={}, latency_s=0.0)
+               for i, (m, v, a) in enumerate(rng.integers(0, 2, size=(60, 3)))]
+    for by_arm in (False, True):
+        expected: dict[tuple, list[str]] = {}
+        for r in records:
+            key = (r.model, r.version, r.arm) if by_arm else (r.model, r.version)
+            expected.setdefault(key, []).append(r.id)
+        got = grouped(records, by_arm=by_arm)
+        assert {k: [r.id for r in g] for k, g in got.items()} == expected
+        assert list(got) == list(expected)  # groups in order of first arrival
+    one = [_record(i) for i in range(4)]
+    assert grouped(one) == {("m", 1): one} and grouped(one)[("m", 1)] is one
+    assert grouped([]) == {}
