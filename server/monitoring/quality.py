@@ -36,7 +36,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from sluice.server.config.quality_file import QualityDeclared, read_quality
 from sluice.server.errors import ModelNotFound, SluiceError
 from sluice.server.monitoring.feedback_log import FeedbackLog, LoggedLabel
 from sluice.server.monitoring.hub import Finished, MonitorHub, grouped
+from sluice.server.monitoring.quality_index import RequestIndex
 from sluice.server.monitoring.quality_spec import (
     CLASSIFIER,
     QualitySpec,
@@ -110,7 +110,7 @@ class _Model:
     specs: dict[int, QualitySpec | str] = field(default_factory=dict)
     windows: dict[tuple[int, str], QualityWindow] = field(default_factory=dict)
     #: request id -> (chunk, position of the request in it) for requests in a window.
-    index: dict[str, tuple[Chunk, int]] = field(default_factory=dict)
+    index: RequestIndex = field(default_factory=RequestIndex)
     #: Feedback outcomes since start: joined, replaced_rows, unknown, invalid, logged,
     #: log_failed; answers skipped: skipped_unreadable.
     counts: Counter[str] = field(default_factory=Counter)
@@ -194,19 +194,16 @@ class QualityMonitor:
                 window = model.windows.get(key)
                 if window is None or window.spec != spec:
                     if window is not None:
-                        _unindex(model.index, [(c, c.head, len(c.ids)) for c in window.chunks])
+                        model.index.forget_chunks(window.chunks)
                     window = model.windows[key] = QualityWindow(spec, key)
                 chunk = Chunk(window, ids, starts, predicted, confidence, now)
-                n = len(ids)  # indexed first: its own oldest requests may leave at once
-                model.index.update(zip(ids, zip(repeat(chunk, n), range(n), strict=True),
-                                       strict=True))
-                _unindex(model.index, window.add(chunk))
+                model.index.add(chunk)  # first: its own oldest requests may leave at once
+                model.index.forget(window.add(chunk))
                 if confidence is not None and chunk.bins is not None:
                     hist, total = model.confidence.get(
                         key, (np.zeros(CONFIDENCE_BINS, np.int64), 0.0))
                     hist += np.bincount(chunk.bins, minlength=CONFIDENCE_BINS)
                     model.confidence[key] = (hist, total + float(confidence.sum()))
-                model.index.pop("", None)  # an answer without an id cannot be labelled
 
     @staticmethod
     def _read(model: _Model, spec: QualitySpec, group: list[Finished]) -> _Scored | None:
@@ -259,10 +256,10 @@ class QualityMonitor:
                 result.note = "; ".join(sorted({str(s) for s in model.specs.values()}))
             now = self._clock()
             for window in model.windows.values():
-                _unindex(model.index, window.evict(now))
+                model.index.forget(window.evict(now))
             for i, label in enumerate(labels):
                 result.received += 1
-                found = model.index.get(label.id) if label.id else None
+                found = model.index.find(label.id) if label.id else None
                 spec = found[0].window.spec if found is not None else newest
                 problem = _problem(label, spec,
                                    found[0].rows_of(found[1]) if found is not None else None)
@@ -304,7 +301,7 @@ class QualityMonitor:
             now = self._clock()
             windows = []
             for (version, arm), window in sorted(model.windows.items()):
-                _unindex(model.index, window.evict(now))
+                model.index.forget(window.evict(now))
                 windows.append({"version": version, "arm": arm,
                                 "window_rows": window.spec.window_rows,
                                 "window_s": window.spec.window_s, **window.numbers()})
@@ -331,19 +328,9 @@ class QualityMonitor:
             window = model.windows.get((version, arm)) if model is not None else None
             if window is None or window.kind != CLASSIFIER:
                 return None, 0
-            _unindex(model.index, window.evict(self._clock()))
+            model.index.forget(window.evict(self._clock()))
             numbers = window.numbers()
         return numbers["metrics"].get("accuracy"), numbers["labelled_rows"]
-
-
-def _unindex(index: dict[str, tuple[Chunk, int]], gone: list[tuple[Chunk, int, int]]) -> None:
-    """Forget the ids of requests ``first:end`` of each (chunk, first, end) in ``gone`` (not an
-    id a later request reused: the index names that one)."""
-    for chunk, first, end in gone:
-        for k, rid in enumerate(chunk.ids[first:end], first):
-            found = index.get(rid)
-            if found is not None and found[0] is chunk and found[1] == k:
-                del index[rid]
 
 
 _CLASS_ID_END = 2.0 ** 63  # the log's label column is int64

@@ -60,8 +60,8 @@ class Chunk:
     ``starts[k]:starts[k + 1]`` of the row arrays. Requests before ``head`` have left the
     window."""
 
-    __slots__ = ("at", "bins", "confidence", "fixed", "head", "ids", "labelled", "labels",
-                 "predicted", "starts", "window")
+    __slots__ = ("at", "base", "bins", "confidence", "fixed", "gone", "head", "ids", "labelled",
+                 "labels", "predicted", "starts", "window")
 
     def __init__(self, window: QualityWindow, ids: list[str], starts: np.ndarray,
                  predicted: np.ndarray, confidence: np.ndarray | None, at: float) -> None:
@@ -81,6 +81,10 @@ class Chunk:
         #: Rows with a label: eviction looks at the labels only when there are some.
         self.labelled = 0
         self.head = 0
+        #: Position of request 0 among its model's requests, and whether every request left
+        #: its window (kept by :class:`~sluice.server.monitoring.quality_index.RequestIndex`).
+        self.base = 0
+        self.gone = False
 
     def rows_of(self, k: int) -> int:
         """Rows of request ``k``."""
