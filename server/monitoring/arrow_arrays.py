@@ -11,7 +11,9 @@ strings cost ~50 ns a value against ~22 through ``pa.array`` (4,096 request ids)
 a logged record costs the writer.
 
 What is covered is what the prediction and feedback logs write: fixed-width values (numbers,
-booleans, timestamps), binary and string values, each with an optional validity mask.
+booleans, timestamps), binary and string values, each with an optional validity mask, and a
+string per request repeated for its rows (without ``pa.Array.take``, which imports
+``pyarrow.compute``: :func:`strings_at`).
 """
 
 from __future__ import annotations
@@ -48,13 +50,7 @@ def binary(values: Sequence[bytes | str] | np.ndarray, type: pa.DataType,
     array."""
     encoded = [v if isinstance(v, bytes) else v.encode() if isinstance(v, str) else bytes(v)
                for v in values]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])
-    if offsets[-1] > _MAX_OFFSET:
-        raise OverflowError(f"{offsets[-1]} bytes do not fit one Arrow {type} array")
-    return pa.Array.from_buffers(type, len(encoded), [
-        _validity(valid), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded)),
-    ])
+    return _from_encoded(encoded, type, valid)
 
 
 def strings(values: Sequence[str]) -> pa.Array:
@@ -79,9 +75,26 @@ def mask(nulls: np.ndarray) -> pa.Array:
     return array(nulls, pa.bool_())
 
 
-def take(values: pa.Array, indices: np.ndarray) -> pa.Array:
-    """``values`` at ``indices`` (int64)."""
-    return values.take(array(np.asarray(indices, dtype=np.int64), pa.int64()))
+def strings_at(values: Sequence[str], indices: np.ndarray) -> pa.Array:
+    """A ``string`` array of ``values[i]`` for each ``i`` in ``indices`` (a request's value
+    repeated for each of its rows). Not ``pa.Array.take``: its first call imports
+    ``pyarrow.compute`` (~60 ms holding the GIL, on the first drain of a model answering
+    several rows a request: the largest item of the monitor hub's thread in py-spy's samples
+    of cnn under perf_analyzer)."""
+    encoded = [v.encode() for v in values]
+    return _from_encoded(list(map(encoded.__getitem__, np.asarray(indices).tolist())),
+                         pa.string())
+
+
+def _from_encoded(encoded: list[bytes], type: pa.DataType,
+                  valid: np.ndarray | None = None) -> pa.Array:
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])
+    if offsets[-1] > _MAX_OFFSET:
+        raise OverflowError(f"{offsets[-1]} bytes do not fit one Arrow {type} array")
+    return pa.Array.from_buffers(type, len(encoded), [
+        _validity(valid), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded)),
+    ])
 
 
 def _bitmap(bits: np.ndarray) -> pa.Buffer:

@@ -216,5 +216,6 @@ def _strings(values: list[str], owner: np.ndarray | None, total: int) -> pa.Arra
     caller and status of a batch nearly always are)."""
     if values and values.count(values[0]) == len(values):
         return arrow_arrays.repeated(values[0], total)
-    array = arrow_arrays.strings(values)
-    return array if owner is None else arrow_arrays.take(array, owner)
+    if owner is None:
+        return arrow_arrays.strings(values)
+    return arrow_arrays.strings_at(values, owner)

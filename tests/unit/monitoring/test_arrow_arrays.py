@@ -59,12 +59,16 @@ def test_binary_and_strings():
     assert masked.to_pylist() == ["", None, "日本", "x" * 300]
 
 
-def test_repeated_and_take():
+def test_repeated_and_strings_at():
     assert arrow_arrays.repeated("OK", 4).to_pylist() == ["OK"] * 4
     assert arrow_arrays.repeated("", 3).to_pylist() == [""] * 3
     assert arrow_arrays.repeated("OK", 0).to_pylist() == []
-    got = arrow_arrays.take(arrow_arrays.strings(["a", "b"]), np.array([1, 1, 0]))
-    assert got.to_pylist() == ["b", "b", "a"]
+    words = ["a", "", "日本", "x" * 300]
+    indices = np.array([1, 1, 0, 3, 2, 2, 0])
+    got = arrow_arrays.strings_at(words, indices)
+    got.validate(full=True)
+    assert got.equals(pa.array([words[i] for i in indices], pa.string()))
+    assert arrow_arrays.strings_at(words, np.zeros(0, np.int64)).to_pylist() == []
 
 
 def test_mask_marks_nulls():
