@@ -64,8 +64,9 @@ class Finished:
 def grouped(records: list[Finished], *, by_arm: bool = False) -> dict[tuple, list[Finished]]:
     """``records`` by (model, version), or (model, version, arm) with ``by_arm``, each group in
     arrival order. A drain nearly always holds one model version (and arm): that costs a list
-    pass per field and a count, not a key tuple and a dict lookup per record (~0.3 us of the
-    hub's thread per record, paid by every subscriber)."""
+    pass per field and a count, not a key tuple and a dict lookup per record (with it, the hub
+    thread's CPU per identity record in drains of 1,000 went 0.87 -> 0.78 us for the log, 0.25
+    -> 0.20 for drift)."""
     if not records:
         return {}
     fields = [[r.model for r in records], [r.version for r in records]]

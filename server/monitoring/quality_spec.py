@@ -169,10 +169,11 @@ def _top_probability(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     distribution, else the largest entry of the row's softmax (logits).
 
     Why not ``scores.max(axis=1)`` and its kin: a reduction along rows of 10-20 classes costs
-    numpy ~90 us per 1,000 rows, about what the rest of a drain's scoring costs together. The
+    numpy ~90 us per 1,000 rows, and this took three of them, on every drain. The
     top value is picked at the argmax (which the prediction needs anyway), and the range check
     is one whole-array min and max, with a per-row check only when some score is outside [0, 1]
-    (4.1x quicker on 1,000 rows of 16 logits, 5.9x on distributions, equal results)."""
+    (on 1,000 rows of 16 classes: 99 against 266 us for logits, 32 against 196 for
+    distributions; equal results)."""
     if scores.shape[1] == 0:
         raise ValueError("class scores have no columns")
     top_class = scores.argmax(axis=1)
