@@ -37,11 +37,9 @@ class RequestIndex:
         self._next = 0
         #: Chunks in the list that left their windows.
         self._gone = 0
-        #: Requests in windows now.
-        self.live = 0
 
     def __len__(self) -> int:
-        """Ids indexed (at most :attr:`live`)."""
+        """Ids indexed (never more than the requests in windows: a leaving id goes at once)."""
         return len(self._positions)
 
     def add(self, chunk: Chunk) -> None:
@@ -55,14 +53,12 @@ class RequestIndex:
         self._bases.append(base)
         self._positions.update(zip(chunk.ids, range(base, base + n), strict=True))
         self._positions.pop("", None)
-        self.live += n
 
     def forget(self, gone: list[tuple[Chunk, int, int]]) -> None:
         """Requests ``first:end`` of each (chunk, first, end) left their window (as the window's
         ``add`` and ``evict`` report them); an id that names a later request keeps it."""
         positions = self._positions
         for chunk, first, end in gone:
-            self.live -= end - first
             if end >= len(chunk.ids):
                 chunk.gone = True
                 self._gone += 1
