@@ -26,11 +26,27 @@ these) copied 123 MB of float64 out of the ring and searched each value again fo
 it stayed in. Side by side (perf_analyzer, cnn, 8 rows a request, c=64, 3 rounds, 4 s windows
 from 3 s after ready), p99 with drift on was 190 / 174 / 185 ms with the recount and 159 / 167 /
 178 with codes (their first version, 70 ns a value), against 141 / 146 / 143 off; with every
-monitor on, 164 / 189 / 202 against 163 / 162 / 170. Coding now costs ~37 ns a value (3,840 rows
+monitor on, 164 / 189 / 202 against 163 / 162 / 170. Coding then cost ~37 ns a value (3,840 rows
 of cnn, timed alone), ~80 us of the drift thread's CPU per cnn request at the default 10% sample.
 
-Columns are done in blocks of :data:`_BLOCK`: the rows are read a block's stretch at a time and
-that block's KS cells (32 columns x 513 cells) stay in cache.
+Each call codes (or evicts) the given rows for a range of columns, ``first:last``: a paced
+caller cuts its work by columns, so that each column's guide, points and cells (~10 KB) serve
+every queued row at once. Cut by rows instead (32 of cnn's rows a call), each call fetched every
+column's tables again for a few values. Within a call, columns go in blocks of :data:`_BLOCK`,
+the rows read a block's stretch at a time.
+
+The KS cell is found through a guide of :data:`GUIDE_CELLS` equal cells per point over a
+column's span, built with the same arithmetic as the lookup (:func:`_guide_cell`, monotone in
+``v``), so that every point in a cell below ``v``'s is below ``v`` and every point in a cell
+above is above: ``#{points <= v}`` is the cell's first index plus its points ``<= v``, compared
+without a branch when the cell holds at most two (nearly always), else searched. (The previous
+guide, one cell per point, was searched over three cells with a branch a step.)
+
+Measured (``python -m loadtests.drift_ingest_bench --checkout BEFORE --checkout AFTER``: the
+drift thread's intake of cnn, 44 requests of 8 rows a second, eviction included, median of 3
+rounds), against the row-cut kernels of the previous commit: 115.5 -> 45.6 ns a value on
+varied rows (284 -> 112 us of CPU per cnn request at the default 10% sample), 34.7 -> 27.1 on
+8 distinct rows repeated (what perf_analyzer sends).
 """
 
 from __future__ import annotations
@@ -43,61 +59,69 @@ IN_RANGE, MISSING, BELOW, ABOVE = 0, 1, 2, 3
 #: Most PSI bins, and most KS points, a feature may have (what 14 and 15 bits of a code hold).
 MAX_BINS = 1 << 14
 MAX_KS_POINTS = (1 << 15) - 1
-_BLOCK = 32
+#: Guide cells per KS point (:func:`ks_guide`).
+GUIDE_CELLS = 2
+_BLOCK = 4
 
 
 @njit(nogil=True, cache=True)
 def ks_guide(values, ks_starts, guide, scale):
-    """Fill each column's search guide: the span of its points cut into ``K`` equal cells
-    (``scale[j] = K / span``), ``guide[ks_starts[j] + j + g]`` = index of the first point not
-    below cell ``g``'s lower edge, and ``K`` points at ``g = K`` (``guide`` int64
-    [ks_starts[-1] + columns]). A column of one distinct point, or a span not finite, gets scale 0
-    (searched over all its points)."""
+    """Fill each column's search guide: the span of its ``K`` points cut into ``G = GUIDE_CELLS
+    * K`` equal cells (``scale[j] = G / span``), ``guide[GUIDE_CELLS * ks_starts[j] + j + g]`` =
+    the index of the first point whose cell (:func:`_guide_cell`) is not below ``g``, for ``g``
+    in ``0..G`` (``guide`` int64 [GUIDE_CELLS * ks_starts[-1] + columns]). A column of one
+    distinct point, or a span not finite, gets scale 0 (searched over all its points)."""
     cols = min(ks_starts.shape[0] - 1, scale.shape[0])
     for j in range(cols):
         lo = ks_starts[j]
         hi = ks_starts[j + 1]
         scale[j] = 0.0
-        base = lo + j
-        if hi <= lo or lo < 0 or hi > values.shape[0] or base + hi - lo >= guide.shape[0]:
+        base = GUIDE_CELLS * lo + j
+        last = GUIDE_CELLS * (hi - lo)
+        if hi <= lo or lo < 0 or hi > values.shape[0] or base + last >= guide.shape[0]:
             continue
-        cells = hi - lo
         span = values[hi - 1] - values[lo]
         if not span > 0.0 or not span < np.inf:
             continue
-        scale[j] = cells / span
+        scale[j] = last / span
         k = lo
-        for g in range(cells):
-            edge = values[lo] + g / scale[j]
-            while k < hi and values[k] < edge:
+        for g in range(last + 1):
+            while k < hi and _guide_cell(values[k], values[lo], scale[j], last - 1) < g:
                 k += 1
             guide[base + g] = k
-        guide[base + cells] = hi
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _guide_cell(v, first, scale, top):
+    """The guide cell of ``v`` (``first <= v``), at most ``top``: the one formula the guide is
+    built with and looked up by, so that it orders points and values alike."""
+    return min(int((v - first) * scale), top)
 
 
 @njit(nogil=True, cache=True)
 def encode_rows(x, slots, codes, edges, starts, lo, hi, values, ks_starts, guide, scale,
-                cumulative, cumulative_special, counts, special, cells):
-    """Code the rows of ``x`` (float [n, f]) into ``codes[slots[i]]`` (uint32 [size, f]; a slot
-    < 0: counted in the cumulative counters only) and add them to the counters: ``cumulative``
-    and ``counts`` (int64 [f, width], per bin), ``cumulative_special`` and ``special`` (int64
-    [f, 3]: missing, below, above), ``cells`` (int64, column ``j``'s ``2K + 1`` KS cells at
-    ``2 * ks_starts[j] + j``). ``edges`` at ``starts[j]:starts[j + 1]``, the reference range
-    ``lo[j]..hi[j]``, ECDF ``values`` at ``ks_starts[j]:ks_starts[j + 1]`` with their guide
-    (:func:`ks_guide`)."""
+                cumulative, cumulative_special, counts, special, cells, first, last):
+    """Code columns ``first:last`` of the rows of ``x`` (float [n, f]) into ``codes[slots[i]]``
+    (uint32 [size, f]; a slot < 0: counted in the cumulative counters only) and add them to the
+    counters: ``cumulative`` and ``counts`` (int64 [f, width], per bin), ``cumulative_special``
+    and ``special`` (int64 [f, 3]: missing, below, above), ``cells`` (int64, column ``j``'s
+    ``2K + 1`` KS cells at ``2 * ks_starts[j] + j``). ``edges`` at ``starts[j]:starts[j + 1]``,
+    the reference range ``lo[j]..hi[j]``, ECDF ``values`` at ``ks_starts[j]:ks_starts[j + 1]``
+    with their guide (:func:`ks_guide`)."""
     n = min(x.shape[0], slots.shape[0])
     cols = min(x.shape[1], codes.shape[1], starts.shape[0] - 1, ks_starts.shape[0] - 1,
                lo.shape[0], hi.shape[0], scale.shape[0], counts.shape[0], special.shape[0],
-               cumulative.shape[0], cumulative_special.shape[0])
+               cumulative.shape[0], cumulative_special.shape[0], last)
+    first = max(first, 0)
     width = min(counts.shape[1], cumulative.shape[1])
-    psi_ok, ks_ok = _usable(cols, edges, starts, width, values, ks_starts, guide, cells)
-    for first in range(0, cols, _BLOCK):
-        last = min(first + _BLOCK, cols)
+    psi_ok, ks_ok = _usable(first, cols, edges, starts, width, values, ks_starts, guide, cells)
+    for block in range(first, cols, _BLOCK):
+        end = min(block + _BLOCK, cols)
         for i in range(n):
             slot = slots[i]
             kept = 0 <= slot < codes.shape[0]
-            for j in range(first, last):
-                if not psi_ok[j]:
+            for j in range(block, end):
+                if not psi_ok[j - first]:
                     continue
                 v = x[i, j]
                 if v != v:
@@ -121,49 +145,66 @@ def encode_rows(x, slots, codes, edges, starts, lo, hi, values, ks_starts, guide
                 if flag != IN_RANGE:
                     special[j, flag - 1] += 1
                 cell = 0
-                if ks_ok[j]:
-                    # the KS cell (written out here: as a call, with its arrays, it took 23 of
-                    # the kernel's 69 ns a value on cnn's window); a = #{points <= v}, searched
-                    # between the guide's bounds
+                if ks_ok[j - first]:
+                    # the KS cell, written out: as an inlined call it took 20 of the kernel's
+                    # 43 ns a value (8 distinct rows of cnn's 3,073 columns, 420 rows a call)
                     p = ks_starts[j]
                     q = ks_starts[j + 1]
-                    a = p
-                    c = q
-                    if scale[j] > 0.0 and values[p] <= v < values[q - 1]:
-                        g = int((v - values[p]) * scale[j])
-                        a = guide[p + j + max(g - 1, 0)]
-                        c = guide[p + j + min(g + 2, q - p)]
-                    elif v < values[p]:
-                        c = p
-                    elif v >= values[q - 1]:
-                        a = q - 1
-                    while a < c:
-                        m = (a + c) >> 1
-                        if values[m] <= v:
-                            a = m + 1
+                    sc = scale[j]
+                    if sc > 0.0 and values[p] <= v < values[q - 1]:
+                        g = _guide_cell(v, values[p], sc, GUIDE_CELLS * (q - p) - 1)
+                        a = guide[GUIDE_CELLS * p + j + g]
+                        c = guide[GUIDE_CELLS * p + j + g + 1]
+                        if c - a <= 2:  # 0, 1 or 2 points in v's cell: compared, no branch
+                            i0 = min(a, q - 1)
+                            i1 = min(a + 1, q - 1)
+                            one = a < c
+                            two = a + 1 < c
+                            a = a + (one & (values[i0] <= v)) + (two & (values[i1] <= v))
+                            equal = (one & (values[i0] == v)) | (two & (values[i1] == v))
+                            cell = 2 * (a - p) - equal
                         else:
-                            c = m
-                    cell = 2 * (a - p) - 1 if a > p and values[a - 1] == v else 2 * (a - p)
+                            cell = _ks_search(v, p, a, c, values)
+                    elif v < values[p] or sc <= 0.0:  # below the points, or no guide
+                        cell = _ks_search(v, p, p, p if v < values[p] else q, values)
+                    else:  # at or above the last point
+                        cell = _ks_search(v, p, q - 1, q, values)
                     cells[2 * p + j + cell] += 1
                 codes[slot, j] = np.uint32(cell << 16 | bin_ << 2 | flag)
 
 
 @njit(nogil=True, cache=True)
-def evict_rows(slots, codes, edges, starts, values, ks_starts, guide, counts, special, cells):
-    """Subtract the rows at ``slots`` of ``codes`` from the window's ``counts``, ``special`` and
-    ``cells`` (as :func:`encode_rows` added them; slots out of range are skipped)."""
+def _ks_search(v, p, a, c, values):
+    """``v``'s KS cell among points from ``values[p]`` (module docstring), ``#{points <= v}``
+    known to lie in ``a..c``: ``2 #{points <= v}``, less 1 if ``v`` is a point."""
+    while a < c:
+        m = (a + c) >> 1
+        if values[m] <= v:
+            a = m + 1
+        else:
+            c = m
+    return 2 * (a - p) - 1 if a > p and values[a - 1] == v else 2 * (a - p)
+
+
+@njit(nogil=True, cache=True)
+def evict_rows(slots, codes, edges, starts, values, ks_starts, guide, counts, special, cells,
+               first, last):
+    """Subtract columns ``first:last`` of the rows at ``slots`` of ``codes`` from the window's
+    ``counts``, ``special`` and ``cells`` (as :func:`encode_rows` added them; slots out of
+    range are skipped)."""
     cols = min(codes.shape[1], starts.shape[0] - 1, ks_starts.shape[0] - 1, counts.shape[0],
-               special.shape[0])
-    psi_ok, ks_ok = _usable(cols, edges, starts, counts.shape[1], values, ks_starts, guide,
-                            cells)
-    for first in range(0, cols, _BLOCK):
-        last = min(first + _BLOCK, cols)
+               special.shape[0], last)
+    first = max(first, 0)
+    psi_ok, ks_ok = _usable(first, cols, edges, starts, counts.shape[1], values, ks_starts,
+                            guide, cells)
+    for block in range(first, cols, _BLOCK):
+        end = min(block + _BLOCK, cols)
         for i in range(slots.shape[0]):
             slot = slots[i]
             if not 0 <= slot < codes.shape[0]:
                 continue
-            for j in range(first, last):
-                if not psi_ok[j]:
+            for j in range(block, end):
+                if not psi_ok[j - first]:
                     continue
                 code = codes[slot, j]
                 flag = code & 3
@@ -173,7 +214,7 @@ def evict_rows(slots, codes, edges, starts, values, ks_starts, guide, counts, sp
                 if flag != IN_RANGE:
                     special[j, flag - 1] -= 1
                 counts[j, (code & 0xFFFF) >> 2] -= 1
-                if ks_ok[j]:
+                if ks_ok[j - first]:
                     cells[2 * ks_starts[j] + j + (code >> 16)] -= 1
 
 
@@ -228,17 +269,20 @@ def _bin(v, edges, start, end):
 
 
 @njit(nogil=True, cache=True)
-def _usable(cols, edges, starts, width, values, ks_starts, guide, cells):
-    """Per column: whether its bins fit (``psi``), and whether it has KS points that fit."""
-    psi = np.zeros(cols, dtype=np.bool_)
-    ks = np.zeros(cols, dtype=np.bool_)
-    for j in range(cols):
+def _usable(first, cols, edges, starts, width, values, ks_starts, guide, cells):
+    """Per column of ``first:cols`` (``first >= 0``; indexed from ``first``): whether its bins
+    fit (``psi``), and whether it has KS points that fit (``ks``)."""
+    psi = np.zeros(max(cols - first, 0), dtype=np.bool_)
+    ks = np.zeros(max(cols - first, 0), dtype=np.bool_)
+    for j in range(first, cols):
         s = starts[j]
         e = starts[j + 1]
-        psi[j] = 0 <= s <= e <= edges.shape[0] and e - s + 1 <= width and e - s < MAX_BINS
+        psi[j - first] = (0 <= s <= e <= edges.shape[0] and e - s + 1 <= width
+                          and e - s < MAX_BINS)
         lo = ks_starts[j]
         hi = ks_starts[j + 1]
-        ks[j] = (psi[j] and 0 <= lo < hi <= values.shape[0] and hi - lo <= MAX_KS_POINTS
-                 and hi + j < guide.shape[0] and 2 * hi + j < cells.shape[0])
+        ks[j - first] = (psi[j - first] and 0 <= lo < hi <= values.shape[0]
+                         and hi - lo <= MAX_KS_POINTS
+                         and GUIDE_CELLS * hi + j < guide.shape[0]
+                         and 2 * hi + j < cells.shape[0])
     return psi, ks
-

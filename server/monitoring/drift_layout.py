@@ -57,7 +57,8 @@ class Layout:
         return 2 * int(self.ks_starts[-1]) + len(self.columns)
 
 
-def layout(profile: Profile, guide_kernel: GuideKernel) -> Layout:
+def layout(profile: Profile, guide_kernel: GuideKernel, guide_cells: int) -> Layout:
+    """``guide_kernel`` fills the search guide of ``guide_cells`` cells per KS point."""
     columns = list(profile.features)
     kinds = [""] * len(profile.features)
     if profile.prediction is not None:
@@ -73,7 +74,7 @@ def layout(profile: Profile, guide_kernel: GuideKernel) -> Layout:
         [c.ks_cdf[:n] for c, n in zip(columns, points, strict=True)] + [np.zeros(0)]
     ).astype(np.float64)
     ks_starts = np.cumsum([0, *points]).astype(np.int64)
-    guide = np.zeros(int(ks_starts[-1]) + len(columns), dtype=np.int64)
+    guide = np.zeros(guide_cells * int(ks_starts[-1]) + len(columns), dtype=np.int64)
     scale = np.zeros(len(columns))
     guide_kernel(ks_values, ks_starts, guide, scale)
     bins = np.array([c.edges.size + 1 for c in columns], dtype=np.int64)

@@ -35,7 +35,8 @@ from sluice.server.monitoring.hub import Finished
 from sluice.server.monitoring.pacing import DutyCycle
 from sluice.server.monitoring.profile import Profile
 
-#: Values (rows x columns) coded, or evicted, per kernel call when paced: ~5 ms of kernel.
+#: Values (rows x columns) coded, or evicted, per kernel call when paced: ~3 ms of kernel. A
+#: call takes every row of a block for a range of columns (see ``sluice.kernels.drift_codes``).
 _CHUNK_VALUES = 100_000
 #: Float64 values the queue between two intakes may hold (64 MiB), unless told otherwise.
 _PENDING_VALUES = 1 << 23
@@ -45,6 +46,7 @@ class DriftKernels(Protocol):
     """``sluice.kernels.drift_codes``, handed over by the composition root (this package
     imports no Numba)."""
 
+    GUIDE_CELLS: int
     ks_guide: Callable[..., None]
     encode_rows: Callable[..., None]
     evict_rows: Callable[..., None]
@@ -64,7 +66,7 @@ class VersionWindow:
         self.model, self.version, self.profile, self.settings = model, version, profile, settings
         self._batched = batched
         self._kernels = kernels
-        self._layout = layout(profile, kernels.ks_guide)
+        self._layout = layout(profile, kernels.ks_guide, kernels.GUIDE_CELLS)
         cols = len(self._layout.columns)
         size = settings.window_rows
         self._codes = np.zeros((size, cols), dtype=np.uint32)
@@ -130,9 +132,16 @@ class VersionWindow:
         with self._lock:
             pending, self._pending = self._pending, deque()
             self._pending_rows = 0
-        for when, rows in pending:
-            self._encode(when, rows, duty)
+        size = self._codes.shape[0]
+        together: list[tuple[float, np.ndarray]] = []
+        for when, rows in pending:  # coded in groups that fit the ring (nearly always: one)
+            if together and sum(r.shape[0] for _, r in together) + rows.shape[0] > size:
+                self._encode(together, duty)
+                together = []
+            together.append((when, rows))
             self.sampled_rows += rows.shape[0]
+        if together:
+            self._encode(together, duty)
         aged = np.flatnonzero(self._kept & (self._times < now - self.settings.window_s))
         if aged.size:
             self._evict(aged, duty)
@@ -193,57 +202,69 @@ class VersionWindow:
         row = np.full((1, len(lay.columns)), np.nan)
         nowhere = np.full(1, -1, dtype=np.int64)
         scratch = np.zeros_like(self._cumulative), np.zeros_like(self._special)
+        every = len(lay.columns)
         self._kernels.encode_rows(row, nowhere, self._codes, *lay.kernel_args, *scratch,
-                                  *scratch, np.zeros_like(self._cells))
+                                  *scratch, np.zeros_like(self._cells), 0, every)
         self._kernels.evict_rows(nowhere, self._codes, lay.edges, lay.starts, lay.ks_values,
-                                 lay.ks_starts, lay.guide, *scratch, np.zeros_like(self._cells))
+                                 lay.ks_starts, lay.guide, *scratch, np.zeros_like(self._cells),
+                                 0, every)
         self._kernels.ks_from_cells(self._cells, lay.ks_starts, lay.ks_cdf,
                                     np.zeros(len(lay.columns), dtype=np.int64),
                                     np.zeros(len(lay.columns)))
 
-    def _encode(self, when: float, rows: np.ndarray, duty: DutyCycle | None) -> None:
-        """Code ``rows`` into the next slots of the ring (the oldest rows there leave first);
-        rows beyond the ring's size count in the cumulative counters only."""
+    def _encode(self, blocks: list[tuple[float, np.ndarray]], duty: DutyCycle | None) -> None:
+        """Code ``blocks`` (arrival time, rows) into the next slots of the ring: the rows there
+        leave first, and rows beyond the ring's size count in the cumulative counters only.
+        Blocks of at most the ring's size in all (or one larger block) get distinct slots, so
+        that the rows leaving can be taken out first and every block coded after, in one pass
+        over each range of columns."""
         size = self._codes.shape[0]
-        n = rows.shape[0]
-        keep = min(n, size)
-        slots = np.full(n, -1, dtype=np.int64)
-        at = (self._head + np.arange(keep)) % size
-        slots[n - keep:] = at
-        leaving = at[self._kept[at]]
-        if leaving.size:
-            self._evict(leaving, duty)
-        self._kept[at] = True
-        self._times[at] = when
-        self._head = int((self._head + keep) % size)
-        # float64 always: the kernels were compiled for it at warm(); another dtype would
-        # compile on this thread, under traffic
-        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        placed = []
+        leaving = []
+        for when, rows in blocks:
+            n = rows.shape[0]
+            keep = min(n, size)
+            slots = np.full(n, -1, dtype=np.int64)
+            at = (self._head + np.arange(keep)) % size
+            slots[n - keep:] = at
+            leaving.append(at[self._kept[at]])
+            self._kept[at] = True
+            self._times[at] = when
+            self._head = int((self._head + keep) % size)
+            # float64 always: the kernels were compiled for it at warm(); another dtype would
+            # compile on this thread, under traffic
+            placed.append((np.ascontiguousarray(rows, dtype=np.float64), slots))
+        gone = np.concatenate(leaving)
+        self.evicted_rows += int(gone.size)
         lay = self._layout
-        step = self._chunk(n, duty)
-        for first in range(0, n, step):
-            _call(duty, self._kernels.encode_rows, rows[first:first + step],
-                  slots[first:first + step],
-                  self._codes, *lay.kernel_args, self._cumulative, self._special,
-                  self._counts, self._window_special, self._cells)
+        total = sum(rows.shape[0] for rows, _ in placed) + gone.size
+        for first, last in self._column_ranges(total, duty):
+            if gone.size:  # the rows leaving are counted out before their slots are rewritten
+                _call(duty, self._kernels.evict_rows, gone, self._codes, lay.edges, lay.starts,
+                      lay.ks_values, lay.ks_starts, lay.guide, self._counts,
+                      self._window_special, self._cells, first, last)
+            for rows, slots in placed:
+                _call(duty, self._kernels.encode_rows, rows, slots, self._codes,
+                      *lay.kernel_args, self._cumulative, self._special, self._counts,
+                      self._window_special, self._cells, first, last)
 
     def _evict(self, slots: np.ndarray, duty: DutyCycle | None) -> None:
         """Take the rows at ``slots`` out of the window's counts."""
         lay = self._layout
-        step = self._chunk(slots.size, duty)
-        for first in range(0, slots.size, step):
-            _call(duty, self._kernels.evict_rows, slots[first:first + step],
-                  self._codes, lay.edges, lay.starts, lay.ks_values, lay.ks_starts, lay.guide,
-                  self._counts, self._window_special, self._cells)
+        for first, last in self._column_ranges(slots.size, duty):
+            _call(duty, self._kernels.evict_rows, slots, self._codes, lay.edges, lay.starts,
+                  lay.ks_values, lay.ks_starts, lay.guide, self._counts, self._window_special,
+                  self._cells, first, last)
         self._kept[slots] = False
         self.evicted_rows += int(slots.size)
 
-    def _chunk(self, rows: int, duty: DutyCycle | None) -> int:
-        """Rows per kernel call: all ``rows`` at once, or ~``_CHUNK_VALUES`` values when
-        paced."""
-        if duty is None:
-            return max(rows, 1)
-        return max(1, _CHUNK_VALUES // max(len(self._layout.columns), 1))
+    def _column_ranges(self, rows: int, duty: DutyCycle | None) -> list[tuple[int, int]]:
+        """Kernel calls for ``rows`` rows: every column at once, or ranges of columns of
+        ~``_CHUNK_VALUES`` values each when paced (each call takes all the rows, so that a
+        column's tables are fetched once for all of them)."""
+        cols = len(self._layout.columns)
+        step = cols if duty is None else max(1, _CHUNK_VALUES // max(rows, 1))
+        return [(first, min(first + step, cols)) for first in range(0, max(cols, 1), step)]
 
 
 def _call(duty: DutyCycle | None, kernel: Callable[..., None], *args: object) -> None:

@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import ks_2samp
 
 from sluice.kernels import drift_codes
-from sluice.kernels.drift_codes import ABOVE, BELOW, MISSING, ks_guide
+from sluice.kernels.drift_codes import ABOVE, BELOW, GUIDE_CELLS, MISSING, ks_guide
 from sluice.server.monitoring.drift_stats import ecdf_points, ks_statistic
 from sluice.server.monitoring.profile import MAX_BINS, MAX_KS_POINTS
 
@@ -30,7 +30,7 @@ class Window:
         self.values = np.concatenate([p[0] for p in points] + [np.zeros(0)])
         self.cdf = np.concatenate([p[1] for p in points] + [np.zeros(0)])
         self.ks_starts = np.cumsum([0] + [p[0].size for p in points]).astype(np.int64)
-        self.guide = np.zeros(self.ks_starts[-1] + cols, dtype=np.int64)
+        self.guide = np.zeros(GUIDE_CELLS * self.ks_starts[-1] + cols, dtype=np.int64)
         self.scale = np.zeros(cols)
         self.k["ks_guide"](self.values, self.ks_starts, self.guide, self.scale)
         width = max(len(e) for e in edge_lists) + 1
@@ -41,16 +41,21 @@ class Window:
         self.special = np.zeros((cols, 3), dtype=np.int64)
         self.cells = np.zeros(2 * self.ks_starts[-1] + cols, dtype=np.int64)
 
-    def encode(self, x, slots):
-        self.k["encode_rows"](
-            np.ascontiguousarray(x), np.asarray(slots, dtype=np.int64), self.codes, self.edges,
-            self.starts, self.lo, self.hi, self.values, self.ks_starts, self.guide, self.scale,
-            self.cumulative, self.cumulative_special, self.counts, self.special, self.cells)
+    def encode(self, x, slots, columns=None):
+        """Code ``x`` at ``slots``: every column in one call, or a call per (first, last) of
+        ``columns``."""
+        for first, last in columns or [(0, len(self.lo))]:
+            self.k["encode_rows"](
+                np.ascontiguousarray(x), np.asarray(slots, dtype=np.int64), self.codes,
+                self.edges, self.starts, self.lo, self.hi, self.values, self.ks_starts,
+                self.guide, self.scale, self.cumulative, self.cumulative_special, self.counts,
+                self.special, self.cells, first, last)
 
-    def evict(self, slots):
-        self.k["evict_rows"](np.asarray(slots, dtype=np.int64), self.codes, self.edges,
-                             self.starts, self.values, self.ks_starts, self.guide, self.counts,
-                             self.special, self.cells)
+    def evict(self, slots, columns=None):
+        for first, last in columns or [(0, len(self.lo))]:
+            self.k["evict_rows"](np.asarray(slots, dtype=np.int64), self.codes, self.edges,
+                                 self.starts, self.values, self.ks_starts, self.guide,
+                                 self.counts, self.special, self.cells, first, last)
 
     def ks(self, rows):
         out = np.full(len(self.lo), -1.0)
@@ -243,12 +248,38 @@ def test_the_profile_limits_are_what_a_code_holds():
     assert ((MAX_BINS - 1) << 2 | ABOVE) < 1 << 16 and 2 * MAX_KS_POINTS < 1 << 16
 
 
-def test_a_guide_cuts_each_column_into_as_many_cells_as_it_has_points():
+def test_a_guide_cuts_each_column_into_twice_as_many_cells_as_it_has_points():
     values = np.array([0.0, 1.0, 2.0, 10.0, 5.0, 6.0])
     ks_starts = np.array([0, 4, 6], dtype=np.int64)
-    guide = np.zeros(8, dtype=np.int64)
+    guide = np.zeros(GUIDE_CELLS * 6 + 2, dtype=np.int64)
     scale = np.zeros(2)
     ks_guide(values, ks_starts, guide, scale)
-    # column 0: 4 cells of width 2.5 over [0, 10); the first point not below 0, 2.5, 5, 7.5
-    assert scale[0] == pytest.approx(0.4) and list(guide[:5]) == [0, 3, 3, 3, 4]
-    assert scale[1] == pytest.approx(2.0) and list(guide[5:8]) == [4, 5, 6]
+    assert GUIDE_CELLS == 2
+    # column 0: 8 cells of width 1.25 over [0, 10]; points 0 and 1 in cell 0, 2 in cell 1, 10
+    # in the last (7): the first point whose cell is not below g, for g = 0..8
+    assert scale[0] == pytest.approx(0.8) and list(guide[:9]) == [0, 2, 3, 3, 3, 3, 3, 3, 4]
+    # column 1 (from index 4, its guide from 2 * 4 + 1): 4 cells over [5, 6]
+    assert scale[1] == pytest.approx(4.0) and list(guide[9:14]) == [4, 5, 5, 5, 6]
+
+
+def test_calls_by_ranges_of_columns_count_as_one_call():
+    """A paced window codes and evicts a range of columns a call: the ranges together give
+    what one call over every column gives (codes, counters, cells), ranges out of bounds
+    included."""
+    rng = np.random.default_rng(13)
+    points, _ = _points(rng, 4)
+    x = rng.normal(scale=3.0, size=(120, 4))
+    x[::7, 2] = np.nan
+    x[::11, 0] = -np.inf
+    whole = Window(EDGES, LO, HI, points, size=100)
+    parts = Window(EDGES, LO, HI, points, size=100)
+    slots = np.r_[np.full(20, -1), np.arange(100)]  # the first 20 rows: cumulative only
+    whole.encode(x, slots)
+    parts.encode(x, slots, columns=[(0, 1), (1, 3), (3, 9), (-2, 0)])
+    for name in ("codes", "cumulative", "cumulative_special", "counts", "special", "cells"):
+        np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name), name)
+    whole.evict(np.arange(40))
+    parts.evict(np.arange(40), columns=[(2, 4), (0, 2)])
+    for name in ("counts", "special", "cells"):
+        np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name), name)
+    assert whole.counts.sum() == 60 * 4 - whole.special[:, 0].sum()

@@ -100,20 +100,22 @@ def test_a_duty_cycle_rests_in_proportion_to_each_unit_of_work():
     assert len(sleep.taken) == 2  # a share of 1: no rest
 
 
+@pytest.mark.parametrize("ring", [30, 60])
 def test_the_scheduled_intake_runs_its_kernels_in_chunks_and_gets_the_same_figures(
-        monkeypatch):
+        monkeypatch, ring):
     digits = BUNDLED_REPOSITORY / "digits"
     config, _ = read_model_config(digits, "digits")
     profile = load_profile(config, digits / "2")
     columns = len(profile.features) + 1
-    monkeypatch.setattr(drift_window, "_CHUNK_VALUES", 7 * columns)  # 7 rows a call
+    chunk = 7 * columns
+    monkeypatch.setattr(drift_window, "_CHUNK_VALUES", chunk)  # 7 rows' worth a call
     x = np.load(digits / "test_split.npz")["X"][:45]
     clock = FakeClock()
     duty = DutyCycle(0.5, clock=clock, sleep=Sleeps(clock))
     reports = []
     for paced in (False, True):
         monitor = DriftMonitor(MonitorHub(), drift_codes, seed=0, duty=duty, clock=lambda: 0.0)
-        monitor.attach("digits", 2, profile, DriftSettings(sample=1.0, window_rows=30))
+        monitor.attach("digits", 2, profile, DriftSettings(sample=1.0, window_rows=ring))
         for rows in (x[:25], x[25:]):  # two drains, two blocks
             monitor.on_finished([Finished("r", 0.0, "digits", 2, "", "", {}, {"input": rows},
                                           0.001)])
@@ -121,10 +123,15 @@ def test_the_scheduled_intake_runs_its_kernels_in_chunks_and_gets_the_same_figur
             monitor.intake_now()
         (report,) = monitor.compute_now(paced=paced)
         reports.append(report)
-    # 25 then 20 rows coded 7 at a time; the 15 the second block overwrites in the 30-row
-    # ring leave 7 at a time
-    assert duty.units == -(-25 // 7) + -(-20 // 7) + -(-15 // 7)
+    # a call takes every row for a range of columns
+    if ring == 30:  # the first block's 25 rows in ranges of chunk // 25 columns; the second
+        # block's 20 do not fit the ring beside them, so they go next, with the 15 rows they
+        # overwrite: ranges of chunk // 35 columns, each an eviction and a coding
+        assert duty.units == -(-columns // (chunk // 25)) + 2 * -(-columns // (chunk // 35))
+    else:  # both blocks fit the ring: coded together, ranges of chunk // 45 columns
+        assert duty.units == 2 * -(-columns // (chunk // 45))
     plain, chunked = reports
     assert chunked.features == plain.features and chunked.prediction == plain.prediction
-    assert (chunked.cumulative == plain.cumulative).all() and chunked.rows == plain.rows == 30
+    assert (chunked.cumulative == plain.cumulative).all()
+    assert chunked.rows == plain.rows == min(ring, 45)
     assert any(f.ks for f in plain.features)  # KS figures were compared, not all None
