@@ -128,8 +128,8 @@ def test_the_scheduled_intake_runs_its_kernels_in_chunks_and_gets_the_same_figur
         # block's 20 do not fit the ring beside them, so they go next, with the 15 rows they
         # overwrite: ranges of chunk // 35 columns, each an eviction and a coding
         assert duty.units == -(-columns // (chunk // 25)) + 2 * -(-columns // (chunk // 35))
-    else:  # both blocks fit the ring: coded together, ranges of chunk // 45 columns
-        assert duty.units == 2 * -(-columns // (chunk // 45))
+    else:  # both blocks fit the ring: coded as one array, ranges of chunk // 45 columns
+        assert duty.units == -(-columns // (chunk // 45))
     plain, chunked = reports
     assert chunked.features == plain.features and chunked.prediction == plain.prediction
     assert (chunked.cumulative == plain.cumulative).all()
