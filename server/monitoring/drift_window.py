@@ -40,6 +40,9 @@ from sluice.server.monitoring.profile import Profile
 _CHUNK_VALUES = 100_000
 #: Float64 values the queue between two intakes may hold (64 MiB), unless told otherwise.
 _PENDING_VALUES = 1 << 23
+#: Most values queued blocks are copied together into, to be coded as one (16 MiB of float64:
+#: a few milliseconds of copy holding the GIL; cnn queues ~1M values a second).
+_GROUP_VALUES = 1 << 21
 
 
 class DriftKernels(Protocol):
@@ -132,10 +135,10 @@ class VersionWindow:
         with self._lock:
             pending, self._pending = self._pending, deque()
             self._pending_rows = 0
-        size = self._codes.shape[0]
+        most = min(self._codes.shape[0], max(1, _GROUP_VALUES // max(self._codes.shape[1], 1)))
         together: list[tuple[float, np.ndarray]] = []
-        for when, rows in pending:  # coded in groups that fit the ring (nearly always: one)
-            if together and sum(r.shape[0] for _, r in together) + rows.shape[0] > size:
+        for when, rows in pending:  # coded in groups that fit the ring and _GROUP_VALUES
+            if together and sum(r.shape[0] for _, r in together) + rows.shape[0] > most:
                 self._encode(together, duty)
                 together = []
             together.append((when, rows))

@@ -100,15 +100,16 @@ def test_a_duty_cycle_rests_in_proportion_to_each_unit_of_work():
     assert len(sleep.taken) == 2  # a share of 1: no rest
 
 
-@pytest.mark.parametrize("ring", [30, 60])
+@pytest.mark.parametrize(("ring", "group"), [(30, 1000), (60, 1000), (60, 30)])
 def test_the_scheduled_intake_runs_its_kernels_in_chunks_and_gets_the_same_figures(
-        monkeypatch, ring):
+        monkeypatch, ring, group):
     digits = BUNDLED_REPOSITORY / "digits"
     config, _ = read_model_config(digits, "digits")
     profile = load_profile(config, digits / "2")
     columns = len(profile.features) + 1
     chunk = 7 * columns
     monkeypatch.setattr(drift_window, "_CHUNK_VALUES", chunk)  # 7 rows' worth a call
+    monkeypatch.setattr(drift_window, "_GROUP_VALUES", group * columns)  # rows copied as one
     x = np.load(digits / "test_split.npz")["X"][:45]
     clock = FakeClock()
     duty = DutyCycle(0.5, clock=clock, sleep=Sleeps(clock))
@@ -128,6 +129,8 @@ def test_the_scheduled_intake_runs_its_kernels_in_chunks_and_gets_the_same_figur
         # block's 20 do not fit the ring beside them, so they go next, with the 15 rows they
         # overwrite: ranges of chunk // 35 columns, each an eviction and a coding
         assert duty.units == -(-columns // (chunk // 25)) + 2 * -(-columns // (chunk // 35))
+    elif group == 30:  # both fit the ring, not the group: each block apart, no eviction
+        assert duty.units == -(-columns // (chunk // 25)) + -(-columns // (chunk // 20))
     else:  # both blocks fit the ring: coded as one array, ranges of chunk // 45 columns
         assert duty.units == -(-columns // (chunk // 45))
     plain, chunked = reports
