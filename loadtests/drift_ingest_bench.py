@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.models import ROOT
-from loadtests.monitor_cost import checkout_run
+from loadtests.monitor_cost import add_checkout_option, checkout_run
 from loadtests.monitoring_overhead import build
 from loadtests.report import write_json
 
@@ -85,9 +85,7 @@ KINDS = ("varied", "repeated")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.drift_ingest_bench",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkout", type=Path, action="append",
-                        help="a Sluice checkout to measure (repeat to compare; default: this "
-                             "one)")
+    add_checkout_option(parser)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--drains", type=int, default=4)
     parser.add_argument("--requests", type=int, default=11)

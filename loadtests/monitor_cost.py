@@ -290,12 +290,17 @@ def per_record(args: argparse.Namespace, checkouts: list[Path]) -> dict[str, Any
     return {"runs": results, "medians": medians}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.monitor_cost",
-                                     description=__doc__.split("\n\n")[0])
+def add_checkout_option(parser: argparse.ArgumentParser) -> None:
+    """``--checkout DIR`` (repeatable): the checkouts a benchmark measures side by side."""
     parser.add_argument("--checkout", type=Path, action="append",
                         help="a Sluice checkout to measure (repeat to compare; default: this "
                              "one)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.monitor_cost",
+                                     description=__doc__.split("\n\n")[0])
+    add_checkout_option(parser)
     parser.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v],
                         default=list(VARIANTS))
     parser.add_argument("--rounds", type=int, default=3)
