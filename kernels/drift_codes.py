@@ -60,8 +60,12 @@ IN_RANGE, MISSING, BELOW, ABOVE = 0, 1, 2, 3
 #: Most PSI bins, and most KS points, a feature may have (what 14 and 15 bits of a code hold).
 MAX_BINS = 1 << 14
 MAX_KS_POINTS = (1 << 15) - 1
-#: Guide cells per KS point (:func:`ks_guide`).
+#: Guide cells per KS point (:func:`ks_guide`): two leave fewer cells with more than two
+#: points (the dense middle of a normal feature) than one, ~1.5 ns a value less (28.5 / 29.7
+#: against 30.1 / 31.8, 3,840 varied rows in one call).
 GUIDE_CELLS = 2
+#: Columns per block (3,840 varied rows of 3,073 columns in one call: 23.9 ns a value with 4,
+#: 25.4 with 8, 26.9 with 16, 27 with 32; with 1, 39: the rows are read column by column).
 _BLOCK = 4
 
 
