@@ -153,8 +153,8 @@ def encode_rows(x, slots, codes, edges, starts, lo, hi, values, ks_starts, guide
                 if ks_ok[j - first]:
                     # the KS cell, written out: as an inlined call it took 20 of the kernel's
                     # 43 ns a value (8 distinct rows of cnn's 3,073 columns, 420 rows a call);
-                    # values outside the points too (random bytes, as perf_analyzer sends,
-                    # are mostly outside: through the search's call, 40 against 30 ns)
+                    # values outside the points too: through the search's call, coding took
+                    # 40 against 31 ns a value inside the server under perf_analyzer's load
                     p = ks_starts[j]
                     q = ks_starts[j + 1]
                     sc = scale[j]
