@@ -40,8 +40,8 @@ from sluice.server.monitoring.profile import Profile
 _CHUNK_VALUES = 100_000
 #: Float64 values the queue between two intakes may hold (64 MiB), unless told otherwise.
 _PENDING_VALUES = 1 << 23
-#: Most values queued blocks are copied together into, to be coded as one (16 MiB of float64:
-#: a few milliseconds of copy holding the GIL; cnn queues ~1M values a second).
+#: Most values queued blocks are copied together into, to be coded as one (16 MiB of float64,
+#: so that the copy stays bounded; cnn queues ~1M values a second).
 _GROUP_VALUES = 1 << 21
 
 
@@ -218,11 +218,11 @@ class VersionWindow:
     def _encode(self, blocks: list[tuple[float, np.ndarray]], duty: DutyCycle | None) -> None:
         """Code ``blocks`` (arrival time, rows) into the next slots of the ring: the rows there
         leave first, and rows beyond the ring's size count in the cumulative counters only.
-        Blocks of at most the ring's size in all (or one larger block) get distinct slots, so
-        that they are coded as one array (a copy of ~1 MB a second for cnn), after the rows
-        leaving are taken out, in one pass over each range of columns: per block, the
-        server's drains of a few requests each made ~10x the kernel calls, each fetching its
-        columns' tables for a few rows."""
+        Blocks within the ring's size and :data:`_GROUP_VALUES` (or one larger block) get
+        distinct slots, so that they are coded as one array (a copy of ~8 MB a second for
+        cnn), after the rows leaving are taken out, in one pass over each range of columns:
+        per block, the server's drains of a few requests each made ~10x the kernel calls,
+        each fetching its columns' tables for a few rows."""
         size = self._codes.shape[0]
         slots = []
         for when, rows in blocks:
