@@ -137,11 +137,13 @@ class VersionWindow:
             self._pending_rows = 0
         most = min(self._codes.shape[0], max(1, _GROUP_VALUES // max(self._codes.shape[1], 1)))
         together: list[tuple[float, np.ndarray]] = []
+        held = 0
         for when, rows in pending:  # coded in groups that fit the ring and _GROUP_VALUES
-            if together and sum(r.shape[0] for _, r in together) + rows.shape[0] > most:
+            if together and held + rows.shape[0] > most:
                 self._encode(together, duty)
-                together = []
+                together, held = [], 0
             together.append((when, rows))
+            held += rows.shape[0]
             self.sampled_rows += rows.shape[0]
         if together:
             self._encode(together, duty)
@@ -244,22 +246,25 @@ class VersionWindow:
         lay = self._layout
         for first, last in self._column_ranges(rows.shape[0] + gone.size, duty):
             if gone.size:  # the rows leaving are counted out before their slots are rewritten
-                _call(duty, self._kernels.evict_rows, gone, self._codes, lay.edges, lay.starts,
-                      lay.ks_values, lay.ks_starts, lay.guide, self._counts,
-                      self._window_special, self._cells, first, last)
+                self._evict_columns(gone, first, last, duty)
             _call(duty, self._kernels.encode_rows, rows, where, self._codes, *lay.kernel_args,
                   self._cumulative, self._special, self._counts, self._window_special,
                   self._cells, first, last)
 
     def _evict(self, slots: np.ndarray, duty: DutyCycle | None) -> None:
         """Take the rows at ``slots`` out of the window's counts."""
-        lay = self._layout
         for first, last in self._column_ranges(slots.size, duty):
-            _call(duty, self._kernels.evict_rows, slots, self._codes, lay.edges, lay.starts,
-                  lay.ks_values, lay.ks_starts, lay.guide, self._counts, self._window_special,
-                  self._cells, first, last)
+            self._evict_columns(slots, first, last, duty)
         self._kept[slots] = False
         self.evicted_rows += int(slots.size)
+
+    def _evict_columns(self, slots: np.ndarray, first: int, last: int,
+                       duty: DutyCycle | None) -> None:
+        """Take columns ``first:last`` of the rows at ``slots`` out of the window's counts."""
+        lay = self._layout
+        _call(duty, self._kernels.evict_rows, slots, self._codes, lay.edges, lay.starts,
+              lay.ks_values, lay.ks_starts, lay.guide, self._counts, self._window_special,
+              self._cells, first, last)
 
     def _column_ranges(self, rows: int, duty: DutyCycle | None) -> list[tuple[int, int]]:
         """Kernel calls for ``rows`` rows: every column at once, or ranges of columns of
