@@ -278,6 +278,9 @@ def test_calls_by_ranges_of_columns_count_as_one_call():
     parts.encode(x, slots, columns=[(0, 1), (1, 3), (3, 9), (-2, 0)])
     for name in ("codes", "cumulative", "cumulative_special", "counts", "special", "cells"):
         np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name), name)
+    counts, special = _binned(x[20:], EDGES, LO, HI, parts.counts.shape[1])  # NumPy's
+    np.testing.assert_array_equal(parts.counts, counts)
+    np.testing.assert_array_equal(parts.special, special)
     whole.evict(np.arange(40))
     parts.evict(np.arange(40), columns=[(2, 4), (0, 2)])
     for name in ("counts", "special", "cells"):
