@@ -19,17 +19,15 @@ request lacks (an optional input, an output not requested) is NaN, counted as mi
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import numpy as np
 
 from sluice.server.config.drift import DriftSettings
 from sluice.server.monitoring.drift_layout import layout
+from sluice.server.monitoring.drift_queue import Block, RowQueue
 from sluice.server.monitoring.drift_report import DriftReport, FeatureDrift
-from sluice.server.monitoring.drift_rows import record_rows, rows_together
 from sluice.server.monitoring.drift_stats import psi_rows
 from sluice.server.monitoring.hub import Finished
 from sluice.server.monitoring.pacing import DutyCycle
@@ -38,8 +36,6 @@ from sluice.server.monitoring.profile import Profile
 #: Values (rows x columns) coded, or evicted, per kernel call when paced: ~3 ms of kernel. A
 #: call takes every row of a block for a range of columns (see ``sluice.kernels.drift_codes``).
 _CHUNK_VALUES = 100_000
-#: Float64 values the queue between two intakes may hold (64 MiB), unless told otherwise.
-_PENDING_VALUES = 1 << 23
 #: Most values queued blocks are copied together into, to be coded as one (16 MiB of float64,
 #: so that the copy stays bounded; cnn queues ~1M values a second).
 _GROUP_VALUES = 1 << 21
@@ -63,11 +59,8 @@ class VersionWindow:
         self, model: str, version: int, profile: Profile, settings: DriftSettings,
         batched: bool, kernels: DriftKernels, max_pending_rows: int | None = None,
     ) -> None:
-        """``max_pending_rows``: rows queued between two intakes before more are dropped
-        (default: ``window_rows`` or 10,000 if more, but no more than 64 MiB of float64 and no
-        fewer than 1,000 rows)."""
+        """``max_pending_rows``: see :class:`~.drift_queue.RowQueue`."""
         self.model, self.version, self.profile, self.settings = model, version, profile, settings
-        self._batched = batched
         self._kernels = kernels
         self._layout = layout(profile, kernels.ks_guide, kernels.GUIDE_CELLS)
         cols = len(self._layout.columns)
@@ -76,14 +69,9 @@ class VersionWindow:
         self._times = np.full(size, -np.inf)
         self._kept = np.zeros(size, dtype=np.bool_)
         self._head = 0
-        self._lock = threading.Lock()
-        self._pending: deque[tuple[float, np.ndarray]] = deque()
-        self._pending_rows = 0
-        self._max_pending = max_pending_rows or min(
-            max(size, 10_000), max(1_000, _PENDING_VALUES // max(cols, 1)))
+        #: Rows queued by the hub's thread, and the rows counted instead (dropped, malformed).
+        self.queue = RowQueue(profile, batched, cols, size, max_pending_rows)
         self.sampled_rows = 0
-        self.dropped_rows = 0
-        self.malformed = 0
         self.evicted_rows = 0
         width = self._layout.width
         # every sampled row (the exported counters), and the window's rows
@@ -99,42 +87,18 @@ class VersionWindow:
 
     # -- the hub's thread -------------------------------------------------------------------
 
-    def add(self, record: Finished, now: float) -> None:
-        """Queue the rows of ``record`` (quick: a reshape and a copy); counted when they do not
-        fit the profile or the queue is full."""
-        rows = record_rows(self.profile, self._batched, record)
-        if rows is None:
-            self.malformed += 1
-            return
-        with self._lock:
-            if self._pending_rows + rows.shape[0] > self._max_pending:
-                self.dropped_rows += rows.shape[0]
-                return
-            self._pending.append((now, rows))
-            self._pending_rows += rows.shape[0]
-
     def add_many(self, records: list[Finished], now: float) -> None:
-        """:meth:`add` of each of ``records``, as one block of rows when they are batched alike
-        and fit the queue whole (a few numpy calls for the lot: one block per drain, coded into
-        the ring at once), else one by one."""
-        rows = rows_together(self.profile, records) if self._batched and len(records) > 1 else None
-        if rows is not None:
-            with self._lock:
-                if self._pending_rows + rows.shape[0] <= self._max_pending:
-                    self._pending.append((now, rows))
-                    self._pending_rows += rows.shape[0]
-                    return
-        for record in records:
-            self.add(record, now)
+        """Queue the rows of ``records`` (see :meth:`.RowQueue.add_many`)."""
+        self.queue.add_many(records, now)
 
     # -- the monitor's thread ---------------------------------------------------------------
 
-    def ingest(self, now: float, duty: DutyCycle | None = None) -> None:
-        """Take the queued rows in (coded into the ring and the counters), and let rows older
-        than ``window_s`` leave; with ``duty``, the kernels run in chunks through it."""
-        with self._lock:
-            pending, self._pending = self._pending, deque()
-            self._pending_rows = 0
+    def ingest(self, now: float, duty: DutyCycle | None = None,
+               blocks: Iterable[Block] | None = None) -> None:
+        """Take the queued rows in (coded into the ring and the counters), or ``blocks`` when
+        given (queued elsewhere: drift's worker process), and let rows older than ``window_s``
+        leave; with ``duty``, the kernels run in chunks through it."""
+        pending = self.queue.take() if blocks is None else blocks
         most = min(self._codes.shape[0], max(1, _GROUP_VALUES // max(self._codes.shape[1], 1)))
         together: list[tuple[float, np.ndarray]] = []
         held = 0
@@ -152,12 +116,15 @@ class VersionWindow:
             self._evict(aged, duty)
 
     def compute(self, now: float, tick: Callable[[], None] | None = None,
-                duty: DutyCycle | None = None) -> DriftReport:
-        """:meth:`ingest`, then the window's figures from its counts, published and returned;
-        ``tick`` is called between features (a :class:`~.pacing.Pacer`'s: making a report of
-        3,072 features takes milliseconds of Python)."""
-        self.ingest(now, duty)
-        basis = (self.sampled_rows, self.dropped_rows, self.malformed, self.evicted_rows)
+                duty: DutyCycle | None = None,
+                blocks: Iterable[Block] | None = None) -> DriftReport:
+        """:meth:`ingest` (of ``blocks`` when given), then the window's figures from its
+        counts, published and returned; ``tick`` is called between features (a
+        :class:`~.pacing.Pacer`'s: making a report of 3,072 features takes milliseconds of
+        Python)."""
+        self.ingest(now, duty, blocks)
+        queue = self.queue
+        basis = (self.sampled_rows, queue.dropped_rows, queue.malformed, self.evicted_rows)
         if self.report is not None and basis == self._basis:
             return self.report  # nothing came in, was counted or left: the same figures
         self._basis = basis
@@ -191,8 +158,8 @@ class VersionWindow:
             prediction=drifts[-1] if prediction is not None else None,
             prediction_output=prediction.output if prediction is not None else "",
             prediction_kind=prediction.kind if prediction is not None else "",
-            sampled_rows=self.sampled_rows, dropped_rows=self.dropped_rows,
-            malformed=self.malformed, cumulative=self._cumulative.copy(),
+            sampled_rows=self.sampled_rows, dropped_rows=queue.dropped_rows,
+            malformed=queue.malformed, cumulative=self._cumulative.copy(),
             cumulative_special=self._special.copy(),
         )
         self.report = report

@@ -126,7 +126,7 @@ def test_failed_requests_mismatched_tensors_and_a_full_queue_are_counted_not_bin
     ])
     (report,) = monitor.compute_now()
     assert (report.rows, report.malformed, report.dropped_rows) == (0, 1, 0)
-    queue = monitor._windows[("digits", 2)]._max_pending  # the bound under test: 10000 rows
+    queue = monitor._windows[("digits", 2)].queue.max_pending  # the bound under test: 10000 rows
     assert queue == 10_000
     monitor.on_finished([_record(np.tile(HELD_OUT[:100], (100, 1))), _record(HELD_OUT[:7])])
     (report,) = monitor.compute_now()
