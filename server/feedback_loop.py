@@ -3,24 +3,26 @@
 Finished requests reach the monitors through :class:`~sluice.server.monitoring.hub.MonitorHub`
 (the servicer offers them); on it sit the prediction log, live quality and drift. Cost per
 prediction reads the instances' CPU meters. Each registers its collector on the server's
-:class:`~sluice.server.metrics.Metrics`. Part of the composition root: it names the Numba
-kernels drift runs on, which the monitors themselves may not import.
+:class:`~sluice.server.metrics.Metrics`. Part of the composition root: it names the worker
+process drift's Numba kernels run in (``sluice.server.drift_worker``), which the monitors
+themselves may not import.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 
 from prometheus_client import ProcessCollector
 
-from sluice.kernels import drift_codes
 from sluice.server.config.model import ModelConfig
 from sluice.server.config.settings import ServerConfig
 from sluice.server.metrics import Metrics
 from sluice.server.monitoring.cost import CostAccountant, CostCollector
 from sluice.server.monitoring.drift import DriftMonitor
-from sluice.server.monitoring.drift_metrics import DriftCollector
+from sluice.server.monitoring.drift_metrics import DriftCollector, DriftWorkerCollector
+from sluice.server.monitoring.drift_remote import DriftWorker
 from sluice.server.monitoring.feedback_log import FeedbackLog
 from sluice.server.monitoring.gpu import GpuCollector
 from sluice.server.monitoring.hub import MonitorHub
@@ -48,13 +50,16 @@ class FeedbackLoop:
             feedback_log=FeedbackLog(config.predictions_dir),
         )
         metrics.register(QualityCollector(self.quality.reports))
-        # drift: a version's reference profile is read (and checked) as it loads
+        # drift: a version's reference profile is read (and checked) as it loads; its windows
+        # and Numba kernels live in a worker process at the lowest priority (drift_remote)
+        worker = DriftWorker([sys.executable, "-m", "sluice.server.drift_worker"])
         self.drift = DriftMonitor(
-            self.hub, drift_codes, interval_s=config.drift_interval_s,
+            self.hub, worker=worker, interval_s=config.drift_interval_s,
             is_loaded=lambda model, version: repository.find(model, version) is not None,
         )
         repository.check_version = self.drift.load_version
         metrics.register(DriftCollector(self.drift.reports, config.drift_top_features))
+        metrics.register(DriftWorkerCollector(worker))
         # cost per prediction and resource use: process CPU and RSS, each instance's CPU, NVML
         # when there is a GPU, CPU seconds (and price) per row in /metrics and `sluice stats`
         self.cost = CostAccountant(

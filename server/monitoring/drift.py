@@ -6,19 +6,24 @@ Owns one :class:`~.drift_window.VersionWindow` per model version that has a refe
 ``sample`` of the finished requests of each watched version (a random draw per request) and
 queues their rows, one block per version and drain; nothing else happens on the hub's thread.
 The monitor's own thread takes the queued rows in every ``intake_s`` (each value coded once by
-the Numba kernels the composition root injects, ``sluice.kernels.drift_codes``; this package
-imports no Numba), and every ``interval_s`` turns each window's counts into PSI, KS, missing and
-out-of-range rates per feature, and the prediction's drift (:mod:`.drift_window`). /metrics
-(:mod:`.drift_metrics`) and the ``DriftReport`` admin RPC read the last figures. On the
-schedule the kernels run in chunks of ~5 ms at most 15% of one CPU (:class:`~.pacing.DutyCycle`)
-and the report's Python in short stretches (:class:`~.pacing.Pacer`); a compute asked for
-(admin, tests) runs at full speed.
+the Numba kernels, ``sluice.kernels.drift_codes``; this package imports no Numba), and every
+``interval_s`` turns each window's counts into PSI, KS, missing and out-of-range rates per
+feature, and the prediction's drift (:mod:`.drift_window`). /metrics (:mod:`.drift_metrics`) and
+the ``DriftReport`` admin RPC read the last figures.
+
+Where the windows live: in the server, they are kept and coded by drift's worker process
+(:mod:`.drift_remote`, at the lowest CPU priority: why, measured, is there); the thread hands
+each window's queued rows over and gets its reports back. With kernels injected instead
+(tests, benchmarks), the windows are in this process: on the schedule their kernels run in
+chunks of ~5 ms at most 15% of one CPU (:class:`~.pacing.DutyCycle`) and the report's Python
+in short stretches (:class:`~.pacing.Pacer`); a compute asked for (admin, tests) runs at full
+speed.
 
 Promises:
 - Nothing here runs on the request path; a request never waits for, or fails because of, drift.
 - Every sampled row is either coded into the window and the per-bin counters once, or counted
-  (``dropped_rows`` when the queue between two intakes is full, ``malformed`` when its tensors
-  do not fit the profile).
+  (``dropped_rows`` when the queue between two intakes is full or a lost worker took it,
+  ``malformed`` when its tensors do not fit the profile).
 - A profile that does not match its model fails that model's load, naming the feature
   (:func:`load_version`, called on the loader thread before the version serves).
 """
@@ -35,6 +40,7 @@ import numpy as np
 
 from sluice.server.config.drift import DriftSettings, read_drift
 from sluice.server.config.model import ModelConfig
+from sluice.server.monitoring.drift_remote import DriftWorker, RemoteWindow, WorkerGone
 from sluice.server.monitoring.drift_report import DriftReport
 from sluice.server.monitoring.drift_window import DriftKernels, VersionWindow
 from sluice.server.monitoring.hub import Finished, MonitorHub, grouped
@@ -56,19 +62,25 @@ class DriftMonitor:
     computes them."""
 
     def __init__(
-        self, hub: MonitorHub, kernels: DriftKernels, *,
+        self, hub: MonitorHub, kernels: DriftKernels | None = None, *,
+        worker: DriftWorker | None = None,
         interval_s: float = DEFAULT_INTERVAL_S, intake_s: float = INTAKE_S,
         is_loaded: Callable[[str, int], bool] | None = None,
         clock: Callable[[], float] = time.monotonic, seed: int | None = None,
         pacer: Pacer | None = None, duty: DutyCycle | None = None,
     ) -> None:
-        """``kernels``: ``sluice.kernels.drift_codes``. ``is_loaded(model, version)``: whether a
+        """``kernels``: ``sluice.kernels.drift_codes``, run on this process's threads; or
+        ``worker``: the windows are kept and coded in that process
+        (:mod:`.drift_remote`: what the server runs). ``is_loaded(model, version)``: whether a
         version serves (reports leave out the rest; None: all). ``seed`` fixes the sampling
         draws (tests). ``pacer`` spreads the scheduled reports (between features) so they never
         hold the GIL long, and ``duty`` the kernels (in chunks, at a share of one CPU:
         :class:`~.pacing.DutyCycle`)."""
+        if (kernels is None) == (worker is None):
+            raise ValueError("drift needs its kernels or a worker, not both")
         self._hub = hub
         self._kernels = kernels
+        self._worker = worker
         self._interval_s = interval_s
         self._intake_s = min(intake_s, interval_s)
         self._is_loaded = is_loaded
@@ -77,12 +89,13 @@ class DriftMonitor:
         self._pacer = pacer or Pacer()
         self._duty = duty or DutyCycle()
         #: (model, version) -> window; replaced whole (copy on write), so readers need no lock.
-        self._windows: dict[tuple[str, int], VersionWindow] = {}
+        self._windows: dict[tuple[str, int], VersionWindow | RemoteWindow] = {}
         self._changing = threading.Lock()
         self._computing = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: Computes that raised (logged; the next one runs as usual).
+        #: Intakes and computes that raised, or found the worker lost (logged; the next one
+        #: runs as usual).
         self.failures = 0
         hub.subscribe("drift", self.on_finished)
 
@@ -103,9 +116,17 @@ class DriftMonitor:
     def attach(self, model: str, version: int, profile: Profile, settings: DriftSettings,
                *, batched: bool = True) -> None:
         """Start a fresh window for ``model`` ``version`` (replacing any)."""
-        window = VersionWindow(model, version, profile, settings, batched, self._kernels)
-        window.warm()  # the kernels compile (or load) now, on the loader's thread
-        window.compute(self._clock())  # the empty window's report: served, no rows yet
+        window: VersionWindow | RemoteWindow
+        if self._worker is not None:
+            window = RemoteWindow(model, version, profile, settings, batched, self._worker)
+        else:
+            assert self._kernels is not None
+            window = VersionWindow(model, version, profile, settings, batched, self._kernels)
+        window.warm()  # the kernels compile (or load) now, on the loader's thread (or worker)
+        try:
+            window.compute(self._clock())  # the empty window's report: served, no rows yet
+        except WorkerGone:
+            pass  # logged by the worker's handle; the report comes with the next compute
         with self._changing:
             windows = dict(self._windows)
             if not any(m == model for m, _ in windows):
@@ -121,8 +142,10 @@ class DriftMonitor:
             if (model, version) not in self._windows:
                 return
             windows = dict(self._windows)
-            del windows[(model, version)]
+            window = windows.pop((model, version))
             self._windows = windows
+            if isinstance(window, RemoteWindow):
+                window.detach()
             if not any(m == model for m, _ in windows):
                 self._hub.unwatch(model)
 
@@ -166,6 +189,8 @@ class DriftMonitor:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        if self._worker is not None:
+            self._worker.close(timeout_s)
 
     def intake_now(self) -> None:
         """Take every window's queued rows in, paced (the schedule does this every
@@ -184,6 +209,9 @@ class DriftMonitor:
                     self.compute_now(paced=True)
                 else:
                     self.intake_now()
+            except WorkerGone as exc:  # logged by the worker's handle; started again later
+                self.failures += 1
+                log.warning("drift intake skipped: %s", exc)
             except Exception:  # a bug of ours: logged, counted, and the schedule goes on
                 self.failures += 1
                 log.exception("drift compute failed")

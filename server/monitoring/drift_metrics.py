@@ -15,11 +15,16 @@ was made; ``bin`` is the bin's index, 0 = lowest), ``sluice_drift_reference_frac
 version, feature}; for the prediction ``sluice_prediction_bin_count_total`` and
 ``sluice_prediction_reference_fraction`` {model, version, bin}; and
 ``sluice_drift_sampled_rows_total`` / ``sluice_drift_dropped_rows_total`` {model, version}.
+
+The worker process the windows live in (:mod:`.drift_remote`):
+``sluice_drift_worker_lost_total`` (workers that died or hung, each replaced) and
+``sluice_drift_worker_cpu_seconds_total`` (the running worker's; it starts over with a new one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -111,3 +116,28 @@ class DriftCollector(Collector):
         yield from gauges.values()
         yield from (max_psi, prediction, rows, bins, reference, missing, outside, pred_bins,
                     pred_ref, sampled, dropped)
+
+
+class WorkerMeters(Protocol):
+    """What :class:`~.drift_remote.DriftWorker` tells about itself."""
+
+    lost: int
+
+    def cpu_seconds(self) -> float | None: ...
+
+
+class DriftWorkerCollector(Collector):
+    """The drift worker's losses and CPU (see the module docstring)."""
+
+    def __init__(self, worker: WorkerMeters) -> None:
+        self._worker = worker
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "sluice_drift_worker_lost", "Drift worker processes that died or hung (each "
+            "replaced; their windows started over).", value=self._worker.lost)
+        cpu = self._worker.cpu_seconds()
+        if cpu is not None:
+            yield CounterMetricFamily(
+                "sluice_drift_worker_cpu_seconds", "CPU seconds of the running drift worker "
+                "process (not in process_cpu_seconds_total).", value=cpu)

@@ -107,6 +107,9 @@ def test_scaled_inputs_drift_and_held_out_inputs_do_not(server, drift_repo, caps
     assert len(bins) == len(profile["features"][36]["fractions"]) and sum(bins) == 360
     assert metrics[("sluice_prediction_drift", labels(model="digits", version="2"))] == \
         pytest.approx(calm["prediction_drift"])
+    # the windows were coded in drift's worker process, which is still the first one
+    assert metrics[("sluice_drift_worker_lost_total", labels())] == 0
+    assert metrics[("sluice_drift_worker_cpu_seconds_total", labels())] > 0
 
     assert cli(["drift", "digits", "--url", server.address]) == 0
     text = capsys.readouterr().out
