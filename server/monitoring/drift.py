@@ -77,7 +77,7 @@ class DriftMonitor:
         hold the GIL long, and ``duty`` the kernels (in chunks, at a share of one CPU:
         :class:`~.pacing.DutyCycle`)."""
         if (kernels is None) == (worker is None):
-            raise ValueError("drift needs its kernels or a worker, not both")
+            raise ValueError("drift needs either its kernels or a worker")
         self._hub = hub
         self._kernels = kernels
         self._worker = worker
