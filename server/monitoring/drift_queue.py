@@ -28,7 +28,7 @@ Block = tuple[float, np.ndarray]
 class RowQueue:
     """Sampled rows of one model version waiting for the intake (see the module docstring)."""
 
-    def __init__(self, profile: Profile, batched: bool, columns: int, window_rows: int,
+    def __init__(self, profile: Profile, batched: bool, window_rows: int,
                  max_pending_rows: int | None = None) -> None:
         """``max_pending_rows``: rows queued between two intakes before more are dropped
         (default: ``window_rows`` or 10,000 if more, but no more than 64 MiB of float64 and no
@@ -38,6 +38,7 @@ class RowQueue:
         self._lock = threading.Lock()
         self._pending: deque[Block] = deque()
         self._pending_rows = 0
+        columns = len(profile.features) + (profile.prediction is not None)  # as drift_layout's
         self.max_pending = max_pending_rows or min(
             max(window_rows, 10_000), max(1_000, _PENDING_VALUES // max(columns, 1)))
         self.dropped_rows = 0
@@ -49,30 +50,27 @@ class RowQueue:
         rows = record_rows(self.profile, self._batched, record)
         if rows is None:
             self.malformed += 1
-            return
-        self._put(now, rows)
+        elif not self._offer(now, rows):
+            self.dropped_rows += rows.shape[0]
 
     def add_many(self, records: list[Finished], now: float) -> None:
         """:meth:`add` of each of ``records``, as one block of rows when they are batched alike
         and fit the queue whole (a few numpy calls for the lot: one block per drain, coded into
         the ring at once), else one by one."""
         rows = rows_together(self.profile, records) if self._batched and len(records) > 1 else None
-        if rows is not None:
-            with self._lock:
-                if self._pending_rows + rows.shape[0] <= self.max_pending:
-                    self._pending.append((now, rows))
-                    self._pending_rows += rows.shape[0]
-                    return
+        if rows is not None and self._offer(now, rows):
+            return
         for record in records:
             self.add(record, now)
 
-    def _put(self, now: float, rows: np.ndarray) -> None:
+    def _offer(self, now: float, rows: np.ndarray) -> bool:
+        """Queue ``rows`` if they fit the bound; whether they did."""
         with self._lock:
             if self._pending_rows + rows.shape[0] > self.max_pending:
-                self.dropped_rows += rows.shape[0]
-                return
+                return False
             self._pending.append((now, rows))
             self._pending_rows += rows.shape[0]
+            return True
 
     def take(self) -> deque[Block]:
         """Every queued block, oldest first; the queue is empty after."""

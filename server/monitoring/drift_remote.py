@@ -210,8 +210,7 @@ class RemoteWindow:
         self._batched = batched
         self._worker = worker
         self._key = (model, version)
-        columns = len(profile.features) + (profile.prediction is not None)
-        self.queue = RowQueue(profile, batched, columns, settings.window_rows)
+        self.queue = RowQueue(profile, batched, settings.window_rows)
         self.report: DriftReport | None = None
 
     def add_many(self, records: list[Finished], now: float) -> None:
@@ -240,9 +239,8 @@ class RemoteWindow:
         self._worker.unregister(self._key)
 
     def _send(self, kind: str, now: float, blocks: Sequence[Block]) -> object:
-        whens = [when for when, _ in blocks]
         arrays = [np.ascontiguousarray(rows, dtype=np.float64) for _, rows in blocks]
-        shapes = [(when, rows.shape) for when, rows in zip(whens, arrays, strict=True)]
+        shapes = [(when, rows.shape) for (when, _), rows in zip(blocks, arrays, strict=True)]
         queue = self.queue
         try:
             return self._worker.call(kind, self._key, now, shapes, queue.dropped_rows,

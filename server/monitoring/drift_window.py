@@ -70,7 +70,7 @@ class VersionWindow:
         self._kept = np.zeros(size, dtype=np.bool_)
         self._head = 0
         #: Rows queued by the hub's thread, and the rows counted instead (dropped, malformed).
-        self.queue = RowQueue(profile, batched, cols, size, max_pending_rows)
+        self.queue = RowQueue(profile, batched, size, max_pending_rows)
         self.sampled_rows = 0
         self.evicted_rows = 0
         width = self._layout.width
