@@ -4,17 +4,24 @@ request here: the counters live in :class:`~.hub.MonitorHub` and
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from sluice.server.monitoring.hub import MonitorHub
+from sluice.server.monitoring.hub import DRAIN_BUCKETS, MonitorHub
 from sluice.server.monitoring.prediction_writer import PredictionWriter
 
 
 class HubCollector(Collector):
-    """Records the hub refused (queue full) per model; batches each subscriber failed on."""
+    """Records the hub refused (queue full) per model; batches each subscriber failed on; the
+    time each monitor took and how long each drain held the hub's thread."""
 
     def __init__(self, hub: MonitorHub) -> None:
         self._hub = hub
@@ -30,8 +37,27 @@ class HubCollector(Collector):
             labels=["monitor"])
         for name, count in sorted(dict(self._hub.failures).items()):
             failures.add_metric([name], count)
+        seconds = CounterMetricFamily(
+            "sluice_monitor_seconds", "Wall seconds the monitor hub's thread spent in each "
+            "monitor (mostly holding the GIL the event loop also needs).", labels=["monitor"])
+        cpu = CounterMetricFamily(
+            "sluice_monitor_cpu_seconds", "CPU seconds the monitor hub's thread spent in each "
+            "monitor.", labels=["monitor"])
+        for name, value in sorted(dict(self._hub.seconds).items()):
+            seconds.add_metric([name], value)
+            cpu.add_metric([name], self._hub.cpu_seconds[name])
+        drains = HistogramMetricFamily(
+            "sluice_monitor_drain_seconds", "How long each hand-over of finished requests to "
+            "all monitors took: the event loop shares the GIL for that long.")
+        counts, total = list(self._hub.drain_counts), self._hub.drain_seconds
+        bounds = [*(f"{b:g}" for b in DRAIN_BUCKETS), "+Inf"]
+        drains.add_metric([], list(zip(bounds, itertools.accumulate(counts), strict=True)),
+                          total)
         yield dropped
         yield failures
+        yield seconds
+        yield cpu
+        yield drains
 
 
 class PredictionLogCollector(Collector):

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from sluice.server.monitoring.hub import Finished, MonitorHub
+from sluice.server.monitoring.hub import DRAIN_BUCKETS, Finished, MonitorHub
+from sluice.server.monitoring.prediction_metrics import HubCollector
 
 
 def _record(i: int, model: str = "m") -> Finished:
@@ -111,3 +116,44 @@ def test_grouped_keeps_arrival_order_within_each_model_version_and_arm() -> None
     one = [_record(i) for i in range(4)]
     assert grouped(one) == {("m", 1): one} and grouped(one)[("m", 1)] is one
     assert grouped([]) == {}
+
+
+def _burn(seconds: float) -> None:
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
+def test_each_monitors_time_and_each_drains_length_are_counted() -> None:
+    hub = MonitorHub()
+    hub.subscribe("busy", lambda batch: _burn(0.03))
+    hub.subscribe("waits", lambda batch: time.sleep(0.03))
+    hub.offer(_record(1))
+    hub.drain()
+    hub.drain()  # nothing queued: no subscriber called, no drain counted
+    assert hub.cpu_seconds["busy"] >= 0.03
+    assert hub.seconds["busy"] >= hub.cpu_seconds["busy"] * 0.99
+    assert hub.seconds["waits"] >= 0.03 > hub.cpu_seconds["waits"]
+    # one drain of >= 60 ms: past the 0.05 bound, inside 0.1 unless the machine stalls
+    assert sum(hub.drain_counts) == 1
+    assert sum(hub.drain_counts[:DRAIN_BUCKETS.index(0.05) + 1]) == 0
+    assert hub.drain_seconds >= 0.06
+
+
+def test_the_monitors_time_reaches_metrics() -> None:
+    hub = MonitorHub()
+    hub.subscribe("busy", lambda batch: _burn(0.003))
+    for i in range(3):
+        hub.offer(_record(i))
+        hub.drain()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector(hub))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in f.samples}
+    assert samples["sluice_monitor_cpu_seconds_total", (("monitor", "busy"),)] >= 0.009
+    assert samples["sluice_monitor_seconds_total", (("monitor", "busy"),)] >= 0.009
+    assert samples["sluice_monitor_drain_seconds_count", ()] == 3
+    assert samples["sluice_monitor_drain_seconds_bucket", (("le", "0.001"),)] == 0
+    assert samples["sluice_monitor_drain_seconds_bucket", (("le", "+Inf"),)] == 3
+    assert samples["sluice_monitor_drain_seconds_sum", ()] == pytest.approx(hub.drain_seconds)
