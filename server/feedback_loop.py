@@ -26,6 +26,7 @@ from sluice.server.monitoring.drift_remote import DriftWorker
 from sluice.server.monitoring.feedback_log import FeedbackLog
 from sluice.server.monitoring.gpu import GpuCollector
 from sluice.server.monitoring.hub import MonitorHub
+from sluice.server.monitoring.loop_lag import LoopLag, LoopLagCollector
 from sluice.server.monitoring.prediction_log import PredictionLog
 from sluice.server.monitoring.prediction_metrics import HubCollector, PredictionLogCollector
 from sluice.server.monitoring.quality import QualityMonitor
@@ -67,9 +68,14 @@ class FeedbackLoop:
         metrics.register(CostCollector(self.cost))
         metrics.register(ProcessCollector(registry=None))
         metrics.register(GpuCollector())
+        # the event loop's own health: how late it runs what is due (stalls of any cause)
+        self.loop_lag = LoopLag()
+        metrics.register(LoopLagCollector(self.loop_lag))
 
     def start(self) -> None:
-        """Start the hub's, the log writer's and drift's threads."""
+        """Start the hub's, the log writer's and drift's threads, and the loop-lag probe (on
+        the running loop)."""
+        self.loop_lag.start()
         self.hub.start()
         self.prediction_log.start()
         self.drift.start()
@@ -86,6 +92,7 @@ class FeedbackLoop:
     async def close(self) -> None:
         """Once every request is answered: the hub hands over its last records, the log
         writes them, drift stops."""
+        await self.loop_lag.stop()
         await asyncio.to_thread(self.hub.close)
         await asyncio.to_thread(self.prediction_log.close)
         await asyncio.to_thread(self.drift.close)

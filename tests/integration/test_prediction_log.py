@@ -107,6 +107,11 @@ def test_the_sample_rate_set_from_the_command_line_is_honoured(digits, capsys):
     assert all("input_input" not in rows[0] for rows in log.values())
     metrics = scrape(digits)
     assert metrics[("sluice_prediction_log_records_total", labels(model="digits"))] == len(log)
+    # what the log cost the hub's thread, how long its drains held it, how late the loop ran
+    assert metrics[("sluice_monitor_cpu_seconds_total", labels(monitor="prediction_log"))] > 0
+    assert metrics[("sluice_monitor_seconds_total", labels(monitor="prediction_log"))] > 0
+    assert metrics[("sluice_monitor_drain_seconds_count", labels())] >= 1
+    assert metrics[("sluice_event_loop_lag_seconds_count", labels())] >= 1
     assert cli(["logging", "digits", "--json", "--url", digits.address]) == 0
     assert f'"records": {len(log)}' in capsys.readouterr().out
 
