@@ -20,9 +20,10 @@ Promises:
 
 What the monitors cost is counted per subscriber (wall and thread CPU seconds) and per drain (a
 histogram of how long each hand-over took): a drain holds the GIL for most of its length, so each
-one is a stretch in which the event loop runs in slivers, and every request in flight waits about
-that long (identity at c=64: p99 43 ms with 250 ms drains, 58 ms with 1 s drains of the same
-records, 36 ms with the monitors off; perf_analyzer, side by side). The subscribers' code also
+one is a stretch in which the event loop runs in slivers, and the requests in flight wait through
+it. Long drains show in p99 (identity at c=64: 43 ms with 250 ms drains, 58 ms with 1 s drains of
+the same records, 36 ms with the monitors off; perf_analyzer, side by side); at 250 ms, drains cut
+to 1.5 ms by a stand-in subscriber did not measurably close the rest of the gap. The code also
 runs several times slower here than when called back to back, because it runs cold: a drain of
 544 identity records cost the prediction log 5.8 ms of CPU in the server and 0.84 ms in a loop of
 drains, and even a 50 us pure-Python loop took ~0.7 ms after a 250 ms sleep on this machine.

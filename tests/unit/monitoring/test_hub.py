@@ -134,7 +134,7 @@ def test_each_monitors_time_and_each_drains_length_are_counted() -> None:
     assert hub.cpu_seconds["busy"] >= 0.03
     assert hub.seconds["busy"] >= hub.cpu_seconds["busy"] * 0.99
     assert hub.seconds["waits"] >= 0.03 > hub.cpu_seconds["waits"]
-    # one drain of >= 60 ms: past the 0.05 bound, inside 0.1 unless the machine stalls
+    # one drain of >= 60 ms: counted once, past the 0.05 bound
     assert sum(hub.drain_counts) == 1
     assert sum(hub.drain_counts[:DRAIN_BUCKETS.index(0.05) + 1]) == 0
     assert hub.drain_seconds >= 0.06

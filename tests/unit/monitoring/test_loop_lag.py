@@ -1,4 +1,4 @@
-"""The event-loop lag probe: a loop kept busy shows up in the histogram, an idle one does not."""
+"""The event-loop lag probe: a blocked loop shows in the histogram at about the block's length."""
 
 from __future__ import annotations
 
