@@ -31,7 +31,6 @@ drains, and even a 50 us pure-Python loop took ~0.7 ms after a 250 ms sleep on t
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 import time
@@ -40,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from sluice.server.serving.stats import CumulativeHistogram
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,8 @@ class MonitorHub:
         #: Wall and thread-CPU seconds each subscriber spent on its batches, per name.
         self.seconds: Counter[str] = Counter()
         self.cpu_seconds: Counter[str] = Counter()
-        #: How long each drain took: counts per bound of DRAIN_BUCKETS (cumulative at export),
-        #: their sum in seconds.
-        self.drain_counts = [0] * (len(DRAIN_BUCKETS) + 1)
-        self.drain_seconds = 0.0
+        #: How long each drain took, in seconds.
+        self.drains = CumulativeHistogram(DRAIN_BUCKETS)
         self._stop = threading.Event()
         #: One drain at a time, so a subscriber is never called from two threads at once.
         self._draining = threading.Lock()
@@ -187,9 +186,7 @@ class MonitorHub:
                     log.exception("monitor %s failed on %d records", name, len(batch))
                 self.cpu_seconds[name] += time.thread_time() - cpu
                 self.seconds[name] += time.perf_counter() - wall
-            spent = time.perf_counter() - started
-            self.drain_counts[bisect.bisect_left(DRAIN_BUCKETS, spent)] += 1
-            self.drain_seconds += spent
+            self.drains.observe(time.perf_counter() - started)
             self.delivered += len(batch)
             return len(batch)
 

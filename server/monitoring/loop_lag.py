@@ -12,13 +12,13 @@ At the default 50 ms the probe costs the loop 20 wake-ups a second.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import itertools
 from collections.abc import Iterable
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from sluice.server.serving.stats import CumulativeHistogram
 
 #: Upper bounds (seconds) of the lag histogram.
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
@@ -29,15 +29,12 @@ class LoopLag:
 
     def __init__(self, period_s: float = 0.05) -> None:
         self.period_s = period_s
-        #: Observations per bound of LAG_BUCKETS (the last: beyond them), and their sum.
-        self.counts = [0] * (len(LAG_BUCKETS) + 1)
-        self.total_s = 0.0
+        #: The lags observed, in seconds.
+        self.lags = CumulativeHistogram(LAG_BUCKETS)
         self._task: asyncio.Task[None] | None = None
 
     def observe(self, lag_s: float) -> None:
-        lag_s = max(lag_s, 0.0)
-        self.counts[bisect.bisect_left(LAG_BUCKETS, lag_s)] += 1
-        self.total_s += lag_s
+        self.lags.observe(max(lag_s, 0.0))
 
     def start(self) -> None:
         """Start probing the running loop (idempotent)."""
@@ -70,8 +67,5 @@ class LoopLagCollector(Collector):
             "sluice_event_loop_lag_seconds", "How much later than asked the serving event "
             f"loop woke a probe that sleeps {self._lag.period_s * 1000:g} ms at a time: every "
             "request in flight waited as long.")
-        bounds = [*(f"{b:g}" for b in LAG_BUCKETS), "+Inf"]
-        family.add_metric(
-            [], list(zip(bounds, itertools.accumulate(list(self._lag.counts)), strict=True)),
-            self._lag.total_s)
+        family.add_metric([], self._lag.lags.buckets(), self._lag.lags.total)
         yield family

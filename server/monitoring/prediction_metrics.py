@@ -4,7 +4,6 @@ request here: the counters live in :class:`~.hub.MonitorHub` and
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 
 from prometheus_client.core import (
@@ -15,7 +14,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sluice.server.monitoring.hub import DRAIN_BUCKETS, MonitorHub
+from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.prediction_writer import PredictionWriter
 
 
@@ -49,10 +48,7 @@ class HubCollector(Collector):
         drains = HistogramMetricFamily(
             "sluice_monitor_drain_seconds", "How long each hand-over of finished requests to "
             "all monitors took: the event loop shares the GIL for that long.")
-        counts, total = list(self._hub.drain_counts), self._hub.drain_seconds
-        bounds = [*(f"{b:g}" for b in DRAIN_BUCKETS), "+Inf"]
-        drains.add_metric([], list(zip(bounds, itertools.accumulate(counts), strict=True)),
-                          total)
+        drains.add_metric([], self._hub.drains.buckets(), self._hub.drains.total)
         yield dropped
         yield failures
         yield seconds
