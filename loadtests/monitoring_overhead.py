@@ -20,6 +20,13 @@ back, their order swapped each round. Per round the ratios on/off of
 throughput and of p99 are computed; the table prints their medians (targets: throughput within
 10%, p99 within 10%).
 
+A second table says where the server's CPU went while perf_analyzer measured (medians over
+rounds, read from ``/proc`` through psutil): microseconds per request of the whole process and
+of its main thread, the event loop, and the share of a core the loop got. On this 2-core
+machine, shared with perf_analyzer, the loop is the bottleneck (~0.94 of a core with the
+monitors off); with them on, the monitors' threads take part of its core and of its GIL, and
+these figures, far steadier than p99 here, show how much.
+
 Why the warm-up: the figures are about serving under steady load, and a server's first seconds
 are not that. Right after it is ready the server collects and freezes its heap (one full
 collection: ~30 ms with the models alone, ~65 ms with the monitors' libraries loaded, timed with
@@ -38,10 +45,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from loadtests import perfanalyzer
 from loadtests.models import MODEL_REPOSITORY, ROOT, load_spec
@@ -95,9 +104,33 @@ def measure(repository: Path, logs: Path, model: str, batch: int,
 
             if args.warmup > 0:  # the same load, its figures discarded (see the docstring)
                 load(args.warmup, 1)
-            return load(args.window, args.max_trials)
+            before = cpu_seconds(server.pid)
+            result = load(args.window, args.max_trials)
+            after = cpu_seconds(server.pid)
+            if "req_s" in result:
+                result |= cpu_per_request(before, after, result["req_s"])
+            return result
     except RuntimeError as exc:
         return {"error": str(exc)[-1000:]}
+
+
+def cpu_seconds(pid: int) -> tuple[float, float, float]:
+    """(monotonic now, the server process's CPU seconds, its main thread's: the event loop)."""
+    process = psutil.Process(pid)
+    loop = next((t.user_time + t.system_time for t in process.threads() if t.id == pid), 0.0)
+    times = process.cpu_times()
+    return time.monotonic(), times.user + times.system, loop
+
+
+def cpu_per_request(before: tuple[float, float, float], after: tuple[float, float, float],
+                    req_s: float) -> dict[str, float]:
+    """Where the server's CPU went while perf_analyzer measured (its trials, all of them, at
+    the rate it reports): cores used by the whole process and by the event loop's thread, and
+    microseconds of each per request."""
+    elapsed = after[0] - before[0]
+    cores, loop = (after[1] - before[1]) / elapsed, (after[2] - before[2]) / elapsed
+    return {"cpu_cores": cores, "loop_cores": loop,
+            "cpu_us_per_req": cores / req_s * 1e6, "loop_us_per_req": loop / req_s * 1e6}
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -123,6 +156,10 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "throughput_ratio": statistics.median(on["req_s"] / off["req_s"] for on, off in pairs),
             "p99_ratio": statistics.median(on["p99_ms"] / off["p99_ms"] for on, off in pairs),
         })
+        timed = [pair for pair in pairs if all("cpu_us_per_req" in run for run in pair)]
+        for key in ("cpu_us_per_req", "loop_us_per_req", "loop_cores") if timed else ():
+            rows[-1][f"off_{key}"] = statistics.median(off[key] for _, off in timed)
+            rows[-1][f"on_{key}"] = statistics.median(on[key] for on, _ in timed)
     return rows
 
 
@@ -162,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['model']:8} {row['batch']:2} {args.concurrency:3} {row['rounds']:6} "
               f"{row['off_req_s']:11.0f} {row['on_req_s']:10.0f} {row['throughput_ratio']:6.2f} "
               f"{row['off_p99_ms']:7.2f}ms {row['on_p99_ms']:6.2f}ms {row['p99_ratio']:6.2f}")
+    print("\nserver CPU (medians)  us/request off -> on   event loop: us/request, cores off -> on")
+    for row in summary:
+        if "off_cpu_us_per_req" in row:
+            print(f"{row['model']:8} {row['batch']:2}   {row['off_cpu_us_per_req']:7.0f} -> "
+                  f"{row['on_cpu_us_per_req']:5.0f}        {row['off_loop_us_per_req']:5.0f} -> "
+                  f"{row['on_loop_us_per_req']:5.0f},  {row['off_loop_cores']:.2f} -> "
+                  f"{row['on_loop_cores']:.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "monitoring_overhead.json", {
         "settings": vars(args) | {"out": str(args.out)}, "runs": runs, "summary": summary})

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import pytest
 
-from loadtests.monitoring_overhead import summarize
+from loadtests.monitoring_overhead import cpu_per_request, cpu_seconds, summarize
 
 
-def run(n: int, variant: str, req_s: float, p99_ms: float, model: str = "identity") -> dict:
-    return {"round": n, "model": model, "variant": variant, "req_s": req_s, "p99_ms": p99_ms}
+def run(n: int, variant: str, req_s: float, p99_ms: float, model: str = "identity",
+        **cpu: float) -> dict:
+    return {"round": n, "model": model, "variant": variant, "req_s": req_s, "p99_ms": p99_ms,
+            **cpu}
 
 
 def test_ratios_are_paired_per_round_and_errors_leave_their_round_out():
@@ -24,3 +30,49 @@ def test_ratios_are_paired_per_round_and_errors_leave_their_round_out():
     assert row["p99_ratio"] == pytest.approx(1.10)
     assert row["off_req_s"] == 1000 and row["on_req_s"] == 900
     assert (row["model"], row["batch"]) == ("identity", 1)
+
+
+def test_cpu_per_request_divides_the_cores_used_by_the_rate():
+    # 10 s in which the process used 12 CPU seconds and its main thread 9, at 2,000 req/s
+    figures = cpu_per_request((100.0, 50.0, 30.0), (110.0, 62.0, 39.0), 2000.0)
+    assert figures["cpu_cores"] == pytest.approx(1.2)
+    assert figures["loop_cores"] == pytest.approx(0.9)
+    assert figures["cpu_us_per_req"] == pytest.approx(600.0)  # 1.2 / 2000 s
+    assert figures["loop_us_per_req"] == pytest.approx(450.0)
+
+
+def test_cpu_seconds_reads_this_process_and_its_main_thread():
+    def spin(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    at, total, loop = cpu_seconds(os.getpid())
+    worker = threading.Thread(target=spin, args=(0.2,))
+    worker.start()
+    spin(0.1)  # this (main) thread
+    worker.join()
+    at2, total2, loop2 = cpu_seconds(os.getpid())
+    assert at2 > at
+    assert loop2 - loop >= 0.08  # the main thread's own spin, not the worker's
+    assert total2 - total >= 0.28  # both spins
+    assert (total2 - total) - (loop2 - loop) >= 0.18
+
+
+def test_cpu_medians_are_reported_when_both_variants_were_timed():
+    runs = [
+        run(1, "off", 1000, 10, cpu_us_per_req=400, loop_us_per_req=300, loop_cores=0.9),
+        run(1, "on", 900, 11, cpu_us_per_req=450, loop_us_per_req=320, loop_cores=0.8),
+        run(2, "off", 1000, 10, cpu_us_per_req=410, loop_us_per_req=310, loop_cores=0.95),
+        run(2, "on", 900, 11, cpu_us_per_req=470, loop_us_per_req=330, loop_cores=0.85),
+        run(3, "off", 1000, 10), run(3, "on", 900, 11),  # an older run: no CPU figures
+    ]
+    (row,) = summarize(runs)
+    assert row["rounds"] == 3
+    assert row["off_cpu_us_per_req"] == pytest.approx(405)
+    assert row["on_cpu_us_per_req"] == pytest.approx(460)
+    assert row["on_loop_us_per_req"] == pytest.approx(325)
+    assert row["off_loop_cores"] == pytest.approx(0.925)
+    assert row["on_loop_cores"] == pytest.approx(0.825)
+    untimed = summarize([run(1, "off", 1000, 10), run(1, "on", 900, 11)])
+    assert "off_cpu_us_per_req" not in untimed[0]
