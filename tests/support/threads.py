@@ -24,3 +24,10 @@ def block_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
             return False
         time.sleep(0.001)
     return True
+
+
+def burn_cpu(seconds: float) -> None:
+    """Spin this thread until it has used ``seconds`` of CPU (its own, not the process's)."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass

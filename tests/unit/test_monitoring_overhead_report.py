@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 
 from loadtests.monitoring_overhead import cpu_per_request, cpu_seconds, summarize
+from tests.support.threads import burn_cpu
 
 
 def run(n: int, variant: str, req_s: float, p99_ms: float, model: str = "identity",
@@ -42,15 +42,10 @@ def test_cpu_per_request_divides_the_cores_used_by_the_rate():
 
 
 def test_cpu_seconds_reads_this_process_and_its_main_thread():
-    def spin(seconds: float) -> None:
-        end = time.thread_time() + seconds
-        while time.thread_time() < end:
-            pass
-
     at, total, loop = cpu_seconds(os.getpid())
-    worker = threading.Thread(target=spin, args=(0.2,))
+    worker = threading.Thread(target=burn_cpu, args=(0.2,))
     worker.start()
-    spin(0.1)  # this (main) thread
+    burn_cpu(0.1)  # this (main) thread
     worker.join()
     at2, total2, loop2 = cpu_seconds(os.getpid())
     assert at2 > at

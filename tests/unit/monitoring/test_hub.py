@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.server.monitoring.hub import DRAIN_BUCKETS, Finished, MonitorHub
 from sluice.server.monitoring.prediction_metrics import HubCollector
+from tests.support.threads import burn_cpu
 
 
 def _record(i: int, model: str = "m") -> Finished:
@@ -118,15 +119,9 @@ def test_grouped_keeps_arrival_order_within_each_model_version_and_arm() -> None
     assert grouped([]) == {}
 
 
-def _burn(seconds: float) -> None:
-    until = time.thread_time() + seconds
-    while time.thread_time() < until:
-        pass
-
-
 def test_each_monitors_time_and_each_drains_length_are_counted() -> None:
     hub = MonitorHub()
-    hub.subscribe("busy", lambda batch: _burn(0.03))
+    hub.subscribe("busy", lambda batch: burn_cpu(0.03))
     hub.subscribe("waits", lambda batch: time.sleep(0.03))
     hub.offer(_record(1))
     hub.drain()
@@ -142,7 +137,7 @@ def test_each_monitors_time_and_each_drains_length_are_counted() -> None:
 
 def test_the_monitors_time_reaches_metrics() -> None:
     hub = MonitorHub()
-    hub.subscribe("busy", lambda batch: _burn(0.003))
+    hub.subscribe("busy", lambda batch: burn_cpu(0.003))
     for i in range(3):
         hub.offer(_record(i))
         hub.drain()
