@@ -22,11 +22,15 @@ What the monitors cost is counted per subscriber (wall and thread CPU seconds) a
 histogram of how long each hand-over took): a drain holds the GIL for most of its length, so each
 one is a stretch in which the event loop runs in slivers, and the requests in flight wait through
 it. Long drains show in p99 (identity at c=64: 43 ms with 250 ms drains, 58 ms with 1 s drains of
-the same records, 36 ms with the monitors off; perf_analyzer, side by side); at 250 ms, drains cut
-to 1.5 ms by a stand-in subscriber did not measurably close the rest of the gap. The code also
-runs several times slower here than when called back to back, because it runs cold: a drain of
-544 identity records cost the prediction log 5.8 ms of CPU in the server and 0.84 ms in a loop of
-drains, and even a 50 us pure-Python loop took ~0.7 ms after a 250 ms sleep on this machine.
+the same records, 36 ms with the monitors off; perf_analyzer, side by side). Slicing a drain does
+not help: the loop loses the drain's CPU whichever way it is cut, and every request in flight
+waits through it (one subscriber per turn, 10 rounds: no gain; 64-record slices: much worse).
+What did help, in a stand-in only, was taking the monitors' work off this process: the drain
+encoding its records as bytes for a SCHED_IDLE reader (0.4 ms per 600 records) gave 0.95
+throughput and p99 x1.07 of the monitors off, against 0.91 and x1.16 with them here (10 rounds).
+In the server the monitors' code costs several times what it does called back to back (the log,
+544 identity records: 5.8 ms of CPU against 0.84): the machine is loaded, and reading each
+record's fields in one pass instead of one per column did not lower it.
 """
 
 from __future__ import annotations
