@@ -2,7 +2,7 @@
 
     python -m sluice.server.drift_worker FD
 
-Started by :class:`sluice.server.monitoring.drift_remote.DriftWorker`, which hands it one end of
+Started by :class:`sluice.server.monitoring.worker_process.WorkerProcess`, which hands it one end of
 a socket pair (file descriptor ``FD``) and is its only client (the reasons, measured, are in that
 module's docstring). It first lowers its own CPU priority (SCHED_IDLE, else nice 19), so that it
 runs only on CPU that serving leaves idle, then answers one message at a time:

@@ -22,7 +22,6 @@ from sluice.server.metrics import Metrics
 from sluice.server.monitoring.cost import CostAccountant, CostCollector
 from sluice.server.monitoring.drift import DriftMonitor
 from sluice.server.monitoring.drift_metrics import DriftCollector, DriftWorkerCollector
-from sluice.server.monitoring.drift_remote import DriftWorker
 from sluice.server.monitoring.feedback_log import FeedbackLog
 from sluice.server.monitoring.gpu import GpuCollector
 from sluice.server.monitoring.hub import MonitorHub
@@ -31,6 +30,7 @@ from sluice.server.monitoring.prediction_log import PredictionLog
 from sluice.server.monitoring.prediction_metrics import HubCollector, PredictionLogCollector
 from sluice.server.monitoring.quality import QualityMonitor
 from sluice.server.monitoring.quality_metrics import QualityCollector
+from sluice.server.monitoring.worker_process import WorkerProcess
 from sluice.server.serving.repository import ModelRepository
 
 
@@ -53,7 +53,7 @@ class FeedbackLoop:
         metrics.register(QualityCollector(self.quality.reports))
         # drift: a version's reference profile is read (and checked) as it loads; its windows
         # and Numba kernels live in a worker process at the lowest priority (drift_remote)
-        worker = DriftWorker([sys.executable, "-m", "sluice.server.drift_worker"])
+        worker = WorkerProcess([sys.executable, "-m", "sluice.server.drift_worker"])
         self.drift = DriftMonitor(
             self.hub, worker=worker, interval_s=config.drift_interval_s,
             is_loaded=lambda model, version: repository.find(model, version) is not None,

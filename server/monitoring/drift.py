@@ -40,13 +40,14 @@ import numpy as np
 
 from sluice.server.config.drift import DriftSettings, read_drift
 from sluice.server.config.model import ModelConfig
-from sluice.server.monitoring.drift_remote import DriftWorker, RemoteWindow, WorkerGone
+from sluice.server.monitoring.drift_remote import RemoteWindow
 from sluice.server.monitoring.drift_report import DriftReport
 from sluice.server.monitoring.drift_window import DriftKernels, VersionWindow
 from sluice.server.monitoring.hub import Finished, MonitorHub, grouped
 from sluice.server.monitoring.pacing import DutyCycle, Pacer
 from sluice.server.monitoring.profile import Profile
 from sluice.server.monitoring.profile_load import load_profile
+from sluice.server.monitoring.worker_process import WorkerGone, WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class DriftMonitor:
 
     def __init__(
         self, hub: MonitorHub, kernels: DriftKernels | None = None, *,
-        worker: DriftWorker | None = None,
+        worker: WorkerProcess | None = None,
         interval_s: float = DEFAULT_INTERVAL_S, intake_s: float = INTAKE_S,
         is_loaded: Callable[[str, int], bool] | None = None,
         clock: Callable[[], float] = time.monotonic, seed: int | None = None,

@@ -119,7 +119,7 @@ class DriftCollector(Collector):
 
 
 class WorkerMeters(Protocol):
-    """What :class:`~.drift_remote.DriftWorker` tells about itself."""
+    """What :class:`~.worker_process.WorkerProcess` tells about itself."""
 
     lost: int
 

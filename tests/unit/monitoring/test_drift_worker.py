@@ -17,17 +17,17 @@ from sluice.kernels import drift_codes
 from sluice.server.config.drift import DriftSettings
 from sluice.server.config.pbtxt import read_model_config
 from sluice.server.monitoring.drift import DriftMonitor
-from sluice.server.monitoring.drift_remote import DriftWorker, WorkerGone
 from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.profile_load import load_profile
+from sluice.server.monitoring.worker_process import WorkerGone, WorkerProcess
 from tests.unit.monitoring.test_drift_monitor import DIGITS, HELD_OUT, Clock, _record
 
 WORKER = [sys.executable, "-m", "sluice.server.drift_worker"]
 
 
 @pytest.fixture
-def worker() -> Iterator[DriftWorker]:
-    made = DriftWorker(WORKER, restart_after_s=0.0)
+def worker() -> Iterator[WorkerProcess]:
+    made = WorkerProcess(WORKER, restart_after_s=0.0)
     yield made
     made.close()
 
@@ -39,7 +39,7 @@ def _attach(monitor: DriftMonitor, settings: DriftSettings) -> None:
     monitor.attach("digits", 2, profile, settings)
 
 
-def _pair(worker: DriftWorker, settings: DriftSettings, clock: Clock):
+def _pair(worker: WorkerProcess, settings: DriftSettings, clock: Clock):
     """The same monitor twice: windows kept in this process, and in the worker."""
     here = DriftMonitor(MonitorHub(), drift_codes, clock=clock, seed=5)
     there = DriftMonitor(MonitorHub(), worker=worker, clock=clock, seed=5)
@@ -95,7 +95,7 @@ def test_the_worker_runs_at_the_lowest_priority_and_stops_with_the_monitor(worke
 
 
 def test_a_killed_worker_is_replaced_and_the_rows_it_lost_are_counted():
-    worker = DriftWorker(WORKER, restart_after_s=1.0)
+    worker = WorkerProcess(WORKER, restart_after_s=1.0)
     monitor = DriftMonitor(MonitorHub(), worker=worker, clock=Clock(), seed=0)
     _attach(monitor, DriftSettings(sample=1.0))
     monitor.on_finished([_record(HELD_OUT[:40])])
@@ -118,7 +118,7 @@ def test_a_killed_worker_is_replaced_and_the_rows_it_lost_are_counted():
 
 
 def test_a_hung_worker_is_killed_after_the_reply_timeout():
-    hung = DriftWorker([sys.executable, "-c", "import time; time.sleep(60)"],
+    hung = WorkerProcess([sys.executable, "-c", "import time; time.sleep(60)"],
                        reply_timeout_s=0.5)
     try:
         with pytest.raises(WorkerGone):
