@@ -1,0 +1,152 @@
+"""A drain of :class:`~.hub.Finished` records as one ``bytes`` object, and back.
+
+This is the monitors' only work on the serving process's GIL once their Python work moved to
+the monitor process (:mod:`.monitor_remote`): the hub's thread encodes each drain once and the
+process decodes it. Each field is one column (a list or a float64 array); each tensor is one
+array, the records' arrays concatenated along the batch axis with each record's row count,
+when every record of the drain that has it has it alike (same dtype, same shape past the first
+axis); otherwise each record's array travels as is. The columns are pickled (protocol 5). Inputs
+travel only for the records ``inputs`` names (the prediction log keeps them for that model).
+
+Cost, hot: ~0.4 ms per 600 identity answers (outputs only), against 2-3 ms for the log's Arrow
+conversion and quality's scoring that it replaces on this process.
+
+Promises: ``decode(encode(r))`` equals ``r`` field by field (``parameters`` do not travel: no
+monitor reads them); garbage, and bytes of another format version, raise ValueError naming
+the cause.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from sluice.server.monitoring.hub import Finished
+
+#: Format version, first in every encoded batch.
+VERSION = 1
+
+#: A tensor column: ("joined", array, rows per record, who has it) or ("each", arrays) with
+#: None where a record lacks it.
+_Column = tuple
+
+
+def encode(records: Sequence[Finished],
+           inputs: Callable[[str], bool] = lambda model: False) -> bytes:
+    """``records`` as bytes; each record's inputs go along only when ``inputs(model)``."""
+    n = len(records)
+    with_inputs = [i for i, r in enumerate(records) if r.inputs and inputs(r.model)]
+    columns = {
+        "version": VERSION,
+        "n": n,
+        "id": [r.id for r in records],
+        "time": np.fromiter((r.time for r in records), np.float64, n),
+        "latency_s": np.fromiter((r.latency_s for r in records), np.float64, n),
+        "model": _runs([r.model for r in records]),
+        "model_version": _runs([r.version for r in records]),
+        "arm": _runs([r.arm for r in records]),
+        "caller": _runs([r.caller for r in records]),
+        "status": _runs([r.status for r in records]),
+        "outputs": _tensors([r.outputs for r in records]),
+        "with_inputs": with_inputs,
+        "inputs": _tensors([records[i].inputs for i in with_inputs]),
+    }
+    return pickle.dumps(columns, protocol=5)
+
+
+def decode(data: bytes) -> list[Finished]:
+    """The records ``data`` holds (ValueError when it is not an encoded batch)."""
+    try:
+        columns = pickle.loads(data)
+        if not isinstance(columns, dict) or columns.get("version") != VERSION:
+            raise ValueError(
+                f"batch format version {columns.get('version') if isinstance(columns, dict) else None!r}"
+                f" is not {VERSION}")
+        n = columns["n"]
+        models, versions = _expand(columns["model"], n), _expand(columns["model_version"], n)
+        arms, callers = _expand(columns["arm"], n), _expand(columns["caller"], n)
+        statuses = _expand(columns["status"], n)
+        outputs = _untensors(columns["outputs"], n)
+        inputs: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
+        for i, held in zip(columns["with_inputs"],
+                           _untensors(columns["inputs"], len(columns["with_inputs"])),
+                           strict=True):
+            inputs[i] = held
+        ids, times, latencies = columns["id"], columns["time"].tolist(), \
+            columns["latency_s"].tolist()
+    except ValueError:
+        raise
+    except Exception as exc:  # pickle's and ours: anything that is not a batch
+        raise ValueError(f"not an encoded batch: {type(exc).__name__}: {exc}") from None
+    return [Finished(ids[i], times[i], models[i], versions[i], arms[i], callers[i], outputs[i],
+                     inputs[i], latencies[i], statuses[i]) for i in range(n)]
+
+
+def _runs(values: list) -> list[tuple[object, int]]:
+    """``values`` as (value, how many in a row): a drain is nearly always one model version."""
+    out: list[tuple[object, int]] = []
+    if values and values.count(values[0]) == len(values):
+        return [(values[0], len(values))]
+    for value in values:
+        if out and out[-1][0] == value:
+            out[-1] = (value, out[-1][1] + 1)
+        else:
+            out.append((value, 1))
+    return out
+
+
+def _expand(runs: list[tuple[object, int]], n: int) -> list:
+    out: list = []
+    for value, count in runs:
+        out.extend([value] * count)
+    if len(out) != n:
+        raise ValueError(f"a column holds {len(out)} values for {n} records")
+    return out
+
+
+def _tensors(held: list[dict[str, np.ndarray]]) -> dict[str, _Column]:
+    names: dict[str, None] = {}
+    for tensors in held:
+        for name in tensors:
+            names[name] = None
+    columns: dict[str, _Column] = {}
+    for name in names:
+        arrays = [t.get(name) for t in held]
+        present = [a for a in arrays if a is not None]
+        first = present[0]
+        alike = all(isinstance(a, np.ndarray) and a.ndim >= 1 and a.dtype == first.dtype
+                    and a.dtype != object and a.shape[1:] == first.shape[1:] for a in present)
+        if alike:
+            who = None if len(present) == len(arrays) else [
+                i for i, a in enumerate(arrays) if a is not None]
+            rows = np.fromiter((a.shape[0] for a in present), np.int64, len(present))
+            columns[name] = ("joined", np.concatenate(present), rows, who)
+        else:
+            columns[name] = ("each", arrays)
+    return columns
+
+
+def _untensors(columns: dict[str, _Column], n: int) -> list[dict[str, np.ndarray]]:
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
+    for name, column in columns.items():
+        if column[0] == "joined":
+            _, joined, rows, who = column
+            ends = np.cumsum(rows).tolist()
+            starts = [0, *ends[:-1]]
+            targets = range(n) if who is None else who
+            if len(targets) != len(ends) or (ends and ends[-1] != len(joined)):
+                raise ValueError(f"tensor '{name}': row counts do not match its array")
+            for i, start, end in zip(targets, starts, ends, strict=True):
+                out[i][name] = joined[start:end]
+        elif column[0] == "each":
+            arrays = column[1]
+            if len(arrays) != n:
+                raise ValueError(f"tensor '{name}': {len(arrays)} arrays for {n} records")
+            for i, array in enumerate(arrays):
+                if array is not None:
+                    out[i][name] = array
+        else:
+            raise ValueError(f"tensor '{name}': unknown layout {column[0]!r}")
+    return out
