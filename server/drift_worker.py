@@ -33,21 +33,11 @@ import numpy as np
 from sluice.kernels import drift_codes
 from sluice.server.monitoring.drift_report import DriftReport
 from sluice.server.monitoring.drift_window import VersionWindow
+from sluice.server.monitoring.worker_priority import lower_priority
 
 log = logging.getLogger("sluice.drift_worker")
 
 Key = tuple[str, int]
-
-
-def lower_priority() -> str:
-    """SCHED_IDLE for this process (allowed without privilege on Linux), else nice 19; which
-    one it got."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        return "SCHED_IDLE"
-    except (AttributeError, OSError):
-        os.nice(19 - os.nice(0))
-        return "nice 19"
 
 
 class Windows:
