@@ -60,10 +60,9 @@ def decode(data: bytes) -> list[Finished]:
     """The records ``data`` holds (ValueError when it is not an encoded batch)."""
     try:
         columns = pickle.loads(data)
-        if not isinstance(columns, dict) or columns.get("version") != VERSION:
-            raise ValueError(
-                f"batch format version {columns.get('version') if isinstance(columns, dict) else None!r}"
-                f" is not {VERSION}")
+        got = columns.get("version") if isinstance(columns, dict) else None
+        if got != VERSION:
+            raise ValueError(f"batch format version {got!r} is not {VERSION}")
         n = columns["n"]
         models, versions = _expand(columns["model"], n), _expand(columns["model_version"], n)
         arms, callers = _expand(columns["arm"], n), _expand(columns["caller"], n)
