@@ -11,6 +11,7 @@ themselves may not import.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
 from collections.abc import Callable
 
@@ -21,15 +22,16 @@ from sluice.server.config.settings import ServerConfig
 from sluice.server.metrics import Metrics
 from sluice.server.monitoring.cost import CostAccountant, CostCollector
 from sluice.server.monitoring.drift import DriftMonitor
-from sluice.server.monitoring.drift_metrics import DriftCollector, DriftWorkerCollector
-from sluice.server.monitoring.feedback_log import FeedbackLog
+from sluice.server.monitoring.drift_metrics import DriftCollector, WorkerCollector
 from sluice.server.monitoring.gpu import GpuCollector
 from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.loop_lag import LoopLag, LoopLagCollector
+from sluice.server.monitoring.monitor_remote import MonitorLink
 from sluice.server.monitoring.prediction_log import PredictionLog
 from sluice.server.monitoring.prediction_metrics import HubCollector, PredictionLogCollector
-from sluice.server.monitoring.quality import QualityMonitor
+from sluice.server.monitoring.prediction_writer import writer_settings
 from sluice.server.monitoring.quality_metrics import QualityCollector
+from sluice.server.monitoring.quality_remote import RemoteQuality
 from sluice.server.monitoring.worker_process import WorkerProcess
 from sluice.server.serving.repository import ModelRepository
 
@@ -44,13 +46,22 @@ class FeedbackLoop:
         self._repository = repository
         self.hub = MonitorHub()
         metrics.register(HubCollector(self.hub))
-        self.prediction_log = PredictionLog.for_server(self.hub, config, describe)
+        # the log's writer and quality's windows live in a worker process at the lowest
+        # priority (monitor_remote); the hub's thread samples, picks and encodes each drain once
+        self.link = MonitorLink(
+            WorkerProcess([sys.executable, "-m", "sluice.server.monitor_worker"],
+                          name="monitor worker"),
+            predictions_dir=config.predictions_dir, tag=secrets.token_hex(4),
+            writer=writer_settings(config),
+            quality={"window_rows": config.quality_window_rows,
+                     "window_s": config.quality_window_s})
+        self.prediction_log = PredictionLog.for_server(self.hub, config, describe,
+                                                       writer=self.link.writer)
         metrics.register(PredictionLogCollector(self.prediction_log.writer))
-        self.quality = QualityMonitor(
-            self.hub, window_rows=config.quality_window_rows, window_s=config.quality_window_s,
-            feedback_log=FeedbackLog(config.predictions_dir),
-        )
+        self.quality = RemoteQuality(self.hub, self.link)
+        self.link.attach(self.hub)
         metrics.register(QualityCollector(self.quality.reports))
+        metrics.register(WorkerCollector(self.link.worker, "monitor_worker", "Monitor worker"))
         # drift: a version's reference profile is read (and checked) as it loads; its windows
         # and Numba kernels live in a worker process at the lowest priority (drift_remote)
         worker = WorkerProcess([sys.executable, "-m", "sluice.server.drift_worker"])
@@ -60,7 +71,7 @@ class FeedbackLoop:
         )
         repository.check_version = self.drift.load_version
         metrics.register(DriftCollector(self.drift.reports, config.drift_top_features))
-        metrics.register(DriftWorkerCollector(worker))
+        metrics.register(WorkerCollector(worker, "drift_worker", "Drift worker"))
         # cost per prediction and resource use: process CPU and RSS, each instance's CPU, NVML
         # when there is a GPU, CPU seconds (and price) per row in /metrics and `sluice stats`
         self.cost = CostAccountant(
@@ -91,8 +102,9 @@ class FeedbackLoop:
 
     async def close(self) -> None:
         """Once every request is answered: the hub hands over its last records, the log
-        writes them, drift stops."""
+        writes them, the monitor process and drift stop."""
         await self.loop_lag.stop()
         await asyncio.to_thread(self.hub.close)
         await asyncio.to_thread(self.prediction_log.close)
+        await asyncio.to_thread(self.link.close)
         await asyncio.to_thread(self.drift.close)

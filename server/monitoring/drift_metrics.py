@@ -126,18 +126,19 @@ class WorkerMeters(Protocol):
     def cpu_seconds(self) -> float | None: ...
 
 
-class DriftWorkerCollector(Collector):
-    """The drift worker's losses and CPU (see the module docstring)."""
+class WorkerCollector(Collector):
+    """A worker process's losses and CPU (see the module docstring): ``sluice_{name}_lost``
+    and ``sluice_{name}_cpu_seconds`` (drift_worker, monitor_worker)."""
 
-    def __init__(self, worker: WorkerMeters) -> None:
-        self._worker = worker
+    def __init__(self, worker: WorkerMeters, name: str, title: str) -> None:
+        self._worker, self._name, self._title = worker, name, title
 
     def collect(self) -> Iterable[Metric]:
         yield CounterMetricFamily(
-            "sluice_drift_worker_lost", "Drift worker processes that died or hung (each "
-            "replaced; their windows started over).", value=self._worker.lost)
+            f"sluice_{self._name}_lost", f"{self._title} processes that died or hung (each "
+            "replaced; what they held started over).", value=self._worker.lost)
         cpu = self._worker.cpu_seconds()
         if cpu is not None:
             yield CounterMetricFamily(
-                "sluice_drift_worker_cpu_seconds", "CPU seconds of the running drift worker "
-                "process (not in process_cpu_seconds_total).", value=cpu)
+                f"sluice_{self._name}_cpu_seconds", f"CPU seconds of the running "
+                f"{self._title.lower()} process (not in process_cpu_seconds_total).", value=cpu)

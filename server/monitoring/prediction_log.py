@@ -35,12 +35,16 @@ from sluice.server.config.prediction_logging import LoggingConfig, check_exclude
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import InvalidInput, ModelNotFound, SluiceError
 from sluice.server.monitoring.hub import Finished, MonitorHub, grouped
+from sluice.server.monitoring.monitor_remote import RemoteLogWriter
 from sluice.server.monitoring.prediction_files import warm_up
 from sluice.server.monitoring.prediction_schema import RecordSchema
 from sluice.server.monitoring.prediction_settings import ADMIN, OFF, LoggingSettings
-from sluice.server.monitoring.prediction_writer import PredictionWriter
+from sluice.server.monitoring.prediction_writer import PredictionWriter, writer_settings
 
 log = logging.getLogger(__name__)
+
+#: The writer on a thread here, or its proxy over the monitor process.
+LogWriter = PredictionWriter | RemoteLogWriter
 
 #: A model version's config (version 0: the newest loaded), or None when it is not loaded.
 Describe = Callable[[str, int], ModelConfig | None]
@@ -50,7 +54,7 @@ class PredictionLog:
     """Sampling, per-model settings and the hand-off to the Parquet writer."""
 
     def __init__(
-        self, hub: MonitorHub, writer: PredictionWriter, settings: LoggingSettings,
+        self, hub: MonitorHub, writer: LogWriter, settings: LoggingSettings,
         describe: Describe, *, uniform: Callable[[], float] | None = None,
     ) -> None:
         """``uniform``: the sampling draw in [0, 1) (a seeded one in tests)."""
@@ -70,14 +74,13 @@ class PredictionLog:
         hub.subscribe("prediction_log", self.on_finished)
 
     @classmethod
-    def for_server(cls, hub: MonitorHub, config: ServerConfig, describe: Describe) -> PredictionLog:
-        """The log a server runs with ``config`` (its directory, rotation and queue bound)."""
-        writer = PredictionWriter(
-            config.predictions_dir, tag=secrets.token_hex(4),
-            capacity_records=config.prediction_log_queue_records,
-            max_file_bytes=config.prediction_log_max_file_bytes,
-            max_file_age_s=config.prediction_log_max_file_age_s,
-        )
+    def for_server(cls, hub: MonitorHub, config: ServerConfig, describe: Describe,
+                   writer: LogWriter | None = None) -> PredictionLog:
+        """The log a server runs with ``config``: ``writer``, else one on a thread of this
+        process (its directory, rotation and queue bound from ``config``)."""
+        if writer is None:
+            writer = PredictionWriter(config.predictions_dir, tag=secrets.token_hex(4),
+                                      **writer_settings(config))
         return cls(hub, writer, LoggingSettings(config.deployment_state_dir), describe)
 
     # -- settings ----------------------------------------------------------------------------

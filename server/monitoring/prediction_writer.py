@@ -33,6 +33,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +60,13 @@ class _Pending:
         self.records = 0
         #: When the oldest arrived (this thread's clock).
         self.since = since
+
+
+def writer_settings(config: Any) -> dict[str, Any]:
+    """A writer's bounds from a server's config (its queue, file size and age)."""
+    return {"capacity_records": config.prediction_log_queue_records,
+            "max_file_bytes": config.prediction_log_max_file_bytes,
+            "max_file_age_s": config.prediction_log_max_file_age_s}
 
 
 class PredictionWriter:

@@ -142,30 +142,24 @@ class QualityMonitor:
     # -- models -------------------------------------------------------------------------------
 
     def model_loaded(self, name: str, configs: Mapping[int, ModelConfig],
-                     model_dir: Path | None = None) -> None:
+                     model_dir: Path | None = None) -> bool:
         """Decide how each loaded version of ``name`` is scored (reading its deployment.yaml
-        ``quality`` block from ``model_dir``) and watch it when one can be. Blocking."""
-        try:
-            declared = read_quality(model_dir) if model_dir is not None else QualityDeclared()
-        except SluiceError as exc:
-            specs: dict[int, QualitySpec | str] = {v: exc.message for v in configs}
-        else:
-            specs = {
-                version: decide(config, declared, window_rows=self.window_rows,
-                                window_s=self.window_s)
-                for version, config in configs.items()
-            }
+        ``quality`` block from ``model_dir``) and watch it when one can be; whether it is
+        watched. Blocking."""
+        specs = scoring(name, configs, model_dir, window_rows=self.window_rows,
+                        window_s=self.window_s)
         for version, spec in specs.items():
             if isinstance(spec, str):
                 log.info("model '%s' version %d: no live quality: %s", name, version, spec)
         with self._lock:
             model = self._models.setdefault(name, _Model())
             model.specs = specs
-            watch = any(isinstance(s, QualitySpec) for s in specs.values())
+            watch = scored(specs)
             if watch != model.watched and self._hub is not None:
                 (self._hub.watch if watch else self._hub.unwatch)(name)
             model.watched = watch
             self._watching = any(m.watched for m in self._models.values())
+        return watch
 
     # -- the hub's subscriber -----------------------------------------------------------------
 
@@ -331,6 +325,23 @@ class QualityMonitor:
             model.index.forget(window.evict(self._clock()))
             numbers = window.numbers()
         return numbers["metrics"].get("accuracy"), numbers["labelled_rows"]
+
+
+def scoring(name: str, configs: Mapping[int, ModelConfig], model_dir: Path | None, *,
+            window_rows: int, window_s: float | None) -> dict[int, QualitySpec | str]:
+    """How each version in ``configs`` is scored, or why it is not (its deployment.yaml's
+    ``quality`` block read from ``model_dir``). Blocking."""
+    try:
+        declared = read_quality(model_dir) if model_dir is not None else QualityDeclared()
+    except SluiceError as exc:
+        return {v: exc.message for v in configs}
+    return {version: decide(config, declared, window_rows=window_rows, window_s=window_s)
+            for version, config in configs.items()}
+
+
+def scored(specs: Mapping[int, QualitySpec | str]) -> bool:
+    """Whether some version is scored."""
+    return any(isinstance(s, QualitySpec) for s in specs.values())
 
 
 _CLASS_ID_END = 2.0 ** 63  # the log's label column is int64

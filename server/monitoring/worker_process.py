@@ -4,7 +4,8 @@ The monitors' work that must not compete with serving runs in such a process: dr
 and Numba kernels (``sluice.server.drift_worker``, :mod:`.drift_remote`) and the prediction
 log's writer with live quality (``sluice.server.monitor_worker``, :mod:`.monitor_remote`). The
 child lowers its own priority (SCHED_IDLE, else nice 19) and answers each message with
-``(True, value)`` or ``(False, why)``; it holds no lock the server needs.
+``(True, value)`` or ``(False, why)``, where ``why`` is a message, or an error of ours raised
+again here; it holds no lock the server needs.
 
 A child that dies (killed, crashed) or hangs is started again on the next call, at most once
 every ``restart_after_s``; whatever was registered with it is sent again, in order.
@@ -60,6 +61,12 @@ class WorkerProcess:
         self.lost = 0
 
     @property
+    def alive(self) -> bool:
+        """Whether a worker is running now."""
+        with self._lock:
+            return self._running()
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
@@ -76,16 +83,24 @@ class WorkerProcess:
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def register(self, key: object, *attach: object) -> None:
-        """Attach window ``key`` (``attach``: its arguments) now and in every later worker.
-        RuntimeError when the worker refuses it (nothing registered then); a worker that cannot
-        be reached now gets it when it starts again."""
+    def register(self, key: object, *attach: object) -> object:
+        """Attach window ``key`` (``attach``: its arguments) now and in every later worker;
+        the worker's answer (None when it cannot be reached now: it gets ``key`` when it starts
+        again). RuntimeError when the worker refuses it (nothing registered then)."""
         with self._lock:
+            answer = None
             try:
                 self._ensure()  # a new worker gets the windows registered so far
-                self._exchange("attach", key, *attach)
+                answer = self._exchange("attach", key, *attach)
             except WorkerGone:
                 log.warning("%s: %s attaches when the worker starts again", self.name, key)
+            self._windows[key] = attach
+            return answer
+
+    def remember(self, key: object, *attach: object) -> None:
+        """Attach ``key`` in every worker started from now on, first if nothing is registered
+        yet, without starting one."""
+        with self._lock:
             self._windows[key] = attach
 
     def unregister(self, key: object) -> None:
@@ -132,6 +147,8 @@ class WorkerProcess:
             self._lose(f"{kind}: {type(exc).__name__}: {exc}")
             raise WorkerGone(f"{self.name} lost during {kind}") from exc
         if not ok:
+            if isinstance(value, Exception):  # one of ours the worker sent back (not found...)
+                raise value
             raise RuntimeError(f"{self.name}: {value}")
         return value
 

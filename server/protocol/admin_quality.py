@@ -1,9 +1,11 @@
 """``Feedback`` and ``Quality`` of ``sluice.admin.v1.Admin``: ground truth in, live quality out.
 
-Thin methods over :class:`~sluice.server.monitoring.quality.QualityMonitor`, mixed into the Admin
-servicer. Feedback runs on a worker thread (it drains the monitor hub, joins, and writes
-Parquet), never on the event loop. A label the monitor refuses is answered in the reply, one
-entry per label; only a request without a model, or for a model never loaded, fails as a whole.
+Thin methods over :class:`~sluice.server.monitoring.quality.QualityMonitor` (or its proxy,
+:class:`~sluice.server.monitoring.quality_remote.RemoteQuality`), mixed into the Admin servicer.
+Both run on a worker thread (feedback drains the monitor hub, joins, and writes Parquet; the
+windows may live in the monitor process), never on the event loop. A label the monitor refuses
+is answered in the reply, one entry per label; only a request without a model, or for a model
+never loaded, fails as a whole.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class QualityAdmin:
 
     async def Quality(self, request, context):
         try:
-            report = self._monitor(request.model).report(request.model)
+            report = await asyncio.to_thread(self._monitor(request.model).report, request.model)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -18,6 +18,7 @@ nothing: the step waits. A canary is never promoted, nor rolled back, on missing
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -93,7 +94,8 @@ class LocalEvidence:
             candidate.epoch() if candidate is not None else EMPTY,
             stable.epoch() if stable is not None else EMPTY,
             self.agreements(name, int(record["candidate"])),
-            self.accuracies(name, record), source="this replica")
+            # live quality answers from its worker process: not on the event loop
+            await asyncio.to_thread(self.accuracies, name, record), source="this replica")
 
     async def close(self) -> None:
         return None

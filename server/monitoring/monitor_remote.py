@@ -1,0 +1,224 @@
+"""The prediction log's writer and live quality kept in a worker process at the lowest priority.
+
+Why a process: on the hub's thread, the log's Arrow conversion and quality's scoring are Python
+work that holds the serving process's GIL for 5-20 ms per drain (~11 us per identity answer,
+several times their cost called back to back). The event loop runs every request in flight at
+once, so it loses each drain's CPU whichever way the work is sliced, and the requests that
+overlap a drain are late by about that much: at c=64 identity's p99 rose ~16% with the monitors
+on (perf_analyzer, side by side). Measured on a stand-in, only handing each drain to an
+idle-priority process as bytes brought it within 10%.
+
+So each drain costs this process one pass: the log samples and picks its records and quality
+names the ones it scores, as before, but neither converts anything; :class:`MonitorLink`, the
+hub's last subscriber, encodes the records either wants once (:mod:`.batch_codec`, ~0.4 ms per
+600 identity answers) and sends them to ``sluice.server.monitor_worker``, which runs the real
+:class:`~.prediction_writer.PredictionWriter` and :class:`~.quality.QualityMonitor` on its own
+GIL, at SCHED_IDLE (else nice 19): it takes only CPU that serving leaves idle. One socket, one
+message at a time, in order: a label sent after its answer was given joins it (feedback drains
+the hub first), and a flush settles every record handed over before it.
+
+:class:`RemoteLogWriter` has the writer's surface for :class:`~.prediction_log.PredictionLog`
+(which keeps sampling, settings and schemas here) and the counters of what the worker wrote or
+dropped, as of its last answer. Quality's proxy is :class:`~.quality_remote.RemoteQuality`.
+
+A worker that dies or hangs is replaced on the next call (:mod:`.worker_process`): the records
+it held and had not written are counted as dropped (``worker_lost``: records in files it
+finished after its last answer count there too, an over-count, never a silent loss), a batch it
+died on likewise, and quality's windows start over (their labels are in the feedback log).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from sluice.server.monitoring.batch_codec import encode
+from sluice.server.monitoring.hub import Finished, MonitorHub
+from sluice.server.monitoring.prediction_schema import RecordSchema
+from sluice.server.monitoring.worker_process import WorkerGone, WorkerProcess
+
+log = logging.getLogger(__name__)
+
+#: Why a record handed to a worker that was lost is counted as dropped.
+WORKER_LOST = "worker_lost"
+
+
+class MonitorLink:
+    """The monitor process and the hub's hand-off to it (subscribe with :meth:`attach`, after
+    the log and quality: it sends what they picked from the same drain)."""
+
+    def __init__(self, worker: WorkerProcess, *, predictions_dir: Path, tag: str,
+                 writer: dict[str, Any], quality: dict[str, Any]) -> None:
+        """``writer``, ``quality``: keyword arguments of the worker's
+        :class:`~.prediction_writer.PredictionWriter` and :class:`~.quality.QualityMonitor`."""
+        self.worker = worker
+        self.quality_settings = quality
+        worker.remember("setup", {"predictions_dir": predictions_dir, "tag": tag,
+                                  "writer": writer, "quality": quality})
+        #: This drain's picks: the log's (model, schema, records) and quality's records.
+        self.picks: list[tuple[str, RecordSchema, list[Finished]]] = []
+        self.scored: list[Finished] = []
+        #: Answers quality did not get because the worker was lost, per model.
+        self.unscored: Counter[str] = Counter()
+        self.writer = RemoteLogWriter(self)
+
+    def attach(self, hub: MonitorHub) -> None:
+        hub.subscribe("monitor_process", self.send)
+
+    def call(self, kind: str, *args: object) -> object:
+        return self.worker.call(kind, *args)
+
+    def send(self, batch: list[Finished]) -> None:
+        """The hub's subscriber: encode what this drain's picks hold, once, and hand it over."""
+        picks, scored = self.picks, self.scored
+        self.picks, self.scored = [], []
+        if not picks and not scored:
+            return
+        sent: list[Finished] = []
+        where: dict[int, int] = {}
+
+        def place(records: list[Finished]) -> list[int]:
+            out = []
+            for record in records:
+                at = where.get(id(record))
+                if at is None:
+                    at = where[id(record)] = len(sent)
+                    sent.append(record)
+                out.append(at)
+            return out
+
+        schemas: dict[int, RecordSchema] = {}
+        sids: dict[int, int] = {}
+        moves = []
+        for model, schema, records in picks:
+            sid = sids.setdefault(id(schema), len(sids))
+            schemas[sid] = schema
+            moves.append((model, sid, place(records)))
+        scored_at = place(scored)
+        kept = {model for model, schema, _ in picks
+                if any(column.is_input for column in schema.columns)}
+        data = encode(sent, inputs=kept.__contains__)
+        try:
+            counts = self.worker.call("batch", schemas, moves, scored_at, data)
+        except (WorkerGone, RuntimeError) as exc:
+            log.warning("monitor process: %d records not handed over: %s", len(sent), exc)
+            self.writer.lost([(model, len(records)) for model, _, records in picks])
+            for record in scored:
+                self.unscored[record.model] += 1
+            return
+        self.writer.answered(counts, [(model, len(records)) for model, _, records in picks])
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+class RemoteLogWriter:
+    """:class:`~.prediction_writer.PredictionWriter`'s surface over the monitor process; the
+    counters are the worker's as of its last answer, plus those of the workers before it."""
+
+    def __init__(self, link: MonitorLink) -> None:
+        self._link = link
+        self._lock = threading.Lock()
+        #: Counts settled for good: lost workers' last answers, drops counted here.
+        self._written: Counter[str] = Counter()
+        self._dropped: Counter[tuple[str, str]] = Counter()
+        #: The running worker's last answer, and what was handed to it, per model.
+        self._last: dict[str, Any] = _NOTHING
+        self._handed: Counter[str] = Counter()
+        self._generation = link.worker.started
+
+    @property
+    def written(self) -> Counter[str]:
+        with self._lock:
+            return self._written + Counter(self._last["written"])
+
+    @property
+    def dropped(self) -> Counter[tuple[str, str]]:
+        with self._lock:
+            return self._dropped + Counter(self._last["dropped"])
+
+    @property
+    def queued(self) -> int:
+        return int(self._last["queued"])
+
+    def put(self, model: str, schema: RecordSchema, records: list[Finished]) -> int:
+        """Pick ``records`` for this drain's hand-over (the hub's thread)."""
+        self._link.picks.append((model, schema, records))
+        return len(records)
+
+    def drop(self, model: str, reason: str, count: int) -> None:
+        with self._lock:
+            self._dropped[model, reason] += count
+
+    def start(self) -> None:
+        """Nothing to start: the worker starts with the first record or model handed over."""
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Every record handed over before this is settled; True once done."""
+        if not self._link.worker.alive and not self._handed:
+            return True
+        try:
+            done, counts = self._link.call("flush", timeout_s)  # type: ignore[misc]
+        except (WorkerGone, RuntimeError) as exc:
+            log.warning("prediction log: flush failed: %s", exc)
+            self._settle_lost()
+            return False
+        self.answered(counts, [])
+        return bool(done)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write what the worker holds and close its files (the worker goes on)."""
+        if not self._link.worker.alive:
+            self._settle_lost()
+            return
+        try:
+            self.answered(self._link.call("close"), [])
+        except (WorkerGone, RuntimeError) as exc:
+            log.warning("prediction log: closing failed: %s", exc)
+            self._settle_lost()
+
+    # -- the worker's answers ------------------------------------------------------------------
+
+    def answered(self, counts: object, handed: list[tuple[str, int]]) -> None:
+        """Take a worker's answer to a message that handed it ``handed`` (model, records)."""
+        assert isinstance(counts, dict)
+        generation = self._link.worker.started
+        with self._lock:
+            if generation != self._generation:  # a new worker answered: the old one was lost
+                self._settle_lost_locked()
+                self._generation = generation
+            for model, n in handed:
+                self._handed[model] += n
+            self._last = counts
+
+    def lost(self, handed: list[tuple[str, int]]) -> None:
+        """The worker was lost on a message that handed it ``handed``."""
+        with self._lock:
+            for model, n in handed:
+                self._dropped[model, WORKER_LOST] += n
+            self._settle_lost_locked()
+            self._generation = self._link.worker.started
+
+    def _settle_lost(self) -> None:
+        with self._lock:
+            self._settle_lost_locked()
+
+    def _settle_lost_locked(self) -> None:
+        """The worker of the last answer is gone: what it was handed and had not settled is
+        dropped; its settled counts stay."""
+        written, dropped = Counter(self._last["written"]), Counter(self._last["dropped"])
+        for model, n in self._handed.items():
+            settled = written[model] + sum(c for (m, _), c in dropped.items() if m == model)
+            if n > settled:
+                self._dropped[model, WORKER_LOST] += n - settled
+        self._written += written
+        self._dropped += dropped
+        self._last = _NOTHING
+        self._handed = Counter()
+
+
+_NOTHING: dict[str, Any] = {"written": {}, "dropped": {}, "queued": 0}
+
