@@ -77,7 +77,15 @@ class MonitorLink:
         self.picks, self.scored = [], []
         if not picks and not scored:
             return
-        sent: list[Finished] = []
+        if len(picks) == 1 and (not scored or scored == picks[0][2]):
+            # the usual drain: one model version, logged whole, scored whole or not at all
+            # (list equality is an identity check per record here)
+            model, schema, sent = picks[0]
+            everything = list(range(len(sent)))
+            self._hand_over(picks, {0: schema}, [(model, 0, everything)],
+                            everything if scored else [], sent, scored)
+            return
+        sent = []
         where: dict[int, int] = {}
 
         def place(records: list[Finished]) -> list[int]:
@@ -97,7 +105,11 @@ class MonitorLink:
             sid = sids.setdefault(id(schema), len(sids))
             schemas[sid] = schema
             moves.append((model, sid, place(records)))
-        scored_at = place(scored)
+        self._hand_over(picks, schemas, moves, place(scored), sent, scored)
+
+    def _hand_over(self, picks: list[tuple[str, RecordSchema, list[Finished]]],
+                   schemas: dict[int, RecordSchema], moves: list[tuple[str, int, list[int]]],
+                   scored_at: list[int], sent: list[Finished], scored: list[Finished]) -> None:
         kept = {model for model, schema, _ in picks
                 if any(column.is_input for column in schema.columns)}
         data = encode(sent, inputs=kept.__contains__)

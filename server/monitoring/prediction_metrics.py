@@ -70,7 +70,8 @@ class PredictionLogCollector(Collector):
             records.add_metric([model], count)
         dropped = CounterMetricFamily(
             "sluice_prediction_log_dropped", "Sampled requests not logged, by reason "
-            "(queue_full, write_error, encode_error, not_loaded).", labels=["model", "reason"])
+            "(queue_full, write_error, encode_error, not_loaded, worker_lost).",
+            labels=["model", "reason"])
         for (model, reason), count in sorted(dict(self._writer.dropped).items()):
             dropped.add_metric([model, reason], count)
         queued = GaugeMetricFamily(

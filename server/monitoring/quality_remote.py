@@ -77,13 +77,21 @@ class RemoteQuality:
         return result
 
     def reports(self) -> list[dict[str, Any]]:
-        """Every model's report; none while the worker is being replaced (the metrics)."""
+        """Every model's report (the metrics: answers not handed over count as skipped);
+        none while the worker is being replaced, or before one is needed (no model scored)."""
+        if not self._watched and not self._link.worker.alive:
+            return []  # a scrape starts no worker
         try:
             result = self._link.call("reports")
         except (WorkerGone, RuntimeError) as exc:
             log.warning("live quality: no reports now: %s", exc)
             return []
         assert isinstance(result, list)
+        for report in result:
+            lost = self._link.unscored.get(report["model"], 0)
+            if lost:
+                report["counts"]["skipped_unreadable"] = (
+                    report["counts"].get("skipped_unreadable", 0) + lost)
         return result
 
     def accuracy(self, name: str, arm: str, version: int) -> tuple[float | None, int]:
