@@ -106,22 +106,27 @@ def _expand(runs: list[tuple[object, int]], n: int) -> list:
 
 
 def _tensors(held: list[dict[str, np.ndarray]]) -> dict[str, _Column]:
-    names: dict[str, None] = {}
-    for tensors in held:
-        for name in tensors:
-            names[name] = None
+    if not held:
+        return {}
+    first = held[0].keys()
+    names = list(first) if all(t.keys() == first for t in held) else list(
+        dict.fromkeys(name for tensors in held for name in tensors))
     columns: dict[str, _Column] = {}
     for name in names:
         arrays = [t.get(name) for t in held]
         present = [a for a in arrays if a is not None]
-        first = present[0]
-        alike = all(isinstance(a, np.ndarray) and a.ndim >= 1 and a.dtype == first.dtype
-                    and a.dtype != object and a.shape[1:] == first.shape[1:] for a in present)
-        if alike:
+        joined = None
+        try:  # one dtype: concatenating promotes nothing; it refuses 0-d arrays and
+            # different row shapes
+            if len({a.dtype for a in present}) == 1:
+                joined = np.concatenate(present)
+        except (ValueError, AttributeError):
+            pass
+        if joined is not None:
             who = None if len(present) == len(arrays) else [
                 i for i, a in enumerate(arrays) if a is not None]
-            rows = np.fromiter((a.shape[0] for a in present), np.int64, len(present))
-            columns[name] = ("joined", np.concatenate(present), rows, who)
+            rows = np.fromiter([len(a) for a in present], np.int64, len(present))
+            columns[name] = ("joined", joined, rows, who)
         else:
             columns[name] = ("each", arrays)
     return columns
