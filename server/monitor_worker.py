@@ -14,9 +14,10 @@ after a batch was sent is answered once that batch is in:
   :meth:`~sluice.server.monitoring.quality.QualityMonitor.model_loaded`; answers whether the
   model is scored.
 - ``("batch", schemas, picks, scored, data)``: ``data`` decoded
-  (:mod:`~sluice.server.monitoring.batch_codec`); ``picks`` (model, schema id, record
-  positions) go to the writer, the records at positions ``scored`` to quality; answers the
-  writer's counts.
+  (:mod:`~sluice.server.monitoring.batch_codec`); ``picks`` (model, schema number, record
+  positions or None for all) go to the writer, the records at positions ``scored`` (None: all)
+  to quality; answers the writer's counts. ``schemas``: the ones not sent before (a number
+  this worker does not know was sent to the one it replaced: those records count as lost).
 - ``("flush", timeout_s)``, ``("close",)``, ``("counts",)``: the writer's; answer its counts.
 - ``("feedback", model, labels)``, ``("report", model)``, ``("reports",)``,
   ``("accuracy", model, arm, version)``: quality's answers.
@@ -100,20 +101,23 @@ class Monitors:
             return quality.accuracy(*args)
         raise ValueError(f"unknown message {kind!r}")
 
-    def batch(self, schemas: dict[int, RecordSchema], picks: list[tuple[str, int, list[int]]],
-              scored: list[int], data: bytes) -> dict[str, Any]:
+    def batch(self, schemas: dict[int, RecordSchema],
+              picks: list[tuple[str, int, list[int] | None]], scored: list[int] | None,
+              data: bytes) -> dict[str, Any]:
         writer = self.writer
         assert writer is not None, "no setup yet"
         self.schemas.update(schemas)
         records = decode(data)
         for model, sid, positions in picks:
+            taken = records if positions is None else [records[i] for i in positions]
             schema = self.schemas.get(sid)
-            if schema is None:  # a bug of ours: counted, not raised (the rest goes on)
-                writer.drop(model, "encode_error", len(positions))
+            if schema is None:  # sent to the worker this one replaced: lost with it
+                writer.drop(model, "worker_lost", len(taken))
             else:
-                writer.put(model, schema, [records[i] for i in positions])
-        if scored:
-            self._quality().on_finished([records[i] for i in scored])
+                writer.put(model, schema, taken)
+        if scored is None or scored:
+            self._quality().on_finished(records if scored is None else
+                                        [records[i] for i in scored])
         return self.counts()
 
     def _quality(self) -> QualityMonitor:

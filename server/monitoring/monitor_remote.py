@@ -64,6 +64,10 @@ class MonitorLink:
         #: Answers quality did not get because the worker was lost, per model.
         self.unscored: Counter[str] = Counter()
         self.writer = RemoteLogWriter(self)
+        #: id(schema) -> (number, schema) of the schemas the current worker holds.
+        self._sids: dict[int, tuple[int, RecordSchema]] = {}
+        self._schemas_for = -1
+        self._next_sid = 0
 
     def attach(self, hub: MonitorHub) -> None:
         hub.subscribe("monitor_process", self.send)
@@ -77,13 +81,16 @@ class MonitorLink:
         self.picks, self.scored = [], []
         if not picks and not scored:
             return
+        if not self.worker.alive or self.worker.started != self._schemas_for:
+            self._sids.clear()  # a new worker knows no schema
+            self._schemas_for = self.worker.started
+        schemas: dict[int, RecordSchema] = {}
         if len(picks) == 1 and (not scored or scored == picks[0][2]):
             # the usual drain: one model version, logged whole, scored whole or not at all
             # (list equality is an identity check per record here)
             model, schema, sent = picks[0]
-            everything = list(range(len(sent)))
-            self._hand_over(picks, {0: schema}, [(model, 0, everything)],
-                            everything if scored else [], sent, scored)
+            self._hand_over(picks, schemas, [(model, self._sid(schema, schemas), None)],
+                            None if scored else [], sent, scored)
             return
         sent = []
         where: dict[int, int] = {}
@@ -98,18 +105,28 @@ class MonitorLink:
                 out.append(at)
             return out
 
-        schemas: dict[int, RecordSchema] = {}
-        sids: dict[int, int] = {}
-        moves = []
-        for model, schema, records in picks:
-            sid = sids.setdefault(id(schema), len(sids))
-            schemas[sid] = schema
-            moves.append((model, sid, place(records)))
+        moves = [(model, self._sid(schema, schemas), place(records))
+                 for model, schema, records in picks]
         self._hand_over(picks, schemas, moves, place(scored), sent, scored)
 
+    def _sid(self, schema: RecordSchema, new: dict[int, RecordSchema]) -> int:
+        """``schema``'s number; a schema the worker has not seen goes into ``new``
+        (pickling one costs ~0.1 ms: once per worker, not once per drain)."""
+        known = self._sids.get(id(schema))
+        if known is not None and known[1] is schema:
+            return known[0]
+        sid = self._next_sid = self._next_sid + 1
+        self._sids[id(schema)] = (sid, schema)
+        new[sid] = schema
+        return sid
+
     def _hand_over(self, picks: list[tuple[str, RecordSchema, list[Finished]]],
-                   schemas: dict[int, RecordSchema], moves: list[tuple[str, int, list[int]]],
-                   scored_at: list[int], sent: list[Finished], scored: list[Finished]) -> None:
+                   schemas: dict[int, RecordSchema],
+                   moves: list[tuple[str, int, list[int] | None]],
+                   scored_at: list[int] | None, sent: list[Finished],
+                   scored: list[Finished]) -> None:
+        """Encode ``sent`` and send it; ``moves``: the log's (model, schema number, positions
+        or None: all), ``scored_at``: quality's positions (None: all)."""
         kept = {model for model, schema, _ in picks
                 if any(column.is_input for column in schema.columns)}
         data = encode(sent, inputs=kept.__contains__)

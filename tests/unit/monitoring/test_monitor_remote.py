@@ -149,3 +149,20 @@ def test_a_batch_the_worker_cannot_take_is_counted_not_raised(link):
     assert link.unscored["digits"] == 7
     with pytest.raises(WorkerGone):
         link.call("counts")
+
+
+def test_a_drain_logged_and_scored_whole_is_handed_over_once_to_both(link, tmp_path):
+    hub = MonitorHub()
+    remote = RemoteQuality(hub, link)
+    remote.model_loaded("clf", {1: CLASSIFIER})
+    answers = [answer(f"r{i}", [i % 3, (i + 1) % 3]) for i in range(50)]
+    link.writer.put("clf", RecordSchema(CLASSIFIER, LoggingConfig(1.0)), answers)
+    link.scored.extend(answers)
+    link.send(answers)
+    assert link.writer.flush(10.0)
+    assert link.writer.written == {"clf": 50} and not link.writer.dropped
+    table = read(tmp_path / "model=clf")
+    assert table.num_rows == 100
+    assert table.column("output_label").to_pylist()[:4] == [0, 1, 1, 2]
+    [w] = remote.report("clf")["windows"]
+    assert w["predicted_rows"] == 100
