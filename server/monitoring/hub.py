@@ -25,12 +25,10 @@ it. Long drains show in p99 (identity at c=64: 43 ms with 250 ms drains, 58 ms w
 the same records, 36 ms with the monitors off; perf_analyzer, side by side). Slicing a drain does
 not help: the loop loses the drain's CPU whichever way it is cut, and every request in flight
 waits through it (one subscriber per turn, 10 rounds: no gain; 64-record slices: much worse).
-What did help, in a stand-in only, was taking the monitors' work off this process: the drain
-encoding its records as bytes for a SCHED_IDLE reader (0.4 ms per 600 records) gave 0.95
-throughput and p99 x1.07 of the monitors off, against 0.91 and x1.16 with them here (10 rounds).
 In the server the monitors' code costs several times what it does called back to back (the log,
-544 identity records: 5.8 ms of CPU against 0.84): the machine is loaded, and reading each
-record's fields in one pass instead of one per column did not lower it.
+544 identity records: 5.8 ms of CPU against 0.84). So the heavy monitors left this process: the
+prediction log's writer and live quality run in the monitor process (:mod:`.monitor_remote`),
+and the subscribers here only sample and pick; the last one encodes the drain once and sends it.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 Parquet off the request path.
 
 Its hub subscriber (:meth:`PredictionLog.on_finished`, on the monitor hub's thread) samples and
-hands the kept records to the :class:`~.prediction_writer.PredictionWriter`'s bounded intake,
-which turns them into an Arrow table there and then; Parquet encoding, compression and disk I/O
-happen on the writer's own thread. A model is watched on the hub only while
+hands the kept records to the writer. In a server that is
+:class:`~.monitor_remote.RemoteLogWriter`: the records go, encoded with the rest of the drain,
+to the monitor process, whose :class:`~.prediction_writer.PredictionWriter` turns them into
+Arrow tables and writes Parquet on its own thread (a writer in this process, as tests use it,
+does the same here). A model is watched on the hub only while
 its sample rate is above 0, so a model that is not logged costs the request path one dict lookup.
 
 Settings per model (:class:`~sluice.server.config.prediction_logging.LoggingConfig`) come from

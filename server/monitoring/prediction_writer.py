@@ -2,7 +2,8 @@
 Arrow tables, and the one thread that writes them as Parquet row groups (:mod:`.prediction_files`).
 
 Who does what: :meth:`PredictionWriter.put` converts the records it takes into an Arrow table
-on the caller's thread (the monitor hub's, right after the log sampled them) and queues the
+on the caller's thread (the monitor process's, as each drain arrives: :mod:`.monitor_remote`;
+the monitor hub's, for a writer in the serving process) and queues the
 table; the writer's thread joins the queued tables of each (model, logging schema) and writes
 one row group when ``batch_records`` records are pending or the oldest has waited ``flush_s``,
 so files hold a few large row groups rather than many small ones. Encoding and compressing a row

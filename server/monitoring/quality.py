@@ -4,15 +4,17 @@ The monitor subscribes to the :class:`~sluice.server.monitoring.hub.MonitorHub` 
 loaded model whose outputs say what it predicts (:mod:`.quality_spec`). For each answered
 request of such a model it keeps, in the (version, arm) :class:`~.quality_window.QualityWindow`,
 the predicted class (or value) and top-class probability of each row: the answers of one drain
-of the hub go in as one chunk of arrays, a few numpy calls per drain and ~3 us per answer on
-the hub's thread (grouping, and a dict entry per request id for the label join), never on the
-request path. Labels come by request id through
-:meth:`QualityMonitor.feedback` (the Admin ``Feedback`` RPC, ``sluice feedback``): a label for
-the request applies to its rows, one with a row number to that row; a later label replaces an
-earlier one (last write wins). Ids not in a window (never seen, or older than it) are counted as
-unknown, not refused, and every valid label is appended to the Parquet feedback log
-(:mod:`.feedback_log`), so late labels still join offline. Bad labels are refused one by one,
-each with a message naming its index and id; the rest of the call goes on.
+of the hub go in as one chunk of arrays, a few numpy calls per drain and ~3 us per answer
+(grouping, and a dict entry per request id for the label join), never on the request path. In a
+server this monitor runs in the monitor process, behind
+:class:`~.quality_remote.RemoteQuality` (why: :mod:`.monitor_remote`); in tests, on a hub here.
+Labels come by request id through :meth:`QualityMonitor.feedback` (the Admin ``Feedback``
+RPC, ``sluice feedback``): a label for the request applies to its rows, one with a row number
+to that row; a later label replaces an earlier one (last write wins). Ids not in a window
+(never seen, or older than it) are counted as unknown, not refused, and every valid label is
+appended to the Parquet feedback log (:mod:`.feedback_log`), so late labels still join offline.
+Bad labels are refused one by one, each with a message naming its index and id; the rest of the
+call goes on.
 
 Before labels arrive, each window estimates its accuracy as the mean top-class probability of
 its predictions (confidence-based performance estimation, right for a calibrated classifier);
