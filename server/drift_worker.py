@@ -23,9 +23,6 @@ message raised (the worker goes on). Part of the composition root: it names the 
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -33,9 +30,7 @@ import numpy as np
 from sluice.kernels import drift_codes
 from sluice.server.monitoring.drift_report import DriftReport
 from sluice.server.monitoring.drift_window import VersionWindow
-from sluice.server.monitoring.worker_priority import lower_priority
-
-log = logging.getLogger("sluice.drift_worker")
+from sluice.server.monitoring.worker_loop import answer_messages, worker_main
 
 Key = tuple[str, int]
 
@@ -77,29 +72,11 @@ class Windows:
 def serve(conn: Connection) -> None:
     """Answer messages until told to stop or the socket closes."""
     windows = Windows()
-    while True:
-        try:
-            kind, *args = conn.recv()
-        except EOFError:
-            return
-        if kind == "stop":
-            return
-        try:
-            reply: tuple[bool, object] = (True, windows.handle(conn, kind, tuple(args)))
-        except Exception as exc:  # a bug of ours or a bad window: said, and the worker goes on
-            log.exception("drift worker: %s failed", kind)
-            reply = (False, f"{type(exc).__name__}: {exc}")
-        conn.send(reply)
+    answer_messages(conn, lambda kind, args: windows.handle(conn, kind, args), "drift worker")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
-    got = lower_priority()
-    log.info("drift worker %d at %s", os.getpid(), got)
-    serve(Connection(int(args[0])))
-    return 0
+    return worker_main(argv, "drift worker", serve)
 
 
 if __name__ == "__main__":

@@ -30,21 +30,16 @@ worker goes on serving either way.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
-from sluice.server.errors import SluiceError
 from sluice.server.monitoring.batch_codec import decode
 from sluice.server.monitoring.feedback_log import FeedbackLog
 from sluice.server.monitoring.prediction_schema import RecordSchema
 from sluice.server.monitoring.prediction_writer import PredictionWriter
 from sluice.server.monitoring.quality import QualityMonitor
-from sluice.server.monitoring.worker_priority import lower_priority
-
-log = logging.getLogger("sluice.monitor_worker")
+from sluice.server.monitoring.worker_loop import answer_messages, worker_main
 
 
 class Monitors:
@@ -130,36 +125,16 @@ class Monitors:
 
 
 def serve(conn: Connection) -> None:
-    """Answer messages until told to stop or the socket closes."""
+    """Answer messages until told to stop or the socket closes; the writer closes then."""
     monitors = Monitors()
     try:
-        while True:
-            try:
-                kind, *args = conn.recv()
-            except EOFError:
-                return
-            if kind == "stop":
-                return
-            try:
-                reply: tuple[bool, object] = (True, monitors.handle(kind, tuple(args)))
-            except SluiceError as exc:  # the server raises it again (not found, bad input)
-                reply = (False, exc)
-            except Exception as exc:  # a bug of ours: said, and the worker goes on
-                log.exception("monitor worker: %s failed", kind)
-                reply = (False, f"{type(exc).__name__}: {exc}")
-            conn.send(reply)
+        answer_messages(conn, monitors.handle, "monitor worker")
     finally:
         monitors.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
-    got = lower_priority()
-    log.info("monitor worker %d at %s", os.getpid(), got)
-    serve(Connection(int(args[0])))
-    return 0
+    return worker_main(argv, "monitor worker", serve)
 
 
 if __name__ == "__main__":
