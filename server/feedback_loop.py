@@ -4,8 +4,9 @@ Finished requests reach the monitors through :class:`~sluice.server.monitoring.h
 (the servicer offers them); on it sit the prediction log, live quality and drift. Cost per
 prediction reads the instances' CPU meters. Each registers its collector on the server's
 :class:`~sluice.server.metrics.Metrics`. Part of the composition root: it names the worker
-process drift's Numba kernels run in (``sluice.server.drift_worker``), which the monitors
-themselves may not import.
+processes the monitors' heavy work runs in, which the monitors themselves may not import: the
+monitor process (``sluice.server.monitor_worker``: the log's writer, live quality) and drift's
+(``sluice.server.drift_worker``: its windows and Numba kernels).
 """
 
 from __future__ import annotations
