@@ -1,7 +1,7 @@
 """What the feedback loop costs the request path: Sluice with every monitor on against all off.
 
     python -m loadtests.monitoring_overhead [--rounds 3] [--concurrency 64] [--window 2]
-        [--warmup 2] [--out DIR]
+        [--warmup 2] [--models identity,cnn] [--out DIR]
 
 Two copies of the bundled ``identity`` (batch-1 requests) and ``cnn`` (8 rows per request) in
 temporary repositories, served by ``python -m sluice.server serve`` one server at a time:
@@ -25,7 +25,9 @@ rounds, read from ``/proc`` through psutil): microseconds per request of the who
 of its main thread, the event loop, and the share of a core the loop got. On this 2-core
 machine, shared with perf_analyzer, the loop is the bottleneck (~0.94 of a core with the
 monitors off); with them on, the monitors' threads take part of its core and of its GIL, and
-these figures, far steadier than p99 here, show how much.
+these figures, far steadier than p99 here, show how much. The last column is the CPU of the
+server's worker processes (the monitor process, drift's worker), which run at the lowest
+priority, on CPU that serving leaves idle.
 
 Why the warm-up: the figures are about serving under steady load, and a server's first seconds
 are not that. Right after it is ready the server collects and freezes its heap (one full
@@ -114,23 +116,34 @@ def measure(repository: Path, logs: Path, model: str, batch: int,
         return {"error": str(exc)[-1000:]}
 
 
-def cpu_seconds(pid: int) -> tuple[float, float, float]:
-    """(monotonic now, the server process's CPU seconds, its main thread's: the event loop)."""
+def cpu_seconds(pid: int) -> tuple[float, float, float, float]:
+    """(monotonic now, the server process's CPU seconds, its main thread's: the event loop,
+    its running child processes': the monitor and drift workers)."""
     process = psutil.Process(pid)
     loop = next((t.user_time + t.system_time for t in process.threads() if t.id == pid), 0.0)
     times = process.cpu_times()
-    return time.monotonic(), times.user + times.system, loop
+    workers = 0.0
+    for child in process.children(recursive=True):
+        try:
+            spent = child.cpu_times()
+        except psutil.Error:  # gone in between
+            continue
+        workers += spent.user + spent.system
+    return time.monotonic(), times.user + times.system, loop, workers
 
 
-def cpu_per_request(before: tuple[float, float, float], after: tuple[float, float, float],
+def cpu_per_request(before: tuple[float, ...], after: tuple[float, ...],
                     req_s: float) -> dict[str, float]:
     """Where the server's CPU went while perf_analyzer measured (its trials, all of them, at
-    the rate it reports): cores used by the whole process and by the event loop's thread, and
-    microseconds of each per request."""
+    the rate it reports): cores used by the whole process, by the event loop's thread and by
+    its worker processes (at the lowest priority: idle CPU), and microseconds of each per
+    request."""
     elapsed = after[0] - before[0]
     cores, loop = (after[1] - before[1]) / elapsed, (after[2] - before[2]) / elapsed
-    return {"cpu_cores": cores, "loop_cores": loop,
-            "cpu_us_per_req": cores / req_s * 1e6, "loop_us_per_req": loop / req_s * 1e6}
+    workers = (after[3] - before[3]) / elapsed
+    return {"cpu_cores": cores, "loop_cores": loop, "workers_cores": workers,
+            "cpu_us_per_req": cores / req_s * 1e6, "loop_us_per_req": loop / req_s * 1e6,
+            "workers_us_per_req": workers / req_s * 1e6}
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -157,7 +170,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "p99_ratio": statistics.median(on["p99_ms"] / off["p99_ms"] for on, off in pairs),
         })
         timed = [pair for pair in pairs if all("cpu_us_per_req" in run for run in pair)]
-        for key in ("cpu_us_per_req", "loop_us_per_req", "loop_cores") if timed else ():
+        for key in ("cpu_us_per_req", "loop_us_per_req", "loop_cores", "workers_us_per_req"):
+            if not timed or any(key not in run for pair in timed for run in pair):
+                continue
             rows[-1][f"off_{key}"] = statistics.median(off[key] for _, off in timed)
             rows[-1][f"on_{key}"] = statistics.median(on[key] for on, _ in timed)
     return rows
@@ -173,7 +188,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of load before measuring, not counted (0: none)")
     parser.add_argument("--max-trials", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results")
+    parser.add_argument("--models", default=",".join(m for m, _ in POINTS),
+                        help="which of the models to measure, comma-separated")
     args = parser.parse_args(argv)
+    points = [(m, b) for m, b in POINTS if m in args.models.split(",")]
+    if not points:
+        parser.error(f"--models: none of {args.models!r} is one of "
+                     f"{', '.join(m for m, _ in POINTS)}")
     if perfanalyzer.binary() is None:
         print(perfanalyzer.NOT_INSTALLED, file=sys.stderr)
         return 2
@@ -181,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sluice-monitoring-") as tmp:
         repos = {"off": build(Path(tmp) / "off", False), "on": build(Path(tmp) / "on", True)}
         for n in range(1, args.rounds + 1):
-            for model, batch in POINTS:
+            for model, batch in points:
                 order = ["off", "on"] if n % 2 else ["on", "off"]
                 for variant in order:
                     result = measure(repos[variant], Path(tmp) / f"logs-{variant}-{n}", model,
@@ -199,13 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['model']:8} {row['batch']:2} {args.concurrency:3} {row['rounds']:6} "
               f"{row['off_req_s']:11.0f} {row['on_req_s']:10.0f} {row['throughput_ratio']:6.2f} "
               f"{row['off_p99_ms']:7.2f}ms {row['on_p99_ms']:6.2f}ms {row['p99_ratio']:6.2f}")
-    print("\nserver CPU (medians)  us/request off -> on   event loop: us/request, cores off -> on")
+    print("\nserver CPU (medians)  us/request off -> on   event loop: us/request, cores off -> on"
+          "   workers us/request on")
     for row in summary:
         if "off_cpu_us_per_req" in row:
             print(f"{row['model']:8} {row['batch']:2}   {row['off_cpu_us_per_req']:7.0f} -> "
                   f"{row['on_cpu_us_per_req']:5.0f}        {row['off_loop_us_per_req']:5.0f} -> "
                   f"{row['on_loop_us_per_req']:5.0f},  {row['off_loop_cores']:.2f} -> "
-                  f"{row['on_loop_cores']:.2f}")
+                  f"{row['on_loop_cores']:.2f}   {row.get('on_workers_us_per_req', 0):12.1f}")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "monitoring_overhead.json", {
         "settings": vars(args) | {"out": str(args.out)}, "runs": runs, "summary": summary})

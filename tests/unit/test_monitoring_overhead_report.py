@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -34,24 +37,43 @@ def test_ratios_are_paired_per_round_and_errors_leave_their_round_out():
 
 def test_cpu_per_request_divides_the_cores_used_by_the_rate():
     # 10 s in which the process used 12 CPU seconds and its main thread 9, at 2,000 req/s
-    figures = cpu_per_request((100.0, 50.0, 30.0), (110.0, 62.0, 39.0), 2000.0)
+    # and its worker processes 0.5
+    figures = cpu_per_request((100.0, 50.0, 30.0, 1.0), (110.0, 62.0, 39.0, 1.5), 2000.0)
     assert figures["cpu_cores"] == pytest.approx(1.2)
     assert figures["loop_cores"] == pytest.approx(0.9)
     assert figures["cpu_us_per_req"] == pytest.approx(600.0)  # 1.2 / 2000 s
     assert figures["loop_us_per_req"] == pytest.approx(450.0)
+    assert figures["workers_cores"] == pytest.approx(0.05)
+    assert figures["workers_us_per_req"] == pytest.approx(25.0)
 
 
 def test_cpu_seconds_reads_this_process_and_its_main_thread():
-    at, total, loop = cpu_seconds(os.getpid())
+    at, total, loop, _ = cpu_seconds(os.getpid())
     worker = threading.Thread(target=burn_cpu, args=(0.2,))
     worker.start()
     burn_cpu(0.1)  # this (main) thread
     worker.join()
-    at2, total2, loop2 = cpu_seconds(os.getpid())
+    at2, total2, loop2, _ = cpu_seconds(os.getpid())
     assert at2 > at
     assert loop2 - loop >= 0.08  # the main thread's own spin, not the worker's
     assert total2 - total >= 0.28  # both spins
     assert (total2 - total) - (loop2 - loop) >= 0.18
+
+
+def test_cpu_seconds_counts_the_child_processes_apart():
+    spin = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    child = subprocess.Popen([sys.executable, "-c", spin + "time.sleep(30)"])
+    try:
+        at, total, _, workers = cpu_seconds(os.getpid())
+        deadline = time.monotonic() + 20
+        while workers < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            at, total2, _, workers = cpu_seconds(os.getpid())
+        assert workers >= 0.25  # the child's spin (and its start)
+        assert total2 - total < 0.2  # not this process's
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_cpu_medians_are_reported_when_both_variants_were_timed():
@@ -59,7 +81,8 @@ def test_cpu_medians_are_reported_when_both_variants_were_timed():
         run(1, "off", 1000, 10, cpu_us_per_req=400, loop_us_per_req=300, loop_cores=0.9),
         run(1, "on", 900, 11, cpu_us_per_req=450, loop_us_per_req=320, loop_cores=0.8),
         run(2, "off", 1000, 10, cpu_us_per_req=410, loop_us_per_req=310, loop_cores=0.95),
-        run(2, "on", 900, 11, cpu_us_per_req=470, loop_us_per_req=330, loop_cores=0.85),
+        run(2, "on", 900, 11, cpu_us_per_req=470, loop_us_per_req=330, loop_cores=0.85,
+            workers_us_per_req=12),
         run(3, "off", 1000, 10), run(3, "on", 900, 11),  # an older run: no CPU figures
     ]
     (row,) = summarize(runs)
@@ -69,5 +92,6 @@ def test_cpu_medians_are_reported_when_both_variants_were_timed():
     assert row["on_loop_us_per_req"] == pytest.approx(325)
     assert row["off_loop_cores"] == pytest.approx(0.925)
     assert row["on_loop_cores"] == pytest.approx(0.825)
+    assert "on_workers_us_per_req" not in row  # one round had it, not every timed one
     untimed = summarize([run(1, "off", 1000, 10), run(1, "on", 900, 11)])
     assert "off_cpu_us_per_req" not in untimed[0]
