@@ -134,7 +134,12 @@ class MonitorLink:
             counts = self.worker.call("batch", schemas, moves, scored_at, data)
         except (WorkerGone, RuntimeError) as exc:
             log.warning("monitor process: %d records not handed over: %s", len(sent), exc)
-            self.writer.lost([(model, len(records)) for model, _, records in picks])
+            handed = [(model, len(records)) for model, _, records in picks]
+            if isinstance(exc, WorkerGone):
+                self.writer.lost(handed)
+            else:  # the worker refused the batch (a bug of ours) and goes on
+                for model, n in handed:
+                    self.writer.drop(model, "encode_error", n)
             for record in scored:
                 self.unscored[record.model] += 1
             return
@@ -193,7 +198,8 @@ class RemoteLogWriter:
             done, counts = self._link.call("flush", timeout_s)  # type: ignore[misc]
         except (WorkerGone, RuntimeError) as exc:
             log.warning("prediction log: flush failed: %s", exc)
-            self._settle_lost()
+            if isinstance(exc, WorkerGone):  # else the worker goes on, its counts with it
+                self._settle_lost()
             return False
         self.answered(counts, [])
         return bool(done)
@@ -207,7 +213,8 @@ class RemoteLogWriter:
             self.answered(self._link.call("close"), [])
         except (WorkerGone, RuntimeError) as exc:
             log.warning("prediction log: closing failed: %s", exc)
-            self._settle_lost()
+            if isinstance(exc, WorkerGone):
+                self._settle_lost()
 
     # -- the worker's answers ------------------------------------------------------------------
 

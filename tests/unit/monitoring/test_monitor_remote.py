@@ -17,6 +17,7 @@ import pytest
 from sluice.server.config.model import ModelConfig
 from sluice.server.config.prediction_logging import LoggingConfig
 from sluice.server.errors import ModelNotFound
+from sluice.server.monitoring import monitor_remote
 from sluice.server.monitoring.feedback_log import FeedbackLog
 from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.monitor_remote import WORKER_LOST, MonitorLink
@@ -166,3 +167,18 @@ def test_a_drain_logged_and_scored_whole_is_handed_over_once_to_both(link, tmp_p
     assert table.column("output_label").to_pylist()[:4] == [0, 1, 1, 2]
     [w] = remote.report("clf")["windows"]
     assert w["predicted_rows"] == 100
+
+
+def test_a_batch_the_worker_refuses_is_counted_and_the_worker_goes_on(link, monkeypatch):
+    schema = RecordSchema(DIGITS, LoggingConfig(1.0))
+    for start, end in ((0, 5), (5, 8), (8, 12)):
+        records = [record(i, 1) for i in range(start, end)]
+        link.writer.put("digits", schema, records)
+        if start == 5:  # a bug of ours that cannot happen for real: bytes it cannot read
+            monkeypatch.setattr(monitor_remote, "encode", lambda records, inputs: b"garbage")
+        link.send(records)
+        monkeypatch.undo()
+    assert link.writer.flush(10.0)
+    assert link.writer.written == {"digits": 9}
+    assert link.writer.dropped == {("digits", "encode_error"): 3}
+    assert link.worker.lost == 0 and link.worker.started == 1
