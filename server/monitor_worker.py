@@ -11,14 +11,13 @@ after a batch was sent is answered once that batch is in:
 
 - ``("attach", "setup", settings)``: the writer (started) and the quality monitor; first.
 - ``("attach", ("quality", model), configs, model_dir)``: quality's
-  :meth:`~sluice.server.monitoring.quality.QualityMonitor.model_loaded`; answers whether the
-  model is scored.
+  :meth:`~sluice.server.monitoring.quality.QualityMonitor.model_loaded`.
 - ``("batch", schemas, picks, scored, data)``: ``data`` decoded
   (:mod:`~sluice.server.monitoring.batch_codec`); ``picks`` (model, schema number, record
   positions or None for all) go to the writer, the records at positions ``scored`` (None: all)
   to quality; answers the writer's counts. ``schemas``: the ones not sent before (a number
   this worker does not know was sent to the one it replaced: those records count as lost).
-- ``("flush", timeout_s)``, ``("close",)``, ``("counts",)``: the writer's; answer its counts.
+- ``("flush", timeout_s)``, ``("close",)``: the writer's; answer its counts.
 - ``("feedback", model, labels)``, ``("report", model)``, ``("reports",)``,
   ``("accuracy", model, arm, version)``: quality's answers.
 - ``("stop",)``: closes the writer, exits.
@@ -36,6 +35,7 @@ from typing import Any
 
 from sluice.server.monitoring.batch_codec import decode
 from sluice.server.monitoring.feedback_log import FeedbackLog
+from sluice.server.monitoring.monitor_remote import WORKER_LOST
 from sluice.server.monitoring.prediction_schema import RecordSchema
 from sluice.server.monitoring.prediction_writer import PredictionWriter
 from sluice.server.monitoring.quality import QualityMonitor
@@ -72,7 +72,8 @@ class Monitors:
                 self.setup(rest[0])
                 return None
             if isinstance(key, tuple) and key[0] == "quality":
-                return self._quality().model_loaded(key[1], *rest)
+                self._quality().model_loaded(key[1], *rest)
+                return None
             raise ValueError(f"unknown attachment {key!r}")
         if kind == "batch":
             return self.batch(*args)
@@ -82,8 +83,6 @@ class Monitors:
             return writer.flush(*args), self.counts()
         if kind == "close":
             writer.close()
-            return self.counts()
-        if kind == "counts":
             return self.counts()
         quality = self._quality()
         if kind == "feedback":
@@ -107,7 +106,7 @@ class Monitors:
             taken = records if positions is None else [records[i] for i in positions]
             schema = self.schemas.get(sid)
             if schema is None:  # sent to the worker this one replaced: lost with it
-                writer.drop(model, "worker_lost", len(taken))
+                writer.drop(model, WORKER_LOST, len(taken))
             else:
                 writer.put(model, schema, taken)
         if scored is None or scored:

@@ -64,8 +64,8 @@ class MonitorLink:
         #: Answers quality did not get because the worker was lost, per model.
         self.unscored: Counter[str] = Counter()
         self.writer = RemoteLogWriter(self)
-        #: id(schema) -> (number, schema) of the schemas the current worker holds.
-        self._sids: dict[int, tuple[int, RecordSchema]] = {}
+        #: The schemas the current worker holds, and their numbers.
+        self._sids: dict[RecordSchema, int] = {}
         self._schemas_for = -1
         self._next_sid = 0
 
@@ -85,6 +85,9 @@ class MonitorLink:
             self._sids.clear()  # a new worker knows no schema
             self._schemas_for = self.worker.started
         schemas: dict[int, RecordSchema] = {}
+        if not picks:  # scored only
+            self._hand_over(picks, schemas, [], None, scored, scored)
+            return
         if len(picks) == 1 and (not scored or scored == picks[0][2]):
             # the usual drain: one model version, logged whole, scored whole or not at all
             # (list equality is an identity check per record here)
@@ -112,12 +115,10 @@ class MonitorLink:
     def _sid(self, schema: RecordSchema, new: dict[int, RecordSchema]) -> int:
         """``schema``'s number; a schema the worker has not seen goes into ``new``
         (pickling one costs ~0.1 ms: once per worker, not once per drain)."""
-        known = self._sids.get(id(schema))
-        if known is not None and known[1] is schema:
-            return known[0]
-        sid = self._next_sid = self._next_sid + 1
-        self._sids[id(schema)] = (sid, schema)
-        new[sid] = schema
+        sid = self._sids.get(schema)
+        if sid is None:
+            sid = self._sids[schema] = self._next_sid = self._next_sid + 1
+            new[sid] = schema
         return sid
 
     def _hand_over(self, picks: list[tuple[str, RecordSchema, list[Finished]]],

@@ -144,10 +144,9 @@ class QualityMonitor:
     # -- models -------------------------------------------------------------------------------
 
     def model_loaded(self, name: str, configs: Mapping[int, ModelConfig],
-                     model_dir: Path | None = None) -> bool:
+                     model_dir: Path | None = None) -> None:
         """Decide how each loaded version of ``name`` is scored (reading its deployment.yaml
-        ``quality`` block from ``model_dir``) and watch it when one can be; whether it is
-        watched. Blocking."""
+        ``quality`` block from ``model_dir``) and watch it when one can be. Blocking."""
         specs = scoring(name, configs, model_dir, window_rows=self.window_rows,
                         window_s=self.window_s)
         for version, spec in specs.items():
@@ -161,7 +160,6 @@ class QualityMonitor:
                 (self._hub.watch if watch else self._hub.unwatch)(name)
             model.watched = watch
             self._watching = any(m.watched for m in self._models.values())
-        return watch
 
     # -- the hub's subscriber -----------------------------------------------------------------
 

@@ -83,19 +83,17 @@ class WorkerProcess:
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def register(self, key: object, *attach: object) -> object:
-        """Attach window ``key`` (``attach``: its arguments) now and in every later worker;
-        the worker's answer (None when it cannot be reached now: it gets ``key`` when it starts
-        again). RuntimeError when the worker refuses it (nothing registered then)."""
+    def register(self, key: object, *attach: object) -> None:
+        """Attach window ``key`` (``attach``: its arguments) now and in every later worker.
+        RuntimeError when the worker refuses it (nothing registered then); a worker that cannot
+        be reached now gets it when it starts again."""
         with self._lock:
-            answer = None
             try:
                 self._ensure()  # a new worker gets the windows registered so far
-                answer = self._exchange("attach", key, *attach)
+                self._exchange("attach", key, *attach)
             except WorkerGone:
                 log.warning("%s: %s attaches when the worker starts again", self.name, key)
             self._windows[key] = attach
-            return answer
 
     def remember(self, key: object, *attach: object) -> None:
         """Attach ``key`` in every worker started from now on, first if nothing is registered

@@ -149,7 +149,7 @@ def test_a_batch_the_worker_cannot_take_is_counted_not_raised(link):
     assert link.writer.dropped["digits", WORKER_LOST] == 12
     assert link.unscored["digits"] == 7
     with pytest.raises(WorkerGone):
-        link.call("counts")
+        link.call("reports")
 
 
 def test_a_drain_logged_and_scored_whole_is_handed_over_once_to_both(link, tmp_path):
