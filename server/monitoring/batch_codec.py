@@ -8,8 +8,8 @@ when every record of the drain that has it has it alike (same dtype, same shape 
 axis); otherwise each record's array travels as is. The columns are pickled (protocol 5). Inputs
 travel only for the records ``inputs`` names (the prediction log keeps them for that model).
 
-Cost, hot: ~0.4 ms per 600 identity answers (outputs only), against 2-3 ms for the log's Arrow
-conversion and quality's scoring that it replaces on this process.
+Cost, hot: ~1.1 us per identity answer (475 answers, outputs only: 0.5 ms), against 2-3 ms per
+drain for the log's Arrow conversion and quality's scoring that it replaces on this process.
 
 Promises: ``decode(encode(r))`` equals ``r`` field by field (``parameters`` do not travel: no
 monitor reads them); garbage, and bytes of another format version, raise ValueError naming
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Sequence
+from itertools import groupby
 
 import numpy as np
 
@@ -85,15 +86,9 @@ def decode(data: bytes) -> list[Finished]:
 
 def _runs(values: list) -> list[tuple[object, int]]:
     """``values`` as (value, how many in a row): a drain is nearly always one model version."""
-    out: list[tuple[object, int]] = []
     if values and values.count(values[0]) == len(values):
         return [(values[0], len(values))]
-    for value in values:
-        if out and out[-1][0] == value:
-            out[-1] = (value, out[-1][1] + 1)
-        else:
-            out.append((value, 1))
-    return out
+    return [(value, sum(1 for _ in run)) for value, run in groupby(values)]
 
 
 def _expand(runs: list[tuple[object, int]], n: int) -> list:
