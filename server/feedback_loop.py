@@ -23,7 +23,7 @@ from sluice.server.config.settings import ServerConfig
 from sluice.server.metrics import Metrics
 from sluice.server.monitoring.cost import CostAccountant, CostCollector
 from sluice.server.monitoring.drift import DriftMonitor
-from sluice.server.monitoring.drift_metrics import DriftCollector, WorkerCollector
+from sluice.server.monitoring.drift_metrics import DriftCollector
 from sluice.server.monitoring.gpu import GpuCollector
 from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.loop_lag import LoopLag, LoopLagCollector
@@ -33,6 +33,7 @@ from sluice.server.monitoring.prediction_metrics import HubCollector, Prediction
 from sluice.server.monitoring.prediction_writer import writer_settings
 from sluice.server.monitoring.quality_metrics import QualityCollector
 from sluice.server.monitoring.quality_remote import RemoteQuality
+from sluice.server.monitoring.worker_metrics import WorkerCollector
 from sluice.server.monitoring.worker_process import WorkerProcess
 from sluice.server.serving.repository import ModelRepository
 

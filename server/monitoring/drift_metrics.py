@@ -16,15 +16,13 @@ version, feature}; for the prediction ``sluice_prediction_bin_count_total`` and
 ``sluice_prediction_reference_fraction`` {model, version, bin}; and
 ``sluice_drift_sampled_rows_total`` / ``sluice_drift_dropped_rows_total`` {model, version}.
 
-The worker process the windows live in (:mod:`.drift_remote`):
-``sluice_drift_worker_lost_total`` (workers that died or hung, each replaced) and
-``sluice_drift_worker_cpu_seconds_total`` (the running worker's; it starts over with a new one).
+The worker process the windows live in (:mod:`.drift_remote`) reports through
+:class:`~.worker_metrics.WorkerCollector` (``sluice_drift_worker_*``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -117,28 +115,3 @@ class DriftCollector(Collector):
         yield from (max_psi, prediction, rows, bins, reference, missing, outside, pred_bins,
                     pred_ref, sampled, dropped)
 
-
-class WorkerMeters(Protocol):
-    """What :class:`~.worker_process.WorkerProcess` tells about itself."""
-
-    lost: int
-
-    def cpu_seconds(self) -> float | None: ...
-
-
-class WorkerCollector(Collector):
-    """A worker process's losses and CPU (see the module docstring): ``sluice_{name}_lost``
-    and ``sluice_{name}_cpu_seconds`` (drift_worker, monitor_worker)."""
-
-    def __init__(self, worker: WorkerMeters, name: str, title: str) -> None:
-        self._worker, self._name, self._title = worker, name, title
-
-    def collect(self) -> Iterable[Metric]:
-        yield CounterMetricFamily(
-            f"sluice_{self._name}_lost", f"{self._title} processes that died or hung (each "
-            "replaced; what they held started over).", value=self._worker.lost)
-        cpu = self._worker.cpu_seconds()
-        if cpu is not None:
-            yield CounterMetricFamily(
-                f"sluice_{self._name}_cpu_seconds", f"CPU seconds of the running "
-                f"{self._title.lower()} process (not in process_cpu_seconds_total).", value=cpu)
