@@ -24,6 +24,7 @@ from sluice.server.monitoring.monitor_remote import WORKER_LOST, MonitorLink
 from sluice.server.monitoring.prediction_schema import RecordSchema
 from sluice.server.monitoring.quality import Label, QualityMonitor
 from sluice.server.monitoring.quality_remote import RemoteQuality
+from sluice.server.monitoring.worker_metrics import WorkerCollector
 from sluice.server.monitoring.worker_process import WorkerGone, WorkerProcess
 from sluice.server.types import TensorSpec
 from tests.unit.monitoring.test_prediction_writer import DIGITS, read, record
@@ -132,6 +133,10 @@ def test_a_killed_worker_is_replaced_and_every_record_is_counted(link, tmp_path)
     assert set(dropped) == {("digits", WORKER_LOST)}
     assert written + dropped["digits", WORKER_LOST] == put
     assert written == read(tmp_path).num_rows > 0  # what is counted written is on disk
+    shown = {m.name: m.samples[0].value for m in
+             WorkerCollector(link.worker, "monitor_worker", "Monitor worker").collect()}
+    assert shown["sluice_monitor_worker_lost"] == 1
+    assert shown["sluice_monitor_worker_cpu_seconds"] > 0  # the replacement's own
 
 
 def test_a_batch_the_worker_cannot_take_is_counted_not_raised(link):
