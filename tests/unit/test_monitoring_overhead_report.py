@@ -8,9 +8,10 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from loadtests.monitoring_overhead import cpu_per_request, cpu_seconds, summarize
+from loadtests.monitoring_overhead import cpu_per_request, cpu_seconds, median_ci, summarize
 from tests.support.threads import burn_cpu
 
 
@@ -33,6 +34,28 @@ def test_ratios_are_paired_per_round_and_errors_leave_their_round_out():
     assert row["p99_ratio"] == pytest.approx(1.10)
     assert row["off_req_s"] == 1000 and row["on_req_s"] == 900
     assert (row["model"], row["batch"]) == ("identity", 1)
+    low, high = row["p99_ratio_ci95"]
+    assert 1.0 <= low <= row["p99_ratio"] <= high <= 1.5  # within the ratios' own range
+
+
+def test_the_median_s_interval_holds_it_and_narrows_with_more_rounds():
+    rng = np.random.default_rng(3)
+    few = (1.05 + 0.1 * rng.standard_normal(8)).tolist()
+    many = (1.05 + 0.1 * rng.standard_normal(128)).tolist()
+    low, high = median_ci(few)
+    assert low <= float(np.median(few)) <= high
+    many_low, many_high = median_ci(many)
+    assert many_low <= float(np.median(many)) <= many_high
+    assert many_high - many_low < (high - low) / 2  # 16 times the rounds: about a quarter
+    assert median_ci(few) == (low, high)  # a fixed seed: the same runs, the same interval
+    assert median_ci([1.1] * 5) == pytest.approx((1.1, 1.1))
+
+
+def test_the_idle_server_s_cpu_is_reported_at_its_highest():
+    runs = [run(1, "off", 1000, 10, idle_cores=0.01), run(1, "on", 900, 11, idle_cores=0.002),
+            run(2, "on", 950, 11, idle_cores=0.004), run(2, "off", 990, 10, idle_cores=0.03)]
+    (row,) = summarize(runs)
+    assert row["idle_cores_max"] == pytest.approx(0.03)
 
 
 def test_cpu_per_request_divides_the_cores_used_by_the_rate():
