@@ -146,11 +146,11 @@ def measure_model(repos: dict[str, Path], logs: Path, model: str, batch: int,
         for n in range(1, args.rounds + 1):
             for variant in (["off", "on"] if n % 2 else ["on", "off"]):
                 (other,) = (s for v, s in servers.items() if v != variant)
-                idle = cpu_seconds(other.pid)
+                idle = idle_cpu(other.pid)
                 result = measure(servers[variant], model, batch, args)
-                idle_after = cpu_seconds(other.pid)
-                result["idle_cores"] = (idle_after[1] + idle_after[3] - idle[1] - idle[3]) / (
-                    idle_after[0] - idle[0])
+                idle_after = idle_cpu(other.pid)
+                if idle is not None and idle_after is not None:
+                    result["idle_cores"] = (idle_after[1] - idle[1]) / (idle_after[0] - idle[0])
                 runs.append({"round": n, "model": model, "variant": variant, **result})
                 shown = (result["error"].strip().splitlines()[-1][:120] if "error" in result
                          else f"{result['req_s']:8.0f} req/s  p99 {result['p99_ms']:.2f} ms")
@@ -173,6 +173,16 @@ def cpu_seconds(pid: int) -> tuple[float, float, float, float]:
             continue
         workers += spent.user + spent.system
     return time.monotonic(), times.user + times.system, loop, workers
+
+
+def idle_cpu(pid: int) -> tuple[float, float] | None:
+    """(monotonic now, CPU seconds of the server and its workers), None once it is gone (its
+    own window then says why)."""
+    try:
+        now, process, _, workers = cpu_seconds(pid)
+    except psutil.Error:
+        return None
+    return now, process + workers
 
 
 def cpu_per_request(before: tuple[float, ...], after: tuple[float, ...],

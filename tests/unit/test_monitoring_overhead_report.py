@@ -11,7 +11,13 @@ import time
 import numpy as np
 import pytest
 
-from loadtests.monitoring_overhead import cpu_per_request, cpu_seconds, median_ci, summarize
+from loadtests.monitoring_overhead import (
+    cpu_per_request,
+    cpu_seconds,
+    idle_cpu,
+    median_ci,
+    summarize,
+)
 from tests.support.threads import burn_cpu
 
 
@@ -118,3 +124,13 @@ def test_cpu_medians_are_reported_when_both_variants_were_timed():
     assert "on_workers_us_per_req" not in row  # one round had it, not every timed one
     untimed = summarize([run(1, "off", 1000, 10), run(1, "on", 900, 11)])
     assert "off_cpu_us_per_req" not in untimed[0]
+
+
+def test_an_idle_server_gone_is_no_figure_rather_than_an_error():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert idle_cpu(child.pid) is None
+    now, spent = idle_cpu(os.getpid())
+    burn_cpu(0.2)
+    later, more = idle_cpu(os.getpid())
+    assert later > now and more - spent >= 0.1
