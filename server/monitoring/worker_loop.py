@@ -21,9 +21,14 @@ from sluice.server.monitoring.worker_priority import lower_priority
 Handler = Callable[[str, tuple], object]
 
 
+def _logger(name: str) -> logging.Logger:
+    """The worker's logger: ``sluice.drift_worker`` for "drift worker"."""
+    return logging.getLogger(f"sluice.{name.replace(' ', '_')}")
+
+
 def answer_messages(conn: Connection, handle: Handler, name: str) -> None:
     """Answer messages until told to stop or the socket closes."""
-    log = logging.getLogger(f"sluice.{name.replace(' ', '_')}")
+    log = _logger(name)
     while True:
         try:
             kind, *args = conn.recv()
@@ -47,7 +52,6 @@ def worker_main(argv: list[str] | None, name: str, serve: Callable[[Connection],
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     got = lower_priority()
-    logging.getLogger(f"sluice.{name.replace(' ', '_')}").info("%s %d at %s", name,
-                                                               os.getpid(), got)
+    _logger(name).info("%s %d at %s", name, os.getpid(), got)
     serve(Connection(int(args[0])))
     return 0
