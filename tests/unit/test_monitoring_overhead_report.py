@@ -53,6 +53,9 @@ def test_the_median_s_interval_holds_it_and_narrows_with_more_rounds():
     many_low, many_high = median_ci(many)
     assert many_low <= float(np.median(many)) <= many_high
     assert many_high - many_low < (high - low) / 2  # 16 times the rounds: about a quarter
+    # the normal approximation of the median's spread: 1.96 * 1.2533 * sigma / sqrt(n)
+    by_hand = 1.96 * 1.2533 * 0.1 / 128 ** 0.5
+    assert 0.6 * by_hand <= (many_high - many_low) / 2 <= 1.3 * by_hand
     assert median_ci(few) == (low, high)  # a fixed seed: the same runs, the same interval
     assert median_ci([1.1] * 5) == pytest.approx((1.1, 1.1))
 
