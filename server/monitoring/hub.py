@@ -38,10 +38,8 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-import numpy as np
-
+from sluice.server.monitoring.finished import Finished
 from sluice.server.serving.stats import CumulativeHistogram
 
 log = logging.getLogger(__name__)
@@ -51,31 +49,6 @@ DRAIN_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 #: What one subscriber is handed: the records finished since the last drain, oldest first.
 Subscriber = Callable[[list["Finished"]], None]
-
-
-@dataclass(slots=True)
-class Finished:
-    """One finished inference request, as the monitors see it. Arrays are the request's own
-    (never copied: nothing writes to them once answered)."""
-
-    #: The response's id (the request's own, else the one the server made).
-    id: str
-    #: Wall-clock seconds since the epoch when the answer was ready.
-    time: float
-    model: str
-    version: int
-    #: The deployment arm that served it ("" on the plain path).
-    arm: str
-    #: Who called (the token's subject once authentication lands; "" when unknown).
-    caller: str
-    #: Outputs as returned; empty when the request failed.
-    outputs: dict[str, np.ndarray]
-    #: Inputs as received.
-    inputs: dict[str, np.ndarray]
-    latency_s: float
-    #: "OK" or the failure's status code name (e.g. "UNAVAILABLE").
-    status: str = "OK"
-    parameters: dict[str, object] = field(default_factory=dict)
 
 
 def grouped(records: list[Finished], *, by_arm: bool = False) -> dict[tuple, list[Finished]]:
