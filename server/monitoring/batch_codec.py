@@ -24,7 +24,8 @@ from itertools import groupby
 
 import numpy as np
 
-from sluice.server.monitoring.hub import Finished
+from sluice.server.monitoring.drained import Drained
+from sluice.server.monitoring.finished import Finished
 
 #: Format version, first in every encoded batch.
 VERSION = 1
@@ -36,7 +37,10 @@ _Column = tuple
 
 def encode(records: Sequence[Finished],
            inputs: Callable[[str], bool] = lambda model: False) -> bytes:
-    """``records`` as bytes; each record's inputs go along only when ``inputs(model)``."""
+    """``records`` as bytes; each record's inputs go along only when ``inputs(model)``. A
+    :class:`~.drained.Drained` is encoded from its columns, without building its records."""
+    if isinstance(records, Drained):
+        return pickle.dumps(_drained(records, inputs), protocol=5)
     n = len(records)
     with_inputs = [i for i, r in enumerate(records) if r.inputs and inputs(r.model)]
     columns = {
@@ -55,6 +59,72 @@ def encode(records: Sequence[Finished],
         "inputs": _tensors([records[i].inputs for i in with_inputs]),
     }
     return pickle.dumps(columns, protocol=5)
+
+
+def _drained(records: Drained, inputs: Callable[[str], bool]) -> dict[str, object]:
+    """:func:`encode`'s columns of ``records``, from the hub's columns."""
+    columns, positions = records.columns, records.positions
+    times = np.frombuffer(columns.times, np.float64)
+    latencies = np.frombuffer(columns.latencies, np.float64)
+    if positions is None:
+        ids = columns.ids
+        fields = [_merged([(key[j], count) for key, count in columns.runs]) for j in range(5)]
+    else:
+        ids = [columns.ids[p] for p in positions]
+        times, latencies = times[positions], latencies[positions]
+        keys = records.keys()
+        fields = [_runs([key[j] for key in keys]) for j in range(5)]
+    read = columns.reader()
+    keys_at = read.keys
+    where = records.where()
+    with_inputs = [i for i in records.with_inputs() if inputs(keys_at[where[i]][0])]
+    return {
+        "version": VERSION,
+        "n": len(records),
+        "id": ids,
+        "time": times,
+        "latency_s": latencies,
+        "model": fields[0],
+        "model_version": fields[1],
+        "arm": fields[2],
+        "caller": fields[3],
+        "status": fields[4],
+        "outputs": _drained_tensors(records),
+        "with_inputs": with_inputs,
+        "inputs": _tensors([read.inputs[where[i]] for i in with_inputs]),
+    }
+
+
+def _drained_tensors(records: Drained) -> dict[str, _Column]:
+    """The outputs of ``records`` as :func:`_tensors` lays them out, from the joined buffers
+    (an output name with loose values travels record by record)."""
+    columns, positions = records.columns, records.positions
+    read = columns.reader()
+    loose = {name for _, name, _ in columns.loose}
+    out: dict[str, _Column] = {}
+    for name, (values, starts, ends, index) in read.joined.items():
+        if name in loose:
+            continue
+        joined = columns.outputs[name]
+        if positions is None:
+            who = None if index is None else list(joined.at)
+            out[name] = ("joined", values, np.frombuffer(joined.rows, np.int64), who)
+            continue
+        held = [(i, p if index is None else index.get(p)) for i, p in enumerate(positions)]
+        held = [(i, k) for i, k in held if k is not None]
+        if not held:
+            continue
+        rows = np.fromiter((ends[k] - starts[k] for _, k in held), np.int64, len(held))
+        who = None if len(held) == len(positions) else [i for i, _ in held]
+        out[name] = ("joined", np.concatenate([values[starts[k]:ends[k]] for _, k in held]),
+                     rows, who)
+    if loose:
+        each = [read.outputs(p) for p in records.where()]
+        for name in loose:
+            arrays = [got.get(name) for got in each]
+            if any(a is not None for a in arrays):
+                out[name] = ("each", arrays)
+    return out
 
 
 def decode(data: bytes) -> list[Finished]:
@@ -89,6 +159,17 @@ def _runs(values: list) -> list[tuple[object, int]]:
     if values and values.count(values[0]) == len(values):
         return [(values[0], len(values))]
     return [(value, sum(1 for _ in run)) for value, run in groupby(values)]
+
+
+def _merged(runs: list[tuple[object, int]]) -> list[tuple[object, int]]:
+    """``runs`` with neighbours of one value made one run."""
+    out: list[tuple[object, int]] = []
+    for value, count in runs:
+        if out and out[-1][0] == value:
+            out[-1] = (value, out[-1][1] + count)
+        else:
+            out.append((value, count))
+    return out
 
 
 def _expand(runs: list[tuple[object, int]], n: int) -> list:

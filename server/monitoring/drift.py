@@ -2,9 +2,11 @@
 
 Owns one :class:`~.drift_window.VersionWindow` per model version that has a reference profile
 (``<version>/reference_profile.json``) and drift not turned off in its ``deployment.yaml``
-(:mod:`sluice.server.config.drift`). Fed by the :class:`~.hub.MonitorHub`: its subscriber samples
-``sample`` of the finished requests of each watched version (a random draw per request) and
-queues their rows, one block per version and drain; nothing else happens on the hub's thread.
+(:mod:`sluice.server.config.drift`). Fed by the :class:`~.hub.MonitorHub`, which keeps the inputs
+of ``sample`` of each watched model's finished requests (a random draw per request, as it is
+offered: :meth:`~.hub.MonitorHub.want_inputs`); the subscriber takes the answered ones of each
+watched version and queues their rows, one block per version and drain; nothing else happens on
+the hub's thread.
 The monitor's own thread takes the queued rows in every ``intake_s`` (each value coded once by
 the Numba kernels, ``sluice.kernels.drift_codes``; this package imports no Numba), and every
 ``interval_s`` turns each window's counts into PSI, KS, missing and out-of-range rates per
@@ -33,17 +35,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from sluice.server.config.drift import DriftSettings, read_drift
 from sluice.server.config.model import ModelConfig
+from sluice.server.monitoring.drained import as_drained
 from sluice.server.monitoring.drift_remote import RemoteWindow
 from sluice.server.monitoring.drift_report import DriftReport
 from sluice.server.monitoring.drift_window import DriftKernels, VersionWindow
-from sluice.server.monitoring.hub import Finished, MonitorHub, grouped
+from sluice.server.monitoring.finished import Finished
+from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.pacing import DutyCycle, Pacer
 from sluice.server.monitoring.profile import Profile
 from sluice.server.monitoring.profile_load import load_profile
@@ -134,6 +138,7 @@ class DriftMonitor:
                 self._hub.watch(model)
             windows[(model, version)] = window
             self._windows = windows
+            self._want_inputs(model)
         log.info("model '%s' version %d: drift on (%d features, %g of requests sampled, "
                  "window %d rows / %gs)", model, version, len(profile.features), settings.sample,
                  settings.window_rows, settings.window_s)
@@ -149,21 +154,33 @@ class DriftMonitor:
                 window.detach()
             if not any(m == model for m, _ in windows):
                 self._hub.unwatch(model)
+            self._want_inputs(model)
+
+    def _want_inputs(self, model: str) -> None:
+        """Ask the hub for the inputs of the largest share any of ``model``'s windows samples."""
+        rates = [w.settings.sample for (m, _), w in self._windows.items() if m == model]
+        self._hub.want_inputs("drift", model, max(rates, default=0.0))
 
     # -- the hub's thread -------------------------------------------------------------------
 
-    def on_finished(self, batch: list[Finished]) -> None:
+    def on_finished(self, batch: Sequence[Finished]) -> None:
         """Hub subscriber: sample each answered record of a watched version into its window."""
         windows = self._windows
         if not windows:
             return
         now = self._clock()
-        for key, records in grouped(batch).items():
+        batch = as_drained(batch)
+        for key, records in batch.groups().items():
             window = windows.get(key)
             if window is None:
                 continue
-            kept = np.flatnonzero(self._rng.random(len(records)) < window.settings.sample)
-            picked = [r for r in map(records.__getitem__, kept.tolist()) if r.status == "OK"]
+            # the hub kept the inputs of a share of the records (drawn as each was offered):
+            # of those, a share that makes the window's sample rate
+            held = records.with_inputs()
+            share = window.settings.sample / max(batch.inputs_rate.get(key[0], 1.0), 1e-12)
+            if share < 1.0:
+                held = [held[i] for i in np.flatnonzero(self._rng.random(len(held)) < share)]
+            picked = [r for r in map(records.__getitem__, held) if r.status == "OK"]
             if picked:
                 window.add_many(picked, now)
 

@@ -1,11 +1,16 @@
 """The one hand-off from the request path to everything that watches finished requests.
 
 The servicer calls :meth:`MonitorHub.wants` (a dict lookup) and, for a watched model,
-:meth:`MonitorHub.offer` with one :class:`Finished` record: an append to a bounded deque, no lock,
-no wake-up. One background thread drains the deque every ``interval_s`` and hands each batch of
-records to every subscriber (the prediction log, quality, drift), in arrival order. When the deque
-is full the record is dropped and counted (``dropped``); a subscriber that raises loses that
-batch only, counted per subscriber (``failures``), and is called again with the next one.
+:meth:`MonitorHub.offer` with one :class:`Finished` record, whose fields are copied into the
+drain's columns at once (:mod:`.drained`: a few appends under an uncontended lock, no wake-up;
+the record itself is freed by the request path). One background thread drains the columns every
+``interval_s`` and hands them, as one :class:`~.drained.Drained` (a sequence of records built on
+demand), to every subscriber (the prediction log, quality, drift), in arrival order. When
+``capacity`` records are waiting, a record is dropped and counted (``dropped``); a subscriber
+that raises loses that batch only, counted per subscriber (``failures``), and is called again
+with the next one. A record's inputs are kept only where a subscriber asked for them
+(:meth:`MonitorHub.want_inputs`: the log with inputs on, drift for its sampled share), drawn
+as the record is offered.
 
 Why 250 ms: each drain has fixed costs (a subscriber's numpy calls per group, a cold start on the
 GIL the loop is using), paid per drain rather than per record. At 50 ms a drain held ~50 identity
@@ -34,11 +39,13 @@ and the subscribers here only sample and pick; the last one encodes the drain on
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 
+from sluice.server.monitoring.drained import Columns, Drained
 from sluice.server.monitoring.finished import Finished
 from sluice.server.serving.stats import CumulativeHistogram
 
@@ -48,15 +55,19 @@ log = logging.getLogger(__name__)
 DRAIN_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 #: What one subscriber is handed: the records finished since the last drain, oldest first.
-Subscriber = Callable[[list["Finished"]], None]
+Subscriber = Callable[[Drained], None]
 
 
-def grouped(records: list[Finished], *, by_arm: bool = False) -> dict[tuple, list[Finished]]:
+def grouped(records: Sequence[Finished], *, by_arm: bool = False
+            ) -> dict[tuple, Sequence[Finished]]:
     """``records`` by (model, version), or (model, version, arm) with ``by_arm``, each group in
-    arrival order. A drain nearly always holds one model version (and arm): that costs a list
-    pass per field and a count, not a key tuple and a dict lookup per record (with it, the hub
-    thread's CPU per identity record in drains of 1,000 went 0.87 -> 0.78 us for the log, 0.25
-    -> 0.20 for drift)."""
+    arrival order (a :class:`~.drained.Drained` in views of itself, from its key runs). A drain
+    nearly always holds one model version (and arm): that costs a list pass per field and a
+    count, not a key tuple and a dict lookup per record (with it, the hub thread's CPU per
+    identity record in drains of 1,000 went 0.87 -> 0.78 us for the log, 0.25 -> 0.20 for
+    drift)."""
+    if isinstance(records, Drained):
+        return records.groups(by_arm=by_arm)
     if not records:
         return {}
     fields = [[r.model for r in records], [r.version for r in records]]
@@ -75,12 +86,18 @@ def grouped(records: list[Finished], *, by_arm: bool = False) -> dict[tuple, lis
 
 
 class MonitorHub:
-    """Bounded queue of :class:`Finished` records and the thread that fans them out."""
+    """Bounded columns of :class:`Finished` records and the thread that fans them out."""
 
     def __init__(self, *, capacity: int = 65536, interval_s: float = 0.25) -> None:
         self.capacity = capacity
         self._interval_s = interval_s
-        self._records: deque[Finished] = deque()
+        self._columns = Columns()
+        #: Held while a record goes into the columns and while they are swapped for new ones.
+        self._adding = threading.Lock()
+        #: Per model, the share of records whose inputs are kept, and who asked for how much.
+        self._inputs_rate: dict[str, float] = {}
+        self._inputs_wanted: dict[str, dict[str, float]] = {}
+        self._draw = random.Random().random
         self._subscribers: list[tuple[str, Subscriber]] = []
         #: Models with at least one interested subscriber: the request path's only question.
         self._watched: dict[str, int] = {}
@@ -107,10 +124,13 @@ class MonitorHub:
 
     def offer(self, record: Finished) -> None:
         """Queue ``record`` for the subscribers; counted as dropped when the queue is full."""
-        if len(self._records) >= self.capacity:
+        if self._columns.n >= self.capacity:
             self.dropped[record.model] += 1
             return
-        self._records.append(record)
+        rate = self._inputs_rate.get(record.model, 0.0)
+        keep = rate >= 1.0 or (rate > 0.0 and self._draw() < rate)
+        with self._adding:
+            self._columns.add(record, keep)
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -124,6 +144,26 @@ class MonitorHub:
             self._watched[model] = left
         else:
             self._watched.pop(model, None)
+
+    def want_inputs(self, who: str, model: str, rate: float) -> None:
+        """``who`` wants the inputs of ``rate`` of ``model``'s records (0: none any more); the
+        hub keeps those of the largest share anyone wants, drawn as each record is offered."""
+        wanted = self._inputs_wanted.setdefault(model, {})
+        if rate > 0.0:
+            wanted[who] = rate
+        else:
+            wanted.pop(who, None)
+        rates = dict(self._inputs_rate)
+        if wanted:
+            rates[model] = min(1.0, max(wanted.values()))
+        else:
+            rates.pop(model, None)
+            self._inputs_wanted.pop(model, None)
+        self._inputs_rate = rates
+
+    def inputs_rate(self, model: str) -> float:
+        """The share of ``model``'s records whose inputs are kept."""
+        return self._inputs_rate.get(model, 0.0)
 
     def subscribe(self, name: str, subscriber: Subscriber) -> None:
         """``subscriber`` gets every drained batch from now on (on the hub's thread)."""
@@ -147,10 +187,12 @@ class MonitorHub:
     def drain(self) -> int:
         """Hand every queued record to the subscribers now; how many there were."""
         with self._draining:
-            records = self._records
-            batch = [records.popleft() for _ in range(len(records))]
-            if not batch:
+            fresh = Columns()
+            with self._adding:
+                columns, self._columns = self._columns, fresh
+            if not columns.n:
                 return 0
+            batch = Drained(columns, self._inputs_rate)
             started = time.perf_counter()
             for name, subscriber in self._subscribers:
                 wall, cpu = time.perf_counter(), time.thread_time()

@@ -32,11 +32,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sluice.server.monitoring.batch_codec import encode
-from sluice.server.monitoring.hub import Finished, MonitorHub
+from sluice.server.monitoring.drained import Drained
+from sluice.server.monitoring.finished import Finished
+from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.prediction_schema import RecordSchema
 from sluice.server.monitoring.worker_process import WorkerGone, WorkerProcess
 
@@ -58,9 +61,9 @@ class MonitorLink:
         self.quality_settings = quality
         worker.remember("setup", {"predictions_dir": predictions_dir, "tag": tag,
                                   "writer": writer, "quality": quality})
-        #: This drain's picks: the log's (model, schema, records) and quality's records.
-        self.picks: list[tuple[str, RecordSchema, list[Finished]]] = []
-        self.scored: list[Finished] = []
+        #: This drain's picks: the log's (model, schema, records) and quality's (records each).
+        self.picks: list[tuple[str, RecordSchema, Sequence[Finished]]] = []
+        self.scored: list[Sequence[Finished]] = []
         #: Answers quality did not get because the worker was lost, per model.
         self.unscored: Counter[str] = Counter()
         self.writer = RemoteLogWriter(self)
@@ -75,8 +78,10 @@ class MonitorLink:
     def call(self, kind: str, *args: object) -> object:
         return self.worker.call(kind, *args)
 
-    def send(self, batch: list[Finished]) -> None:
-        """The hub's subscriber: encode what this drain's picks hold, once, and hand it over."""
+    def send(self, batch: Sequence[Finished]) -> None:
+        """The hub's subscriber: encode what this drain's picks hold, once, and hand it over.
+        The usual drain (one model version, logged whole, scored whole or not at all) travels
+        without position lists."""
         picks, scored = self.picks, self.scored
         self.picks, self.scored = [], []
         if not picks and not scored:
@@ -84,33 +89,34 @@ class MonitorLink:
         if not self.worker.alive or self.worker.started != self._schemas_for:
             self._sids.clear()  # a new worker knows no schema
             self._schemas_for = self.worker.started
+        base, where = _together([records for _, _, records in picks] + scored)
+        logged, scoring = where[:len(picks)], where[len(picks):]
+        sent_at = None if None in where else sorted(set().union(*where))
+        if sent_at is not None and len(sent_at) == len(base):
+            sent_at = None
+        index = None if sent_at is None else {p: i for i, p in enumerate(sent_at)}
+
+        def at(positions: list[int] | None) -> list[int] | None:
+            if positions is None:
+                return None
+            return list(positions) if index is None else [index[p] for p in positions]
+
         schemas: dict[int, RecordSchema] = {}
-        if not picks:  # scored only
-            self._hand_over(picks, schemas, [], None, scored, scored)
-            return
-        if len(picks) == 1 and (not scored or scored == picks[0][2]):
-            # the usual drain: one model version, logged whole, scored whole or not at all
-            # (list equality is an identity check per record here)
-            model, schema, sent = picks[0]
-            self._hand_over(picks, schemas, [(model, self._sid(schema, schemas), None)],
-                            None if scored else [], sent, scored)
-            return
-        sent = []
-        where: dict[int, int] = {}
-
-        def place(records: list[Finished]) -> list[int]:
-            out = []
-            for record in records:
-                at = where.get(id(record))
-                if at is None:
-                    at = where[id(record)] = len(sent)
-                    sent.append(record)
-                out.append(at)
-            return out
-
-        moves = [(model, self._sid(schema, schemas), place(records))
-                 for model, schema, records in picks]
-        self._hand_over(picks, schemas, moves, place(scored), sent, scored)
+        moves = [(model, self._sid(schema, schemas), at(positions))
+                 for (model, schema, _), positions in zip(picks, logged, strict=True)]
+        if not scoring:
+            scored_at: list[int] | None = []
+        elif None in scoring:
+            scored_at = None
+        else:
+            union = sorted(set().union(*scoring))
+            scored_at = None if union == (sent_at or list(range(len(base)))) else at(union)
+        unscored: Counter[str] = Counter()
+        for part in scored:
+            unscored.update(Counter(r.model for r in part) if not isinstance(part, Drained)
+                            else part.models())
+        sent = base if sent_at is None else base.view(sent_at)
+        self._hand_over(picks, schemas, moves, scored_at, sent, unscored)
 
     def _sid(self, schema: RecordSchema, new: dict[int, RecordSchema]) -> int:
         """``schema``'s number; a schema the worker has not seen goes into ``new``
@@ -121,11 +127,11 @@ class MonitorLink:
             new[sid] = schema
         return sid
 
-    def _hand_over(self, picks: list[tuple[str, RecordSchema, list[Finished]]],
+    def _hand_over(self, picks: list[tuple[str, RecordSchema, Sequence[Finished]]],
                    schemas: dict[int, RecordSchema],
                    moves: list[tuple[str, int, list[int] | None]],
-                   scored_at: list[int] | None, sent: list[Finished],
-                   scored: list[Finished]) -> None:
+                   scored_at: list[int] | None, sent: Sequence[Finished],
+                   unscored: Counter[str]) -> None:
         """Encode ``sent`` and send it; ``moves``: the log's (model, schema number, positions
         or None: all), ``scored_at``: quality's positions (None: all)."""
         kept = {model for model, schema, _ in picks
@@ -141,8 +147,7 @@ class MonitorLink:
             else:  # the worker refused the batch (a bug of ours) and goes on
                 for model, n in handed:
                     self.writer.drop(model, "encode_error", n)
-            for record in scored:
-                self.unscored[record.model] += 1
+            self.unscored.update(unscored)
             return
         self.writer.answered(counts, [(model, len(records)) for model, _, records in picks])
 
@@ -179,7 +184,7 @@ class RemoteLogWriter:
     def queued(self) -> int:
         return int(self._last["queued"])
 
-    def put(self, model: str, schema: RecordSchema, records: list[Finished]) -> int:
+    def put(self, model: str, schema: RecordSchema, records: Sequence[Finished]) -> int:
         """Pick ``records`` for this drain's hand-over (the hub's thread)."""
         self._link.picks.append((model, schema, records))
         return len(records)
@@ -255,6 +260,34 @@ class RemoteLogWriter:
         self._dropped += dropped
         self._last = _NOTHING
         self._handed = Counter()
+
+
+def _together(parts: list[Sequence[Finished]]) -> tuple[Drained, list[list[int] | None]]:
+    """One drain holding every record of ``parts`` once, and each part's positions in it
+    (None: all of it). Parts of one hub drain share its columns; otherwise (lists of records:
+    tests, callers outside the hub) the records are copied into new columns."""
+    first = parts[0]
+    if isinstance(first, Drained) and all(
+            isinstance(p, Drained) and p.columns is first.columns for p in parts):
+        return Drained(first.columns, first.inputs_rate), [
+            None if p.positions is None else p.positions for p in parts]  # type: ignore[union-attr]
+    records: list[Finished] = []
+    seen: dict[tuple[int, int], int] = {}
+    where: list[list[int] | None] = []
+    for part in parts:
+        if isinstance(part, Drained):
+            keyed = [((id(part.columns), p), part.record(p)) for p in part.where()]
+        else:
+            keyed = [((0, id(r)), r) for r in part]
+        positions = []
+        for key, record in keyed:
+            at = seen.get(key)
+            if at is None:
+                at = seen[key] = len(records)
+                records.append(record)
+            positions.append(at)
+        where.append(positions)
+    return Drained.of(records), where
 
 
 _NOTHING: dict[str, Any] = {"written": {}, "dropped": {}, "queued": 0}

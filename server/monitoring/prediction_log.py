@@ -27,7 +27,7 @@ import asyncio
 import logging
 import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,7 +36,9 @@ from sluice.server.config.model import ModelConfig
 from sluice.server.config.prediction_logging import LoggingConfig, check_exclude, check_sample
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import InvalidInput, ModelNotFound, SluiceError
-from sluice.server.monitoring.hub import Finished, MonitorHub, grouped
+from sluice.server.monitoring.drained import as_drained
+from sluice.server.monitoring.finished import Finished
+from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.monitor_remote import RemoteLogWriter
 from sluice.server.monitoring.prediction_files import warm_up
 from sluice.server.monitoring.prediction_schema import RecordSchema
@@ -174,6 +176,7 @@ class PredictionLog:
         elif was_on:
             del self._active[model]
             self.hub.unwatch(model)
+        self.hub.want_inputs("prediction_log", model, 1.0 if config.on and config.inputs else 0.0)
         log.info("model '%s': prediction log %s (%s)", model,
                  f"sample {config.sample:g}, inputs {'on' if config.inputs else 'off'}"
                  + (f", excluding {', '.join(config.exclude)}" if config.exclude else "")
@@ -181,20 +184,21 @@ class PredictionLog:
 
     # -- the hub's thread --------------------------------------------------------------------
 
-    def on_finished(self, batch: list[Finished]) -> None:
+    def on_finished(self, batch: Sequence[Finished]) -> None:
         """Sample ``batch`` and queue the kept records (the hub subscriber: quick)."""
         active = self._active
         if not active:
             return  # the hub hands over other monitors' models only
-        for (model, version), records in grouped(batch).items():
+        for (model, version), records in as_drained(batch).groups().items():
             config = active.get(model)
             if config is None:
                 continue
             if config.sample < 1.0:  # a draw per record; at rate 1 every draw would keep it
                 uniform, sample = self._uniform, config.sample
-                records = [r for r in records if uniform() < sample]
-                if not records:
+                kept = [i for i in range(len(records)) if uniform() < sample]
+                if not kept:
                     continue
+                records = records.view(kept)
             key = (model, version, config)
             schema = self._schema(key)
             if schema is None:

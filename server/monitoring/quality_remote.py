@@ -15,13 +15,15 @@ could not be handed over are counted (``MonitorLink.unscored``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sluice.server.config.model import ModelConfig
 from sluice.server.errors import ModelNotReady
-from sluice.server.monitoring.hub import Finished, MonitorHub
+from sluice.server.monitoring.drained import as_drained
+from sluice.server.monitoring.finished import Finished
+from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.monitor_remote import MonitorLink
 from sluice.server.monitoring.quality import FeedbackResult, Label, scored, scoring
 from sluice.server.monitoring.worker_process import WorkerGone
@@ -59,11 +61,18 @@ class RemoteQuality:
             (self._hub.watch if watch else self._hub.unwatch)(name)
             self._watched = (self._watched | {name}) if watch else (self._watched - {name})
 
-    def on_finished(self, records: list[Finished]) -> None:
+    def on_finished(self, records: Sequence[Finished]) -> None:
         """The hub's thread: name this drain's answers of scored models for the hand-over."""
         watched = self._watched
-        if watched:
-            self._link.scored.extend([r for r in records if r.model in watched])
+        if not watched:
+            return
+        drained = as_drained(records)
+        models = drained.models()
+        if models.keys() <= watched:
+            self._link.scored.append(drained)
+        elif models.keys() & watched:
+            self._link.scored.append(drained.view(
+                [i for i, key in enumerate(drained.keys()) if key[0] in watched]))
 
     def feedback(self, name: str, labels: Iterable[Label]) -> FeedbackResult:
         self._hub.drain()  # answers already given are handed over before the labels

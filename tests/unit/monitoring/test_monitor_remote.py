@@ -149,7 +149,7 @@ def test_a_batch_the_worker_cannot_take_is_counted_not_raised(link):
     link.worker._proc.wait()
     more = [record(i, 1) for i in range(5, 12)]
     link.writer.put("digits", schema, more)
-    link.scored.extend(more)
+    link.scored.append(more)
     link.send(more)
     assert link.writer.dropped["digits", WORKER_LOST] == 12
     assert link.unscored["digits"] == 7
@@ -163,7 +163,7 @@ def test_a_drain_logged_and_scored_whole_is_handed_over_once_to_both(link, tmp_p
     remote.model_loaded("clf", {1: CLASSIFIER})
     answers = [answer(f"r{i}", [i % 3, (i + 1) % 3]) for i in range(50)]
     link.writer.put("clf", RecordSchema(CLASSIFIER, LoggingConfig(1.0)), answers)
-    link.scored.extend(answers)
+    link.scored.append(answers)
     link.send(answers)
     assert link.writer.flush(10.0)
     assert link.writer.written == {"clf": 50} and not link.writer.dropped
@@ -187,3 +187,26 @@ def test_a_batch_the_worker_refuses_is_counted_and_the_worker_goes_on(link, monk
     assert link.writer.written == {"digits": 9}
     assert link.writer.dropped == {("digits", "encode_error"): 3}
     assert link.worker.lost == 0 and link.worker.started == 1
+
+
+def test_picks_of_one_drain_travel_once_with_their_positions(link, tmp_path):
+    from collections import Counter
+
+    from sluice.server.monitoring.drained import Drained
+
+    schema = RecordSchema(DIGITS, LoggingConfig(1.0))
+    records = [record(i, 1 + i % 3) for i in range(30)]
+    drained = Drained.of(records)
+    evens, threes = drained.view(range(0, 30, 2)), drained.view(range(0, 30, 3))
+    link.writer.put("digits", schema, evens)  # overlapping picks: 0, 6, 12, ... in both
+    link.writer.put("digits", schema, threes)
+    link.send(drained)
+    assert link.writer.flush(10.0)
+    assert link.writer.written == {"digits": 25} and not link.writer.dropped
+    rows = read(tmp_path / "model=digits").to_pylist()
+    picked = Counter(f"r{i}" for i in [*range(0, 30, 2), *range(0, 30, 3)])
+    assert Counter(r["id"] for r in rows) == Counter(
+        {rid: n * (1 + int(rid[1:]) % 3) for rid, n in picked.items()})
+    for row in rows:
+        source = records[int(row["id"][1:])]
+        assert row["output_label"] == source.outputs["label"][row["row"], 0]
