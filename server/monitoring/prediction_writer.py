@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ class PredictionWriter:
 
     # -- producers (the hub's thread) ------------------------------------------------------------
 
-    def put(self, model: str, schema: RecordSchema, records: list[Finished]) -> int:
+    def put(self, model: str, schema: RecordSchema, records: Sequence[Finished]) -> int:
         """Convert ``records`` of ``model`` into Arrow under ``schema`` (on this thread) and
         queue them for writing; those beyond the capacity are dropped and counted, as are
         records that do not fit the schema. Returns how many were queued."""
@@ -115,6 +115,8 @@ class PredictionWriter:
             self.drop(model, "queue_full", refused)
         if not taken:
             return 0
+        if not isinstance(taken, list):  # a drain's view builds its records as read: once
+            taken = list(taken)
         tables = []
         for date, group in _by_date(taken).items():
             table, fitting = self._convert(model, schema, group)
