@@ -74,10 +74,13 @@ class Columns:
         self._read: _Reader | None = None
 
     def add(self, record: Finished, keep_inputs: bool) -> None:
+        """Append ``record`` (its inputs too with ``keep_inputs``). A record whose times are
+        not numbers raises before any column changes; what comes after cannot raise."""
         n = self.n
+        when, latency = float(record.time), float(record.latency_s)
         self.ids.append(record.id)
-        self.times.append(record.time)
-        self.latencies.append(record.latency_s)
+        self.times.append(when)
+        self.latencies.append(latency)
         key = (record.model, record.version, record.arm, record.caller, record.status)
         runs = self.runs
         if runs and runs[-1][0] == key:

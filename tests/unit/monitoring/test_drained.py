@@ -104,3 +104,16 @@ def test_the_hub_keeps_inputs_for_the_largest_share_asked_for() -> None:
     assert hub.inputs_rate("m") == 0.25
     hub.want_inputs("drift", "m", 0.0)
     assert hub.inputs_rate("m") == 0.0 and not _offered(hub, 50).with_inputs()
+
+
+def test_a_record_that_cannot_be_kept_is_counted_and_the_columns_stay_aligned() -> None:
+    hub = MonitorHub()
+    got: list[Drained] = []
+    hub.subscribe("s", got.append)
+    bad = _answer(1, 1, model="m")
+    bad.time = "yesterday"  # type: ignore[assignment]  # never built so by the request path
+    hub.offer(_answer(0, 1, model="m"))
+    hub.offer(bad)
+    hub.offer(_answer(2, 1, model="m"))
+    assert hub.drain() == 2 and hub.dropped == {"m": 1}
+    _same(list(got[0]), [_answer(0, 1, model="m"), _answer(2, 1, model="m")], inputs=False)
