@@ -98,6 +98,7 @@ class MonitorHub:
         #: Per model, the share of records whose inputs are kept, and who asked for how much.
         self._inputs_rate: dict[str, float] = {}
         self._inputs_wanted: dict[str, dict[str, float]] = {}
+        self._wanting = threading.Lock()
         self._draw = random.Random().random
         self._subscribers: list[tuple[str, Subscriber]] = []
         #: Models with at least one interested subscriber: the request path's only question.
@@ -153,18 +154,19 @@ class MonitorHub:
     def want_inputs(self, who: str, model: str, rate: float) -> None:
         """``who`` wants the inputs of ``rate`` of ``model``'s records (0: none any more); the
         hub keeps those of the largest share anyone wants, drawn as each record is offered."""
-        wanted = self._inputs_wanted.setdefault(model, {})
-        if rate > 0.0:
-            wanted[who] = rate
-        else:
-            wanted.pop(who, None)
-        rates = dict(self._inputs_rate)
-        if wanted:
-            rates[model] = min(1.0, max(wanted.values()))
-        else:
-            rates.pop(model, None)
-            self._inputs_wanted.pop(model, None)
-        self._inputs_rate = rates
+        with self._wanting:  # the loader's threads and the event loop both ask
+            wanted = self._inputs_wanted.setdefault(model, {})
+            if rate > 0.0:
+                wanted[who] = rate
+            else:
+                wanted.pop(who, None)
+            rates = dict(self._inputs_rate)
+            if wanted:
+                rates[model] = min(1.0, max(wanted.values()))
+            else:
+                rates.pop(model, None)
+                self._inputs_wanted.pop(model, None)
+            self._inputs_rate = rates  # replaced whole: offer reads it without the lock
 
     def inputs_rate(self, model: str) -> float:
         """The share of ``model``'s records whose inputs are kept."""
