@@ -164,7 +164,8 @@ class Drained(Sequence[Finished]):
 
     @classmethod
     def of(cls, records: Sequence[Finished]) -> Drained:
-        """``records`` as a drain with every record's inputs kept."""
+        """``records`` as a drain: a :class:`Drained` as it is (the hub's), a list's records
+        copied into new columns with every record's inputs kept."""
         if isinstance(records, Drained):
             return records
         columns = Columns()
@@ -211,14 +212,6 @@ class Drained(Sequence[Finished]):
         keys = self.columns.reader().keys
         return keys if self.positions is None else [keys[p] for p in self.positions]
 
-    def one_key(self) -> Key | None:
-        """The key every record has, when they all have one (the usual drain), else None."""
-        runs = self.columns.runs
-        if self.positions is None and len(runs) == 1:
-            return runs[0][0]
-        keys = self.keys()
-        return keys[0] if keys and keys.count(keys[0]) == len(keys) else None
-
     def groups(self, *, by_arm: bool = False) -> dict[tuple, Drained]:
         """The records by (model, version), or (model, version, arm), each in arrival order."""
         if not len(self):
@@ -256,7 +249,3 @@ class Drained(Sequence[Finished]):
         held = {p for p, _ in kept}
         return [i for i, p in enumerate(self.positions) if p in held]
 
-
-def as_drained(records: Sequence[Finished]) -> Drained:
-    """``records`` as a :class:`Drained` (the hub's own, or a list's copy)."""
-    return records if isinstance(records, Drained) else Drained.of(records)

@@ -42,7 +42,7 @@ import numpy as np
 
 from sluice.server.config.drift import DriftSettings, read_drift
 from sluice.server.config.model import ModelConfig
-from sluice.server.monitoring.drained import as_drained
+from sluice.server.monitoring.drained import Drained
 from sluice.server.monitoring.drift_remote import RemoteWindow
 from sluice.server.monitoring.drift_report import DriftReport
 from sluice.server.monitoring.drift_window import DriftKernels, VersionWindow
@@ -169,15 +169,16 @@ class DriftMonitor:
         if not windows:
             return
         now = self._clock()
-        batch = as_drained(batch)
+        batch = Drained.of(batch)
         for key, records in batch.groups().items():
             window = windows.get(key)
             if window is None:
                 continue
             # the hub kept the inputs of a share of the records (drawn as each was offered):
-            # of those, a share that makes the window's sample rate
+            # of those, a share that makes the window's sample rate (the hub's rate is never
+            # 0: want_inputs forgets a model nobody asks for)
             held = records.with_inputs()
-            share = window.settings.sample / max(batch.inputs_rate.get(key[0], 1.0), 1e-12)
+            share = window.settings.sample / batch.inputs_rate.get(key[0], 1.0)
             if share < 1.0:
                 held = [held[i] for i in np.flatnonzero(self._rng.random(len(held)) < share)]
             picked = [r for r in map(records.__getitem__, held) if r.status == "OK"]

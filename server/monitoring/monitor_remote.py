@@ -112,9 +112,8 @@ class MonitorLink:
             union = sorted(set().union(*scoring))
             scored_at = None if union == (sent_at or list(range(len(base)))) else at(union)
         unscored: Counter[str] = Counter()
-        for part in scored:
-            unscored.update(Counter(r.model for r in part) if not isinstance(part, Drained)
-                            else part.models())
+        for positions in scoring:
+            unscored.update(base.models() if positions is None else base.view(positions).models())
         sent = base if sent_at is None else base.view(sent_at)
         self._hand_over(picks, schemas, moves, scored_at, sent, unscored)
 
@@ -270,7 +269,7 @@ def _together(parts: list[Sequence[Finished]]) -> tuple[Drained, list[list[int] 
     if isinstance(first, Drained) and all(
             isinstance(p, Drained) and p.columns is first.columns for p in parts):
         return Drained(first.columns, first.inputs_rate), [
-            None if p.positions is None else p.positions for p in parts]  # type: ignore[union-attr]
+            p.positions for p in parts]  # type: ignore[union-attr]
     records: list[Finished] = []
     seen: dict[tuple[int, int], int] = {}
     where: list[list[int] | None] = []

@@ -36,7 +36,7 @@ from sluice.server.config.model import ModelConfig
 from sluice.server.config.prediction_logging import LoggingConfig, check_exclude, check_sample
 from sluice.server.config.settings import ServerConfig
 from sluice.server.errors import InvalidInput, ModelNotFound, SluiceError
-from sluice.server.monitoring.drained import as_drained
+from sluice.server.monitoring.drained import Drained
 from sluice.server.monitoring.finished import Finished
 from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.monitor_remote import RemoteLogWriter
@@ -189,7 +189,7 @@ class PredictionLog:
         active = self._active
         if not active:
             return  # the hub hands over other monitors' models only
-        for (model, version), records in as_drained(batch).groups().items():
+        for (model, version), records in Drained.of(batch).groups().items():
             config = active.get(model)
             if config is None:
                 continue

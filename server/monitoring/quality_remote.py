@@ -21,7 +21,7 @@ from typing import Any
 
 from sluice.server.config.model import ModelConfig
 from sluice.server.errors import ModelNotReady
-from sluice.server.monitoring.drained import as_drained
+from sluice.server.monitoring.drained import Drained
 from sluice.server.monitoring.finished import Finished
 from sluice.server.monitoring.hub import MonitorHub
 from sluice.server.monitoring.monitor_remote import MonitorLink
@@ -66,7 +66,7 @@ class RemoteQuality:
         watched = self._watched
         if not watched:
             return
-        drained = as_drained(records)
+        drained = Drained.of(records)
         models = drained.models()
         if models.keys() <= watched:
             self._link.scored.append(drained)
